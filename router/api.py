@@ -1,0 +1,176 @@
+"""The HTTP API as a plain FastAPI app over an injected backend, so it is testable without Ray."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Protocol
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from deployments.batching import EncodedImage, ModelRequest, Reply
+from router.catalog import Catalog, split_params
+from stylefleet.config import Limits
+from stylefleet.errors import (
+    InternalError,
+    InvalidParams,
+    PayloadTooLarge,
+    StylefleetError,
+    UnsupportedMediaType,
+)
+from stylefleet.imageio import decode
+
+logger = logging.getLogger("ray.serve")
+
+_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
+
+
+class Backend(Protocol):
+    """What the API needs from the cluster: run a request on a deployment, report health."""
+
+    async def run(self, deployment: str, request: ModelRequest) -> Reply: ...
+
+    async def health(self) -> dict[str, str]: ...
+
+
+def error_response(exc: StylefleetError) -> JSONResponse:
+    if exc.status >= 500:
+        logger.error("%s: %s", exc.code, exc.message, exc_info=exc if isinstance(exc, InternalError) else None)
+    return JSONResponse(exc.to_dict(), status_code=exc.status, headers=exc.headers)
+
+
+class BodyLimit:
+    """Refuses bodies over ``max_bytes``: by Content-Length up front, and by counting while reading."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await error_response(self._too_large(int(declared)))(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise self._too_large(seen)
+            return message
+
+        await self.app(scope, counted, send)
+
+    def _too_large(self, size: int) -> PayloadTooLarge:
+        return PayloadTooLarge(f"the request body ({size} bytes) is over the limit of {self.max_bytes} (max_upload_bytes)")
+
+
+def create_api(catalog: Catalog, backend: Backend, limits: Limits) -> FastAPI:
+    app = FastAPI(
+        title="stylefleet",
+        description="Image AI styles served on Ray Serve. Errors are {'error': {'code', 'message'}}.",
+        version="0.1.0",
+    )
+
+    @app.exception_handler(StylefleetError)
+    async def _stylefleet_error(_: Request, exc: StylefleetError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(InvalidParams(str(exc.errors())))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        err = StylefleetError(str(exc.detail))
+        err.status, err.code = exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error")
+        return error_response(err)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unexpected error", exc_info=exc)
+        return error_response(InternalError("unexpected server error; it was logged"))
+
+    @app.get("/v1/styles")
+    async def list_styles() -> dict[str, Any]:
+        return {"styles": catalog.describe()}
+
+    @app.post("/v1/styles/{style_name}")
+    async def apply_style(style_name: str, request: Request) -> Response:
+        style = catalog.get(style_name)
+        files, fields = await _read_form(request)
+        unexpected = set(files) - set(style.kind.image_fields)
+        if unexpected:
+            raise InvalidParams(
+                f"{', '.join(sorted(unexpected))}: not a file this style takes "
+                f"(it takes {', '.join(style.kind.image_fields)})"
+            )
+        missing = [f for f in style.kind.image_fields if f not in files]
+        if missing:
+            raise InvalidParams(f"the '{missing[0]}' file is required (multipart/form-data)")
+        params, output = split_params(style, fields)
+        images = await asyncio.to_thread(_decode_all, files, limits.max_pixels)
+        reply = await backend.run(style.deployment, ModelRequest(images, params, output))
+        if isinstance(reply, StylefleetError):
+            raise reply
+        if not isinstance(reply, EncodedImage):
+            raise InternalError(f"deployment {style.deployment} returned {type(reply).__name__}")
+        return Response(
+            reply.data,
+            media_type=reply.content_type,
+            headers={
+                "X-Stylefleet-Style": style.name,
+                "X-Stylefleet-Model-Sha256": reply.model_sha256,
+                "X-Stylefleet-Size": f"{reply.width}x{reply.height}",
+            },
+        )
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        statuses = await backend.health()
+        healthy = bool(statuses) and all(s == "HEALTHY" for s in statuses.values())
+        return JSONResponse(
+            {"status": "ok" if healthy else "unhealthy", "deployments": statuses},
+            status_code=200 if healthy else 503,
+        )
+
+    app.add_middleware(BodyLimit, max_bytes=limits.max_upload_bytes)
+    return app
+
+
+async def _read_form(request: Request) -> tuple[dict[str, bytes], dict[str, str]]:
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+        raise UnsupportedMediaType(
+            f"send multipart/form-data with the image in the 'image' field (got {content_type or 'no content type'})"
+        )
+    form = await request.form(max_files=8, max_fields=64)
+    files: dict[str, bytes] = {}
+    fields: dict[str, str] = {}
+    try:
+        for key, value in form.multi_items():
+            if key in files or key in fields:
+                raise InvalidParams(f"{key}: given more than once")
+            if isinstance(value, UploadFile):
+                files[key] = await value.read()
+            else:
+                fields[key] = value
+    finally:
+        await form.close()
+    return files, fields
+
+
+def _decode_all(files: dict[str, bytes], max_pixels: int) -> dict[str, np.ndarray]:
+    return {name: decode(data, max_pixels=max_pixels, field=name).pixels for name, data in files.items()}

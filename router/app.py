@@ -1,0 +1,99 @@
+"""The application builder (``import_path: router.app:build_app``) and the ingress deployment."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from fastapi import FastAPI
+from ray import serve
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+
+from deployments.batching import ModelRequest, Reply
+from deployments.kinds import KINDS
+from deployments.onnx_session import RuntimeOptions
+from deployments.serving import ModelServer
+from router.api import create_api
+from router.catalog import Catalog
+from stylefleet.config import AppConfig, DeploymentConfig
+from stylefleet.errors import ModelUnavailable, Overloaded
+
+logger = logging.getLogger("ray.serve")
+
+
+class ServeBackend:
+    """The API's backend on a live cluster: deployment handles plus Serve's own status."""
+
+    def __init__(self, handles: dict[str, DeploymentHandle], app_name: str) -> None:
+        self._handles = handles
+        self._app_name = app_name
+
+    async def run(self, deployment: str, request: ModelRequest) -> Reply:
+        try:
+            return await self._handles[deployment].remote(request)
+        except BackPressureError:
+            raise Overloaded(f"the {deployment} deployment's queue is full; retry shortly") from None
+        except (ModelUnavailable, Overloaded):
+            raise
+        except Exception as exc:  # a replica died mid-request, or the deployment never started
+            logger.warning("deployment %s failed a request: %r", deployment, exc)
+            raise ModelUnavailable(f"the {deployment} deployment could not serve the request; retry shortly") from None
+
+    async def health(self) -> dict[str, str]:
+        status = await asyncio.to_thread(serve.status)
+        app = status.applications.get(self._app_name)
+        if app is None:
+            return {}
+        return {name: str(getattr(d.status, "value", d.status)) for name, d in app.deployments.items()}
+
+
+@serve.ingress()
+class Router:
+    """The ingress: parses HTTP, dispatches by style to the model deployments."""
+
+    def __init__(self, config: AppConfig, handles: dict[str, DeploymentHandle]) -> None:
+        self._config = config
+        self._catalog = Catalog(config)
+        self._backend = ServeBackend(handles, serve.get_replica_context().app_name)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return create_api(self._catalog, self._backend, self._config.limits)
+
+
+def model_deployment(name: str, dep: DeploymentConfig, config: AppConfig) -> Any:
+    """One bound model deployment, with its batching as ``user_config`` (changeable live)."""
+    kind = KINDS[dep.model]
+    runtime = RuntimeOptions(device=dep.device, threads=dep.effective_threads)
+    paths = {f: (config.models[f].path if f in config.models else None) for f in kind.files}
+    return (
+        serve.deployment(ModelServer)
+        .options(
+            name=name,
+            num_replicas=dep.num_replicas,
+            max_ongoing_requests=dep.max_ongoing_requests,
+            max_queued_requests=dep.max_queued_requests,
+            ray_actor_options={"num_cpus": dep.num_cpus, "num_gpus": dep.num_gpus},
+            user_config=dep.batching.model_dump(),
+        )
+        .bind(dep.model, runtime, paths, config.model_dir, config.allow_download)
+    )
+
+
+def build_app(args: AppConfig) -> Any:
+    """Serve's app builder: validates the whole config (styles, params, batching) before deploying."""
+    config = args if isinstance(args, AppConfig) else AppConfig.model_validate(args)
+    Catalog(config)  # fixed style params are checked against their models here, at deploy time
+    handles = {name: model_deployment(name, dep, config) for name, dep in config.deployments.items()}
+    router = config.router
+    return (
+        serve.deployment(Router)
+        .options(
+            name="router",
+            num_replicas=router.num_replicas,
+            max_ongoing_requests=router.max_ongoing_requests,
+            ray_actor_options={"num_cpus": router.num_cpus},
+        )
+        .bind(config, handles)
+    )

@@ -1,0 +1,112 @@
+"""The typed application config: the ``args`` of ``serve_config.yaml``, validated at deploy time.
+
+Every knob has a default and a description here; the README's knob table is written from this
+file. A bad value fails ``serve run``/``serve deploy`` with a message naming the field, never at
+the first request.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+
+from deployments.onnx_session import Device
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BatchingConfig(_Strict):
+    """The part of a deployment's config that changes at run time (its ``user_config``)."""
+
+    max_batch_size: PositiveInt = Field(8, le=256, description="most requests coalesced into one batch")
+    batch_wait_timeout_s: float = Field(
+        0.02, ge=0.0, le=10.0, description="how long a batch waits to fill after its first request"
+    )
+
+
+class DeploymentConfig(_Strict):
+    """One model deployment (one model, its replicas and batching)."""
+
+    model: Literal["multistyle26", "arbitrary", "u2netp"] = Field(description="which model this deployment serves")
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    num_replicas: PositiveInt = 1
+    max_ongoing_requests: PositiveInt = Field(16, description="requests a replica holds at once; >= max_batch_size")
+    max_queued_requests: int = Field(
+        64, ge=-1, description="requests waiting for a replica before callers get 503 overloaded (-1: no bound)"
+    )
+    num_cpus: PositiveFloat = Field(1.0, description="Ray CPUs reserved per replica")
+    threads: PositiveInt | None = Field(
+        None, description="ONNX Runtime intra-op threads; default: the replica's CPU share, at least 1"
+    )
+    device: Device = Field("cpu", description="cpu or cuda")
+    num_gpus: float = Field(0.0, ge=0.0, le=8.0, description="Ray GPU share per replica (logical only)")
+
+    @model_validator(mode="after")
+    def _batch_fits(self) -> DeploymentConfig:
+        if self.max_ongoing_requests < self.batching.max_batch_size:
+            raise ValueError(
+                f"max_ongoing_requests ({self.max_ongoing_requests}) must be at least "
+                f"batching.max_batch_size ({self.batching.max_batch_size}), or batches can never fill"
+            )
+        if self.device == "cuda" and self.num_gpus <= 0:
+            raise ValueError("device: cuda needs num_gpus > 0")
+        return self
+
+    @property
+    def effective_threads(self) -> int:
+        return self.threads or max(1, int(self.num_cpus))
+
+
+class ModelSource(_Strict):
+    path: str | None = Field(None, description="a local copy of the weight file (checksum still verified)")
+
+
+class StyleConfig(_Strict):
+    """A style: a name clients use, bound to a deployment and the params it fixes."""
+
+    deployment: str
+    description: str = ""
+    params: dict[str, Any] = Field(default_factory=dict, description="fixed params; clients cannot override them")
+
+
+class Limits(_Strict):
+    max_upload_bytes: PositiveInt = Field(25 * 1024 * 1024, description="largest request body accepted")
+    max_pixels: PositiveInt = Field(40_000_000, description="largest decoded image, width x height")
+
+
+class RouterConfig(_Strict):
+    num_replicas: PositiveInt = 1
+    max_ongoing_requests: PositiveInt = Field(256, description="concurrent HTTP requests one router replica holds")
+    num_cpus: float = Field(0.0, ge=0.0, description="Ray CPUs reserved for the router (it mostly waits)")
+
+
+class AppConfig(_Strict):
+    """``applications[].args`` of serve_config.yaml."""
+
+    limits: Limits = Field(default_factory=Limits)
+    router: RouterConfig = Field(default_factory=RouterConfig)
+    model_dir: str | None = Field(None, description="folder searched for weight files before installed packages")
+    allow_download: bool = Field(False, description="fetch a missing weight file from its upstream URL")
+    models: dict[str, ModelSource] = Field(default_factory=dict)
+    deployments: dict[str, DeploymentConfig]
+    styles: dict[str, StyleConfig]
+
+    @model_validator(mode="after")
+    def _references(self) -> AppConfig:
+        for name, style in self.styles.items():
+            if style.deployment not in self.deployments:
+                raise ValueError(
+                    f"styles.{name}.deployment: {style.deployment!r} is not one of deployments "
+                    f"{sorted(self.deployments)}"
+                )
+        from deployments.registry import MODELS
+
+        for name in self.models:
+            if name not in MODELS:
+                raise ValueError(f"models.{name}: unknown model; known: {sorted(MODELS)}")
+        if not self.styles:
+            raise ValueError("styles: at least one style is needed")
+        return self

@@ -1,0 +1,77 @@
+"""The error tree: each class knows its HTTP status and a stable machine-readable code.
+
+One renderer (``router.api``) turns any of them into
+``{"error": {"code": ..., "message": ...}}``; nothing else in the code base builds error bodies.
+"""
+
+from __future__ import annotations
+
+
+class StylefleetError(Exception):
+    """Base class. ``status`` and ``code`` are part of the public API: clients match on ``code``."""
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+    def to_dict(self) -> dict[str, dict[str, str]]:
+        return {"error": {"code": self.code, "message": self.message}}
+
+    def __reduce__(self):  # keep message and headers when Ray pickles the error across actors
+        return (_rebuild, (type(self), self.message, self.headers))
+
+
+def _rebuild(cls: type[StylefleetError], message: str, headers: dict[str, str]) -> StylefleetError:
+    return cls(message, headers=headers)
+
+
+class InvalidImage(StylefleetError):
+    status = 400
+    code = "invalid_image"
+
+
+class UnknownStyle(StylefleetError):
+    status = 404
+    code = "unknown_style"
+
+
+class PayloadTooLarge(StylefleetError):
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(StylefleetError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class InvalidParams(StylefleetError):
+    status = 422
+    code = "invalid_params"
+
+
+class Overloaded(StylefleetError):
+    status = 503
+    code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+    def __reduce__(self):
+        return (Overloaded, (self.message,), {"headers": self.headers})
+
+
+class ModelUnavailable(StylefleetError):
+    status = 503
+    code = "model_unavailable"
+
+
+class InternalError(StylefleetError):
+    """An unexpected failure. The message is generic; the traceback goes to the log only."""
+
+    status = 500
+    code = "internal_error"

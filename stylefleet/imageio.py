@@ -1,0 +1,188 @@
+"""Decoding uploads into arrays and encoding results, with the checks that keep a server safe.
+
+Everything here is pure (no Ray) and works on bytes and numpy arrays:
+
+- ``decode`` refuses oversized pixel counts *before* decoding (a decompression bomb declares
+  its size in the header), applies EXIF orientation, takes the first frame of animations and
+  normalises every mode (L, LA, P, RGBA, CMYK, I;16, F ...) to 8-bit RGB or RGBA.
+- ``encode`` writes PNG at a fast compression level (level 6 costs as much as the style model).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from stylefleet.errors import InvalidImage, InvalidParams, PayloadTooLarge, UnsupportedMediaType
+
+# Formats we accept, as Pillow names them. Anything else Pillow can read is a 415.
+SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"})
+OutputFormat = Literal["png", "jpeg", "webp"]
+CONTENT_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+PNG_COMPRESS_LEVEL = 1
+
+# Magic numbers of common non-image uploads, so they get a 415 rather than a 400.
+_OTHER_MEDIA = (
+    (b"%PDF", "application/pdf"),
+    (b"PK\x03\x04", "application/zip"),
+    (b"\x1f\x8b", "application/gzip"),
+    (b"<svg", "image/svg+xml"),
+    (b"<?xml", "application/xml"),
+)
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An 8-bit image as HxWx3 (RGB) or HxWx4 (RGBA) uint8, with where it came from."""
+
+    pixels: np.ndarray
+    source_format: str
+
+    @property
+    def has_alpha(self) -> bool:
+        return self.pixels.shape[2] == 4
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height), as Pillow orders it."""
+        return int(self.pixels.shape[1]), int(self.pixels.shape[0])
+
+
+def decode(data: bytes, *, max_pixels: int, field: str = "image") -> DecodedImage:
+    """Decode an uploaded file. Raises InvalidImage, UnsupportedMediaType or PayloadTooLarge."""
+    if not data:
+        raise InvalidImage(f"the '{field}' file is empty (0 bytes)")
+    head = data[:16].lstrip()
+    for magic, media_type in _OTHER_MEDIA:
+        if head.startswith(magic):
+            raise UnsupportedMediaType(
+                f"the '{field}' file is {media_type}; send JPEG, PNG, WebP, GIF, BMP or TIFF"
+            )
+    try:
+        with warnings.catch_warnings():
+            # Pillow's own bomb check would warn or raise on its own threshold; we apply ours.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise InvalidImage(f"the '{field}' file is not an image Pillow can read") from None
+    except Image.DecompressionBombError:
+        raise _too_many_pixels(field, None, max_pixels) from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise InvalidImage(f"the '{field}' file could not be read: {exc}") from None
+
+    if img.format not in SUPPORTED_FORMATS:
+        raise UnsupportedMediaType(
+            f"the '{field}' file is {img.format or 'an unknown format'}; "
+            "send JPEG, PNG, WebP, GIF, BMP or TIFF"
+        )
+    width, height = img.size
+    if width <= 0 or height <= 0:
+        raise InvalidImage(f"the '{field}' file declares an empty size {width}x{height}")
+    if width * height > max_pixels:
+        raise _too_many_pixels(field, (width, height), max_pixels)
+
+    try:
+        img.seek(0)  # first frame of GIF / multi-page TIFF
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        pixels = _to_8bit(img)
+    except Image.DecompressionBombError:
+        raise _too_many_pixels(field, (width, height), max_pixels) from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise InvalidImage(f"the '{field}' file is corrupt or truncated: {exc}") from None
+    return DecodedImage(pixels=pixels, source_format=str(img.format or "unknown"))
+
+
+def _too_many_pixels(field: str, size: tuple[int, int] | None, max_pixels: int) -> PayloadTooLarge:
+    declared = f" ({size[0]}x{size[1]})" if size else ""
+    return PayloadTooLarge(
+        f"the '{field}' image declares too many pixels{declared}; the limit is {max_pixels} (max_pixels)"
+    )
+
+
+def _to_8bit(img: Image.Image) -> np.ndarray:
+    """Normalise any Pillow mode to uint8 RGB, or RGBA when the image carries transparency."""
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if mode.startswith("I;16"):
+            arr = arr / 257.0
+        elif mode == "I":
+            arr = arr / 257.0 if arr.max(initial=0) > 255 else arr
+        else:  # F: take 0..1 floats as such, anything else clipped to 0..255
+            arr = arr * 255.0 if arr.max(initial=0) <= 1.0 else arr
+        grey = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La")
+    if img.mode == "CMYK":
+        img = img.convert("RGB")
+    target = "RGBA" if has_alpha else "RGB"
+    out = np.asarray(img.convert(target), dtype=np.uint8)
+    if has_alpha and bool((out[:, :, 3] == 255).all()):
+        out = out[:, :, :3]  # an alpha channel that hides nothing is dropped
+    return np.ascontiguousarray(out)
+
+
+def flatten(pixels: np.ndarray, background: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+    """Composite RGBA onto a solid colour; RGB passes through unchanged."""
+    if pixels.shape[2] == 3:
+        return pixels
+    rgb = pixels[:, :, :3].astype(np.uint16)
+    alpha = pixels[:, :, 3:4].astype(np.uint16)
+    bg = np.asarray(background, dtype=np.uint16).reshape(1, 1, 3)
+    out = (rgb * alpha + bg * (255 - alpha) + 127) // 255
+    return out.astype(np.uint8)
+
+
+def parse_color(value: str) -> tuple[int, int, int]:
+    """``#rrggbb``, ``rrggbb`` or a few names; raises InvalidParams naming the bad value."""
+    named = {"white": (255, 255, 255), "black": (0, 0, 0), "transparent": None}
+    text = value.strip().lower()
+    if text in named and named[text] is not None:
+        return named[text]  # type: ignore[return-value]
+    hexpart = text[1:] if text.startswith("#") else text
+    if len(hexpart) == 6:
+        try:
+            return (int(hexpart[0:2], 16), int(hexpart[2:4], 16), int(hexpart[4:6], 16))
+        except ValueError:
+            pass
+    raise InvalidParams(f"bg_color {value!r} is not a colour; use #rrggbb, 'white' or 'black'")
+
+
+def encode(pixels: np.ndarray, fmt: OutputFormat = "png", quality: int = 90,
+           dpi: int | None = None) -> bytes:
+    """Encode an HxWx3/4 uint8 array. JPEG has no alpha, so RGBA is flattened onto white."""
+    if fmt not in CONTENT_TYPES:
+        raise InvalidParams(f"format {fmt!r} is not one of {sorted(CONTENT_TYPES)}")
+    if fmt == "jpeg":
+        pixels = flatten(pixels)
+    img = Image.fromarray(pixels, "RGBA" if pixels.shape[2] == 4 else "RGB")
+    buf = io.BytesIO()
+    extra: dict[str, object] = {}
+    if dpi:
+        extra["dpi"] = (dpi, dpi)
+    if fmt == "png":
+        img.save(buf, "PNG", compress_level=PNG_COMPRESS_LEVEL, **extra)
+    elif fmt == "jpeg":
+        img.save(buf, "JPEG", quality=quality, optimize=False, **extra)
+    else:
+        img.save(buf, "WEBP", quality=quality, method=4)
+    return buf.getvalue()
+
+
+def resize_to_max_side(pixels: np.ndarray, max_side: int | None) -> np.ndarray:
+    """Downscale (never upscale) so the longer side is at most ``max_side``; Lanczos, like the models' own code."""
+    h, w = pixels.shape[:2]
+    if not max_side or max(h, w) <= max_side:
+        return pixels
+    scale = max_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    mode = "RGBA" if pixels.shape[2] == 4 else "RGB"
+    return np.asarray(Image.fromarray(pixels, mode).resize(size, Image.LANCZOS))

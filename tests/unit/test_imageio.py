@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFile
+
+from stylefleet import imageio
+from stylefleet.errors import InvalidImage, InvalidParams, PayloadTooLarge, UnsupportedMediaType
+from tests import samples
+
+MAX = 40_000_000
+
+
+@pytest.mark.parametrize(
+    ("make", "shape"),
+    [
+        (lambda p: samples.encoded(p, "PNG"), (512, 512, 3)),
+        (lambda p: samples.encoded(p, "JPEG"), (512, 512, 3)),
+        (lambda p: samples.encoded(p, "WEBP"), (512, 512, 3)),
+        (lambda p: samples.encoded(p, "BMP"), (512, 512, 3)),
+        (lambda p: samples.encoded(p, "TIFF"), (512, 512, 3)),
+        (samples.cmyk_jpeg, (512, 512, 3)),
+        (samples.png_16bit, (512, 512, 3)),
+        (samples.animated_gif, (512, 512, 3)),
+        (samples.palette_gif_with_transparency, (512, 512, 4)),
+        (samples.rgba_png, (512, 512, 4)),
+    ],
+    ids=["png", "jpeg", "webp", "bmp", "tiff", "cmyk", "png16", "gif-animated", "gif-palette-alpha", "rgba"],
+)
+def test_every_supported_input_decodes_to_8bit(make, shape) -> None:
+    decoded = imageio.decode(make(samples.astronaut()), max_pixels=MAX)
+    assert decoded.pixels.shape == shape
+    assert decoded.pixels.dtype == np.uint8
+
+
+def test_exif_orientation_is_applied() -> None:
+    wide = samples.cat()  # 300 high, 451 wide
+    decoded = imageio.decode(samples.jpeg_with_orientation(wide, 6), max_pixels=MAX)
+    assert decoded.pixels.shape[:2] == (451, 300)
+
+
+def test_16bit_png_keeps_its_tones() -> None:
+    decoded = imageio.decode(samples.png_16bit(samples.astronaut()), max_pixels=MAX)
+    grey = np.asarray(Image.fromarray(samples.astronaut()).convert("L"))
+    assert np.abs(decoded.pixels[:, :, 0].astype(int) - grey).max() <= 1
+
+
+def test_animated_gif_takes_the_first_frame() -> None:
+    decoded = imageio.decode(samples.animated_gif(samples.astronaut()), max_pixels=MAX)
+    second_frame_mean = (255 - samples.astronaut()).mean()
+    assert abs(decoded.pixels.mean() - samples.astronaut().mean()) < abs(decoded.pixels.mean() - second_frame_mean)
+
+
+def test_opaque_alpha_is_dropped() -> None:
+    rgba = np.dstack([samples.astronaut(), np.full((512, 512), 255, np.uint8)])
+    assert imageio.decode(samples.encoded(rgba), max_pixels=MAX).pixels.shape == (512, 512, 3)
+
+
+@pytest.mark.parametrize(
+    ("payload", "error"),
+    [
+        (b"", InvalidImage),
+        (samples.NOT_AN_IMAGE, InvalidImage),
+        (samples.truncated_jpeg(samples.astronaut()), InvalidImage),
+        (samples.PDF_FILE, UnsupportedMediaType),
+        (samples.encoded(samples.astronaut()[:64, :64], "ICO"), UnsupportedMediaType),
+        (samples.png_bomb(), PayloadTooLarge),
+    ],
+    ids=["empty", "text", "truncated", "pdf", "ico", "bomb"],
+)
+def test_bad_input_raises_its_typed_error(payload: bytes, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        imageio.decode(payload, max_pixels=MAX)
+
+
+def test_pixel_limit_is_checked_from_the_header(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_load(self: Image.Image) -> None:
+        raise AssertionError("decoded pixels before checking the declared size")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_load)
+    with pytest.raises(PayloadTooLarge, match="too many pixels"):
+        imageio.decode(samples.png_bomb(), max_pixels=MAX)
+
+
+def test_max_pixels_is_the_configured_limit() -> None:
+    with pytest.raises(PayloadTooLarge, match="max_pixels"):
+        imageio.decode(samples.encoded(samples.astronaut()), max_pixels=512 * 511)
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
+def test_encode_roundtrips(fmt: str) -> None:
+    data = imageio.encode(samples.astronaut(), fmt, quality=90)  # type: ignore[arg-type]
+    assert Image.open(io.BytesIO(data)).format == {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}[fmt]
+
+
+def test_jpeg_flattens_alpha_onto_white() -> None:
+    rgba = np.zeros((40, 40, 4), np.uint8)
+    out = np.asarray(Image.open(io.BytesIO(imageio.encode(rgba, "jpeg", quality=95))))
+    assert out.min() > 245
+
+
+def test_png_is_fast_not_small() -> None:
+    fast = imageio.encode(samples.astronaut(), "png")
+    slow = io.BytesIO()
+    Image.fromarray(samples.astronaut()).save(slow, "PNG", compress_level=9)
+    assert len(fast) > len(slow.getvalue())  # level 1: bigger files, several times faster
+
+
+@pytest.mark.parametrize(("text", "rgb"), [("#ff0000", (255, 0, 0)), ("00ff00", (0, 255, 0)), ("white", (255, 255, 255))])
+def test_parse_color(text: str, rgb: tuple[int, int, int]) -> None:
+    assert imageio.parse_color(text) == rgb
+
+
+def test_parse_color_refuses_nonsense() -> None:
+    with pytest.raises(InvalidParams, match="bg_color"):
+        imageio.parse_color("#12345z")
