@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from typing import Any
 
 from ray import serve
@@ -17,7 +18,7 @@ from deployments.batching import ModelRequest, Reply, encode_outcomes, run_batch
 from deployments.kinds import KINDS
 from deployments.onnx_session import RuntimeOptions
 from deployments.registry import resolve
-from stylefleet.config import BatchingConfig
+from stylefleet.config import BatchingConfig, check_batch_fits
 
 logger = logging.getLogger("ray.serve")
 
@@ -42,11 +43,16 @@ class ModelServer:
         self.model = self.kind.factory(files, runtime)
         self.model_sha256 = "+".join(f.sha256 for f in files)
         self.load_seconds = time.perf_counter() - started
+        self.batch_sizes: Counter[int] = Counter()  # how many batches of each size ran
         logger.info("loaded %s (%s) in %.2fs", kind, self.model_sha256[:12], self.load_seconds)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Apply ``user_config`` (a BatchingConfig) at run time, without restarting the replica."""
+        """Apply ``user_config`` (a BatchingConfig) at run time, without restarting the replica.
+
+        A bad value raises here, which fails the deploy with the field named in the message.
+        """
         config = BatchingConfig.model_validate(user_config)
+        check_batch_fits(config, self._max_ongoing_requests())
         self.handle_batch.set_max_batch_size(config.max_batch_size)
         self.handle_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
         logger.info("batching now %s", config.model_dump())
@@ -60,7 +66,14 @@ class ModelServer:
         return await asyncio.to_thread(self._compute, requests)
 
     def _compute(self, requests: list[ModelRequest]) -> list[Reply]:
+        self.batch_sizes[len(requests)] += 1
         return encode_outcomes(requests, run_batch(self.model, requests), self.model_sha256)
+
+    @staticmethod
+    def _max_ongoing_requests() -> int:
+        # Serve keeps the live deployment config on the replica context (a private field).
+        config = getattr(serve.get_replica_context(), "_deployment_config", None)
+        return int(getattr(config, "max_ongoing_requests", 1 << 30))
 
     def info(self) -> dict[str, Any]:
         return {
@@ -69,4 +82,7 @@ class ModelServer:
             "model_sha256": self.model_sha256,
             "load_seconds": round(self.load_seconds, 3),
             "max_batch_size": self.handle_batch._get_max_batch_size(),
+            "batch_wait_timeout_s": self.handle_batch._get_batch_wait_timeout_s(),
+            "batch_sizes": dict(self.batch_sizes),
+            "replica": serve.get_replica_context().replica_tag,
         }

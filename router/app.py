@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from typing import Any
 
 from fastapi import FastAPI
@@ -17,7 +19,7 @@ from deployments.onnx_session import RuntimeOptions
 from deployments.serving import ModelServer
 from router.api import create_api
 from router.catalog import Catalog
-from stylefleet.config import AppConfig, DeploymentConfig
+from stylefleet.config import AppConfig, BatchingConfig, DeploymentConfig
 from stylefleet.errors import ModelUnavailable, Overloaded
 
 logger = logging.getLogger("ray.serve")
@@ -26,15 +28,21 @@ logger = logging.getLogger("ray.serve")
 class ServeBackend:
     """The API's backend on a live cluster: deployment handles plus Serve's own status."""
 
+    HEALTH_CACHE_S = 1.0  # serve.status() is a controller round trip (~20 ms); probes can be frequent
+
     def __init__(self, handles: dict[str, DeploymentHandle], app_name: str) -> None:
         self._handles = handles
         self._app_name = app_name
+        self._health: tuple[float, dict[str, str]] = (0.0, {})
 
     async def run(self, deployment: str, request: ModelRequest) -> Reply:
         try:
             return await self._handles[deployment].remote(request)
-        except BackPressureError:
-            raise Overloaded(f"the {deployment} deployment's queue is full; retry shortly") from None
+        except BackPressureError as exc:
+            raise Overloaded(
+                f"the {deployment} deployment's queue is full (max_queued_requests); retry shortly",
+                retry_after_s=max(1, math.ceil(exc.retry_after_s or 1)),
+            ) from None
         except (ModelUnavailable, Overloaded):
             raise
         except Exception as exc:  # a replica died mid-request, or the deployment never started
@@ -42,11 +50,16 @@ class ServeBackend:
             raise ModelUnavailable(f"the {deployment} deployment could not serve the request; retry shortly") from None
 
     async def health(self) -> dict[str, str]:
+        checked_at, cached = self._health
+        if time.monotonic() - checked_at < self.HEALTH_CACHE_S:
+            return cached
         status = await asyncio.to_thread(serve.status)
         app = status.applications.get(self._app_name)
-        if app is None:
-            return {}
-        return {name: str(getattr(d.status, "value", d.status)) for name, d in app.deployments.items()}
+        statuses = {} if app is None else {
+            name: str(getattr(d.status, "value", d.status)) for name, d in app.deployments.items()
+        }
+        self._health = (time.monotonic(), statuses)
+        return statuses
 
 
 @serve.ingress()
@@ -75,7 +88,8 @@ def model_deployment(name: str, dep: DeploymentConfig, config: AppConfig) -> Any
             max_ongoing_requests=dep.max_ongoing_requests,
             max_queued_requests=dep.max_queued_requests,
             ray_actor_options={"num_cpus": dep.num_cpus, "num_gpus": dep.num_gpus},
-            user_config=dep.batching.model_dump(),
+            backpressure_config={"status_code": 503, "retry_after_s": 1},
+            user_config=BatchingConfig().model_dump(),  # serve_config.yaml's deployments[] overrides it
         )
         .bind(dep.model, runtime, paths, config.model_dir, config.allow_download)
     )

@@ -19,7 +19,12 @@ class _Strict(BaseModel):
 
 
 class BatchingConfig(_Strict):
-    """The part of a deployment's config that changes at run time (its ``user_config``)."""
+    """A model deployment's ``user_config``: batching, changed live through ``reconfigure``.
+
+    It lives in serve_config.yaml's ``deployments: [{name, user_config}]`` section, not in
+    ``args``: Serve applies a changed ``user_config`` there to running replicas, whereas any
+    change to ``args`` rebuilds the app and restarts every replica.
+    """
 
     max_batch_size: PositiveInt = Field(8, le=256, description="most requests coalesced into one batch")
     batch_wait_timeout_s: float = Field(
@@ -31,7 +36,6 @@ class DeploymentConfig(_Strict):
     """One model deployment (one model, its replicas and batching)."""
 
     model: Literal["multistyle26", "arbitrary", "u2netp"] = Field(description="which model this deployment serves")
-    batching: BatchingConfig = Field(default_factory=BatchingConfig)
     num_replicas: PositiveInt = 1
     max_ongoing_requests: PositiveInt = Field(16, description="requests a replica holds at once; >= max_batch_size")
     max_queued_requests: int = Field(
@@ -46,10 +50,11 @@ class DeploymentConfig(_Strict):
 
     @model_validator(mode="after")
     def _batch_fits(self) -> DeploymentConfig:
-        if self.max_ongoing_requests < self.batching.max_batch_size:
+        default_batch = BatchingConfig().max_batch_size
+        if self.max_ongoing_requests < default_batch:
             raise ValueError(
-                f"max_ongoing_requests ({self.max_ongoing_requests}) must be at least "
-                f"batching.max_batch_size ({self.batching.max_batch_size}), or batches can never fill"
+                f"max_ongoing_requests ({self.max_ongoing_requests}) must be at least the default "
+                f"max_batch_size ({default_batch}), or batches can never fill"
             )
         if self.device == "cuda" and self.num_gpus <= 0:
             raise ValueError("device: cuda needs num_gpus > 0")
@@ -58,6 +63,15 @@ class DeploymentConfig(_Strict):
     @property
     def effective_threads(self) -> int:
         return self.threads or max(1, int(self.num_cpus))
+
+
+def check_batch_fits(batching: BatchingConfig, max_ongoing_requests: int) -> None:
+    """A replica never holds more than max_ongoing_requests, so a bigger batch could never form."""
+    if batching.max_batch_size > max_ongoing_requests:
+        raise ValueError(
+            f"user_config.max_batch_size ({batching.max_batch_size}) is above this deployment's "
+            f"max_ongoing_requests ({max_ongoing_requests}): batches could never fill"
+        )
 
 
 class ModelSource(_Strict):

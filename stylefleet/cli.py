@@ -1,0 +1,87 @@
+"""``stylefleet``: run the service locally, benchmark it."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import yaml
+
+logger = logging.getLogger("stylefleet")
+
+
+def _load(path: str) -> dict:
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise SystemExit(f"stylefleet: no such config file: {path}") from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from stylefleet.local import LocalCluster
+
+    config = _load(args.config)
+    http = config.get("http_options", {})
+    cluster = LocalCluster(
+        num_cpus=args.num_cpus,
+        metrics_export_port=args.metrics_port,
+        include_dashboard=args.dashboard,
+        state_dir=Path(args.state_dir),
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    cluster.start()
+    try:
+        cluster.deploy(config, timeout_s=args.timeout)
+        print(
+            f"stylefleet is serving on http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)} "
+            f"(metrics: http://127.0.0.1:{args.metrics_port}/metrics). Ctrl-C stops it.",
+            flush=True,
+        )
+        stop.wait()
+    finally:
+        print("stopping Ray...", flush=True)
+        cluster.stop()
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from stylefleet import bench
+
+    return bench.main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stylefleet", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="start a local loopback-only Ray and serve a config in the foreground")
+    run.add_argument("config", nargs="?", default="serve_config.yaml")
+    run.add_argument("--num-cpus", type=int, default=None, help="CPUs Ray may use (default: all)")
+    run.add_argument("--metrics-port", type=int, default=8080, help="Prometheus port on 127.0.0.1")
+    run.add_argument("--dashboard", action="store_true", help="also start Ray's dashboard on 127.0.0.1:8265")
+    run.add_argument("--state-dir", default=".stylefleet", help="where the private Ray token is kept")
+    run.add_argument("--timeout", type=float, default=600, help="seconds to wait for the app to be RUNNING")
+    run.set_defaults(func=cmd_run)
+
+    from stylefleet.bench import add_arguments
+
+    bench = sub.add_parser("bench", help="measure bare and served throughput; print and write JSON")
+    add_arguments(bench)
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""A local, loopback-only Ray + Serve for ``stylefleet run``, the tests and the benchmark.
+
+Safe by default: Ray is started with every address it can bind set to 127.0.0.1, and with
+Ray's token authentication on (a fresh random token per run, kept in a 0600 file that only this
+process tree is told about). The README's "What listens where" lists the result; the
+integration tests check the live sockets against that list.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import stat
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+def write_private_token(directory: Path) -> Path:
+    """A new random token in a file only the owner can read."""
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, stat.S_IRWXU)
+    path = directory / "ray-auth-token"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(32))
+    return path
+
+
+class LocalCluster:
+    """Starts (and stops) the Ray it started; never touches any other Ray on the machine."""
+
+    def __init__(
+        self,
+        *,
+        num_cpus: int | None = None,
+        metrics_export_port: int | None = None,
+        include_dashboard: bool = False,
+        dashboard_port: int = 8265,
+        temp_dir: str | None = None,
+        state_dir: Path | None = None,
+    ) -> None:
+        self.num_cpus = num_cpus
+        self.metrics_export_port = metrics_export_port
+        self.include_dashboard = include_dashboard
+        self.dashboard_port = dashboard_port
+        self.temp_dir = temp_dir
+        self.state_dir = state_dir or Path(tempfile.mkdtemp(prefix="stylefleet-"))
+        self.token_path: Path | None = None
+
+    def start(self) -> None:
+        import ray
+
+        self.token_path = write_private_token(self.state_dir)
+        # Read by ray.init and inherited by every Ray process it starts (and only by them).
+        os.environ["RAY_AUTH_MODE"] = "token"
+        os.environ["RAY_AUTH_TOKEN_PATH"] = str(self.token_path)
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        # Ray reads RAY_AUTH_MODE into its config when first imported; re-read it, as
+        # ray._private.authentication does itself when it turns token mode on.
+        from ray._raylet import Config
+
+        Config.initialize("")
+        kwargs: dict[str, Any] = {
+            "_node_ip_address": LOOPBACK,
+            "include_dashboard": self.include_dashboard,
+            "dashboard_host": LOOPBACK,
+            "dashboard_port": self.dashboard_port,
+            "namespace": "serve",
+            "num_cpus": self.num_cpus,
+            "configure_logging": True,
+            "log_to_driver": True,
+        }
+        if self.metrics_export_port is not None:
+            kwargs["_metrics_export_port"] = self.metrics_export_port
+        if self.temp_dir:
+            kwargs["_temp_dir"] = self.temp_dir
+        ray.init(**kwargs)
+
+    def deploy(self, config: dict[str, Any], *, timeout_s: float = 300) -> None:
+        """Deploy a serve_config.yaml document the way `serve run`/`serve deploy` do, and wait."""
+        from ray.serve._private import api as serve_private
+        from ray.serve.schema import ServeDeploySchema
+
+        schema = ServeDeploySchema.model_validate(config)
+        client = serve_private.serve_start(
+            http_options=schema.http_options.model_dump(),
+            proxy_location=schema.proxy_location,
+        )
+        client.deploy_apps(schema, _blocking=False)
+        self.wait_running([app.name for app in schema.applications], timeout_s=timeout_s)
+
+    def wait_running(self, app_names: list[str], *, timeout_s: float) -> None:
+        from ray import serve
+
+        deadline = time.monotonic() + timeout_s
+        last = ""
+        while time.monotonic() < deadline:
+            status = serve.status()
+            states = {n: status.applications.get(n) for n in app_names}
+            if all(s is not None and s.status == "RUNNING" for s in states.values()):
+                return
+            failed = {n: s for n, s in states.items() if s is not None and s.status == "DEPLOY_FAILED"}
+            if failed:
+                raise RuntimeError("; ".join(_failure(n, s) for n, s in failed.items()))
+            last = ", ".join(f"{n}={getattr(s, 'status', 'absent')}" for n, s in states.items())
+            time.sleep(0.5)
+        raise TimeoutError(f"applications not RUNNING after {timeout_s}s ({last})")
+
+    def stop(self) -> None:
+        import ray
+        from ray import serve
+
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+            if self.token_path is not None:
+                self.token_path.unlink(missing_ok=True)
+
+
+def _failure(app_name: str, status: Any) -> str:
+    """The app's message plus each failed deployment's own (where the real reason is)."""
+    parts = [f"{app_name}: {status.message}"]
+    for name, dep in status.deployments.items():
+        if str(getattr(dep.status, "value", dep.status)) != "HEALTHY" and dep.message:
+            parts.append(f"{name}: {dep.message.strip().splitlines()[-1]}")
+    return " | ".join(parts)

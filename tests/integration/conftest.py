@@ -1,0 +1,63 @@
+"""Integration tier: one real local Ray Serve on 127.0.0.1 per test session, real HTTP, real models."""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from stylefleet import local
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = "stylefleet"
+
+
+def test_config(port: int) -> dict[str, Any]:
+    """The shipped serve_config.yaml, with what the tests need changed and nothing else.
+
+    - its own port, so a developer's `make run` on 8000 does not collide;
+    - the restyle deployment bounded tightly (one request at a time, one queued) so the
+      tests can provoke 503 overloaded without flooding the machine;
+    - a small upload limit so 413 is cheap to provoke.
+    """
+    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    config["http_options"]["port"] = port
+    app = config["applications"][0]
+    args = app["args"]
+    args["limits"]["max_upload_bytes"] = 4 * 1024 * 1024
+    restyle = args["deployments"]["restyle"]
+    restyle.update(max_ongoing_requests=8, max_queued_requests=1)
+    for entry in app["deployments"]:
+        if entry["name"] == "restyle":
+            entry["user_config"] = {"max_batch_size": 1, "batch_wait_timeout_s": 0.0}
+    return config
+
+
+@pytest.fixture(scope="session")
+def serve_app() -> Iterator[dict[str, Any]]:
+    port = local.free_port()
+    config = test_config(port)
+    cluster = local.LocalCluster(temp_dir=os.environ.get("STYLEFLEET_TEST_RAY_TMP"))
+    cluster.start()
+    try:
+        cluster.deploy(config, timeout_s=300)
+        yield {"url": f"http://127.0.0.1:{port}", "config": copy.deepcopy(config), "cluster": cluster}
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def base_url(serve_app: dict[str, Any]) -> str:
+    return serve_app["url"]
+
+
+@pytest.fixture()
+def client(base_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=base_url, timeout=120) as c:
+        yield c
