@@ -14,8 +14,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # Re-install only when the dependency list or the constraints change.
+# The .pth line keeps every Ray started from this venv (`serve run` included) on 127.0.0.1:
+# see README "What listens where". Remove the file to let this venv join multi-node clusters.
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 	$(PIP) install -q -c $(CONSTRAINTS) -e .
+	echo 'import os; os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")' \
+	  > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/stylefleet-loopback.pth"
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed

@@ -1,9 +1,17 @@
 """A local, loopback-only Ray + Serve for ``stylefleet run``, the tests and the benchmark.
 
-Safe by default: Ray is started with every address it can bind set to 127.0.0.1, and with
-Ray's token authentication on (a fresh random token per run, kept in a 0600 file that only this
-process tree is told about). The README's "What listens where" lists the result; the
-integration tests check the live sockets against that list.
+Safe by default:
+
+- Ray rewrites 127.0.0.1 given as a node address to the machine's LAN address, and then binds
+  its GCS, raylet, workers and agents to all interfaces. Only its single-machine mode
+  (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``) keeps the node on loopback; every Ray process needs
+  it, so it goes into the environment the processes inherit.
+- Ray's token authentication is on, with a fresh random token per run in a 0600 file that only
+  this process tree is told about (Ray's own default token file is world-readable).
+
+What still listens beyond loopback (Serve's replica-to-replica gRPC port, hard-coded to ``[::]``
+in Ray Serve 2.60 and token-protected) is listed in the README ("What listens where"); the
+integration tests fail on any other socket.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 LOOPBACK = "127.0.0.1"
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def free_port() -> int:
@@ -60,7 +69,12 @@ class LocalCluster:
 
     def start(self) -> None:
         import ray
+        from ray._private import ray_constants
 
+        # Single-machine mode: the node address stays 127.0.0.1. Children read the variable at
+        # import; this process already imported Ray, so its constant is set too.
+        os.environ[LOOPBACK_ENV] = "0"
+        ray_constants.ENABLE_RAY_CLUSTER = False
         self.token_path = write_private_token(self.state_dir)
         # Read by ray.init and inherited by every Ray process it starts (and only by them).
         os.environ["RAY_AUTH_MODE"] = "token"
@@ -72,7 +86,6 @@ class LocalCluster:
 
         Config.initialize("")
         kwargs: dict[str, Any] = {
-            "_node_ip_address": LOOPBACK,
             "include_dashboard": self.include_dashboard,
             "dashboard_host": LOOPBACK,
             "dashboard_port": self.dashboard_port,

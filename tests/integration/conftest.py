@@ -43,7 +43,11 @@ def test_config(port: int) -> dict[str, Any]:
 def serve_app() -> Iterator[dict[str, Any]]:
     port = local.free_port()
     config = test_config(port)
-    cluster = local.LocalCluster(temp_dir=os.environ.get("STYLEFLEET_TEST_RAY_TMP"))
+    cluster = local.LocalCluster(
+        include_dashboard=True,  # as `stylefleet run` has it, so its auth and sockets are tested too
+        dashboard_port=local.free_port(),
+        temp_dir=os.environ.get("STYLEFLEET_TEST_RAY_TMP"),
+    )
     cluster.start()
     try:
         cluster.deploy(config, timeout_s=300)
