@@ -178,7 +178,7 @@ def main(args: argparse.Namespace) -> int:
 
     port = free_port()
     config["http_options"]["port"] = port
-    cluster = LocalCluster()
+    cluster = LocalCluster(log_to_driver=False)  # keep replica access logs out of the figures
     cluster.start()
     try:
         cluster.deploy(config)

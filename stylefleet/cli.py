@@ -64,7 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", nargs="?", default="serve_config.yaml")
     run.add_argument("--num-cpus", type=int, default=None, help="CPUs Ray may use (default: all)")
     run.add_argument("--metrics-port", type=int, default=8080, help="Prometheus port on 127.0.0.1")
-    run.add_argument("--dashboard", action="store_true", help="also start Ray's dashboard on 127.0.0.1:8265")
+    run.add_argument(
+        "--no-dashboard", dest="dashboard", action="store_false",
+        help="skip Ray's dashboard (127.0.0.1:8265, token-protected; it carries Serve's REST API for `serve deploy`)",
+    )
     run.add_argument("--state-dir", default=".stylefleet", help="where the private Ray token is kept")
     run.add_argument("--timeout", type=float, default=600, help="seconds to wait for the app to be RUNNING")
     run.set_defaults(func=cmd_run)
@@ -79,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the figures
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 

@@ -58,7 +58,9 @@ class LocalCluster:
         dashboard_port: int = 8265,
         temp_dir: str | None = None,
         state_dir: Path | None = None,
+        log_to_driver: bool = True,
     ) -> None:
+        self.log_to_driver = log_to_driver
         self.num_cpus = num_cpus
         self.metrics_export_port = metrics_export_port
         self.include_dashboard = include_dashboard
@@ -92,7 +94,7 @@ class LocalCluster:
             "namespace": "serve",
             "num_cpus": self.num_cpus,
             "configure_logging": True,
-            "log_to_driver": True,
+            "log_to_driver": self.log_to_driver,
         }
         if self.metrics_export_port is not None:
             kwargs["_metrics_export_port"] = self.metrics_export_port

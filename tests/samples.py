@@ -6,10 +6,13 @@ import io
 import struct
 import zlib
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from skimage import data
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository
 
 
 @cache

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,8 +12,8 @@ import pytest
 import yaml
 
 from stylefleet import local
+from tests.samples import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 APP = "stylefleet"
 
 

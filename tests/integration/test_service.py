@@ -14,7 +14,7 @@ import yaml
 from PIL import Image
 
 from tests import samples
-from tests.integration.conftest import ROOT
+from tests.samples import ROOT
 
 pytestmark = pytest.mark.integration
 

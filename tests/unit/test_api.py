@@ -1,0 +1,102 @@
+"""The HTTP API with a fake backend: routing, parsing, error rendering. No Ray."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+
+from deployments.batching import EncodedImage, ModelRequest, Reply
+from router.api import create_api
+from router.catalog import Catalog
+from stylefleet.config import AppConfig, Limits
+from stylefleet.errors import InternalError, Overloaded
+from tests import samples
+from tests.samples import ROOT
+
+
+class FakeBackend:
+    """Records what the API sent; answers with a tiny PNG, or with a canned error."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, ModelRequest]] = []
+        self.reply: Reply | None = None
+        self.statuses = {"stylize": "HEALTHY", "router": "HEALTHY"}
+
+    async def run(self, deployment: str, request: ModelRequest) -> Reply:
+        self.calls.append((deployment, request))
+        return self.reply or EncodedImage(b"\x89PNG...", "image/png", 4, 3, "abc")
+
+    async def health(self) -> dict[str, str]:
+        return self.statuses
+
+
+@pytest.fixture()
+def backend() -> FakeBackend:
+    return FakeBackend()
+
+
+@pytest.fixture()
+def api(backend: FakeBackend) -> TestClient:
+    config = AppConfig.model_validate(yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"])
+    return TestClient(create_api(Catalog(config), backend, Limits(max_upload_bytes=1_000_000, max_pixels=10_000_000)))
+
+
+def _upload(api: TestClient, style: str = "frost", **fields: str):
+    return api.post(f"/v1/styles/{style}", files={"image": ("c.png", samples.encoded(samples.cat()), "image/png")}, data=fields)
+
+
+def test_a_style_request_reaches_its_deployment_with_fixed_and_given_params(api: TestClient, backend: FakeBackend) -> None:
+    r = _upload(api, "frost", strength="0.5", format="jpeg", quality="70")
+    assert r.status_code == 200 and r.headers["x-stylefleet-style"] == "frost"
+    [(deployment, request)] = backend.calls
+    assert deployment == "stylize"
+    assert request.params == {"style": "14", "strength": 0.5, "max_side": 1024, "preserve_color": False}
+    assert (request.output.format, request.output.quality) == ("jpeg", 70)
+    assert request.images["image"].shape == samples.cat().shape
+
+
+def test_params_are_checked_before_the_backend_is_called(api: TestClient, backend: FakeBackend) -> None:
+    assert _upload(api, strength="9").status_code == 422
+    assert backend.calls == []
+
+
+def test_backend_errors_keep_their_status_and_headers(api: TestClient, backend: FakeBackend) -> None:
+    backend.reply = Overloaded("queue full", retry_after_s=3)
+    r = _upload(api)
+    assert r.status_code == 503 and r.headers["retry-after"] == "3"
+    assert r.json() == {"error": {"code": "overloaded", "message": "queue full"}}
+
+
+def test_internal_errors_do_not_leak_details(api: TestClient, backend: FakeBackend) -> None:
+    backend.reply = InternalError("the model failed on this input; the error was logged")
+    r = _upload(api)
+    assert r.status_code == 500 and "Traceback" not in r.text
+
+
+def test_content_length_over_the_limit_is_refused_before_reading(api: TestClient, backend: FakeBackend) -> None:
+    r = api.post("/v1/styles/frost", content=b"x" * 2_000_000, headers={"content-type": "multipart/form-data; boundary=x"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
+
+
+def test_healthz_is_503_when_a_deployment_is_not_healthy(api: TestClient, backend: FakeBackend) -> None:
+    assert api.get("/healthz").status_code == 200
+    backend.statuses = {"stylize": "UNHEALTHY", "router": "HEALTHY"}
+    r = api.get("/healthz")
+    assert r.status_code == 503 and r.json()["deployments"]["stylize"] == "UNHEALTHY"
+
+
+def test_duplicate_fields_are_refused(api: TestClient) -> None:
+    r = api.post(
+        "/v1/styles/frost",
+        files=[("image", ("a.png", samples.encoded(samples.cat()), "image/png")), ("image", ("b.png", samples.encoded(samples.cat()), "image/png"))],
+    )
+    assert r.status_code == 422 and "more than once" in r.json()["error"]["message"]
+
+
+def test_styles_describe_params_without_fixed_ones(api: TestClient) -> None:
+    styles = {s["name"]: s for s in api.get("/v1/styles").json()["styles"]}
+    assert [p["name"] for p in styles["remove-background"]["params"]] == ["bg_color", "max_side", "only_mask", "format", "quality"]
+    assert all(s["task"] for s in styles.values())
+    assert np.all([("style" not in {p["name"] for p in s["params"]}) for s in styles.values()])

