@@ -43,6 +43,7 @@ class ModelRequest:
     images: dict[str, np.ndarray]
     params: dict[str, Any] = field(default_factory=dict)
     output: OutputSpec | None = None
+    keep_pixels: bool = False  # also return the array with the encoded bytes (shadow comparison)
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class EncodedImage:
     width: int
     height: int
     model_sha256: str
+    pixels: np.ndarray | None = None
 
 
 P = TypeVar("P", bound="Prepared")
@@ -152,5 +154,6 @@ def encode_outcomes(
             replies.append(_as_error(exc))
             continue
         h, w = outcome.shape[:2]
-        replies.append(EncodedImage(data, CONTENT_TYPES[request.output.format], w, h, model_sha256))
+        pixels = outcome if request.keep_pixels else None
+        replies.append(EncodedImage(data, CONTENT_TYPES[request.output.format], w, h, model_sha256, pixels))
     return replies

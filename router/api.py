@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -14,8 +12,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from deployments.batching import EncodedImage, ModelRequest, Reply
-from router.catalog import Catalog, split_params
+from router.core import RouterCore
 from stylefleet.config import Limits
 from stylefleet.errors import (
     InternalError,
@@ -24,19 +21,10 @@ from stylefleet.errors import (
     StylefleetError,
     UnsupportedMediaType,
 )
-from stylefleet.imageio import decode
 
 logger = logging.getLogger("ray.serve")
 
 _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
-
-
-class Backend(Protocol):
-    """What the API needs from the cluster: run a request on a deployment, report health."""
-
-    async def run(self, deployment: str, request: ModelRequest) -> Reply: ...
-
-    async def health(self) -> dict[str, str]: ...
 
 
 def error_response(exc: StylefleetError) -> JSONResponse:
@@ -77,7 +65,7 @@ class BodyLimit:
         return PayloadTooLarge(f"the request body ({size} bytes) is over the limit of {self.max_bytes} (max_upload_bytes)")
 
 
-def create_api(catalog: Catalog, backend: Backend, limits: Limits) -> FastAPI:
+def create_api(core: RouterCore, limits: Limits) -> FastAPI:
     app = FastAPI(
         title="stylefleet",
         description="Image AI styles served on Ray Serve. Errors are {'error': {'code', 'message'}}.",
@@ -105,41 +93,36 @@ def create_api(catalog: Catalog, backend: Backend, limits: Limits) -> FastAPI:
 
     @app.get("/v1/styles")
     async def list_styles() -> dict[str, Any]:
-        return {"styles": catalog.describe()}
+        return {"styles": core.describe_styles()}
+
+    @app.get("/v1/shadow")
+    async def shadow_report() -> dict[str, Any]:
+        """Drift between each shadow variant and the variant the user got, per style."""
+        return {"comparisons": core.shadow_report.describe()}
 
     @app.post("/v1/styles/{style_name}")
     async def apply_style(style_name: str, request: Request) -> Response:
-        style = catalog.get(style_name)
+        core.catalog.get(style_name)  # 404 before reading the body
         files, fields = await _read_form(request)
-        unexpected = set(files) - set(style.kind.image_fields)
-        if unexpected:
-            raise InvalidParams(
-                f"{', '.join(sorted(unexpected))}: not a file this style takes "
-                f"(it takes {', '.join(style.kind.image_fields)})"
-            )
-        missing = [f for f in style.kind.image_fields if f not in files]
-        if missing:
-            raise InvalidParams(f"the '{missing[0]}' file is required (multipart/form-data)")
-        params, output = split_params(style, fields)
-        images = await asyncio.to_thread(_decode_all, files, limits.max_pixels)
-        reply = await backend.run(style.deployment, ModelRequest(images, params, output))
-        if isinstance(reply, StylefleetError):
-            raise reply
-        if not isinstance(reply, EncodedImage):
-            raise InternalError(f"deployment {style.deployment} returned {type(reply).__name__}")
+        if "variant" not in fields and "variant" in request.query_params:
+            fields["variant"] = request.query_params["variant"]
+        client_key = request.headers.get("x-client-id") or fields.get("client_id")
+        result = await core.handle(style_name, files, fields, client_key=client_key)
+        image = result.image
         return Response(
-            reply.data,
-            media_type=reply.content_type,
+            image.data,
+            media_type=image.content_type,
             headers={
-                "X-Stylefleet-Style": style.name,
-                "X-Stylefleet-Model-Sha256": reply.model_sha256,
-                "X-Stylefleet-Size": f"{reply.width}x{reply.height}",
+                "X-Stylefleet-Style": style_name,
+                "X-Stylefleet-Variant": result.variant,
+                "X-Stylefleet-Model-Sha256": image.model_sha256,
+                "X-Stylefleet-Size": f"{image.width}x{image.height}",
             },
         )
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
-        statuses = await backend.health()
+        statuses = await core.backend.health()
         healthy = bool(statuses) and all(s == "HEALTHY" for s in statuses.values())
         return JSONResponse(
             {"status": "ok" if healthy else "unhealthy", "deployments": statuses},
@@ -170,7 +153,3 @@ async def _read_form(request: Request) -> tuple[dict[str, bytes], dict[str, str]
     finally:
         await form.close()
     return files, fields
-
-
-def _decode_all(files: dict[str, bytes], max_pixels: int) -> dict[str, np.ndarray]:
-    return {name: decode(data, max_pixels=max_pixels, field=name).pixels for name, data in files.items()}

@@ -19,7 +19,9 @@ from deployments.onnx_session import RuntimeOptions
 from deployments.serving import ModelServer
 from router.api import create_api
 from router.catalog import Catalog
-from stylefleet.config import AppConfig, BatchingConfig, DeploymentConfig
+from router.core import RouterCore
+from router.metrics import RayRecorder
+from stylefleet.config import AppConfig, BatchingConfig, DeploymentConfig, RouterSettings
 from stylefleet.errors import ModelUnavailable, Overloaded
 
 logger = logging.getLogger("ray.serve")
@@ -64,15 +66,23 @@ class ServeBackend:
 
 @serve.ingress()
 class Router:
-    """The ingress: parses HTTP, dispatches by style to the model deployments."""
+    """The ingress: parses HTTP, picks the variant, dispatches to the model deployments.
+
+    Its ``user_config`` is ``RouterSettings`` (A/B weights, shadow shares): changing it reaches
+    the running router through ``reconfigure``, without restarting any replica.
+    """
 
     def __init__(self, config: AppConfig, handles: dict[str, DeploymentHandle]) -> None:
         self._config = config
-        self._catalog = Catalog(config)
-        self._backend = ServeBackend(handles, serve.get_replica_context().app_name)
+        backend = ServeBackend(handles, serve.get_replica_context().app_name)
+        self.core = RouterCore(Catalog(config), backend, max_pixels=config.limits.max_pixels, recorder=RayRecorder())
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        self.core.apply(RouterSettings.model_validate(user_config or {}))
+        logger.info("traffic now %s (shadows %s)", self.core.traffic.weights, self.core.traffic.shadows)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_api(self._catalog, self._backend, self._config.limits)
+        return create_api(self.core, self._config.limits)
 
 
 def model_deployment(name: str, dep: DeploymentConfig, config: AppConfig) -> Any:
@@ -84,14 +94,14 @@ def model_deployment(name: str, dep: DeploymentConfig, config: AppConfig) -> Any
         serve.deployment(ModelServer)
         .options(
             name=name,
-            num_replicas=dep.num_replicas,
+            autoscaling_config=dep.autoscaling.to_serve(),
             max_ongoing_requests=dep.max_ongoing_requests,
             max_queued_requests=dep.max_queued_requests,
             ray_actor_options={"num_cpus": dep.num_cpus, "num_gpus": dep.num_gpus},
             backpressure_config={"status_code": 503, "retry_after_s": 1},
             user_config=BatchingConfig().model_dump(),  # serve_config.yaml's deployments[] overrides it
         )
-        .bind(dep.model, runtime, paths, config.model_dir, config.allow_download)
+        .bind(dep.model, runtime, paths, config.model_dir, config.allow_download, dep.num_gpus)
     )
 
 
@@ -108,6 +118,7 @@ def build_app(args: AppConfig) -> Any:
             num_replicas=router.num_replicas,
             max_ongoing_requests=router.max_ongoing_requests,
             ray_actor_options={"num_cpus": router.num_cpus},
+            user_config=RouterSettings().model_dump(),  # serve_config.yaml's deployments[] overrides it
         )
         .bind(config, handles)
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -23,16 +24,30 @@ class OutputParams(BaseModel):
 
 
 @dataclass(frozen=True)
-class Style:
+class Variant:
     name: str
     deployment: str
+    fixed_params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Style:
+    name: str
     kind: ModelKind
     description: str
-    fixed_params: dict[str, Any]
+    variants: dict[str, Variant]
 
     @property
     def task(self) -> str:
         return self.kind.task
+
+    @property
+    def fixed_names(self) -> set[str]:
+        """Params some variant fixes: clients may set none of them."""
+        return {k for v in self.variants.values() for k in v.fixed_params}
+
+    def variant(self, name: str) -> Variant:
+        return self.variants[name]
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -40,7 +55,7 @@ class Style:
             "task": self.task,
             "description": self.description,
             "inputs": list(self.kind.image_fields),
-            "params": describe_params(self.kind.params_model, hide=set(self.fixed_params)) + describe_params(OutputParams),
+            "params": describe_params(self.kind.params_model, hide=self.fixed_names) + describe_params(OutputParams),
         }
 
 
@@ -70,25 +85,23 @@ def describe_params(model: type[BaseModel], hide: set[str] = frozenset()) -> lis
 
 
 class Catalog:
-    """Every style, checked against its deployment's model at construction (i.e. at deploy time)."""
+    """Every style and variant, checked against its deployment's model at construction (deploy time)."""
 
     def __init__(self, config: AppConfig) -> None:
         self._styles: dict[str, Style] = {}
         for name, style in config.styles.items():
-            kind = KINDS[config.deployments[style.deployment].model]
-            try:
-                validate_params(kind.params_model, style.params)
-            except InvalidParams as exc:
-                raise ValueError(f"styles.{name}.params: {exc.message}") from None
-            self._styles[name] = Style(
-                name=name,
-                deployment=style.deployment,
-                kind=kind,
-                description=style.description,
-                fixed_params=dict(style.params),
-            )
+            variants = {}
+            kind = KINDS[config.deployments[style.variant_list()[0].deployment].model]
+            for v in style.variant_list():
+                where = f"styles.{name}.params" if style.variants is None else f"styles.{name}.variants.{v.name}.params"
+                try:
+                    validate_params(kind.params_model, v.params)
+                except InvalidParams as exc:
+                    raise ValueError(f"{where}: {exc.message}") from None
+                variants[v.name] = Variant(name=v.name, deployment=v.deployment, fixed_params=dict(v.params))
+            self._styles[name] = Style(name=name, kind=kind, description=style.description, variants=variants)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Style]:
         return iter(self._styles.values())
 
     def get(self, name: str) -> Style:
@@ -97,21 +110,18 @@ class Catalog:
         except KeyError:
             raise UnknownStyle(f"no style named {name!r}; GET /v1/styles lists them") from None
 
-    def describe(self) -> list[dict[str, Any]]:
-        return [s.describe() for s in self._styles.values()]
 
+def split_params(style: Style, variant: Variant, fields: dict[str, str]) -> tuple[dict[str, Any], OutputSpec]:
+    """Form fields -> (model params with the variant's fixed ones applied, output spec).
 
-def split_params(style: Style, fields: dict[str, str]) -> tuple[dict[str, Any], OutputSpec]:
-    """Form fields -> (model params with the style's fixed ones applied, output spec).
-
-    Raises InvalidParams for unknown fields, bad values, or an attempt to override a fixed param.
+    Raises InvalidParams for unknown fields, bad values, or an attempt to set a fixed param.
     """
     output_names = set(OutputParams.model_fields)
-    fixed = set(style.fixed_params) & set(fields)
+    fixed = style.fixed_names & set(fields)
     if fixed:
         raise InvalidParams(f"{', '.join(sorted(fixed))}: fixed by style {style.name!r}, cannot be set")
     output = validate_params(OutputParams, {k: v for k, v in fields.items() if k in output_names})
     model_fields = {k: v for k, v in fields.items() if k not in output_names}
-    params = {**model_fields, **style.fixed_params}
+    params = {**model_fields, **variant.fixed_params}
     checked = validate_params(style.kind.params_model, params)
     return checked.model_dump(), OutputSpec(format=output.format, quality=output.quality)

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from deployments.batching import EncodedImage, ModelRequest, Reply
 from router.api import create_api
 from router.catalog import Catalog
+from router.core import RouterCore
 from stylefleet.config import AppConfig, Limits
 from stylefleet.errors import InternalError, Overloaded
 from tests import samples
@@ -40,7 +41,8 @@ def backend() -> FakeBackend:
 @pytest.fixture()
 def api(backend: FakeBackend) -> TestClient:
     config = AppConfig.model_validate(yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"])
-    return TestClient(create_api(Catalog(config), backend, Limits(max_upload_bytes=1_000_000, max_pixels=10_000_000)))
+    core = RouterCore(Catalog(config), backend, max_pixels=10_000_000)
+    return TestClient(create_api(core, Limits(max_upload_bytes=1_000_000, max_pixels=10_000_000)))
 
 
 def _upload(api: TestClient, style: str = "frost", **fields: str):
@@ -50,6 +52,7 @@ def _upload(api: TestClient, style: str = "frost", **fields: str):
 def test_a_style_request_reaches_its_deployment_with_fixed_and_given_params(api: TestClient, backend: FakeBackend) -> None:
     r = _upload(api, "frost", strength="0.5", format="jpeg", quality="70")
     assert r.status_code == 200 and r.headers["x-stylefleet-style"] == "frost"
+    assert r.headers["x-stylefleet-variant"] == "default"
     [(deployment, request)] = backend.calls
     assert deployment == "stylize"
     assert request.params == {"style": "14", "strength": 0.5, "max_side": 1024, "preserve_color": False}

@@ -1,0 +1,279 @@
+"""What the router does with a request, independent of HTTP and of Ray (both are injected).
+
+- picks the variant (forced, sticky by client key, or random by weight: ``router.variants``);
+- validates params, decodes images, dispatches to the variant's deployment;
+- for a sampled share of traffic, also runs each shadow variant in the background, compares its
+  image with the user's (PSNR, SSIM, mean absolute difference) and records the drift; the user's
+  response never waits for, or fails because of, shadow work;
+- records per style and variant: requests by outcome, latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+import numpy as np
+
+from deployments.batching import EncodedImage, ModelRequest, Reply
+from router.catalog import Catalog, Style, split_params
+from router.variants import choose_variant, validate_weights
+from stylefleet.compare import drift
+from stylefleet.config import RouterSettings
+from stylefleet.errors import InternalError, InvalidParams, StylefleetError
+from stylefleet.imageio import decode
+
+logger = logging.getLogger("ray.serve")
+
+
+class Backend(Protocol):
+    """What the router needs from the cluster: run a request on a deployment, report health."""
+
+    async def run(self, deployment: str, request: ModelRequest) -> Reply: ...
+
+    async def health(self) -> dict[str, str]: ...
+
+
+class Recorder(Protocol):
+    """Where figures go (Prometheus through ray.util.metrics in production, a list in tests)."""
+
+    def request(self, style: str, variant: str, outcome: str, seconds: float) -> None: ...
+
+    def shadow(self, style: str, primary: str, shadow: str, psnr_db: float, ssim: float, mad: float) -> None: ...
+
+
+class NullRecorder:
+    def request(self, style: str, variant: str, outcome: str, seconds: float) -> None:
+        pass
+
+    def shadow(self, style: str, primary: str, shadow: str, psnr_db: float, ssim: float, mad: float) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """The live split: style -> variant -> weight, and style -> shadow variant -> percent."""
+
+    weights: dict[str, dict[str, float]]
+    shadows: dict[str, dict[str, float]]
+
+
+def build_traffic(catalog: Catalog, settings: RouterSettings) -> Traffic:
+    """Resolve ``RouterSettings`` against the catalogue; any bad field raises ValueError naming it."""
+    styles = {s.name: s for s in catalog}
+    for section, table in (("splits", settings.splits), ("shadows", settings.shadows)):
+        for name in table:
+            if name not in styles:
+                raise ValueError(f"user_config.{section}.{name}: unknown style")
+    weights: dict[str, dict[str, float]] = {}
+    shadows: dict[str, dict[str, float]] = {}
+    for name, style in styles.items():
+        known = set(style.variants)
+        shadow = dict(settings.shadows.get(name, {}))
+        for variant, percent in shadow.items():
+            if variant not in known:
+                raise ValueError(f"user_config.shadows.{name}.{variant}: unknown variant; known: {', '.join(sorted(known))}")
+            if not 0 <= percent <= 100:
+                raise ValueError(f"user_config.shadows.{name}.{variant}: {percent} is not a percentage (0-100)")
+        if name in settings.splits:
+            split = dict(settings.splits[name])
+            validate_weights(f"user_config.splits.{name}", split, known)
+            split = {v: split.get(v, 0.0) for v in known}
+        else:
+            live = [v for v in known if v not in shadow] or sorted(known)
+            split = {v: (1.0 if v in live else 0.0) for v in known}
+        weights[name] = split
+        shadows[name] = {v: p for v, p in shadow.items() if p > 0}
+    return Traffic(weights=weights, shadows=shadows)
+
+
+@dataclass
+class _DriftSum:
+    count: int = 0
+    failed: int = 0
+    psnr_db: float = 0.0  # finite values only
+    psnr_count: int = 0
+    ssim: float = 0.0
+    mad: float = 0.0
+
+
+@dataclass
+class ShadowReport:
+    """Per (style, primary variant, shadow variant): how many comparisons and the mean drift."""
+
+    sums: dict[tuple[str, str, str], _DriftSum] = field(default_factory=dict)
+
+    def add(self, key: tuple[str, str, str], psnr_db: float, ssim: float, mad: float) -> None:
+        s = self.sums.setdefault(key, _DriftSum())
+        s.count += 1
+        if np.isfinite(psnr_db):
+            s.psnr_db += psnr_db
+            s.psnr_count += 1
+        s.ssim += ssim
+        s.mad += mad
+
+    def fail(self, key: tuple[str, str, str]) -> None:
+        self.sums.setdefault(key, _DriftSum()).failed += 1
+
+    def describe(self) -> list[dict[str, Any]]:
+        out = []
+        for (style, primary, shadow), s in sorted(self.sums.items()):
+            n = max(s.count, 1)
+            out.append(
+                {
+                    "style": style,
+                    "primary": primary,
+                    "shadow": shadow,
+                    "comparisons": s.count,
+                    "failed": s.failed,
+                    "identical": s.count - s.psnr_count,
+                    "psnr_db_mean": round(s.psnr_db / s.psnr_count, 3) if s.psnr_count else None,
+                    "ssim_mean": round(s.ssim / n, 5) if s.count else None,
+                    "mean_abs_diff_mean": round(s.mad / n, 4) if s.count else None,
+                }
+            )
+        return out
+
+
+@dataclass(frozen=True)
+class Result:
+    image: EncodedImage
+    variant: str
+    seconds: float
+
+
+class RouterCore:
+    def __init__(
+        self,
+        catalog: Catalog,
+        backend: Backend,
+        *,
+        max_pixels: int,
+        recorder: Recorder | None = None,
+        rng: random.Random | None = None,
+        max_shadow_tasks: int = 32,
+    ) -> None:
+        self.catalog = catalog
+        self.backend = backend
+        self.max_pixels = max_pixels
+        self.recorder = recorder or NullRecorder()
+        self.rng = rng or random.Random()
+        self.traffic = build_traffic(catalog, RouterSettings())
+        self.shadow_report = ShadowReport()
+        self.max_shadow_tasks = max_shadow_tasks
+        self._shadow_tasks: set[asyncio.Task[None]] = set()
+
+    def apply(self, settings: RouterSettings) -> None:
+        """Swap in new weights atomically; a bad setting raises and leaves the old ones in place."""
+        self.traffic = build_traffic(self.catalog, settings)
+
+    def describe_styles(self) -> list[dict[str, Any]]:
+        traffic = self.traffic
+        out = []
+        for style in self.catalog:
+            entry = style.describe()
+            entry["variants"] = [
+                {
+                    "name": v.name,
+                    "deployment": v.deployment,
+                    "weight": traffic.weights[style.name][v.name],
+                    "shadow_percent": traffic.shadows[style.name].get(v.name, 0.0),
+                }
+                for v in style.variants.values()
+            ]
+            out.append(entry)
+        return out
+
+    async def handle(
+        self,
+        style_name: str,
+        files: Mapping[str, bytes],
+        fields: dict[str, str],
+        *,
+        client_key: str | None = None,
+    ) -> Result:
+        started = time.perf_counter()
+        style = self.catalog.get(style_name)
+        forced = fields.pop("variant", None)
+        fields.pop("client_id", None)
+        traffic = self.traffic
+        variant = choose_variant(style.name, traffic.weights[style.name], client_key=client_key, forced=forced, rng=self.rng)
+        try:
+            result = await self._run(style, variant, files, fields, traffic, started)
+        except StylefleetError as exc:
+            self.recorder.request(style.name, variant, exc.code, time.perf_counter() - started)
+            exc.headers.setdefault("X-Stylefleet-Variant", variant)
+            raise
+        self.recorder.request(style.name, variant, "ok", result.seconds)
+        return result
+
+    async def _run(
+        self, style: Style, variant: str, files: Mapping[str, bytes], fields: dict[str, str], traffic: Traffic, started: float
+    ) -> Result:
+        _check_files(style, files)
+        params, output = split_params(style, style.variant(variant), fields)
+        images = await asyncio.to_thread(_decode_all, files, self.max_pixels)
+        shadows = [v for v, pct in traffic.shadows[style.name].items() if v != variant and self.rng.random() * 100 < pct]
+        request = ModelRequest(images, params, output, keep_pixels=bool(shadows))
+        reply = await self.backend.run(style.variant(variant).deployment, request)
+        if isinstance(reply, StylefleetError):
+            raise reply
+        if not isinstance(reply, EncodedImage):
+            raise InternalError(f"deployment {style.variant(variant).deployment} returned {type(reply).__name__}")
+        seconds = time.perf_counter() - started
+        if shadows and reply.pixels is not None:
+            for shadow in shadows:
+                self._start_shadow(style, variant, shadow, images, fields, reply.pixels)
+            reply = replace(reply, pixels=None)
+        return Result(image=reply, variant=variant, seconds=seconds)
+
+    def _start_shadow(
+        self, style: Style, primary: str, shadow: str, images: dict[str, np.ndarray], fields: dict[str, str], reference: np.ndarray
+    ) -> None:
+        if len(self._shadow_tasks) >= self.max_shadow_tasks:
+            return  # shadow work is best effort: never let it pile up behind real traffic
+        task = asyncio.create_task(self._shadow(style, primary, shadow, images, dict(fields), reference))
+        self._shadow_tasks.add(task)
+        task.add_done_callback(self._shadow_tasks.discard)
+
+    async def _shadow(
+        self, style: Style, primary: str, shadow: str, images: dict[str, np.ndarray], fields: dict[str, str], reference: np.ndarray
+    ) -> None:
+        key = (style.name, primary, shadow)
+        try:
+            params, _ = split_params(style, style.variant(shadow), fields)
+            reply = await self.backend.run(style.variant(shadow).deployment, ModelRequest(images, params, None))
+            if not isinstance(reply, np.ndarray):
+                raise RuntimeError(f"shadow returned {type(reply).__name__}: {reply}")
+            d = await asyncio.to_thread(drift, reference, reply)
+        except Exception as exc:  # noqa: BLE001 - shadow failures are recorded, never raised
+            logger.warning("shadow %s failed: %s", key, exc)
+            self.shadow_report.fail(key)
+            return
+        self.shadow_report.add(key, d.psnr_db, d.ssim, d.mean_abs_diff)
+        self.recorder.shadow(style.name, primary, shadow, d.psnr_db, d.ssim, d.mean_abs_diff)
+
+    async def drain_shadows(self) -> None:
+        """Wait for shadow work in flight (tests and shutdown)."""
+        while self._shadow_tasks:
+            await asyncio.gather(*list(self._shadow_tasks), return_exceptions=True)
+
+
+def _check_files(style: Style, files: Mapping[str, bytes]) -> None:
+    unexpected = set(files) - set(style.kind.image_fields)
+    if unexpected:
+        raise InvalidParams(
+            f"{', '.join(sorted(unexpected))}: not a file this style takes (it takes {', '.join(style.kind.image_fields)})"
+        )
+    missing = [f for f in style.kind.image_fields if f not in files]
+    if missing:
+        raise InvalidParams(f"the '{missing[0]}' file is required (multipart/form-data)")
+
+
+def _decode_all(files: Mapping[str, bytes], max_pixels: int) -> dict[str, np.ndarray]:
+    return {name: decode(data, max_pixels=max_pixels, field=name).pixels for name, data in files.items()}

@@ -1,0 +1,124 @@
+"""The router core with a fake backend: variants, shadow comparison, per-variant figures."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import numpy as np
+import pytest
+import yaml
+
+from deployments.batching import EncodedImage, ModelRequest, Reply
+from router.catalog import Catalog
+from router.core import RouterCore
+from stylefleet.config import AppConfig, RouterSettings
+from stylefleet.errors import InvalidParams, ModelUnavailable
+from tests import samples
+from tests.samples import ROOT
+
+
+class ShadowBackend:
+    """Primary calls answer at once; shadow calls wait for ``release`` (or fail)."""
+
+    def __init__(self, shadow_fails: bool = False) -> None:
+        self.release = asyncio.Event()
+        self.shadow_fails = shadow_fails
+        self.calls: list[ModelRequest] = []
+
+    async def run(self, deployment: str, request: ModelRequest) -> Reply:
+        self.calls.append(request)
+        pixels = request.images["image"]
+        if request.output is None:  # the shadow asks for the array
+            await self.release.wait()
+            if self.shadow_fails:
+                raise ModelUnavailable("shadow deployment down")
+            return np.clip(pixels.astype(int) + 8, 0, 255).astype(np.uint8)
+        return EncodedImage(b"png", "image/png", pixels.shape[1], pixels.shape[0], "sha", pixels if request.keep_pixels else None)
+
+    async def health(self) -> dict[str, str]:
+        return {}
+
+
+class ListRecorder:
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, str]] = []
+        self.shadows: list[tuple[str, str, str, float]] = []
+
+    def request(self, style: str, variant: str, outcome: str, seconds: float) -> None:
+        self.requests.append((style, variant, outcome))
+
+    def shadow(self, style: str, primary: str, shadow: str, psnr_db: float, ssim: float, mad: float) -> None:
+        self.shadows.append((style, primary, shadow, mad))
+
+
+def _core(backend, recorder, settings: dict) -> RouterCore:
+    args = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"]
+    core = RouterCore(Catalog(AppConfig.model_validate(args)), backend, max_pixels=10**8, recorder=recorder, rng=random.Random(3))
+    core.apply(RouterSettings.model_validate(settings))
+    return core
+
+
+PHOTO = {"image": samples.encoded(samples.cat())}
+
+
+def test_shadow_work_neither_delays_nor_fails_the_user_and_records_drift() -> None:
+    async def scenario() -> None:
+        backend, recorder = ShadowBackend(), ListRecorder()
+        core = _core(backend, recorder, {"splits": {"oil-paint": {"a": 1}}, "shadows": {"oil-paint": {"b": 100}}})
+        result = await asyncio.wait_for(core.handle("oil-paint", PHOTO, {}), timeout=30)  # the shadow is still blocked
+        assert result.variant == "a" and result.image.pixels is None
+        backend.release.set()
+        await core.drain_shadows()
+        [report] = core.shadow_report.describe()
+        assert (report["primary"], report["shadow"], report["comparisons"]) == ("a", "b", 1)
+        assert report["mean_abs_diff_mean"] == pytest.approx(8, abs=0.5)
+        assert recorder.shadows == [("oil-paint", "a", "b", pytest.approx(8, abs=0.5))]
+
+    asyncio.run(scenario())
+
+
+def test_a_failing_shadow_is_counted_and_harms_nothing() -> None:
+    async def scenario() -> None:
+        backend = ShadowBackend(shadow_fails=True)
+        core = _core(backend, ListRecorder(), {"splits": {"oil-paint": {"a": 1}}, "shadows": {"oil-paint": {"b": 100}}})
+        result = await core.handle("oil-paint", PHOTO, {})
+        backend.release.set()
+        await core.drain_shadows()
+        assert result.variant == "a"
+        assert core.shadow_report.describe()[0]["failed"] == 1
+
+    asyncio.run(scenario())
+
+
+def test_without_shadows_no_pixels_travel_back() -> None:
+    async def scenario() -> None:
+        backend = ShadowBackend()
+        core = _core(backend, ListRecorder(), {"splits": {"oil-paint": {"a": 1, "b": 1}}})
+        await core.handle("oil-paint", PHOTO, {})
+        assert [c.keep_pixels for c in backend.calls] == [False]
+
+    asyncio.run(scenario())
+
+
+def test_variants_get_their_own_fixed_params_and_figures() -> None:
+    async def scenario() -> None:
+        backend, recorder = ShadowBackend(), ListRecorder()
+        core = _core(backend, recorder, {"splits": {"oil-paint": {"a": 1, "b": 1}}})
+        await core.handle("oil-paint", PHOTO, {"variant": "b"})
+        await core.handle("oil-paint", PHOTO, {"variant": "a"})
+        with pytest.raises(InvalidParams):
+            await core.handle("oil-paint", PHOTO, {"variant": "b", "strength": "0.2"})  # fixed by variant b
+        assert backend.calls[0].params["strength"] == 0.7 and backend.calls[1].params["strength"] == 1.0
+        assert recorder.requests == [("oil-paint", "b", "ok"), ("oil-paint", "a", "ok"), ("oil-paint", "b", "invalid_params")]
+
+    asyncio.run(scenario())
+
+
+def test_client_id_field_makes_assignment_sticky() -> None:
+    async def scenario() -> None:
+        core = _core(ShadowBackend(), ListRecorder(), {"splits": {"oil-paint": {"a": 1, "b": 1}}})
+        seen = {(await core.handle("oil-paint", PHOTO, {}, client_key="alice")).variant for _ in range(6)}
+        assert len(seen) == 1
+
+    asyncio.run(scenario())
