@@ -1,4 +1,6 @@
-"""The Ray Serve wrapper around a model: it queues, batches, moves compute off the event loop.
+"""The Ray Serve wrapper around a model: it queues, batches, moves compute off the event loop,
+and records its figures (batch size, time queued before the batch ran, model load time, and on a
+GPU the utilisation and memory in use).
 
 One class serves every model kind; the app builder deploys it once per configured deployment
 (``.options(name=...)``), so each model has its own deployment, replicas and batch queue.
@@ -8,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import Counter
+from dataclasses import replace
 from typing import Any
 
 from ray import serve
@@ -18,7 +22,9 @@ from deployments.batching import ModelRequest, Reply, encode_outcomes, run_batch
 from deployments.kinds import KINDS
 from deployments.onnx_session import RuntimeOptions
 from deployments.registry import resolve
+from deployments.metrics import GpuSampler, ReplicaMetrics
 from stylefleet.config import BatchingConfig, check_batch_fits
+from stylefleet.gpu import Nvml, memory_cap_bytes
 
 logger = logging.getLogger("ray.serve")
 
@@ -33,9 +39,15 @@ class ModelServer:
         model_paths: dict[str, str | None],
         model_dir: str | None = None,
         allow_download: bool = False,
+        num_gpus: float = 0.0,
     ) -> None:
         self.kind = KINDS[kind]
         started = time.perf_counter()
+        self.nvml = Nvml.open(runtime.gpu_device_id) if runtime.device == "cuda" else None
+        if self.nvml is not None and num_gpus > 0:
+            cap = memory_cap_bytes(num_gpus, self.nvml.total_memory_bytes())
+            runtime = replace(runtime, gpu_mem_limit_bytes=cap)
+            logger.info("GPU share %.2f: ONNX Runtime capped at %.2f GiB", num_gpus, cap / 2**30)
         files = [
             resolve(name, path=model_paths.get(name), model_dir=model_dir, allow_download=allow_download)
             for name in self.kind.files
@@ -44,6 +56,10 @@ class ModelServer:
         self.model_sha256 = "+".join(f.sha256 for f in files)
         self.load_seconds = time.perf_counter() - started
         self.batch_sizes: Counter[int] = Counter()  # how many batches of each size ran
+        self.metrics = ReplicaMetrics(gpu=self.nvml is not None)
+        self.metrics.model_loaded(self.kind.name, self.load_seconds)
+        nvml, pid = self.nvml, os.getpid()
+        self.gpu_sampler = GpuSampler(self.metrics, lambda: nvml.read(pid)) if nvml is not None else None
         logger.info("loaded %s (%s) in %.2fs", kind, self.model_sha256[:12], self.load_seconds)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -59,14 +75,16 @@ class ModelServer:
 
     async def __call__(self, request: ModelRequest) -> Reply:
         """One request in, its own result or its own error out (never a batch mate's)."""
-        return await self.handle_batch(request)
+        return await self.handle_batch((time.monotonic(), request))
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
-    async def handle_batch(self, requests: list[ModelRequest]) -> list[Reply]:
-        return await asyncio.to_thread(self._compute, requests)
+    async def handle_batch(self, arrivals: list[tuple[float, ModelRequest]]) -> list[Reply]:
+        started = time.monotonic()
+        self.metrics.batch_started(len(arrivals), [started - arrived for arrived, _ in arrivals])
+        self.batch_sizes[len(arrivals)] += 1
+        return await asyncio.to_thread(self._compute, [request for _, request in arrivals])
 
     def _compute(self, requests: list[ModelRequest]) -> list[Reply]:
-        self.batch_sizes[len(requests)] += 1
         return encode_outcomes(requests, run_batch(self.model, requests), self.model_sha256)
 
     @staticmethod

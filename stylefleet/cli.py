@@ -72,12 +72,35 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=float, default=600, help="seconds to wait for the app to be RUNNING")
     run.set_defaults(func=cmd_run)
 
-    from stylefleet.bench import add_arguments
+    from stylefleet import bench as bench_mod
+    from stylefleet import k8s as k8s_mod
 
     bench = sub.add_parser("bench", help="measure bare and served throughput; print and write JSON")
-    add_arguments(bench)
+    bench_mod.add_arguments(bench)
     bench.set_defaults(func=cmd_bench)
+
+    k8s = sub.add_parser("k8s", help="regenerate k8s/ (RayService, PodMonitor, Grafana dashboard) from the config")
+    k8s_mod.add_arguments(k8s)
+    k8s.set_defaults(func=lambda a: k8s_mod.main(a))
+
+    config = sub.add_parser("config", help="validate a serve config (+ profile) and print the merged result")
+    config.add_argument("config", nargs="?", default="serve_config.yaml")
+    config.add_argument("--profile", default=None, help="e.g. profiles/gpu.yaml")
+    config.set_defaults(func=cmd_config)
     return parser
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from stylefleet import profiles
+
+    merged = profiles.load(args.config, args.profile)
+    try:
+        profiles.validate(merged)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        print(f"invalid config: {exc}", file=sys.stderr)
+        return 1
+    print(yaml.safe_dump(merged, sort_keys=False), end="")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

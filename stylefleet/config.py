@@ -32,11 +32,48 @@ class BatchingConfig(_Strict):
     )
 
 
+class AutoscalingConfig(_Strict):
+    """Replicas follow queue length: Serve adds one when (queued + running) per replica stays
+    above ``target_ongoing_requests`` for ``upscale_delay_s``."""
+
+    min_replicas: int = Field(1, ge=0, description="replicas kept when idle (0 allows scale to zero)")
+    max_replicas: PositiveInt = Field(1, description="ceiling; see the README's CPU rule")
+    target_ongoing_requests: PositiveFloat | None = Field(
+        None, description="requests per replica Serve aims for; default: the default max_batch_size (a full batch)"
+    )
+    upscale_delay_s: float = Field(10.0, ge=0.0, description="how long the queue must stay long before adding a replica")
+    downscale_delay_s: float = Field(60.0, ge=0.0, description="how long it must stay short before removing one")
+    metrics_interval_s: float = Field(2.0, gt=0.0, description="how often replicas report their queue length")
+    look_back_period_s: float = Field(10.0, gt=0.0, description="window the queue length is averaged over")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})")
+        return self
+
+    def target(self) -> float:
+        return self.target_ongoing_requests or float(BatchingConfig().max_batch_size)
+
+    def to_serve(self) -> dict[str, Any]:
+        """Ray Serve's ``autoscaling_config``."""
+        return {
+            "min_replicas": self.min_replicas,
+            "initial_replicas": max(1, self.min_replicas),
+            "max_replicas": self.max_replicas,
+            "target_ongoing_requests": self.target(),
+            "upscale_delay_s": self.upscale_delay_s,
+            "downscale_delay_s": self.downscale_delay_s,
+            "metrics_interval_s": self.metrics_interval_s,
+            "look_back_period_s": self.look_back_period_s,
+        }
+
+
 class DeploymentConfig(_Strict):
     """One model deployment (one model, its replicas and batching)."""
 
     model: Literal["multistyle26", "arbitrary", "u2netp"] = Field(description="which model this deployment serves")
-    num_replicas: PositiveInt = 1
+    autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
     max_ongoing_requests: PositiveInt = Field(16, description="requests a replica holds at once; >= max_batch_size")
     max_queued_requests: int = Field(
         64, ge=-1, description="requests waiting for a replica before callers get 503 overloaded (-1: no bound)"
@@ -55,6 +92,12 @@ class DeploymentConfig(_Strict):
             raise ValueError(
                 f"max_ongoing_requests ({self.max_ongoing_requests}) must be at least the default "
                 f"max_batch_size ({default_batch}), or batches can never fill"
+            )
+        target = self.autoscaling.target()
+        if target >= self.max_ongoing_requests:
+            raise ValueError(
+                f"autoscaling.target_ongoing_requests ({target:g}) must be below max_ongoing_requests "
+                f"({self.max_ongoing_requests}): a replica never holds more, so Serve would never scale up"
             )
         if self.device == "cuda" and self.num_gpus <= 0:
             raise ValueError("device: cuda needs num_gpus > 0")
@@ -78,12 +121,62 @@ class ModelSource(_Strict):
     path: str | None = Field(None, description="a local copy of the weight file (checksum still verified)")
 
 
-class StyleConfig(_Strict):
-    """A style: a name clients use, bound to a deployment and the params it fixes."""
+class VariantConfig(_Strict):
+    """One way of serving a style: a deployment and the params it fixes."""
 
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")
     deployment: str
-    description: str = ""
     params: dict[str, Any] = Field(default_factory=dict, description="fixed params; clients cannot override them")
+
+
+class StyleConfig(_Strict):
+    """A style: a name clients use, bound either to one deployment + fixed params, or to variants.
+
+    Variants are A/B arms; their traffic weights and shadow shares are the router's
+    ``user_config`` (``RouterSettings``), so they change live without restarting anything.
+    """
+
+    description: str = ""
+    deployment: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict, description="fixed params; clients cannot override them")
+    variants: list[VariantConfig] | None = None
+
+    @model_validator(mode="after")
+    def _one_way(self) -> StyleConfig:
+        if (self.deployment is None) == (self.variants is None):
+            raise ValueError("give either deployment (+ params) or variants, not both and not neither")
+        if self.variants is not None:
+            if not self.variants:
+                raise ValueError("variants: at least one variant is needed")
+            names = [v.name for v in self.variants]
+            duplicates = sorted({n for n in names if names.count(n) > 1})
+            if duplicates:
+                raise ValueError(f"variants: names must be unique, repeated: {', '.join(duplicates)}")
+            if self.params:
+                raise ValueError("params: with variants, give params per variant")
+        return self
+
+    def variant_list(self) -> list[VariantConfig]:
+        if self.variants is not None:
+            return self.variants
+        assert self.deployment is not None
+        return [VariantConfig(name=DEFAULT_VARIANT, deployment=self.deployment, params=self.params)]
+
+
+DEFAULT_VARIANT = "default"
+
+
+class RouterSettings(_Strict):
+    """The router's ``user_config``: A/B weights and shadow shares, changed live.
+
+    ``splits``: style -> variant -> weight (non-negative, not all zero). Variants a split does not
+    name get no traffic; a style with no split shares traffic equally among its variants that are
+    not shadows. ``shadows``: style -> variant -> percent of that style's traffic also sent to the
+    variant, whose result is compared with the user's and thrown away.
+    """
+
+    splits: dict[str, dict[str, float]] = Field(default_factory=dict)
+    shadows: dict[str, dict[str, float]] = Field(default_factory=dict)
 
 
 class Limits(_Strict):
@@ -111,10 +204,18 @@ class AppConfig(_Strict):
     @model_validator(mode="after")
     def _references(self) -> AppConfig:
         for name, style in self.styles.items():
-            if style.deployment not in self.deployments:
+            models = set()
+            for i, variant in enumerate(style.variant_list()):
+                where = f"styles.{name}.deployment" if style.variants is None else f"styles.{name}.variants[{i}].deployment"
+                if variant.deployment not in self.deployments:
+                    raise ValueError(
+                        f"{where}: {variant.deployment!r} is not one of deployments {sorted(self.deployments)}"
+                    )
+                models.add(self.deployments[variant.deployment].model)
+            if len(models) > 1:
                 raise ValueError(
-                    f"styles.{name}.deployment: {style.deployment!r} is not one of deployments "
-                    f"{sorted(self.deployments)}"
+                    f"styles.{name}.variants: all variants of a style must serve the same kind of model "
+                    f"(they take the same inputs and params); got {sorted(models)}"
                 )
         from deployments.registry import MODELS
 

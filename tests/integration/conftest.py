@@ -23,7 +23,9 @@ def test_config(port: int) -> dict[str, Any]:
     - its own port, so a developer's `make run` on 8000 does not collide;
     - the restyle deployment bounded tightly (one request at a time, one queued) so the
       tests can provoke 503 overloaded without flooding the machine;
-    - a small upload limit so 413 is cheap to provoke.
+    - a small upload limit so 413 is cheap to provoke;
+    - stylize pinned to one replica (tests compare replica ids), and a small extra deployment
+      with quick autoscaling (1-2 replicas, one thread each) for the scaling test.
     """
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     config["http_options"]["port"] = port
@@ -32,6 +34,24 @@ def test_config(port: int) -> dict[str, Any]:
     args["limits"]["max_upload_bytes"] = 4 * 1024 * 1024
     restyle = args["deployments"]["restyle"]
     restyle.update(max_ongoing_requests=8, max_queued_requests=1)
+    restyle["autoscaling"] = {"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 4}
+    args["deployments"]["stylize"]["autoscaling"]["max_replicas"] = 1
+    args["deployments"]["autoscale-probe"] = {
+        "model": "multistyle26",
+        "num_cpus": 0.25,
+        "threads": 1,
+        "max_ongoing_requests": 8,
+        "autoscaling": {
+            "min_replicas": 1,
+            "max_replicas": 2,
+            "target_ongoing_requests": 1,
+            "upscale_delay_s": 1,
+            "downscale_delay_s": 4,
+            "metrics_interval_s": 0.5,
+            "look_back_period_s": 2,
+        },
+    }
+    args["styles"]["autoscale-probe"] = {"deployment": "autoscale-probe", "params": {"style": "3"}}
     for entry in app["deployments"]:
         if entry["name"] == "restyle":
             entry["user_config"] = {"max_batch_size": 1, "batch_wait_timeout_s": 0.0}
@@ -45,12 +65,19 @@ def serve_app() -> Iterator[dict[str, Any]]:
     cluster = local.LocalCluster(
         include_dashboard=True,  # as `stylefleet run` has it, so its auth and sockets are tested too
         dashboard_port=local.free_port(),
+        metrics_export_port=local.free_port(),
+        num_cpus=3,  # logical CPUs for scheduling: room for the scaling test's second replica
         temp_dir=os.environ.get("STYLEFLEET_TEST_RAY_TMP"),
     )
     cluster.start()
     try:
         cluster.deploy(config, timeout_s=300)
-        yield {"url": f"http://127.0.0.1:{port}", "config": copy.deepcopy(config), "cluster": cluster}
+        yield {
+            "url": f"http://127.0.0.1:{port}",
+            "metrics_url": f"http://127.0.0.1:{cluster.metrics_export_port}/metrics",
+            "config": copy.deepcopy(config),
+            "cluster": cluster,
+        }
     finally:
         cluster.stop()
 
@@ -64,3 +91,20 @@ def base_url(serve_app: dict[str, Any]) -> str:
 def client(base_url: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=base_url, timeout=120) as c:
         yield c
+
+
+def redeploy(serve_app: dict[str, Any], user_configs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Re-apply the session's config with only these deployments' user_config changed
+    (a lightweight update: running replicas get reconfigure(), nothing restarts)."""
+    config = copy.deepcopy(serve_app["config"])
+    for entry in config["applications"][0]["deployments"]:
+        if entry["name"] in user_configs:
+            entry["user_config"] = user_configs[entry["name"]]
+    serve_app["cluster"].deploy(config, timeout_s=120)
+    return config
+
+
+def deployment_info(deployment: str) -> dict[str, Any]:
+    from ray import serve
+
+    return serve.get_deployment_handle(deployment, APP).info.remote().result()

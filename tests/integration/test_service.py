@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import copy
 import io
 from typing import Any
 
@@ -14,12 +13,13 @@ import yaml
 from PIL import Image
 
 from tests import samples
+from tests.integration.conftest import deployment_info, redeploy
 from tests.samples import ROOT
 
 pytestmark = pytest.mark.integration
 
 STYLES = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"]["styles"]
-PAINTING_STYLES = [name for name, s in STYLES.items() if s["deployment"] == "stylize"]
+PAINTING_STYLES = [name for name, s in STYLES.items() if s.get("deployment") == "stylize"]
 
 
 def _png(response: httpx.Response) -> np.ndarray:
@@ -49,7 +49,9 @@ def test_styles_are_listed_with_params(client: httpx.Client) -> None:
 def test_healthz_reports_every_deployment(client: httpx.Client) -> None:
     r = client.get("/healthz")
     assert r.status_code == 200
-    assert r.json()["deployments"] == {d: "HEALTHY" for d in ("stylize", "restyle", "remove-background", "router")}
+    deployments = r.json()["deployments"]
+    assert set(deployments) >= {"stylize", "restyle", "remove-background", "router"}
+    assert set(deployments.values()) == {"HEALTHY"}
 
 
 @pytest.mark.parametrize("style", PAINTING_STYLES)
@@ -108,20 +110,11 @@ def test_32_concurrent_requests_all_succeed(base_url: str) -> None:
     assert all(Image.open(io.BytesIO(r.content)).size == (451, 300) for r in responses)
 
 
-def _info(deployment: str) -> dict[str, Any]:
-    from ray import serve
-
-    return serve.get_deployment_handle(deployment, "stylefleet").info.remote().result()
+def _set_batching(serve_app: dict[str, Any], deployment: str, user_config: dict[str, Any]) -> None:
+    redeploy(serve_app, {deployment: user_config})
 
 
-def _set_batching(serve_app: dict[str, Any], deployment: str, user_config: dict[str, Any]) -> dict[str, Any]:
-    """Redeploy the same app with only this deployment's user_config changed."""
-    config = copy.deepcopy(serve_app["config"])
-    for entry in config["applications"][0]["deployments"]:
-        if entry["name"] == deployment:
-            entry["user_config"] = user_config
-    serve_app["cluster"].deploy(config, timeout_s=120)
-    return config
+_info = deployment_info
 
 
 def test_same_bytes_alone_and_in_a_batch_of_8(serve_app: dict[str, Any], client: httpx.Client) -> None:

@@ -11,7 +11,8 @@ from pydantic import ValidationError
 
 from deployments.registry import ModelFile, resolve
 from router.catalog import Catalog
-from stylefleet.config import AppConfig, BatchingConfig, check_batch_fits
+from router.core import build_traffic
+from stylefleet.config import AppConfig, BatchingConfig, RouterSettings, check_batch_fits
 from stylefleet.errors import ModelUnavailable
 from tests.samples import ROOT
 
@@ -24,15 +25,21 @@ def _args() -> dict[str, Any]:
 
 def test_the_shipped_config_is_valid_and_exposes_all_styles() -> None:
     config = AppConfig.model_validate(_args())
-    styles = list(Catalog(config))
-    assert sum(s.task == "stylize" for s in styles) == 26
-    assert {s.name for s in styles} >= {"restyle", "remove-background"}
-    assert len({s.fixed_params["style"] for s in styles if s.task == "stylize"}) == 26
+    single = [s for s in Catalog(config) if list(s.variants) == ["default"]]
+    painting = [s for s in single if s.task == "stylize"]
+    assert len(painting) == 26
+    assert len({s.variants["default"].fixed_params["style"] for s in painting}) == 26
+    assert {s.name for s in single} >= {"restyle", "remove-background"}
 
 
-def test_shipped_batching_is_valid_for_each_deployment() -> None:
+def test_shipped_user_configs_are_valid() -> None:
     args = _args()
+    catalog = Catalog(AppConfig.model_validate(args))
     for entry in SHIPPED["applications"][0]["deployments"]:
+        if entry["name"] == "router":
+            traffic = build_traffic(catalog, RouterSettings.model_validate(entry["user_config"]))
+            assert traffic.weights["oil-paint"] == {"a": 50, "b": 50}
+            continue
         batching = BatchingConfig.model_validate(entry["user_config"])
         check_batch_fits(batching, args["deployments"][entry["name"]]["max_ongoing_requests"])
 

@@ -1,0 +1,69 @@
+"""Config profiles: a serve config plus overrides (e.g. profiles/gpu.yaml), merged as data.
+
+Mappings merge key by key; lists of named items (``applications``, ``deployments``) merge item
+by item on ``name``; anything else is replaced. The result is validated like any serve config.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def merge(base: Any, override: Any) -> Any:
+    if isinstance(base, dict) and isinstance(override, dict):
+        out = dict(base)
+        for key, value in override.items():
+            out[key] = merge(base[key], value) if key in base else copy.deepcopy(value)
+        return out
+    if isinstance(base, list) and isinstance(override, list) and _named(base) and _named(override):
+        by_name = {item["name"]: item for item in base}
+        out = [merge(item, next((o for o in override if o["name"] == item["name"]), {})) for item in base]
+        out += [copy.deepcopy(o) for o in override if o["name"] not in by_name]
+        return out
+    return copy.deepcopy(override)
+
+
+def _named(items: list[Any]) -> bool:
+    return all(isinstance(i, dict) and "name" in i for i in items)
+
+
+def apply_profile(config: dict[str, Any], profile: dict[str, Any]) -> dict[str, Any]:
+    """``profile['applications']`` is keyed by application name (easier to write than a list)."""
+    profile = dict(profile)
+    apps = profile.pop("applications", {}) or {}
+    unknown = set(apps) - {a["name"] for a in config.get("applications", [])}
+    if unknown:
+        raise ValueError(f"profile names applications not in the config: {sorted(unknown)}")
+    merged = merge(config, profile)
+    merged["applications"] = [merge(app, apps.get(app["name"], {})) for app in merged["applications"]]
+    return merged
+
+
+def load(config_path: str | Path, profile_path: str | Path | None = None) -> dict[str, Any]:
+    config = yaml.safe_load(Path(config_path).read_text())
+    if profile_path:
+        config = apply_profile(config, yaml.safe_load(Path(profile_path).read_text()))
+    return config
+
+
+def validate(config: dict[str, Any]) -> None:
+    """Everything a deploy would check, without a cluster: Serve's schema, our args, user_configs."""
+    from ray.serve.schema import ServeDeploySchema
+
+    from router.catalog import Catalog
+    from router.core import build_traffic
+    from stylefleet.config import AppConfig, BatchingConfig, RouterSettings, check_batch_fits
+
+    ServeDeploySchema.model_validate(config)
+    for app in config["applications"]:
+        args = AppConfig.model_validate(app.get("args", {}))
+        catalog = Catalog(args)
+        for entry in app.get("deployments", []):
+            if entry["name"] == "router":
+                build_traffic(catalog, RouterSettings.model_validate(entry.get("user_config") or {}))
+            elif entry["name"] in args.deployments and "user_config" in entry:
+                check_batch_fits(BatchingConfig.model_validate(entry["user_config"]), args.deployments[entry["name"]].max_ongoing_requests)
