@@ -7,6 +7,7 @@ the first request.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
@@ -101,6 +102,11 @@ class DeploymentConfig(_Strict):
             )
         if self.device == "cuda" and self.num_gpus <= 0:
             raise ValueError("device: cuda needs num_gpus > 0")
+        if self.device == "cpu" and self.threads is not None and self.threads > max(1, math.ceil(self.num_cpus)):
+            raise ValueError(
+                f"threads ({self.threads}) is above the replica's CPU share (num_cpus {self.num_cpus:g}): "
+                "replicas would oversubscribe the cores; raise num_cpus or lower threads"
+            )
         return self
 
     @property
