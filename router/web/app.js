@@ -90,7 +90,7 @@ function selectStyle(name) {
   }
   $("chosen-style").replaceChildren(el("strong", { text: style.name }), document.createTextNode(`: ${style.description}`));
   $("chosen-style").classList.remove("muted");
-  renderInputs();
+  renderInputs(style.inputs);
   state.form = buildForm($("params"), style.params);
   renderVariants();
   $("settings").hidden = false;
@@ -112,8 +112,8 @@ function renderVariants() {
 
 // ---- inputs -----------------------------------------------------------------------------------
 
-function renderInputs() {
-  const zones = state.style.inputs.map((field) => {
+function renderInputs(fields) {
+  const zones = fields.map((field) => {
     const text = INPUT_TEXT[field] || { title: labelOf(field), hint: "", multiple: false };
     const input = el("input", { type: "file", id: `file-${field}`, class: "visually-hidden", accept: "image/*,.tif,.tiff",
       multiple: text.multiple, "data-field": field });
@@ -137,7 +137,7 @@ function renderInputs() {
     return zone;
   });
   $("inputs").replaceChildren(...zones);
-  for (const field of state.style.inputs) renderChosen(field);
+  for (const field of fields) renderChosen(field);
 }
 
 function setFiles(field, files, multiple) {
@@ -237,6 +237,7 @@ function showResult(i) {
   const img = $("result-img");
   img.src = r.url;
   if (r.width && r.height) $("compare").style.setProperty("--ratio", String(r.width / r.height));
+  fitCompare();
   $("result-variant").textContent = r.variant;
   const seconds = (ms) => `${(ms / 1000).toFixed(2)} s`;
   $("result-timing").textContent = r.serverMs !== null
@@ -247,6 +248,13 @@ function showResult(i) {
   const link = $("download");
   link.href = r.url;
   link.download = r.fileName;
+}
+
+/** Shows the pair no bigger than the larger of the two pictures (a 256 px result is not blown up to the page). */
+function fitCompare() {
+  const before = $("before-img");
+  const widest = Math.max(state.results.length ? state.results[0].width || 0 : 0, before.naturalWidth || 0);
+  if (widest > 0) $("compare").style.setProperty("--natural", `${widest}px`);
 }
 
 function setView(view) {
@@ -281,6 +289,12 @@ function renderBatch(rows, job) {
     row.querySelector(".item-name").textContent = item.name || row.querySelector(".item-name").textContent;
     row.querySelector(".pill").textContent = STATUS_TEXT[item.status] || item.status;
     row.querySelector(".item-error").textContent = item.error ? explain(item.error) : "";
+    if (item.url && !row.querySelector("a.item-result")) {
+      const link = el("a", { class: "item-result checker", href: item.url, download: item.fileName || "", title: "Download this result" },
+        el("img", { src: item.url, alt: `Result for ${item.name}` }));
+      row.prepend(link);
+      row.classList.add("with-result");
+    }
   });
 }
 
@@ -356,7 +370,7 @@ async function start() {
   $("divider").addEventListener("input", (e) => $("compare").style.setProperty("--pos", `${e.target.value}%`));
   for (const b of document.querySelectorAll(".view-toggle button")) b.addEventListener("click", () => setView(b.dataset.view));
   $("before-img").addEventListener("error", () => { $("compare").dataset.before = "missing"; });
-  $("before-img").addEventListener("load", () => { delete $("compare").dataset.before; });
+  $("before-img").addEventListener("load", () => { delete $("compare").dataset.before; fitCompare(); });
   $("batch-cancel").addEventListener("click", () => {
     $("batch-cancel").disabled = true;
     state.cancel?.abort();
@@ -369,6 +383,8 @@ async function start() {
     return;
   }
   renderStyles();
+  renderInputs(["image"]); // pictures may come before the style
+  updateRun();
   document.body.dataset.ready = "true";
 }
 

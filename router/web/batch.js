@@ -110,6 +110,7 @@ async function withOverloadRetry(send, cancel) {
 async function sendOneByOne({ style, images, extraFiles, fields, onUpdate, cancel }) {
   const items = images.map((file) => ({ name: file.name, status: "pending", error: null }));
   const results = new Array(images.length);
+  const taken = new Set(); // file names already used in the zip
   const state = () => ({ status: "running", total: images.length, ...counts(items), items });
   onUpdate(state());
   let next = 0;
@@ -120,6 +121,8 @@ async function sendOneByOne({ style, images, extraFiles, fields, onUpdate, cance
       onUpdate(state());
       try {
         results[i] = await withOverloadRetry(() => applyStyle(style, { image: images[i], ...extraFiles }, fields), cancel);
+        items[i].url = URL.createObjectURL(results[i].blob);
+        items[i].fileName = zipName(images[i], style, results[i].contentType, taken);
         items[i].status = "ok";
       } catch (err) {
         items[i].status = "failed";
@@ -136,8 +139,7 @@ async function sendOneByOne({ style, images, extraFiles, fields, onUpdate, cance
   onUpdate(final);
   let download = null;
   if (final.succeeded > 0) {
-    const taken = new Set();
-    const entries = results.flatMap((r, i) => (r ? [{ name: zipName(images[i], style, r.contentType, taken), blob: r.blob }] : []));
+    const entries = results.flatMap((r, i) => (r ? [{ name: items[i].fileName, blob: r.blob }] : []));
     download = { href: URL.createObjectURL(await makeZip(entries)), name: `stylefleet-${style}.zip` };
   }
   return { mode: "page", state: final, download };
