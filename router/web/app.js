@@ -307,6 +307,7 @@ async function runMany() {
   if (chosen && chosen !== "*") fields.variant = chosen;
 
   $("single").hidden = true;
+  delete $("batch").dataset.mode;
   $("batch").hidden = false;
   $("batch-title").textContent = `Batch: ${images.length} pictures in ${style.name}`;
   $("batch-mode").textContent = "Starting…";
@@ -354,6 +355,7 @@ async function run() {
     else await runSingle();
   } catch (err) {
     $("single").hidden = true;
+    if (!$("batch").dataset.mode) $("batch").hidden = true; // the batch never started (e.g. POST /v1/jobs refused it)
     showError(err);
   } finally {
     state.running = false;
