@@ -1,50 +1,63 @@
-"""The Ray Serve wrapper around a model: it queues, batches, moves compute off the event loop.
+"""The Ray Serve wrappers around a model: they queue, batch, move compute off the event loop.
 
-One class serves every model kind; the app builder deploys it once per configured deployment
-(``.options(name=...)``), so each model has its own deployment, replicas and batch queue.
+``ModelServer`` serves every kind that loads weights; ``ComposedServer`` serves the composed
+kinds (``id-photo``), which call other deployments through handles. The app builder deploys one
+of them per configured deployment (``.options(name=...)``), so each has its own replicas and
+batch queue.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import Counter
 from typing import Any
 
 from ray import serve
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
 
 from deployments.batching import ModelRequest, Reply, encode_outcomes, run_batch
+from deployments.composed import StageClock, run_composed
 from deployments.kinds import KINDS
 from deployments.onnx_session import RuntimeOptions
 from deployments.registry import resolve
 from stylefleet.config import BatchingConfig, check_batch_fits
+from stylefleet.errors import ModelUnavailable, Overloaded
 
 logger = logging.getLogger("ray.serve")
 
 
-class ModelServer:
-    """Loads one model at start (a missing or corrupt file fails the replica with a clear message)."""
+async def call_deployment(handle: DeploymentHandle, deployment: str, request: ModelRequest) -> Reply:
+    """One request to a deployment; Serve's failures become the API's typed errors."""
+    try:
+        return await handle.remote(request)
+    except BackPressureError as exc:
+        raise Overloaded(
+            f"the {deployment} deployment's queue is full (max_queued_requests); retry shortly",
+            retry_after_s=max(1, math.ceil(exc.retry_after_s or 1)),
+        ) from None
+    except (ModelUnavailable, Overloaded):
+        raise
+    except Exception as exc:  # a replica died mid-request, or the deployment never started
+        logger.warning("deployment %s failed a request: %r", deployment, exc)
+        raise ModelUnavailable(f"the {deployment} deployment could not serve the request; retry shortly") from None
 
-    def __init__(
-        self,
-        kind: str,
-        runtime: RuntimeOptions,
-        model_paths: dict[str, str | None],
-        model_dir: str | None = None,
-        allow_download: bool = False,
-    ) -> None:
-        self.kind = KINDS[kind]
-        started = time.perf_counter()
-        files = [
-            resolve(name, path=model_paths.get(name), model_dir=model_dir, allow_download=allow_download)
-            for name in self.kind.files
-        ]
-        self.model = self.kind.factory(files, runtime)
-        self.model_sha256 = "+".join(f.sha256 for f in files)
-        self.load_seconds = time.perf_counter() - started
+
+class _Batched:
+    """What both servers share: live batching through ``reconfigure``, counters, ``info``.
+
+    Each subclass declares its own ``@serve.batch`` method: the decorator keeps one queue per
+    decorated function, so a shared one would be a shared queue.
+    """
+
+    handle_batch: Any
+
+    def __init__(self) -> None:
         self.batch_sizes: Counter[int] = Counter()  # how many batches of each size ran
-        logger.info("loaded %s (%s) in %.2fs", kind, self.model_sha256[:12], self.load_seconds)
+        self.compute_seconds = 0.0  # time inside batches (the benchmark's per-stage shares)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply ``user_config`` (a BatchingConfig) at run time, without restarting the replica.
@@ -61,19 +74,56 @@ class ModelServer:
         """One request in, its own result or its own error out (never a batch mate's)."""
         return await self.handle_batch(request)
 
+    @staticmethod
+    def _max_ongoing_requests() -> int:
+        # Serve keeps the live deployment config on the replica context (a private field).
+        config = getattr(serve.get_replica_context(), "_deployment_config", None)
+        return int(getattr(config, "max_ongoing_requests", 1 << 30))
+
+    def _batch_info(self) -> dict[str, Any]:
+        return {
+            "max_batch_size": self.handle_batch._get_max_batch_size(),
+            "batch_wait_timeout_s": self.handle_batch._get_batch_wait_timeout_s(),
+            "batch_sizes": dict(self.batch_sizes),
+            "compute_seconds": round(self.compute_seconds, 4),
+            "replica": serve.get_replica_context().replica_tag,
+        }
+
+
+class ModelServer(_Batched):
+    """Loads one model at start (a missing or corrupt file fails the replica with a clear message)."""
+
+    def __init__(
+        self,
+        kind: str,
+        runtime: RuntimeOptions,
+        model_paths: dict[str, str | None],
+        model_dir: str | None = None,
+        allow_download: bool = False,
+    ) -> None:
+        super().__init__()
+        self.kind = KINDS[kind]
+        started = time.perf_counter()
+        files = [
+            resolve(name, path=model_paths.get(name), model_dir=model_dir, allow_download=allow_download)
+            for name in self.kind.files
+        ]
+        self.model = self.kind.factory(files, runtime)
+        self.model_sha256 = "+".join(f.sha256 for f in files)
+        self.load_seconds = time.perf_counter() - started
+        logger.info("loaded %s (%s) in %.2fs", kind, self.model_sha256[:12], self.load_seconds)
+
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
     async def handle_batch(self, requests: list[ModelRequest]) -> list[Reply]:
         return await asyncio.to_thread(self._compute, requests)
 
     def _compute(self, requests: list[ModelRequest]) -> list[Reply]:
         self.batch_sizes[len(requests)] += 1
-        return encode_outcomes(requests, run_batch(self.model, requests), self.model_sha256)
-
-    @staticmethod
-    def _max_ongoing_requests() -> int:
-        # Serve keeps the live deployment config on the replica context (a private field).
-        config = getattr(serve.get_replica_context(), "_deployment_config", None)
-        return int(getattr(config, "max_ongoing_requests", 1 << 30))
+        started = time.perf_counter()
+        try:
+            return encode_outcomes(requests, run_batch(self.model, requests), self.model_sha256)
+        finally:
+            self.compute_seconds += time.perf_counter() - started
 
     def info(self) -> dict[str, Any]:
         return {
@@ -81,8 +131,47 @@ class ModelServer:
             "task": self.kind.task,
             "model_sha256": self.model_sha256,
             "load_seconds": round(self.load_seconds, 3),
-            "max_batch_size": self.handle_batch._get_max_batch_size(),
-            "batch_wait_timeout_s": self.handle_batch._get_batch_wait_timeout_s(),
-            "batch_sizes": dict(self.batch_sizes),
-            "replica": serve.get_replica_context().replica_tag,
+            **self._batch_info(),
+        }
+
+
+class ComposedServer(_Batched):
+    """A composed kind: no weights of its own; each role is a handle to another deployment.
+
+    ``uses`` maps each role to the deployment name (for messages); ``handles`` the same roles to
+    their handles. ``model_sha256`` names the weights the used deployments load.
+    """
+
+    def __init__(self, kind: str, handles: dict[str, DeploymentHandle], uses: dict[str, str], model_sha256: str) -> None:
+        super().__init__()
+        self.kind = KINDS[kind]
+        missing = set(self.kind.needs) - set(handles)
+        if missing:
+            raise ValueError(f"the {kind} model needs handles for {sorted(missing)}")
+        self.model = self.kind.factory([], RuntimeOptions())
+        self._handles = handles
+        self._uses = uses
+        self.model_sha256 = model_sha256
+        self.stages = StageClock()
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
+    async def handle_batch(self, requests: list[ModelRequest]) -> list[Reply]:
+        self.batch_sizes[len(requests)] += 1
+        started = time.perf_counter()
+        try:
+            return await run_composed(self.model, requests, self._call, self.stages, self.model_sha256)
+        finally:
+            self.compute_seconds += time.perf_counter() - started
+
+    async def _call(self, role: str, request: ModelRequest) -> Reply:
+        return await call_deployment(self._handles[role], self._uses[role], request)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "model": self.kind.name,
+            "task": self.kind.task,
+            "model_sha256": self.model_sha256,
+            "uses": dict(self._uses),
+            "stages": self.stages.snapshot(),
+            **self._batch_info(),
         }
