@@ -62,3 +62,12 @@ def read(data: bytes) -> tuple[np.ndarray, tuple[float, float] | None, str]:
     img = Image.open(io.BytesIO(data))
     dpi = img.info.get("dpi")
     return np.asarray(img.convert("RGB")), (round(dpi[0]), round(dpi[1])) if dpi else None, str(img.format)
+
+
+def count_copies(sheet: np.ndarray, bg: tuple[int, int, int], photo_width: int) -> int:
+    """Copies on a print sheet: background regions spanning a photo's width (the strip above each head)."""
+    import cv2
+
+    mask = (np.abs(sheet.astype(int) - np.array(bg)).sum(axis=2) < 30).astype(np.uint8)
+    _, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=4)
+    return int(sum(1 for s in stats[1:] if 0.9 * photo_width <= s[cv2.CC_STAT_WIDTH] <= photo_width + 2))  # +2: resampling rounds

@@ -49,7 +49,9 @@ def test_styles_are_listed_with_params(client: httpx.Client) -> None:
 def test_healthz_reports_every_deployment(client: httpx.Client) -> None:
     r = client.get("/healthz")
     assert r.status_code == 200
-    assert r.json()["deployments"] == {d: "HEALTHY" for d in ("stylize", "restyle", "remove-background", "router")}
+    assert r.json()["deployments"] == {
+        d: "HEALTHY" for d in ("stylize", "restyle", "remove-background", "face-detect", "id-photo", "router")
+    }
 
 
 @pytest.mark.parametrize("style", PAINTING_STYLES)

@@ -30,6 +30,7 @@ from deployments.idphoto import (
 from deployments.presets import PRESETS, Frame, PresetName, SizeName, frame_for
 from stylefleet.errors import FaceTooSmall, MaxKbTooSmall, MultipleFaces, NoFace
 from tests import samples
+from tests.idphoto_checks import count_copies
 
 # --- presets ----------------------------------------------------------------------------------
 
@@ -240,18 +241,12 @@ def test_sheet_layout_fits_the_most_copies(size: str, copies: int, sheet: tuple[
     assert (layout.copies, (layout.width, layout.height)) == (copies, sheet)
 
 
-def _count_copies(sheet: np.ndarray, bg: tuple[int, int, int]) -> int:
-    mask = (np.abs(sheet.astype(int) - np.array(bg)).sum(axis=2) < 30).astype(np.uint8)
-    n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=4)
-    return int(sum(1 for s in stats[1:] if s[cv2.CC_STAT_AREA] > 1000))
-
-
 def test_the_sheet_holds_the_copies_with_guides_between() -> None:
     frame = frame_for("1-inch", 300)
     photo = np.full((frame.height_px, frame.width_px, 3), (67, 142, 219), np.uint8)
     sheet = make_sheet(photo, 300)
     assert sheet.shape == (1800, 1200, 3)
-    assert _count_copies(sheet, (67, 142, 219)) == 12
+    assert count_copies(sheet, (67, 142, 219), frame.width_px) == 12
     assert (sheet == (170, 170, 170)).all(axis=2).any()  # cut guides drawn
     assert (sheet != (67, 142, 219)).any(axis=2).sum() > 0
 
@@ -259,7 +254,7 @@ def test_the_sheet_holds_the_copies_with_guides_between() -> None:
 def test_a_600_dpi_photo_keeps_its_printed_size_on_the_sheet() -> None:
     frame = frame_for("passport", 600)
     sheet = make_sheet(np.full((frame.height_px, frame.width_px, 3), 200, np.uint8), 600)
-    assert sheet.shape == (1200, 1800, 3) and _count_copies(sheet, (200, 200, 200)) == 8
+    assert sheet.shape == (1200, 1800, 3) and count_copies(sheet, (200, 200, 200), 413) == 8
 
 
 def test_a_photo_larger_than_the_sheet_is_refused() -> None:

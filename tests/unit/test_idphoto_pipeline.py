@@ -23,7 +23,7 @@ from deployments.presets import PRESETS, frame_for
 from stylefleet.errors import FaceTooSmall, InvalidImage, InvalidParams, ModelUnavailable, MultipleFaces, NoFace, StylefleetError
 from stylefleet.imageio import decode
 from tests import samples
-from tests.idphoto_checks import crown_row, measure, read
+from tests.idphoto_checks import count_copies, crown_row, measure, read
 
 BLUE = (67, 142, 219)
 
@@ -184,9 +184,7 @@ def test_a_print_sheet_of_copies(roles: InProcess) -> None:
     reply = _ok(_photo(roles, samples.astronaut(), size="1-inch", layout="4r", bg_color="blue"))
     rgb, dpi, _ = read(reply.data)
     assert rgb.shape == (1800, 1200, 3) and dpi == (300, 300)
-    from tests.unit.test_idphoto import _count_copies
-
-    assert _count_copies(rgb, BLUE) == 12
+    assert count_copies(rgb, BLUE, 295) == 12
 
 
 def test_output_none_returns_the_array(roles: InProcess) -> None:
