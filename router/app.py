@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from typing import Any
 
@@ -18,8 +17,6 @@ from deployments.serving import ComposedServer, ModelServer, call_deployment
 from router.api import create_api
 from router.catalog import Catalog
 from stylefleet.config import AppConfig, BatchingConfig, DeploymentConfig, dependency_order
-
-logger = logging.getLogger("ray.serve")
 
 
 class ServeBackend:
@@ -68,6 +65,8 @@ def model_deployment(name: str, dep: DeploymentConfig, config: AppConfig, bound:
     ``uses``; Serve turns it into a handle in the replica. ``bound`` must hold those.
     """
     kind = KINDS[dep.model]
+    server: type[Any]
+    init_args: tuple[Any, ...]
     if kind.composed:
         handles = {role: bound[target] for role, target in dep.uses.items()}
         checksum = "+".join(KINDS[config.deployments[t].model].expected_sha256() for t in dep.uses.values())
