@@ -80,14 +80,13 @@ class IdPhotoParams(BaseModel):
 
     @model_validator(mode="after")
     def _size(self) -> IdPhotoParams:
-        mm = (self.width_mm, self.height_mm)
-        px = (self.width_px, self.height_px)
-        given = [n for n, v in (("width_mm", mm[0]), ("height_mm", mm[1]), ("width_px", px[0]), ("height_px", px[1])) if v is not None]
+        sizes = {"width_mm": self.width_mm, "height_mm": self.height_mm, "width_px": self.width_px, "height_px": self.height_px}
+        given = [name for name, value in sizes.items() if value is not None]
         if self.size != "custom":
             if given:
                 raise ValueError(f"{', '.join(given)} only go with size=custom")
             return self
-        if (None not in mm) == (None not in px) or given not in (["width_mm", "height_mm"], ["width_px", "height_px"]):
+        if given not in (["width_mm", "height_mm"], ["width_px", "height_px"]):
             raise ValueError("size=custom needs width_mm and height_mm, or width_px and height_px (one pair)")
         frame = self.frame()
         lo, hi = FRAME_PX_LIMITS
