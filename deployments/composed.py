@@ -15,6 +15,7 @@ The seconds spent in each step are added to ``StageClock`` (the benchmark reads 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -50,6 +51,12 @@ class StageClock:
     def __init__(self) -> None:
         self.seconds: defaultdict[str, float] = defaultdict(float)
         self.requests: Counter[str] = Counter()
+        self._lock = threading.Lock()  # two batches may finish in two worker threads at once
+
+    def add(self, name: str, seconds: float, requests: int = 1) -> None:
+        with self._lock:
+            self.seconds[name] += seconds
+            self.requests[name] += requests
 
     @contextmanager
     def stage(self, name: str, requests: int = 1) -> Iterator[None]:
@@ -57,11 +64,11 @@ class StageClock:
         try:
             yield
         finally:
-            self.seconds[name] += time.perf_counter() - started
-            self.requests[name] += requests
+            self.add(name, time.perf_counter() - started, requests)
 
     def snapshot(self) -> dict[str, dict[str, float]]:
-        return {k: {"seconds": round(v, 4), "requests": self.requests[k]} for k, v in self.seconds.items()}
+        with self._lock:
+            return {k: {"seconds": round(v, 4), "requests": self.requests[k]} for k, v in self.seconds.items()}
 
 
 async def run_composed(
@@ -75,8 +82,7 @@ async def run_composed(
     prepared = await asyncio.to_thread(_prepare_all, model, requests, clock)
     started = time.perf_counter()
     replies = await asyncio.gather(*(_ask(model, p, call) if not isinstance(p, StylefleetError) else _same(p) for p in prepared))
-    clock.seconds["wait"] += time.perf_counter() - started
-    clock.requests["wait"] += len(requests)
+    clock.add("wait", time.perf_counter() - started, len(requests))
     return await asyncio.to_thread(_finish_all, model, requests, prepared, replies, clock, model_sha256)
 
 

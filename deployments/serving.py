@@ -154,7 +154,9 @@ class ComposedServer(_Batched):
         self.model_sha256 = model_sha256
         self.stages = StageClock()
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
+    # A composed batch mostly waits on the deployments it uses; a second batch in flight keeps
+    # them fed while the first one composes. max_ongoing_requests (16) holds both (2 x 8).
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02, max_concurrent_batches=2)
     async def handle_batch(self, requests: list[ModelRequest]) -> list[Reply]:
         self.batch_sizes[len(requests)] += 1
         started = time.perf_counter()
