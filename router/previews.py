@@ -11,27 +11,30 @@ shadowed.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from deployments.batching import EncodedImage, ModelRequest, OutputSpec
 from router.catalog import Catalog, split_params
 from router.core import Backend
 from stylefleet.errors import InternalError, StylefleetError
-from stylefleet.imageio import decode
+from stylefleet.imageio import CONTENT_TYPES, decode, encode
 
 SAMPLES_DIR = Path(__file__).resolve().parent / "web" / "samples"
 SAMPLE_FILES = {"image": "astronaut-160.jpg", "style_image": "coffee-160.jpg"}
+# An ID photo needs a face big enough to scale up to the preset: the 512 px astronaut for those.
+LARGE_SAMPLE = "astronaut-512.jpg"
+PREVIEW_WIDTH = 160
 PREVIEW_OUTPUT = OutputSpec(format="webp", quality=80)  # small, and keeps the cut-out's alpha
 
 
 def load_samples(directory: Path = SAMPLES_DIR) -> dict[str, np.ndarray]:
-    """The sample images by input field name, decoded."""
-    return {
-        name: decode((directory / file).read_bytes(), max_pixels=1_000_000, field=name).pixels
-        for name, file in SAMPLE_FILES.items()
-    }
+    """The sample images by input field name (and ``large`` for ID photos), decoded."""
+    files = {**SAMPLE_FILES, "large": LARGE_SAMPLE}
+    return {name: decode((directory / file).read_bytes(), max_pixels=1_000_000, field=name).pixels for name, file in files.items()}
 
 
 class PreviewCache:
@@ -59,9 +62,25 @@ class PreviewCache:
         variant = style.variant(sorted(style.variants)[0])
         params, _ = split_params(style, variant, {})
         images = {f: self._samples[f] for f in style.kind.image_fields}
-        reply = await self._backend.run(variant.deployment, ModelRequest(images, params, PREVIEW_OUTPUT))
+        output = PREVIEW_OUTPUT
+        if style.task == "id-photo":  # needs a bigger face, and writes only formats that carry dpi
+            images["image"] = self._samples["large"]
+            output = OutputSpec(format="png")
+        reply = await self._backend.run(variant.deployment, ModelRequest(images, params, output))
         if isinstance(reply, StylefleetError):
             raise reply
         if not isinstance(reply, EncodedImage):
             raise InternalError(f"deployment {variant.deployment} returned {type(reply).__name__} for a preview")
+        if reply.width != PREVIEW_WIDTH or reply.content_type != "image/webp":  # e.g. an ID photo
+            reply = await asyncio.to_thread(_to_preview_width, reply)
         return reply
+
+
+def _to_preview_width(image: EncodedImage) -> EncodedImage:
+    pixels = decode(image.data, max_pixels=100_000_000).pixels
+    height = max(1, round(pixels.shape[0] * PREVIEW_WIDTH / pixels.shape[1]))
+    mode = "RGBA" if pixels.shape[2] == 4 else "RGB"
+    small = np.asarray(Image.fromarray(pixels, mode).resize((PREVIEW_WIDTH, height), Image.LANCZOS))
+    data = encode(small, PREVIEW_OUTPUT.format, PREVIEW_OUTPUT.quality)
+    content_type = CONTENT_TYPES[PREVIEW_OUTPUT.format]
+    return replace(image, data=data, content_type=content_type, width=PREVIEW_WIDTH, height=height, pixels=None)

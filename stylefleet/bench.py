@@ -1,5 +1,9 @@
 """``stylefleet bench``: bare in-process throughput vs served HTTP throughput, per model.
 
+The composed ``id-photo`` pipeline is measured on its own: the bare time of each stage in one
+process (matte, face, compose, encode), then served photos per second over HTTP and, from the
+replicas' own counters, the share of the serving time each stage took.
+
 A benchmark, not a test: it measures and prints, it asserts nothing. Every loop is bounded in
 request count and time. It starts its own loopback-only Ray + Serve from the config (on a free
 port) so the figures come from a known, otherwise idle service.
@@ -44,6 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="time cap per served level")
     parser.add_argument("--only", default="", help="comma-separated deployments to measure (default: all)")
     parser.add_argument("--threads", type=int, default=None, help="ONNX threads for the bare runs (default: as configured)")
+    parser.add_argument("--idphoto-concurrency", default="16", help="served concurrency levels for the id-photo pipeline")
 
 
 def _samples() -> dict[str, bytes]:
@@ -62,9 +67,91 @@ def _cases(config: dict[str, Any]) -> list[Case]:
     for name, dep in args["deployments"].items():
         kind = KINDS[dep["model"]]
         style = next((s for s, c in args["styles"].items() if c.get("deployment") == name), None)
-        if style is not None:
+        if style is not None and not kind.composed:
             cases.append(Case(style=style, deployment=name, params=args["styles"][style].get("params", {}), files=kind.image_fields))
     return cases
+
+
+IDPHOTO_PARAMS = {"size": "passport", "format": "jpeg"}
+
+
+def _idphoto_cases(config: dict[str, Any]) -> list[Case]:
+    args = config["applications"][0]["args"]
+    return [
+        Case(style=style, deployment=c["deployment"], params=IDPHOTO_PARAMS, files=("image",))
+        for style, c in args["styles"].items()
+        if args["deployments"][c["deployment"]]["model"] == "id-photo"
+    ]
+
+
+def idphoto_bare(case: Case, app_args: dict[str, Any], samples: dict[str, bytes], threads: int | None, repeats: int = 5) -> dict[str, Any]:
+    """Each stage of the pipeline on one photo, in this process: median seconds and shares."""
+    from deployments.idphoto import IdPhotoModel
+
+    uses = app_args["deployments"][case.deployment]["uses"]
+    roles = {}
+    for role, target in uses.items():
+        dep = app_args["deployments"][target]
+        kind = KINDS[dep["model"]]
+        runtime = RuntimeOptions(threads=threads or dep.get("threads") or max(1, int(dep.get("num_cpus", 1))))
+        roles[role] = kind.factory([resolve(f) for f in kind.files], runtime)
+    pipeline = IdPhotoModel()
+    output = OutputSpec(IDPHOTO_PARAMS["format"])  # type: ignore[arg-type]
+    params = {k: v for k, v in IDPHOTO_PARAMS.items() if k != "format"}
+    times: dict[str, list[float]] = {"decode": [], "matte": [], "face": [], "compose": [], "encode": []}
+    for i in range(repeats + 1):  # the first round warms up
+        lap: dict[str, float] = {}
+        t0 = time.perf_counter()
+        pixels = decode(samples["image"], max_pixels=10**8).pixels
+        lap["decode"] = time.perf_counter() - t0
+        prepared = pipeline.prepare(ModelRequest({"image": pixels}, dict(params), output))
+        subs = pipeline.calls(prepared)
+        replies = {}
+        for role, stage in (("matte", "matte"), ("faces", "face")):
+            t0 = time.perf_counter()
+            [replies[role]] = run_batch(roles[role], [subs[role]])
+            lap[stage] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        photo = pipeline.compose(prepared, replies)
+        lap["compose"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        pipeline.encode(prepared, photo, output, "")
+        lap["encode"] = time.perf_counter() - t0
+        if i:
+            for k, v in lap.items():
+                times[k].append(v)
+    medians = {k: statistics.median(v) for k, v in times.items()}
+    total = sum(medians.values())
+    print(
+        f"  bare {case.deployment:<18} {1 / total:6.2f} photos/s  "
+        + "  ".join(f"{k} {v * 1000:6.1f} ms ({v / total:4.0%})" for k, v in medians.items()),
+        flush=True,
+    )
+    return {
+        "photos_per_s": round(1 / total, 2),
+        "stage_ms": {k: round(v * 1000, 1) for k, v in medians.items()},
+        "stage_share": {k: round(v / total, 3) for k, v in medians.items()},
+    }
+
+
+def _idphoto_counters(case: Case, app_args: dict[str, Any]) -> dict[str, float]:
+    """Seconds spent so far per stage, from the replicas: the used deployments' batches, the composer's stages."""
+    from ray import serve
+
+    uses = app_args["deployments"][case.deployment]["uses"]
+    out = {}
+    for role, stage in (("matte", "matte"), ("faces", "face")):
+        out[stage] = float(serve.get_deployment_handle(uses[role], "stylefleet").info.remote().result()["compute_seconds"])
+    stages = serve.get_deployment_handle(case.deployment, "stylefleet").info.remote().result()["stages"]
+    for stage in ("prepare", "compose", "encode"):
+        out[stage] = float(stages.get(stage, {}).get("seconds", 0.0))
+    return out
+
+
+def _shares(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    spent = {k: after[k] - before.get(k, 0.0) for k in after}
+    total = sum(spent.values())
+    return {k: round(v / total, 3) if total else 0.0 for k, v in spent.items()}
 
 
 def _median_rate(fn, images: int, repeats: int = 5, budget_s: float = 20.0) -> float:
@@ -119,7 +206,7 @@ async def _served_level(url: str, case: Case, samples: dict[str, bytes], concurr
                 if time.monotonic() > deadline:
                     return
                 t0 = time.perf_counter()
-                r = await client.post(f"/v1/styles/{case.style}", files=files)
+                r = await client.post(f"/v1/styles/{case.style}", files=files, data=case.params)
                 if r.status_code == 200:
                     latencies.append(time.perf_counter() - t0)
                 else:
@@ -159,6 +246,8 @@ def main(args: argparse.Namespace) -> int:
     app_args = config["applications"][0]["args"]
     only = {s for s in args.only.split(",") if s}
     cases = [c for c in _cases(config) if not only or c.deployment in only]
+    idphoto_cases = [c for c in _idphoto_cases(config) if not only or c.deployment in only]
+    idphoto_levels = [int(x) for x in args.idphoto_concurrency.split(",") if x]
     batch_sizes = [int(x) for x in args.batch_sizes.split(",")]
     levels = [int(x) for x in args.concurrency.split(",")]
     samples = _samples()
@@ -167,6 +256,8 @@ def main(args: argparse.Namespace) -> int:
     print("== bare, in-process (astronaut 512x512; restyle uses the cat as style)", flush=True)
     for case in cases:
         results["models"][case.deployment] = {"style": case.style, "bare": bare(case, app_args["deployments"][case.deployment], samples, batch_sizes, args.threads)}
+    for case in idphoto_cases:
+        results["models"][case.deployment] = {"style": case.style, "params": case.params, "bare": idphoto_bare(case, app_args, samples, args.threads)}
 
     port = free_port()
     config["http_options"]["port"] = port
@@ -188,6 +279,20 @@ def main(args: argparse.Namespace) -> int:
                 print(
                     f"  served {case.deployment:<18} conc {c:>2}: {row['ips']:6.2f} img/s  p50 {row['p50_ms']:7.1f} ms  "
                     f"p95 {row['p95_ms']:7.1f} ms  mean batch {row['mean_batch_size']:4.2f}  served/bare {row['served_over_bare']}"
+                    f"{'  errors ' + str(row['errors']) if row['errors'] else ''}",
+                    flush=True,
+                )
+            results["models"][case.deployment]["served"] = rows
+        for case in idphoto_cases:
+            rows = []
+            for c in idphoto_levels:
+                before = _idphoto_counters(case, app_args)
+                row = asyncio.run(_served_level(url, case, samples, c, max(args.requests, 2 * c), args.seconds))
+                row["stage_share"] = _shares(before, _idphoto_counters(case, app_args))
+                rows.append(row)
+                print(
+                    f"  served {case.deployment:<18} conc {c:>2}: {row['ips']:6.2f} photos/s  p50 {row['p50_ms']:7.1f} ms  "
+                    f"p95 {row['p95_ms']:7.1f} ms  stages {row['stage_share']}"
                     f"{'  errors ' + str(row['errors']) if row['errors'] else ''}",
                     flush=True,
                 )

@@ -73,13 +73,19 @@ class AutoscalingConfig(_Strict):
 class DeploymentConfig(_Strict):
     """One model deployment (one model, its replicas and batching)."""
 
-    model: Literal["multistyle26", "arbitrary", "u2netp"] = Field(description="which model this deployment serves")
+    model: Literal["multistyle26", "arbitrary", "u2netp", "haar-face", "id-photo"] = Field(
+        description="which model kind this deployment serves"
+    )
+    uses: dict[str, str] = Field(
+        default_factory=dict,
+        description="composed kinds only (id-photo): role -> the deployment it calls through a handle",
+    )
     autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
     max_ongoing_requests: PositiveInt = Field(16, description="requests a replica holds at once; >= max_batch_size")
     max_queued_requests: int = Field(
         64, ge=-1, description="requests waiting for a replica before callers get 503 overloaded (-1: no bound)"
     )
-    num_cpus: PositiveFloat = Field(1.0, description="Ray CPUs reserved per replica")
+    num_cpus: float = Field(1.0, ge=0.0, description="Ray CPUs reserved per replica (0: it only waits on others)")
     threads: PositiveInt | None = Field(
         None, description="ONNX Runtime intra-op threads; default: the replica's CPU share, at least 1"
     )
@@ -209,6 +215,8 @@ class AppConfig(_Strict):
 
     @model_validator(mode="after")
     def _references(self) -> AppConfig:
+        from deployments.kinds import KINDS
+
         for name, style in self.styles.items():
             models = set()
             for i, variant in enumerate(style.variant_list()):
@@ -223,6 +231,16 @@ class AppConfig(_Strict):
                     f"styles.{name}.variants: all variants of a style must serve the same kind of model "
                     f"(they take the same inputs and params); got {sorted(models)}"
                 )
+            for variant in style.variant_list():
+                kind = KINDS[self.deployments[variant.deployment].model]
+                if not kind.returns_image:
+                    raise ValueError(
+                        f"styles.{name}: deployment {variant.deployment!r} serves {kind.task}, whose answer is not "
+                        "an image; it is only for composed deployments (uses)"
+                    )
+        for name, dep in self.deployments.items():
+            check_uses(name, dep, self.deployments)
+        dependency_order(self.deployments)  # raises on a cycle
         from deployments.registry import MODELS
 
         for name in self.models:
@@ -231,3 +249,43 @@ class AppConfig(_Strict):
         if not self.styles:
             raise ValueError("styles: at least one style is needed")
         return self
+
+
+def check_uses(name: str, dep: DeploymentConfig, deployments: dict[str, DeploymentConfig]) -> None:
+    """A composed deployment names a deployment for each role its kind needs, of the right task."""
+    from deployments.kinds import KINDS
+
+    needs = KINDS[dep.model].needs
+    if set(dep.uses) != set(needs):
+        wanted = ", ".join(f"{role} (a {task} deployment)" for role, task in needs.items()) or "nothing"
+        raise ValueError(f"deployments.{name}.uses: the {dep.model} model needs {wanted}; got {sorted(dep.uses) or 'nothing'}")
+    for role, target in dep.uses.items():
+        if target not in deployments:
+            raise ValueError(f"deployments.{name}.uses.{role}: {target!r} is not one of deployments {sorted(deployments)}")
+        task = KINDS[deployments[target].model].task
+        if task != needs[role]:
+            raise ValueError(
+                f"deployments.{name}.uses.{role}: {target!r} serves {task}; {role} needs a {needs[role]} deployment"
+            )
+
+
+def dependency_order(deployments: dict[str, DeploymentConfig]) -> list[str]:
+    """Deployment names, each after every deployment it uses; a cycle is a config error."""
+    order: list[str] = []
+    state: dict[str, str] = {}
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if state.get(name) == "done":
+            return
+        if state.get(name) == "visiting":
+            raise ValueError(f"deployments: {' -> '.join(path + (name,))} is a cycle of uses")
+        state[name] = "visiting"
+        for target in deployments[name].uses.values():
+            if target in deployments:
+                visit(target, path + (name,))
+        state[name] = "done"
+        order.append(name)
+
+    for name in deployments:
+        visit(name, ())
+    return order

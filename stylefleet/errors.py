@@ -54,6 +54,31 @@ class InvalidParams(StylefleetError):
     code = "invalid_params"
 
 
+class UnusablePhoto(StylefleetError):
+    """The photo decoded fine but cannot make what was asked (ID photos): a 422, never a guess."""
+
+    status = 422
+    code = "unusable_photo"
+
+
+class NoFace(UnusablePhoto):
+    code = "no_face"
+
+
+class MultipleFaces(UnusablePhoto):
+    code = "multiple_faces"
+
+
+class FaceTooSmall(UnusablePhoto):
+    code = "face_too_small"
+
+
+class MaxKbTooSmall(UnusablePhoto):
+    """Even the lowest JPEG quality allowed does not fit the file into ``max_kb``."""
+
+    code = "max_kb_too_small"
+
+
 class Overloaded(StylefleetError):
     status = 503
     code = "overloaded"

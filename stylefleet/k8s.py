@@ -41,13 +41,14 @@ def _model_deployments(config: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def worker_shape(config: dict[str, Any]) -> dict[str, Any]:
-    """One GPU worker pod holds one replica of every GPU deployment (their shares sum to <= 1);
-    the group's ceiling covers every deployment at its max_replicas."""
-    gpu = [d for d in _model_deployments(config) if d.get("num_gpus", 0) > 0]
+    """One GPU worker pod holds one replica of every deployment (the GPU shares sum to <= 1; the
+    head runs no models); the group's ceiling covers every deployment at its max_replicas."""
+    deployments = _model_deployments(config)
+    gpu = [d for d in deployments if d.get("num_gpus", 0) > 0]
     share = sum(d["num_gpus"] for d in gpu)
     if share > 1:
         raise ValueError(f"one replica of each GPU deployment needs {share:g} GPUs; keep shares summing to <= 1")
-    cpus = sum(float(d.get("num_cpus", 1.0)) for d in gpu) + 1  # +1: the Serve proxy and router
+    cpus = sum(float(d.get("num_cpus", 1.0)) for d in deployments) + 1  # +1: the Serve proxy and router
     gpus_at_max = sum(d["num_gpus"] * d.get("autoscaling", {}).get("max_replicas", 1) for d in gpu)
     return {
         "cpu": str(math.ceil(cpus)),

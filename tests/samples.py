@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -97,3 +98,46 @@ def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
 
 NOT_AN_IMAGE = b"hello, this is plainly a text file and not a picture\n" * 4
 PDF_FILE = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
+
+
+@cache
+def camera() -> np.ndarray:
+    """The camera man (512x512 greyscale, as RGB): a portrait in profile, looking left."""
+    return np.ascontiguousarray(np.repeat(data.camera()[:, :, None], 3, axis=2))
+
+
+@dataclass(frozen=True)
+class Portrait:
+    """A real portrait with its head marked by eye on the pixels: crown (top of the hair), chin,
+    and for a frontal face the middle between the eyes (a profile has no such centre)."""
+
+    name: str
+    pixels: np.ndarray
+    crown_y: float
+    chin_y: float
+    profile: bool
+    centre_x: float | None = None
+
+
+def scaled(pixels: np.ndarray, factor: float) -> np.ndarray:
+    h, w = pixels.shape[:2]
+    return np.asarray(Image.fromarray(pixels).resize((round(w * factor), round(h * factor)), Image.LANCZOS))
+
+
+def portraits() -> list[Portrait]:
+    """The astronaut and the camera man, and variants flipped and scaled (marks follow them)."""
+    astro = Portrait("astronaut", astronaut(), crown_y=15, chin_y=164, profile=False, centre_x=223)
+    cam = Portrait("camera-man", camera(), crown_y=65, chin_y=190, profile=True)
+    out = [astro, cam]
+    for p in (astro, cam):
+        width = p.pixels.shape[1]
+        centre = None if p.centre_x is None else width - 1 - p.centre_x
+        out.append(Portrait(f"{p.name}-flipped", np.ascontiguousarray(p.pixels[:, ::-1]), p.crown_y, p.chin_y, p.profile, centre))
+    for factor in (0.75, 1.5):
+        out.append(Portrait(f"astronaut-x{factor}", scaled(astronaut(), factor), 15 * factor, 164 * factor, False, 223 * factor))
+    return out
+
+
+def side_by_side() -> np.ndarray:
+    """Two portraits in one photo: the astronaut and her mirror image."""
+    return np.ascontiguousarray(np.hstack([astronaut(), astronaut()[:, ::-1]]))

@@ -9,6 +9,7 @@ const TASK_TITLES = {
   stylize: "Painting styles",
   restyle: "Any picture as the style",
   "remove-background": "Background removal",
+  "id-photo": "ID photos",
 };
 const INPUT_TEXT = {
   image: { title: "Your pictures", hint: "JPEG, PNG, WebP, GIF, BMP or TIFF. Add several at once to run a batch.", multiple: true },
@@ -59,7 +60,7 @@ function renderStyles() {
 
 function styleCard(style) {
   const img = el("img", { src: `/v1/styles/${encodeURIComponent(style.name)}/preview`, alt: "", width: 160, height: 160,
-    loading: "lazy", decoding: "async" });
+    decoding: "async" });  // eager: ~30 small cached previews; lazy ones below the fold never load in a short list
   img.addEventListener("error", () => img.replaceWith(el("span", { class: "no-preview", text: style.name.charAt(0) })));
   const thumb = el("span", { class: `thumb${style.task === "remove-background" ? " checker" : ""}` }, img);
   const variants = style.variants.length > 1

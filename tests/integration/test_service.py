@@ -50,7 +50,7 @@ def test_healthz_reports_every_deployment(client: httpx.Client) -> None:
     r = client.get("/healthz")
     assert r.status_code == 200
     deployments = r.json()["deployments"]
-    assert set(deployments) >= {"stylize", "restyle", "remove-background", "router"}
+    assert set(deployments) >= {"stylize", "restyle", "remove-background", "face-detect", "id-photo", "router"}
     assert set(deployments.values()) == {"HEALTHY"}
 
 

@@ -134,7 +134,7 @@ def test_every_style_is_listed_by_task_with_a_preview(page_for: Any, base_url: s
     cards = page.locator(".card")
     assert set(cards.evaluate_all("cards => cards.map(c => c.dataset.style)")) == names
     groups = page.locator(".group h3").all_inner_texts()
-    assert [g.lower() for g in groups] == ["painting styles", "any picture as the style", "background removal"]
+    assert [g.lower() for g in groups] == ["painting styles", "any picture as the style", "background removal", "id photos"]
     # every preview loaded (rendered once by the router from its 160 px sample photo)
     page.wait_for_function(
         "[...document.querySelectorAll('.card img')].every(i => i.complete && i.naturalWidth === 160)"

@@ -12,7 +12,7 @@ from router.api import create_api
 from router.catalog import Catalog
 from router.core import RouterCore
 from stylefleet.config import AppConfig, Limits
-from stylefleet.errors import InternalError, Overloaded
+from stylefleet.errors import FaceTooSmall, InternalError, MaxKbTooSmall, MultipleFaces, NoFace, Overloaded
 from tests import samples
 from tests.samples import ROOT
 
@@ -103,3 +103,29 @@ def test_styles_describe_params_without_fixed_ones(api: TestClient) -> None:
     assert [p["name"] for p in styles["remove-background"]["params"]] == ["bg_color", "max_side", "only_mask", "format", "quality"]
     assert all(s["task"] for s in styles.values())
     assert np.all([("style" not in {p["name"] for p in s["params"]}) for s in styles.values()])
+
+
+def test_id_photo_params_reach_its_deployment_typed(api: TestClient, backend: FakeBackend) -> None:
+    r = _upload(api, "id-photo", size="us-passport", bg_color="blue", dpi="600", max_kb="80", format="jpeg", layout="4r")
+    assert r.status_code == 200
+    [(deployment, request)] = backend.calls
+    assert deployment == "id-photo"
+    assert {k: request.params[k] for k in ("size", "bg_color", "dpi", "max_kb", "layout", "face")} == {
+        "size": "us-passport", "bg_color": "blue", "dpi": 600, "max_kb": 80, "layout": "4r", "face": "single"
+    }
+
+
+def test_id_photo_bad_params_are_a_422_before_the_backend(api: TestClient, backend: FakeBackend) -> None:
+    r = _upload(api, "id-photo", size="custom", width_mm="30")
+    assert r.status_code == 422 and "size=custom needs" in r.json()["error"]["message"]
+    assert backend.calls == []
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [(NoFace, "no_face"), (MultipleFaces, "multiple_faces"), (FaceTooSmall, "face_too_small"), (MaxKbTooSmall, "max_kb_too_small")],
+)
+def test_id_photo_errors_are_422_with_their_code(api: TestClient, backend: FakeBackend, error: type, code: str) -> None:
+    backend.reply = error("explained")
+    r = _upload(api, "id-photo")
+    assert r.status_code == 422 and r.json() == {"error": {"code": code, "message": "explained"}}

@@ -101,3 +101,55 @@ def test_u2netp_from_the_package_is_rembgs_release() -> None:
 
     assert file_digest(resolve("u2netp").path, "md5") == "8e83ca70e441ab06c318d82300c84806"
     assert isinstance(resolve("u2netp").spec, ModelFile)
+
+
+def test_the_shipped_app_fits_two_cpus_even_at_max_replicas() -> None:
+    config = AppConfig.model_validate(_args())
+    at_max = sum(d.num_cpus * d.autoscaling.max_replicas for d in config.deployments.values())
+    assert at_max + config.router.num_cpus * config.router.num_replicas <= 2.0
+
+
+def test_the_id_photo_deployment_uses_the_matte_and_face_deployments() -> None:
+    config = AppConfig.model_validate(_args())
+    uses = config.deployments["id-photo"].uses
+    assert uses == {"matte": "remove-background", "faces": "face-detect"}
+    from stylefleet.config import dependency_order
+
+    order = dependency_order(config.deployments)
+    assert order.index("id-photo") > max(order.index("remove-background"), order.index("face-detect"))
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda a: a["deployments"]["id-photo"].update(uses={"matte": "remove-background"}), r"id-photo\.uses: the id-photo model needs"),
+        (lambda a: a["deployments"]["id-photo"]["uses"].update(faces="nope"), r"id-photo\.uses\.faces: 'nope' is not one of"),
+        (lambda a: a["deployments"]["id-photo"]["uses"].update(matte="stylize"), r"uses\.matte: 'stylize' serves stylize; matte needs a remove-background"),
+        (lambda a: a["deployments"]["stylize"].update(uses={"matte": "remove-background"}), r"stylize\.uses: the multistyle26 model needs nothing"),
+        (lambda a: a["styles"].update(faces={"deployment": "face-detect"}), r"styles\.faces: deployment 'face-detect' serves detect-faces"),
+    ],
+    ids=["missing-role", "unknown-target", "wrong-task", "uses-on-a-plain-model", "style-on-a-detector"],
+)
+def test_bad_composition_fails_at_deploy_time_naming_the_field(mutate, message: str) -> None:
+    args = _args()
+    mutate(args)
+    with pytest.raises(ValidationError, match=message):
+        AppConfig.model_validate(args)
+
+
+def test_a_cycle_of_uses_is_refused() -> None:
+    from stylefleet.config import DeploymentConfig, dependency_order
+
+    a = DeploymentConfig.model_construct(model="id-photo", uses={"matte": "b"})
+    b = DeploymentConfig.model_construct(model="id-photo", uses={"matte": "a"})
+    with pytest.raises(ValueError, match="a -> b -> a is a cycle"):
+        dependency_order({"a": a, "b": b})
+
+
+def test_a_composed_deployment_declares_the_weights_of_what_it_uses() -> None:
+    from deployments.kinds import KINDS
+
+    assert KINDS["id-photo"].composed and not KINDS["u2netp"].composed
+    assert KINDS["haar-face"].expected_sha256() == "+".join(
+        resolve(f).sha256 for f in ("haarcascade_frontalface_default", "haarcascade_profileface")
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import yaml
@@ -68,8 +69,8 @@ def test_cluster_shape_follows_the_gpu_profile(gpu_config: dict) -> None:
     limits = worker["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert limits["nvidia.com/gpu"] == "1"
     deployments = gpu_config["applications"][0]["args"]["deployments"]
-    cpus = sum(d["num_cpus"] for d in deployments.values()) + 1
-    assert int(limits["cpu"]) == cpus
+    cpus = sum(d["num_cpus"] for d in deployments.values()) + 1  # one replica of each, plus the proxy
+    assert int(limits["cpu"]) == math.ceil(cpus)
     assert worker["maxReplicas"] == 5  # (8 + 4 + 8) replicas x 0.25 GPU
     ports = {p["name"] for p in worker["template"]["spec"]["containers"][0]["ports"]}
     assert "metrics" in ports
@@ -77,13 +78,14 @@ def test_cluster_shape_follows_the_gpu_profile(gpu_config: dict) -> None:
 
 def test_gpu_profile_gives_shares_and_caps(gpu_config: dict) -> None:
     deployments = gpu_config["applications"][0]["args"]["deployments"]
-    assert {d["device"] for d in deployments.values()} == {"cuda"}
-    assert {d["num_gpus"] for d in deployments.values()} == {0.25}
+    onnx = [d for d in deployments.values() if d["model"] in ("multistyle26", "arbitrary", "u2netp")]
+    assert {d["device"] for d in onnx} == {"cuda"}
+    assert {d["num_gpus"] for d in onnx} == {0.25}
     card = 80 * 2**30  # an 80 GiB H100
     assert memory_cap_bytes(0.25, card) == 20 * 2**30 - 512 * 2**20
     assert torch_memory_fraction(1.0) == 1.0 and torch_memory_fraction(0.25) == 0.25
-    batching = {d["name"]: d["user_config"] for d in gpu_config["applications"][0]["deployments"] if d["name"] != "router"}
-    assert {b["max_batch_size"] for b in batching.values()} == {16}
+    batching = {d["name"]: d["user_config"] for d in gpu_config["applications"][0]["deployments"]}
+    assert {batching[n]["max_batch_size"] for n in ("stylize", "restyle", "remove-background")} == {16}
 
 
 def test_profile_merge_keeps_what_it_does_not_override(gpu_config: dict) -> None:

@@ -1,0 +1,374 @@
+"""ID photos: the geometry and compositing step of the ``id-photo`` pipeline. Pure compute, no Ray.
+
+The pipeline (``deployments/composed.py`` runs it) asks two other deployments for each photo:
+the background matte (``remove-background`` with ``only_mask``) and the faces (``detect-faces``).
+With both, this module:
+
+1. picks the face (exactly one, or the largest with ``face=largest``) among those on the subject;
+2. finds the head: the crown is the top of the matte above the face, the chin sits a fixed
+   share of the detector's box below its top (calibrated on the sample portraits);
+3. scales and shifts the photo so the head has the preset's height, its crown the preset's top
+   margin and the face the horizontal centre; the frame has exactly the preset's pixels;
+4. puts the cut-out subject on the background colour (and, with ``layout=4r``, copies on a sheet);
+5. encodes with the dpi in the file, at the highest JPEG quality that fits ``max_kb``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from deployments.batching import EncodedImage, ModelRequest, OutputSpec, validate_params
+from deployments.faces import Face, faces_from_array
+from deployments.presets import Frame, SizeName, frame_for
+from deployments.stylize import check_min_side
+from stylefleet.errors import FaceTooSmall, InvalidParams, MaxKbTooSmall, MultipleFaces, NoFace
+from stylefleet.imageio import CONTENT_TYPES, encode, parse_color, resize_to_max_side
+
+# Named backgrounds. Blue and red are the usual ID-photo backdrops (Chinese ID and visa photos).
+BG_COLORS: dict[str, tuple[int, int, int]] = {
+    "white": (255, 255, 255),
+    "blue": (67, 142, 219),  # #438edb
+    "red": (255, 0, 0),  # #ff0000
+}
+WORK_MAX_SIDE = 2048  # photos are scaled down to this before matting and detection
+MAX_UPSCALE = 4.0  # a head enlarged more than this is too blurry for an ID photo: face_too_small
+MIN_JPEG_QUALITY = 20  # below this, JPEG blocking shows on faces; max_kb never goes lower
+FRAME_PX_LIMITS = (64, 4096)
+
+# Where the chin is, in face-box heights below the box's top (calibrated on scikit-image's
+# astronaut, frontal, and camera man, profile).
+CHIN_BELOW_BOX_TOP = {False: 1.02, True: 0.92}
+# The crown is searched for in the matte between these many box heights above the box's top;
+# when the matte says nothing (or the head is cut by the photo's top edge), the typical value.
+CROWN_ABOVE_BOX_TOP = (0.2, 0.9)
+CROWN_TYPICAL = 0.5
+MATTE_LOW, MATTE_HIGH = 24, 232  # matte values below are backdrop, above are subject
+
+# The print sheet: 4R (4x6 in) at 300 dpi, copies 1 mm apart with 1 px cut guides in the gaps.
+SHEET_INCHES = (4, 6)
+SHEET_DPI = 300
+SHEET_GAP_PX = 12
+GUIDE_RGB = (170, 170, 170)
+
+
+class IdPhotoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    size: SizeName = Field("passport", description="size preset (README lists them with their standards), or custom")
+    width_mm: float | None = Field(None, ge=5, le=300, description="size=custom: photo width in mm (with height_mm)")
+    height_mm: float | None = Field(None, ge=5, le=300, description="size=custom: photo height in mm (with width_mm)")
+    width_px: int | None = Field(None, ge=FRAME_PX_LIMITS[0], le=FRAME_PX_LIMITS[1], description="size=custom: width in pixels (with height_px)")
+    height_px: int | None = Field(None, ge=FRAME_PX_LIMITS[0], le=FRAME_PX_LIMITS[1], description="size=custom: height in pixels (with width_px)")
+    bg_color: str = Field("white", description="white (255,255,255), blue (67,142,219), red (255,0,0), or #rrggbb")
+    dpi: int = Field(300, ge=72, le=1200, description="print resolution: sets the pixel size of mm presets, written in the file")
+    max_kb: int | None = Field(None, ge=1, le=20480, description="largest file in KiB (format=jpeg): the quality is lowered to fit")
+    layout: Literal["none", "4r"] = Field("none", description="4r: as many copies as fit on a 4x6 in sheet at 300 dpi, with cut guides")
+    face: Literal["single", "largest"] = Field("single", description="single: several faces is an error; largest: use the largest")
+
+    @field_validator("bg_color")
+    @classmethod
+    def _colour(cls, value: str) -> str:
+        background(value)
+        return value
+
+    @model_validator(mode="after")
+    def _size(self) -> IdPhotoParams:
+        sizes = {"width_mm": self.width_mm, "height_mm": self.height_mm, "width_px": self.width_px, "height_px": self.height_px}
+        given = [name for name, value in sizes.items() if value is not None]
+        if self.size != "custom":
+            if given:
+                raise ValueError(f"{', '.join(given)} only go with size=custom")
+            return self
+        if given not in (["width_mm", "height_mm"], ["width_px", "height_px"]):
+            raise ValueError("size=custom needs width_mm and height_mm, or width_px and height_px (one pair)")
+        frame = self.frame()
+        lo, hi = FRAME_PX_LIMITS
+        if not (lo <= frame.width_px <= hi and lo <= frame.height_px <= hi):
+            raise ValueError(f"the custom size is {frame.width_px}x{frame.height_px} px at {self.dpi} dpi; each side must be {lo}-{hi} px")
+        return self
+
+    def frame(self) -> Frame:
+        return frame_for(
+            self.size, self.dpi, width_mm=self.width_mm, height_mm=self.height_mm, width_px=self.width_px, height_px=self.height_px
+        )
+
+
+def background(value: str) -> tuple[int, int, int]:
+    named = BG_COLORS.get(value.strip().lower())
+    if named is not None:
+        return named
+    try:
+        return parse_color(value)
+    except InvalidParams:
+        raise InvalidParams(f"bg_color {value!r} is not a colour; use white, blue, red or #rrggbb") from None
+
+
+# --- geometry ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Head:
+    """Where the head is in the source photo, in its pixels."""
+
+    crown_y: float
+    chin_y: float
+    centre_x: float
+
+    @property
+    def height(self) -> float:
+        return self.chin_y - self.crown_y
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Source pixel (x, y) lands at output pixel (scale * x + dx, scale * y + dy)."""
+
+    scale: float
+    dx: float
+    dy: float
+
+
+def alpha_from_matte(matte: np.ndarray) -> np.ndarray:
+    """The matte as 0..1 float32 opacity, with U2Net's faint haze on the backdrop cut to zero."""
+    m = matte[:, :, 0] if matte.ndim == 3 else matte
+    return np.clip((m.astype(np.float32) - MATTE_LOW) / (MATTE_HIGH - MATTE_LOW), 0.0, 1.0)
+
+
+def on_subject(face: Face, alpha: np.ndarray) -> bool:
+    """A face counts only if the matte holds it: a face on a poster behind the person does not."""
+    h, w = alpha.shape
+    x0, x1 = int(face.x + face.width * 0.25), int(math.ceil(face.x + face.width * 0.75))
+    y0, y1 = int(face.y + face.height * 0.25), int(math.ceil(face.y + face.height * 0.75))
+    core = alpha[max(0, y0):min(h, y1), max(0, x0):min(w, x1)]
+    return core.size > 0 and float(core.mean()) >= 0.5
+
+
+def choose_face(faces: Sequence[Face], alpha: np.ndarray, policy: str) -> Face:
+    """The one face on the subject; several is an error unless ``policy`` is ``largest``."""
+    found = [f for f in faces if on_subject(f, alpha)]
+    if not found:
+        raise NoFace("no face was found in the photo; send a portrait, face to the camera, not too small")
+    if len(found) > 1 and policy != "largest":
+        raise MultipleFaces(
+            f"{len(found)} faces were found; send a photo of one person, or set face=largest to use the largest"
+        )
+    return max(found, key=lambda f: f.area)
+
+
+def estimate_head(face: Face, alpha: np.ndarray) -> Head:
+    """Crown from the matte (top of the hair above the face), chin from the detector's box."""
+    chin = face.y + CHIN_BELOW_BOX_TOP[face.profile] * face.height
+    nearest, farthest = (face.y - k * face.height for k in CROWN_ABOVE_BOX_TOP)
+    x0 = max(0, int(face.x + face.width * 0.3))
+    x1 = min(alpha.shape[1], int(math.ceil(face.x + face.width * 0.7)))
+    top = max(0, int(farthest))
+    bottom = max(top, int(nearest))
+    band = alpha[top:bottom + 1, x0:x1] >= 0.5
+    rows = np.flatnonzero(band.mean(axis=1) >= 0.5) if band.size else np.array([], int)
+    typical = face.y - CROWN_TYPICAL * face.height
+    if rows.size == 0:
+        crown = typical
+    else:
+        crown = float(top + rows[0])
+        if top + rows[0] == 0:  # the hair reaches the photo's top edge: the real crown is above it
+            crown = min(0.0, typical)
+    crown = min(crown, nearest)
+    return Head(crown_y=crown, chin_y=chin, centre_x=face.centre_x)
+
+
+def place(head: Head, frame: Frame, upscale_limit: float = MAX_UPSCALE) -> Placement:
+    """Scale to the preset's head height, crown at its top margin, face centred horizontally."""
+    scale = frame.head_px / head.height
+    if scale > upscale_limit:
+        raise FaceTooSmall(
+            f"the head is {head.height:.0f} px tall in the photo; this size at {frame.dpi} dpi needs "
+            f"{frame.head_px:.0f} px, more than {upscale_limit:g}x enlargement. Send a larger or closer "
+            "photo, or ask for a lower dpi"
+        )
+    return Placement(scale=scale, dx=frame.width_px / 2 - scale * head.centre_x, dy=frame.top_px - scale * head.crown_y)
+
+
+def render(rgb: np.ndarray, alpha: np.ndarray, placement: Placement, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The frame's pixels and opacity: the source region under the frame, resampled once.
+
+    Only the part of the photo that lands in the frame is resized (area averaging when
+    shrinking, Lanczos when enlarging); outside the photo the opacity is 0 (background).
+    """
+    width, height = size
+    s, dx, dy = placement.scale, placement.dx, placement.dy
+    src_h, src_w = alpha.shape
+    x0, y0 = max(0, math.floor(-dx / s)), max(0, math.floor(-dy / s))
+    x1, y1 = min(src_w, math.ceil((width - dx) / s) + 1), min(src_h, math.ceil((height - dy) / s) + 1)
+    out_rgb = np.zeros((height, width, 3), np.float32)
+    out_alpha = np.zeros((height, width), np.float32)
+    if x1 <= x0 or y1 <= y0:
+        return out_rgb, out_alpha
+    crop = np.dstack([rgb[y0:y1, x0:x1, :3].astype(np.float32), alpha[y0:y1, x0:x1, None]])
+    # where the crop's corner lands, and the crop resized so that its pixels are 1/s source pixels
+    u0, v0 = dx + s * x0, dy + s * y0
+    cw, ch = max(1, round(s * (x1 - x0))), max(1, round(s * (y1 - y0)))
+    interpolation = cv2.INTER_AREA if s < 1 else cv2.INTER_LANCZOS4
+    resized = cv2.resize(crop, (cw, ch), interpolation=interpolation)
+    if resized.ndim == 2:
+        resized = resized[:, :, None]
+    iu, iv = round(u0), round(v0)
+    ou0, ov0 = max(0, iu), max(0, iv)
+    ou1, ov1 = min(width, iu + cw), min(height, iv + ch)
+    if ou1 <= ou0 or ov1 <= ov0:
+        return out_rgb, out_alpha
+    patch = resized[ov0 - iv:ov1 - iv, ou0 - iu:ou1 - iu]
+    out_rgb[ov0:ov1, ou0:ou1] = patch[:, :, :3]
+    out_alpha[ov0:ov1, ou0:ou1] = np.clip(patch[:, :, 3], 0.0, 1.0)
+    return out_rgb, out_alpha
+
+
+def composite(rgb: np.ndarray, alpha: np.ndarray, bg: tuple[int, int, int]) -> np.ndarray:
+    """Straight-alpha over a solid colour, to uint8 RGB."""
+    a = alpha[:, :, None]
+    out = rgb * a + np.asarray(bg, np.float32).reshape(1, 1, 3) * (1.0 - a)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+# --- print sheet and encoding -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SheetLayout:
+    width: int
+    height: int
+    columns: int
+    rows: int
+
+    @property
+    def copies(self) -> int:
+        return self.columns * self.rows
+
+
+def sheet_layout(photo_w: int, photo_h: int, gap: int = SHEET_GAP_PX) -> SheetLayout:
+    """The 4R sheet's orientation that holds the most copies (portrait on a tie)."""
+    short, long_ = (round(i * SHEET_DPI) for i in SHEET_INCHES)
+    best: SheetLayout | None = None
+    for w, h in ((short, long_), (long_, short)):
+        layout = SheetLayout(w, h, (w + gap) // (photo_w + gap), (h + gap) // (photo_h + gap))
+        if best is None or layout.copies > best.copies:
+            best = layout
+    assert best is not None
+    return best
+
+
+def make_sheet(photo: np.ndarray, photo_dpi: int) -> np.ndarray:
+    """As many copies as fit on a white 4R sheet at 300 dpi, with 1 px grey cut guides."""
+    if photo_dpi != SHEET_DPI:  # the photo keeps its printed size on the sheet
+        ratio = SHEET_DPI / photo_dpi
+        h, w = photo.shape[:2]
+        photo = cv2.resize(photo, (max(1, round(w * ratio)), max(1, round(h * ratio))),
+                           interpolation=cv2.INTER_AREA if ratio < 1 else cv2.INTER_LANCZOS4)
+    ph, pw = photo.shape[:2]
+    layout = sheet_layout(pw, ph)
+    if layout.copies == 0:
+        raise InvalidParams(f"layout=4r: a {pw}x{ph} px photo at {SHEET_DPI} dpi does not fit on a 4x6 in sheet")
+    sheet = np.full((layout.height, layout.width, 3), 255, np.uint8)
+    grid_w = layout.columns * pw + (layout.columns - 1) * SHEET_GAP_PX
+    grid_h = layout.rows * ph + (layout.rows - 1) * SHEET_GAP_PX
+    left0, top0 = (layout.width - grid_w) // 2, (layout.height - grid_h) // 2
+    lefts = [left0 + c * (pw + SHEET_GAP_PX) for c in range(layout.columns)]
+    tops = [top0 + r * (ph + SHEET_GAP_PX) for r in range(layout.rows)]
+    # Guides run the full sheet just outside each photo edge: they lie in the gaps, never on a photo.
+    for x in {v for left in lefts for v in (left - 1, left + pw)}:
+        if 0 <= x < layout.width:
+            sheet[:, x] = GUIDE_RGB
+    for y in {v for top in tops for v in (top - 1, top + ph)}:
+        if 0 <= y < layout.height:
+            sheet[y, :] = GUIDE_RGB
+    for top in tops:
+        for left in lefts:
+            sheet[top:top + ph, left:left + pw] = photo
+    return sheet
+
+
+def encode_within(pixels: np.ndarray, output: OutputSpec, dpi: int, max_kb: int | None) -> bytes:
+    """Encode with the dpi; with ``max_kb``, the highest JPEG quality <= output.quality that fits."""
+    data = encode(pixels, output.format, output.quality, dpi=dpi)
+    if max_kb is None or len(data) <= max_kb * 1024:
+        return data
+    limit = max_kb * 1024
+    lo, hi = MIN_JPEG_QUALITY, output.quality - 1
+    best: bytes | None = None
+    while lo <= hi:  # JPEG size grows with quality, so bisect on it
+        q = (lo + hi) // 2
+        attempt = encode(pixels, "jpeg", q, dpi=dpi)
+        if len(attempt) <= limit:
+            best, lo = attempt, q + 1
+        else:
+            hi = q - 1
+    if best is None:
+        smallest = len(encode(pixels, "jpeg", MIN_JPEG_QUALITY, dpi=dpi))
+        raise MaxKbTooSmall(
+            f"the photo is {math.ceil(smallest / 1024)} KiB even at JPEG quality {MIN_JPEG_QUALITY} "
+            f"(the lowest allowed), over max_kb={max_kb}; raise max_kb, or lower the size or dpi"
+        )
+    return best
+
+
+# --- the composed model ------------------------------------------------------------------------
+
+
+@dataclass
+class _Prepared:
+    pixels: np.ndarray
+    params: IdPhotoParams
+    frame: Frame
+    bg: tuple[int, int, int]
+
+
+class IdPhotoModel:
+    """The ``id-photo`` kind: what to ask the other deployments, and how to put the answers together."""
+
+    params_model = IdPhotoParams
+    needs: Mapping[str, str] = {"matte": "remove-background", "faces": "detect-faces"}
+
+    def prepare(self, request: ModelRequest) -> _Prepared:
+        params: IdPhotoParams = validate_params(IdPhotoParams, request.params)
+        output = request.output
+        if output is not None:
+            if output.format not in ("png", "jpeg"):
+                raise InvalidParams(f"format: id-photo writes png or jpeg (they carry the dpi), not {output.format}")
+            if params.max_kb is not None and output.format != "jpeg":
+                raise InvalidParams("max_kb: needs format=jpeg (only JPEG can trade quality for size)")
+        pixels = request.images.get("image")
+        if pixels is None:
+            raise InvalidParams("the 'image' file is required")
+        check_min_side(pixels)
+        pixels = resize_to_max_side(pixels, WORK_MAX_SIDE)
+        return _Prepared(pixels=pixels, params=params, frame=params.frame(), bg=background(params.bg_color))
+
+    def calls(self, prepared: _Prepared) -> dict[str, ModelRequest]:
+        """One request per needed role; ``output=None`` asks for arrays back, not encoded files."""
+        image = {"image": prepared.pixels}
+        return {
+            "matte": ModelRequest(image, {"only_mask": True, "max_side": WORK_MAX_SIDE}),
+            "faces": ModelRequest(image, {}),
+        }
+
+    def compose(self, prepared: _Prepared, replies: Mapping[str, np.ndarray]) -> np.ndarray:
+        alpha = alpha_from_matte(replies["matte"])
+        face = choose_face(faces_from_array(replies["faces"]), alpha, prepared.params.face)
+        head = estimate_head(face, alpha)
+        frame = prepared.frame
+        placement = place(head, frame)
+        rgb, a = render(prepared.pixels, alpha, placement, (frame.width_px, frame.height_px))
+        photo = composite(rgb, a, prepared.bg)
+        return make_sheet(photo, frame.dpi) if prepared.params.layout == "4r" else photo
+
+    def encode(self, prepared: _Prepared, pixels: np.ndarray, output: OutputSpec, model_sha256: str) -> EncodedImage:
+        dpi = SHEET_DPI if prepared.params.layout == "4r" else prepared.frame.dpi
+        data = encode_within(pixels, output, dpi, prepared.params.max_kb)
+        h, w = pixels.shape[:2]
+        return EncodedImage(data, CONTENT_TYPES[output.format], w, h, model_sha256)
