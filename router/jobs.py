@@ -180,13 +180,16 @@ class JobManager:
     def stop(self) -> None:
         """Stop running jobs and release their leases, so another replica resumes them at once.
         Items in flight are not recorded, so they run again there: none is lost or done twice."""
-        if self._scheduler is not None:
-            self._scheduler.cancel()
-        for job in list(self._jobs.values()):
-            if job.task is not None:
-                job.task.cancel()
+        scheduler, self._scheduler = self._scheduler, None
+        jobs, self._jobs = list(self._jobs.values()), {}
+        with contextlib.suppress(RuntimeError):  # called again by the garbage collector, loop closed
+            if scheduler is not None:
+                scheduler.cancel()
+            for job in jobs:
+                if job.task is not None:
+                    job.task.cancel()
+        for job in jobs:
             self._release(job.spec.id)
-        self._jobs.clear()
 
     # -- API ---------------------------------------------------------------------------------
 
@@ -424,7 +427,7 @@ class JobManager:
         self.storage.write_text(rel, json.dumps({"owner": self.owner, "expires_at": self.clock() + self.config.lease_timeout_s}))
         time.sleep(0.1)
         lease = self._read_lease(rel)
-        return bool(lease) and lease["owner"] == self.owner
+        return lease is not None and lease["owner"] == self.owner
 
     def _renew(self, job_id: str) -> bool:
         rel = f"{job_id}/lease.json"

@@ -219,7 +219,8 @@ class StyleActor:
             from stylefleet.gpu import Nvml, memory_cap_bytes
 
             nvml = Nvml.open(runtime.gpu_device_id)
-            runtime = replace(runtime, gpu_mem_limit_bytes=memory_cap_bytes(num_gpus, nvml.total_memory_bytes()))
+            if nvml is not None:  # as ModelServer: without NVML, ONNX Runtime's own arena limits apply
+                runtime = replace(runtime, gpu_mem_limit_bytes=memory_cap_bytes(num_gpus, nvml.total_memory_bytes()))
         self.kind = KINDS[kind]
         files = [resolve(n, path=model_paths.get(n), model_dir=model_dir, allow_download=allow_download) for n in self.kind.files]
         self.model = self.kind.factory(files, runtime)
@@ -255,9 +256,9 @@ class StyleActor:
         requests = [r for _, r in todo]
         for (j, _), reply in zip(todo, encode_outcomes(requests, run_batch(self.model, requests), self.model_sha256)):
             if isinstance(reply, EncodedImage):
-                output = str(batch["output"][j])
-                self.out.write_bytes(output, reply.data)
-                records[j] = self._record(batch, j, status="ok", output=output, model_sha256=reply.model_sha256,
+                target = str(batch["output"][j])
+                self.out.write_bytes(target, reply.data)
+                records[j] = self._record(batch, j, status="ok", output=target, model_sha256=reply.model_sha256,
                                           seed=getattr(reply, "seed", None))
             else:
                 err = reply if isinstance(reply, StylefleetError) else None

@@ -15,8 +15,9 @@ import posixpath
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
@@ -297,8 +298,8 @@ class _Gather:
     def __init__(self) -> None:
         self.tasks: list[asyncio.Task[None]] = []
 
-    def create_task(self, coro: object) -> None:
-        self.tasks.append(asyncio.ensure_future(coro))  # type: ignore[arg-type]
+    def create_task(self, coro: Coroutine[Any, Any, None]) -> None:
+        self.tasks.append(asyncio.ensure_future(coro))
 
     async def __aenter__(self) -> _Gather:
         return self
