@@ -172,6 +172,8 @@ def add_job_routes(app: FastAPI, jobs: JobManager, limits: Limits) -> None:
                         archive = value.file
                     elif key not in shared and key != "archive":
                         shared[key] = await value.read(limits.max_upload_bytes + 1)
+                        if len(shared[key]) > limits.max_upload_bytes:
+                            raise PayloadTooLarge(f"{key}: over {limits.max_upload_bytes} bytes (limits.max_upload_bytes)")
                     else:
                         raise InvalidParams(f"{key}: given more than once")
                 elif key in fields:

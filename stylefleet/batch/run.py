@@ -255,10 +255,11 @@ async def run_items(
         while queue:
             item = queue.pop()
             record = await _one(plan, out, index, on_skip, styler, item)
+            if record is not None and record.error and record.error["code"] in USAGE_CODES:
+                # not the image's fault: stop, and record nothing, so a corrected re-run does it all
+                raise UsageError(f"{record.error['code']}: {record.error['message']}")
             if record is not None:
                 on_done(record)
-                if record.error and record.error["code"] in USAGE_CODES:
-                    raise UsageError(f"{record.error['code']}: {record.error['message']}")
 
     async with _Gather() as group:
         for _ in range(min(concurrency, len(plan.items))):

@@ -119,6 +119,8 @@ class Service:
         if b"CORRUPT" in body:
             return httpx.Response(400, json={"error": {"code": "invalid_image", "message": "not an image"}})
         answer = self.script.pop(0) if self.script else 200
+        if answer == 422:
+            return httpx.Response(422, json={"error": {"code": "invalid_params", "message": "strength: too big"}})
         if isinstance(answer, Exception):
             raise answer
         if answer == 200:
@@ -229,4 +231,10 @@ def test_unknown_style_or_param_is_a_usage_error(tmp_path: Path) -> None:
     parser = argparse.ArgumentParser()
     batch.add_arguments(parser)
     assert _run(tmp_path, Service(), "--param", "nope=1") == 2
+    assert not (tmp_path / "out" / "manifest.jsonl").exists()
+
+
+def test_a_param_the_service_refuses_stops_the_run_with_exit_2_and_records_nothing(tmp_path: Path) -> None:
+    _inputs(tmp_path, 4)
+    assert _run(tmp_path, Service([422] * 4), "--param", "strength=9", "--concurrency", "1") == 2
     assert not (tmp_path / "out" / "manifest.jsonl").exists()
