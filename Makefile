@@ -28,7 +28,10 @@ $(VENV)/.installed-test: $(VENV)/.installed
 
 install: $(VENV)/.installed
 
+# The browser tests need Debian's chromium (Playwright cannot download its own browser here):
+# the script installs it with apt when /usr/bin/chromium is missing, and does nothing otherwise.
 install-test: $(VENV)/.installed-test
+	bash scripts/ensure-chromium.sh
 
 # GPU machines: no CPU pin on torch, onnxruntime-gpu instead of onnxruntime.
 install-gpu: | $(BIN)/python

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from router.core import RouterCore
 from router.jobs import JobManager
+from router.previews import PreviewCache
 from stylefleet.config import Limits
 from stylefleet.errors import (
     InternalError,
@@ -26,6 +28,19 @@ from stylefleet.errors import (
 logger = logging.getLogger("ray.serve")
 
 _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
+
+WEB_DIR = Path(__file__).resolve().parent / "web"
+# Explicit types rather than the mimetypes registry: some systems map .js to text/plain, and
+# browsers refuse to run an ES module served with a non-JavaScript type.
+_STATIC_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".jpg": "image/jpeg",
+    ".png": "image/png",
+}
+PREVIEW_MAX_AGE_S = 3600
 
 
 def error_response(exc: StylefleetError) -> JSONResponse:
@@ -73,7 +88,10 @@ def _too_large(size: int, limit: int, knob: str) -> PayloadTooLarge:
     return PayloadTooLarge(f"the request body ({size} bytes) is over the limit of {limit} ({knob})")
 
 
-def create_api(core: RouterCore, limits: Limits, jobs: JobManager | None = None) -> FastAPI:
+def create_api(
+    core: RouterCore, limits: Limits, previews: PreviewCache | None = None, jobs: JobManager | None = None
+) -> FastAPI:
+    previews = previews or PreviewCache(core.catalog, core.backend)
     app = FastAPI(
         title="stylefleet",
         description="Image AI styles served on Ray Serve. Errors are {'error': {'code', 'message'}}.",
@@ -103,6 +121,16 @@ def create_api(core: RouterCore, limits: Limits, jobs: JobManager | None = None)
     async def list_styles() -> dict[str, Any]:
         return {"styles": core.describe_styles()}
 
+    @app.get("/v1/styles/{style_name}/preview")
+    async def style_preview(style_name: str) -> Response:
+        """The sample photo in this style (rendered once per router process, then cached)."""
+        image = await previews.get(style_name)
+        return Response(
+            image.data,
+            media_type=image.content_type,
+            headers={"Cache-Control": f"public, max-age={PREVIEW_MAX_AGE_S}"},
+        )
+
     @app.get("/v1/shadow")
     async def shadow_report() -> dict[str, Any]:
         """Drift between each shadow variant and the variant the user got, per style."""
@@ -125,6 +153,7 @@ def create_api(core: RouterCore, limits: Limits, jobs: JobManager | None = None)
                 "X-Stylefleet-Variant": result.variant,
                 "X-Stylefleet-Model-Sha256": image.model_sha256,
                 "X-Stylefleet-Size": f"{image.width}x{image.height}",
+                "Server-Timing": f"total;dur={result.seconds * 1000:.1f}",
             },
         )
 
@@ -136,6 +165,14 @@ def create_api(core: RouterCore, limits: Limits, jobs: JobManager | None = None)
             {"status": "ok" if healthy else "unhealthy", "deployments": statuses},
             status_code=200 if healthy else 503,
         )
+
+    @app.get("/", include_in_schema=False)
+    async def web_page() -> FileResponse:
+        return _static_file("index.html")
+
+    @app.get("/static/{name:path}", include_in_schema=False)
+    async def web_static(name: str) -> FileResponse:
+        return _static_file(name)
 
     overrides = {}
     if jobs is not None:
@@ -233,6 +270,16 @@ def _require_multipart(request: Request) -> None:
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
         raise UnsupportedMediaType(f"send multipart/form-data (got {content_type or 'no content type'})")
+
+
+def _static_file(name: str) -> FileResponse:
+    """A file of the web page. Only plain files under ``router/web`` with a known type are served."""
+    path = (WEB_DIR / name).resolve()
+    media_type = _STATIC_TYPES.get(path.suffix)
+    if media_type is None or not path.is_relative_to(WEB_DIR) or not path.is_file():
+        raise StarletteHTTPException(404, f"no such file: /static/{name}")
+    # no-cache: the browser revalidates, so a new release is picked up at the next page load
+    return FileResponse(path, media_type=media_type, headers={"Cache-Control": "no-cache"})
 
 
 async def _read_form(request: Request) -> tuple[dict[str, bytes], dict[str, str]]:

@@ -101,7 +101,7 @@ class Router:
         logger.info("traffic now %s (shadows %s)", self.core.traffic.weights, self.core.traffic.shadows)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_api(self.core, self._config.limits, self.jobs)
+        return create_api(self.core, self._config.limits, jobs=self.jobs)
 
 
 def model_deployment(name: str, dep: DeploymentConfig, config: AppConfig) -> Any:

@@ -56,13 +56,14 @@ def _samples() -> dict[str, bytes]:
 
 
 def _cases(config: dict[str, Any]) -> list[Case]:
+    """One case per deployment: its first single-variant style, with that style's fixed params."""
     args = config["applications"][0]["args"]
     cases = []
     for name, dep in args["deployments"].items():
         kind = KINDS[dep["model"]]
-        style = next((s for s, c in args["styles"].items() if c["deployment"] == name), None)
+        style = next((s for s, c in args["styles"].items() if c.get("deployment") == name), None)
         if style is not None:
-            cases.append(Case(style=style, deployment=name, params={}, files=kind.image_fields))
+            cases.append(Case(style=style, deployment=name, params=args["styles"][style].get("params", {}), files=kind.image_fields))
     return cases
 
 
@@ -83,7 +84,7 @@ def bare(case: Case, dep: dict[str, Any], samples: dict[str, bytes], batch_sizes
     kind = KINDS[dep["model"]]
     runtime = RuntimeOptions(threads=threads or dep.get("threads") or max(1, int(dep.get("num_cpus", 1))))
     model = kind.factory([resolve(f) for f in kind.files], runtime)
-    fixed = config_style_params(case)
+    fixed = case.params
     rows = []
     for b in batch_sizes:
         decoded = {f: decode(samples[f], max_pixels=10**8).pixels for f in case.files}
@@ -101,13 +102,6 @@ def bare(case: Case, dep: dict[str, Any], samples: dict[str, bytes], batch_sizes
         rows.append({"batch_size": b, "model_only_ips": round(model_only, 2), "end_to_end_ips": round(_median_rate(end_to_end, b), 2)})
         print(f"  bare {case.deployment:<18} batch {b}: model {model_only:7.2f} img/s, end-to-end {rows[-1]['end_to_end_ips']:7.2f} img/s", flush=True)
     return rows
-
-
-_STYLE_PARAMS: dict[str, dict[str, Any]] = {}
-
-
-def config_style_params(case: Case) -> dict[str, Any]:
-    return _STYLE_PARAMS.get(case.style, {})
 
 
 async def _served_level(url: str, case: Case, samples: dict[str, bytes], concurrency: int, total: int, cap_s: float) -> dict[str, Any]:
@@ -163,8 +157,6 @@ def main(args: argparse.Namespace) -> int:
 
     config = yaml.safe_load(Path(args.config).read_text())
     app_args = config["applications"][0]["args"]
-    for name, style in app_args["styles"].items():
-        _STYLE_PARAMS[name] = style.get("params", {})
     only = {s for s in args.only.split(",") if s}
     cases = [c for c in _cases(config) if not only or c.deployment in only]
     batch_sizes = [int(x) for x in args.batch_sizes.split(",")]

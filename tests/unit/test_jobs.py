@@ -76,7 +76,7 @@ def backend() -> FakeBackend:
 @pytest.fixture()
 def api(backend: FakeBackend, storage: Storage) -> Iterator[TestClient]:
     manager = _manager(backend, storage)
-    app = create_api(manager.core, Limits(max_upload_bytes=1_000_000, max_pixels=10_000_000), manager)
+    app = create_api(manager.core, Limits(max_upload_bytes=1_000_000, max_pixels=10_000_000), jobs=manager)
     with TestClient(app) as client:  # one event loop for the whole test: jobs run in the background
         yield client
         manager.stop()
@@ -193,7 +193,7 @@ def test_bad_jobs_are_refused_before_anything_is_stored(api: TestClient, storage
 def test_refused_archives_leave_nothing_behind(backend: FakeBackend, tmp_path: Path, archive: bytes, status: int, code: str) -> None:
     storage = Storage(str(tmp_path / "jobs"))
     manager = _manager(backend, storage, max_archive_uncompressed_bytes=4 << 20)
-    app = create_api(manager.core, Limits(max_upload_bytes=1_000_000, max_pixels=10_000_000), manager)
+    app = create_api(manager.core, Limits(max_upload_bytes=1_000_000, max_pixels=10_000_000), jobs=manager)
     with TestClient(app) as api:
         r = api.post("/v1/jobs", files=[("archive", ("a.zip", archive, "application/zip"))], data={"style": "frost"})
         manager.stop()

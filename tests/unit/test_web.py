@@ -1,0 +1,146 @@
+"""The web page's routes with a fake backend: the page and its files, and the cached previews. No Ray."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+
+from deployments.batching import EncodedImage, ModelRequest, Reply
+from router.api import WEB_DIR, create_api
+from router.catalog import Catalog
+from router.core import RouterCore
+from router.previews import PreviewCache, load_samples
+from stylefleet.config import AppConfig, Limits
+from stylefleet.errors import ModelUnavailable
+from tests import samples
+from tests.samples import ROOT
+
+
+class FakeBackend:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, ModelRequest]] = []
+        self.replies: list[Reply] = []
+
+    async def run(self, deployment: str, request: ModelRequest) -> Reply:
+        self.calls.append((deployment, request))
+        if self.replies:
+            return self.replies.pop(0)
+        return EncodedImage(b"RIFF....WEBP", "image/webp", 160, 160, "abc")
+
+    async def health(self) -> dict[str, str]:
+        return {}
+
+
+@pytest.fixture()
+def backend() -> FakeBackend:
+    return FakeBackend()
+
+
+@pytest.fixture()
+def api(backend: FakeBackend) -> TestClient:
+    config = AppConfig.model_validate(yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"])
+    core = RouterCore(Catalog(config), backend, max_pixels=10_000_000)
+    return TestClient(create_api(core, Limits(max_upload_bytes=1_000_000, max_pixels=10_000_000)))
+
+
+def test_the_page_is_served_at_the_root(api: TestClient) -> None:
+    r = api.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert '<script type="module" src="/static/app.js">' in r.text
+
+
+@pytest.mark.parametrize(
+    ("name", "content_type"),
+    [("app.js", "text/javascript"), ("api.js", "text/javascript"), ("style.css", "text/css"), ("samples/astronaut-160.jpg", "image/jpeg")],
+)
+def test_static_files_carry_their_content_type(api: TestClient, name: str, content_type: str) -> None:
+    r = api.get(f"/static/{name}")
+    assert r.status_code == 200 and r.headers["content-type"].split(";")[0] == content_type
+
+
+def test_every_module_the_page_imports_is_served(api: TestClient) -> None:
+    """An ES module import of a missing file breaks the whole page, so check the import graph."""
+    for module in WEB_DIR.glob("*.js"):
+        for target in re.findall(r'from\s+"\./([\w.-]+)"', module.read_text()):
+            assert api.get(f"/static/{target}").status_code == 200, f"{module.name} imports {target}"
+
+
+@pytest.mark.parametrize("path", ["/static/..%2fapi.py", "/static/samples/..%2f..%2fapi.py", "/static/nope.js", "/static/samples"])
+def test_only_page_files_are_served(api: TestClient, path: str) -> None:
+    r = api.get(path)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+def test_the_page_loads_nothing_from_elsewhere() -> None:
+    for file in WEB_DIR.glob("*.*"):
+        assert not re.search(r"(src|href)=\"(https?:)?//", file.read_text()), file.name
+        assert "http://" not in file.read_text() and "https://" not in file.read_text(), file.name
+
+
+def test_a_preview_is_rendered_once_then_served_from_the_cache(api: TestClient, backend: FakeBackend) -> None:
+    first, second = api.get("/v1/styles/frost/preview"), api.get("/v1/styles/frost/preview")
+    assert first.status_code == second.status_code == 200
+    assert first.headers["content-type"] == "image/webp" and first.content == second.content
+    assert "max-age" in first.headers["cache-control"]
+    [(deployment, request)] = backend.calls
+    assert deployment == "stylize" and request.params["style"] == "14"
+    assert request.images["image"].shape == (160, 160, 3)
+    assert request.output is not None and request.output.format == "webp"
+
+
+def test_restyle_previews_use_the_shipped_style_picture(api: TestClient, backend: FakeBackend) -> None:
+    assert api.get("/v1/styles/restyle/preview").status_code == 200
+    [(_, request)] = backend.calls
+    assert set(request.images) == {"image", "style_image"}
+
+
+def test_a_style_with_variants_previews_its_first_variant(api: TestClient, backend: FakeBackend) -> None:
+    assert api.get("/v1/styles/oil-paint/preview").status_code == 200
+    [(_, request)] = backend.calls
+    assert request.params["strength"] == 1.0  # variant a; b fixes 0.7
+
+
+def test_a_failed_preview_is_not_cached(api: TestClient, backend: FakeBackend) -> None:
+    backend.replies = [ModelUnavailable("loading")]
+    assert api.get("/v1/styles/frost/preview").status_code == 503
+    assert api.get("/v1/styles/frost/preview").status_code == 200
+    assert len(backend.calls) == 2
+
+
+def test_previews_of_unknown_styles_are_404(api: TestClient, backend: FakeBackend) -> None:
+    r = api.get("/v1/styles/nope/preview")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_style"
+    assert backend.calls == []
+
+
+def test_results_say_how_long_the_service_took(api: TestClient) -> None:
+    r = api.post("/v1/styles/frost", files={"image": ("c.png", samples.encoded(samples.cat()), "image/png")})
+    assert r.status_code == 200
+    assert re.fullmatch(r"total;dur=\d+(\.\d+)?", r.headers["server-timing"])
+
+
+def test_the_shipped_samples_are_the_astronaut_and_the_coffee() -> None:
+    shipped = load_samples()
+    assert shipped["image"].shape == (160, 160, 3) and shipped["style_image"].shape[1] == 160
+    # the astronaut, shrunk: close to the test suite's own copy at the same size
+    from PIL import Image
+
+    reference = np.asarray(Image.fromarray(samples.astronaut()).resize((160, 160), Image.LANCZOS), dtype=np.float32)
+    assert np.abs(shipped["image"].astype(np.float32) - reference).mean() < 6
+
+
+def test_preview_cache_is_shared_by_concurrent_first_requests(backend: FakeBackend) -> None:
+    import asyncio
+
+    config = AppConfig.model_validate(yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"])
+    cache = PreviewCache(Catalog(config), backend)
+
+    async def both() -> None:
+        await asyncio.gather(cache.get("frost"), cache.get("frost"), cache.get("ink-wash"))
+
+    asyncio.run(both())
+    assert sorted(r.params["style"] for _, r in backend.calls) == ["14", "2"]
