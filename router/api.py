@@ -234,8 +234,8 @@ def add_job_routes(app: FastAPI, jobs: JobManager, limits: Limits) -> None:
 
     @app.get("/v1/jobs/{job_id}/events")
     async def job_events(job_id: str) -> StreamingResponse:
-        """text/event-stream: ``progress`` (the job without its items) on every change, ``end``
-        at a final status. The stream ends itself after 90 s; EventSource reconnects."""
+        """text/event-stream: ``progress`` (the job as GET shows it) on every change, ``end`` at
+        a final status. The stream ends itself after 90 s; EventSource reconnects."""
         jobs.ensure_started()
         stream = await jobs.events(job_id)
         return StreamingResponse(

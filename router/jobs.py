@@ -255,11 +255,13 @@ class JobManager:
         return state
 
     async def events(self, job_id: str) -> AsyncIterator[str]:
-        """Server-sent events: ``progress`` on every change, ``end`` at a final status."""
-        await self.get(job_id, items=False)  # 404 before the stream starts
-        return self._events(job_id)
+        """Server-sent events: ``progress`` (the GET JSON, items included, so a page can show
+        each item as it ends) on every change, ``end`` at a final status."""
+        state = await self.get(job_id, items=False)  # 404 before the stream starts
+        return self._events(job_id, min_gap_s=max(0.05, state["total"] / 10_000))
 
-    async def _events(self, job_id: str) -> AsyncIterator[str]:
+    async def _events(self, job_id: str, min_gap_s: float) -> AsyncIterator[str]:
+        """``min_gap_s`` coalesces bursts: 50 ms, up to 1 s for a 10,000-item job (~1 MB/event)."""
         yield "retry: 1000\n\n"
         deadline = time.monotonic() + EVENTS_STREAM_S
         last: dict[str, Any] | None = None
@@ -267,7 +269,7 @@ class JobManager:
         while True:
             job = self._jobs.get(job_id)
             changed = job.changed if job is not None else None
-            state = await self.get(job_id, items=False)
+            state = await self.get(job_id)
             if state != last:
                 yield _sse("progress", state)
                 last, quiet_since = state, time.monotonic()
@@ -282,7 +284,7 @@ class JobManager:
             if changed is not None:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(changed.wait(), timeout=1.0)
-                await asyncio.sleep(0.05)  # coalesce bursts of item completions
+                await asyncio.sleep(min_gap_s)
             else:
                 await asyncio.sleep(0.5)  # another replica runs it: poll its state file
 

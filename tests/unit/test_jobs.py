@@ -149,6 +149,8 @@ def test_events_stream_progress_and_end(api: TestClient) -> None:
     assert events[-1].startswith("event: end") and all(e.startswith("event: progress") for e in events[:-1])
     last = json.loads(events[-1].split("data: ", 1)[1])
     assert last["status"] == "succeeded" and last["done"] == 3
+    progress = json.loads(events[-2].split("data: ", 1)[1])
+    assert [i["status"] for i in progress["items"]] == ["ok"] * 3  # a page can show each item as it ends
 
 
 def test_result_before_the_end_is_409_and_delete_cancels(api: TestClient, backend: FakeBackend) -> None:
