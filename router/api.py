@@ -8,12 +8,13 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from router.core import RouterCore
+from router.jobs import JobManager
 from router.previews import PreviewCache
 from stylefleet.config import Limits
 from stylefleet.errors import (
@@ -49,19 +50,25 @@ def error_response(exc: StylefleetError) -> JSONResponse:
 
 
 class BodyLimit:
-    """Refuses bodies over ``max_bytes``: by Content-Length up front, and by counting while reading."""
+    """Refuses bodies over ``max_bytes``: by Content-Length up front, and by counting while reading.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    ``overrides`` gives some (method, path) their own limit and knob name: batch job uploads
+    (``POST /v1/jobs``) are far larger than one image.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, overrides: dict[tuple[str, str], tuple[int, str]] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.overrides = overrides or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit, knob = self.overrides.get((scope.get("method", ""), scope.get("path", "")), (self.max_bytes, "max_upload_bytes"))
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await error_response(self._too_large(int(declared)))(scope, receive, send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await error_response(_too_large(int(declared), limit, knob))(scope, receive, send)
             return
         seen = 0
 
@@ -70,17 +77,20 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise self._too_large(seen)
+                if seen > limit:
+                    raise _too_large(seen, limit, knob)
             return message
 
         await self.app(scope, counted, send)
 
-    def _too_large(self, size: int) -> PayloadTooLarge:
-        return PayloadTooLarge(f"the request body ({size} bytes) is over the limit of {self.max_bytes} (max_upload_bytes)")
+
+def _too_large(size: int, limit: int, knob: str) -> PayloadTooLarge:
+    return PayloadTooLarge(f"the request body ({size} bytes) is over the limit of {limit} ({knob})")
 
 
-def create_api(core: RouterCore, limits: Limits, previews: PreviewCache | None = None) -> FastAPI:
+def create_api(
+    core: RouterCore, limits: Limits, previews: PreviewCache | None = None, jobs: JobManager | None = None
+) -> FastAPI:
     previews = previews or PreviewCache(core.catalog, core.backend)
     app = FastAPI(
         title="stylefleet",
@@ -164,8 +174,102 @@ def create_api(core: RouterCore, limits: Limits, previews: PreviewCache | None =
     async def web_static(name: str) -> FileResponse:
         return _static_file(name)
 
-    app.add_middleware(BodyLimit, max_bytes=limits.max_upload_bytes)
+    overrides = {}
+    if jobs is not None:
+        add_job_routes(app, jobs, limits)
+        overrides[("POST", "/v1/jobs")] = (jobs.config.max_upload_bytes, "jobs.max_upload_bytes")
+    app.add_middleware(BodyLimit, max_bytes=limits.max_upload_bytes, overrides=overrides)
     return app
+
+
+def add_job_routes(app: FastAPI, jobs: JobManager, limits: Limits) -> None:
+    """``/v1/jobs``: batch jobs over the same styles (see ``router.jobs``)."""
+
+    def urls(job_id: str) -> dict[str, str]:
+        base = f"/v1/jobs/{job_id}"
+        return {"self": base, "events": f"{base}/events", "result": f"{base}/result"}
+
+    @app.post("/v1/jobs", status_code=202)
+    async def create_job(request: Request) -> JSONResponse:
+        """multipart/form-data: several ``images`` files or one ``archive`` zip, ``style``, the
+        style's params (and ``variant``/``client_id``); 202 with the job and its URLs."""
+        jobs.ensure_started()
+        _require_multipart(request)
+        form = await request.form(max_files=jobs.config.max_items + 8, max_fields=64)
+        try:
+            images: list[tuple[str, Any]] = []
+            archive = None
+            shared: dict[str, bytes] = {}
+            fields: dict[str, str] = {}
+            for key, value in form.multi_items():
+                if isinstance(value, UploadFile):
+                    if key == "images":
+                        images.append((value.filename or "", value.file))
+                    elif key == "archive" and archive is None:
+                        archive = value.file
+                    elif key not in shared and key != "archive":
+                        shared[key] = await value.read(limits.max_upload_bytes + 1)
+                        if len(shared[key]) > limits.max_upload_bytes:
+                            raise PayloadTooLarge(f"{key}: over {limits.max_upload_bytes} bytes (limits.max_upload_bytes)")
+                    else:
+                        raise InvalidParams(f"{key}: given more than once")
+                elif key in fields:
+                    raise InvalidParams(f"{key}: given more than once")
+                else:
+                    fields[key] = value
+            style = fields.pop("style", None)
+            if not style:
+                raise InvalidParams("style: required (a style name, see GET /v1/styles)")
+            client_key = request.headers.get("x-client-id") or fields.get("client_id")
+            body = await jobs.create(style, fields, client_key=client_key, images=images, archive=archive, shared=shared)
+        finally:
+            await form.close()
+        body["urls"] = urls(body["id"])
+        return JSONResponse(body, status_code=202, headers={"Location": body["urls"]["self"]})
+
+    @app.get("/v1/jobs/{job_id}")
+    async def get_job(job_id: str) -> dict[str, Any]:
+        jobs.ensure_started()
+        return await jobs.get(job_id)
+
+    @app.get("/v1/jobs/{job_id}/events")
+    async def job_events(job_id: str) -> StreamingResponse:
+        """text/event-stream: ``progress`` (the job as GET shows it) on every change, ``end`` at
+        a final status. The stream ends itself after 90 s; EventSource reconnects."""
+        jobs.ensure_started()
+        stream = await jobs.events(job_id)
+        return StreamingResponse(
+            stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
+
+    @app.get("/v1/jobs/{job_id}/result")
+    async def job_result(job_id: str) -> StreamingResponse:
+        """application/zip: outputs (original names, the format's extension), manifest.jsonl,
+        failures.jsonl; 409 job_not_finished until the job ends."""
+        rel = await jobs.result(job_id)
+        storage = jobs.storage
+
+        def chunks() -> Any:
+            with storage.open(rel, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    yield chunk
+
+        return StreamingResponse(
+            chunks(),
+            media_type="application/zip",
+            headers={"Content-Disposition": f'attachment; filename="stylefleet-job-{job_id}.zip"', "Content-Length": str(storage.size(rel))},
+        )
+
+    @app.delete("/v1/jobs/{job_id}")
+    async def cancel_job(job_id: str) -> dict[str, Any]:
+        jobs.ensure_started()
+        return await jobs.cancel(job_id)
+
+
+def _require_multipart(request: Request) -> None:
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        raise UnsupportedMediaType(f"send multipart/form-data (got {content_type or 'no content type'})")
 
 
 def _static_file(name: str) -> FileResponse:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import Any
 
@@ -18,8 +19,10 @@ from deployments.serving import ComposedServer, ModelServer, call_deployment
 from router.api import create_api
 from router.catalog import Catalog
 from router.core import RouterCore
+from router.jobs import JobManager
 from router.metrics import RayRecorder
 from stylefleet.config import AppConfig, BatchingConfig, DeploymentConfig, RouterSettings, dependency_order
+from stylefleet.storage import Storage
 
 logger = logging.getLogger("ray.serve")
 
@@ -62,13 +65,29 @@ class Router:
         self._config = config
         backend = ServeBackend(handles, serve.get_replica_context().app_name)
         self.core = RouterCore(Catalog(config), backend, max_pixels=config.limits.max_pixels, recorder=RayRecorder())
+        self.jobs = JobManager(
+            self.core, Storage(config.jobs.storage), config.jobs, max_item_bytes=config.limits.max_upload_bytes
+        )
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass  # no loop here: the first /v1/jobs request starts the scheduler
+        else:
+            self.jobs.ensure_started()  # resume unfinished jobs now, without waiting for a request
+
+    def __del__(self) -> None:
+        """Serve's graceful shutdown: stop this replica's jobs and release their leases, so the
+        next replica resumes them at once (items in flight are redone there, none twice)."""
+        jobs = getattr(self, "jobs", None)
+        if jobs is not None:
+            jobs.stop()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         self.core.apply(RouterSettings.model_validate(user_config or {}))
         logger.info("traffic now %s (shadows %s)", self.core.traffic.weights, self.core.traffic.shadows)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_api(self.core, self._config.limits)
+        return create_api(self.core, self._config.limits, jobs=self.jobs)
 
 
 def model_deployment(name: str, dep: DeploymentConfig, config: AppConfig, bound: dict[str, Any]) -> Any:
@@ -106,6 +125,7 @@ def model_deployment(name: str, dep: DeploymentConfig, config: AppConfig, bound:
 def build_app(args: AppConfig) -> Any:
     """Serve's app builder: validates the whole config (styles, params, batching) before deploying."""
     config = args if isinstance(args, AppConfig) else AppConfig.model_validate(args)
+    config = absolute_storage(config)
     Catalog(config)  # fixed style params are checked against their models here, at deploy time
     handles: dict[str, Any] = {}
     for name in dependency_order(config.deployments):  # a used deployment is bound before its users
@@ -122,3 +142,13 @@ def build_app(args: AppConfig) -> Any:
         )
         .bind(config, handles)
     )
+
+
+def absolute_storage(config: AppConfig) -> AppConfig:
+    """A relative jobs.storage folder is taken from where the app is built, so every replica
+    (whatever its working directory) finds the same folder."""
+    storage = config.jobs.storage
+    if "://" in storage or os.path.isabs(storage):
+        return config
+    jobs = config.jobs.model_copy(update={"storage": os.path.abspath(storage)})
+    return config.model_copy(update={"jobs": jobs})

@@ -212,6 +212,20 @@ class RouterCore:
         self.recorder.request(style.name, variant, "ok", result.seconds)
         return result
 
+    def check(
+        self, style_name: str, fields: dict[str, str], file_names: list[str], *, client_key: str | None = None
+    ) -> tuple[Style, str]:
+        """Validate a request without running it (404 unknown style, 422 bad variant, files or
+        params) and pick its variant; pops ``variant`` and ``client_id`` from ``fields`` as
+        ``handle`` does. Batch jobs call it so a bad job is refused before it is accepted."""
+        style = self.catalog.get(style_name)
+        forced = fields.pop("variant", None)
+        fields.pop("client_id", None)
+        variant = choose_variant(style.name, self.traffic.weights[style.name], client_key=client_key, forced=forced, rng=self.rng)
+        _check_files(style, dict.fromkeys(file_names, b""))
+        split_params(style, style.variant(variant), dict(fields))
+        return style, variant
+
     async def _run(
         self, style: Style, variant: str, files: Mapping[str, bytes], fields: dict[str, str], traffic: Traffic, started: float
     ) -> Result:

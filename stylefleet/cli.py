@@ -1,4 +1,4 @@
-"""``stylefleet``: run the service locally, benchmark it."""
+"""``stylefleet``: run the service locally, push folders through it, benchmark it."""
 
 from __future__ import annotations
 
@@ -73,6 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     from stylefleet import bench as bench_mod
+    from stylefleet.batch import run as batch_mod
+
+    batch = sub.add_parser(
+        "batch",
+        help="apply a style to every image of a folder (or list file), with progress and resume",
+        description=batch_mod.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    batch_mod.add_arguments(batch)
+    batch.set_defaults(func=batch_mod.main)
     from stylefleet import k8s as k8s_mod
 
     bench = sub.add_parser("bench", help="measure bare and served throughput; print and write JSON")
@@ -106,7 +116,10 @@ def cmd_config(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the figures
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse: 2 on usage errors, 0 for --help
+        return int(exc.code or 0)
     return int(args.func(args))
 
 

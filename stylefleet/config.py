@@ -196,6 +196,29 @@ class Limits(_Strict):
     max_pixels: PositiveInt = Field(40_000_000, description="largest decoded image, width x height")
 
 
+class JobsConfig(_Strict):
+    """Server-side batch jobs (``/v1/jobs``): where their state lives and how hard they may push."""
+
+    storage: str = Field(
+        ".stylefleet/jobs",
+        description="folder or fsspec URI (s3://bucket/jobs, gs://...) for job inputs, outputs and state; "
+        "a relative folder is taken from the directory the app is deployed from",
+    )
+    max_in_flight_per_job: PositiveInt = Field(
+        4, description="items of one job dispatched to the model deployments at once; online traffic keeps the rest"
+    )
+    max_running_jobs: PositiveInt = Field(2, description="jobs one router replica runs at once; the others wait, queued")
+    max_upload_bytes: PositiveInt = Field(1024**3, description="largest POST /v1/jobs body (images or archive)")
+    max_items: PositiveInt = Field(10_000, description="most images (or archive members) in one job")
+    max_archive_uncompressed_bytes: PositiveInt = Field(
+        4 * 1024**3, description="most bytes an archive may expand to (sum of its members' sizes)"
+    )
+    item_retries: int = Field(5, ge=0, le=20, description="retries of an item the deployments answer overloaded/unavailable")
+    lease_timeout_s: float = Field(
+        30.0, gt=0.0, description="a job whose runner stopped renewing its lease this long is resumed by another router replica"
+    )
+
+
 class RouterConfig(_Strict):
     num_replicas: PositiveInt = 1
     max_ongoing_requests: PositiveInt = Field(256, description="concurrent HTTP requests one router replica holds")
@@ -207,6 +230,7 @@ class AppConfig(_Strict):
 
     limits: Limits = Field(default_factory=Limits)
     router: RouterConfig = Field(default_factory=RouterConfig)
+    jobs: JobsConfig = Field(default_factory=JobsConfig)
     model_dir: str | None = Field(None, description="folder searched for weight files before installed packages")
     allow_download: bool = Field(False, description="fetch a missing weight file from its upstream URL")
     models: dict[str, ModelSource] = Field(default_factory=dict)

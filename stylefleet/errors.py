@@ -100,3 +100,34 @@ class InternalError(StylefleetError):
 
     status = 500
     code = "internal_error"
+
+
+class InvalidArchive(StylefleetError):
+    """The ``archive`` upload is not a readable zip, holds no files, or repeats a member."""
+
+    status = 400
+    code = "invalid_archive"
+
+
+class UnsafeArchive(StylefleetError):
+    """A member's path would land outside the job's folder (absolute, ``..``, a symlink): zip slip."""
+
+    status = 400
+    code = "unsafe_archive"
+
+
+class ArchiveTooLarge(StylefleetError):
+    """More members, or more uncompressed bytes, than the jobs limits allow: a zip bomb."""
+
+    status = 413
+    code = "archive_too_large"
+
+
+class UnknownJob(StylefleetError):
+    status = 404
+    code = "unknown_job"
+
+
+class JobNotFinished(StylefleetError):
+    status = 409
+    code = "job_not_finished"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,13 +27,21 @@ def test_config(port: int) -> dict[str, Any]:
       tests can provoke 503 overloaded without flooding the machine;
     - a small upload limit so 413 is cheap to provoke;
     - stylize pinned to one replica (tests compare replica ids), and a small extra deployment
-      with quick autoscaling (1-2 replicas, one thread each) for the scaling test.
+      with quick autoscaling (1-2 replicas, one thread each) for the scaling test;
+    - jobs in a fresh temporary folder, a short lease (a restarted app resumes quickly), two items
+      in flight per job, and a 16 MiB archive limit so a zip bomb is cheap to build.
     """
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     config["http_options"]["port"] = port
     app = config["applications"][0]
     args = app["args"]
     args["limits"]["max_upload_bytes"] = 4 * 1024 * 1024
+    args["jobs"].update(
+        storage=tempfile.mkdtemp(prefix="stylefleet-jobs-"),
+        lease_timeout_s=5,
+        max_in_flight_per_job=2,
+        max_archive_uncompressed_bytes=16 * 1024 * 1024,
+    )
     restyle = args["deployments"]["restyle"]
     restyle.update(max_ongoing_requests=8, max_queued_requests=1)
     restyle["autoscaling"] = {"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 4}
@@ -80,6 +90,7 @@ def serve_app() -> Iterator[dict[str, Any]]:
         }
     finally:
         cluster.stop()
+        shutil.rmtree(config["applications"][0]["args"]["jobs"]["storage"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

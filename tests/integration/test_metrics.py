@@ -45,11 +45,27 @@ def wait_for(url: str, ready: Callable[[dict[str, Any]], bool], timeout_s: float
     return series
 
 
+def settled(url: str, name: str, quiet_s: float = 15.0, timeout_s: float = 90, **labels: str) -> dict[str, Any]:
+    """A scrape once ``name`` stopped moving for ``quiet_s`` (longer than Ray's export interval):
+    traffic that earlier tests sent (batch jobs send many images) is all exported by then, so it
+    does not land in this module's deltas."""
+    deadline = time.monotonic() + timeout_s
+    series = scrape(url)
+    steady_since = time.monotonic()
+    while time.monotonic() - steady_since < quiet_s and time.monotonic() < deadline:
+        time.sleep(1.0)
+        latest = scrape(url)
+        if total(latest, name, **labels) != total(series, name, **labels):
+            steady_since = time.monotonic()
+        series = latest
+    return series
+
+
 @pytest.fixture(scope="module")
 def traffic(serve_app: dict[str, Any]) -> dict[str, Any]:
     """Send 5 good and 2 bad requests to one style, then wait until the metrics show them."""
     url = serve_app["metrics_url"]
-    before = scrape(url)
+    before = settled(url, "ray_stylefleet_batch_queue_seconds_count", deployment="stylize")
     photo = samples.encoded(samples.cat())
     with httpx.Client(base_url=serve_app["url"], timeout=120) as c:
         for _ in range(5):

@@ -1,0 +1,314 @@
+"""``stylefleet batch``: plan the run, resume from the manifest, drive an engine, summarise.
+
+Exit status: 0 every item succeeded (now or in an earlier run), 1 some failed (listed in
+``failures.jsonl``), 2 usage error (bad arguments, no inputs, unknown style or param, service
+unreachable), 130 interrupted (re-run the same command to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import posixpath
+import signal
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from stylefleet.batch.http import RetryPolicy, StyleClient
+from stylefleet.batch.inputs import InputError, Item, find_inputs, read_source
+from stylefleet.batch.progress import Progress
+from stylefleet.manifest import (
+    FAILURES,
+    MANIFEST,
+    ManifestIndex,
+    ManifestWriter,
+    Record,
+    failures_text,
+    item_key,
+    output_names,
+    sha256_hex,
+)
+from stylefleet.storage import Storage
+
+logger = logging.getLogger("stylefleet.batch")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+USAGE_CODES = frozenset({"unknown_style", "invalid_params"})  # the same for every image: stop the run
+
+
+class UsageError(Exception):
+    """Stops the run with exit status 2."""
+
+
+@dataclass
+class Plan:
+    """Everything both engines need to know about the run."""
+
+    style: str
+    fields: dict[str, str]  # form fields sent with every image (params, format, variant, client_id)
+    key_params: dict[str, str]  # fields + a checksum of each extra file: the resume key's params
+    extra_files: dict[str, bytes]
+    items: list[Item]
+    outputs: dict[str, str]  # item.rel -> output path relative to the output root
+    force: bool = False
+
+    def key(self, item: Item, sha: str) -> tuple[str, str, str, str]:
+        return item_key(item.rel, sha, self.style, self.key_params)
+
+    def record(self, item: Item, sha: str, **kwargs: object) -> Record:
+        return Record(input=item.rel, input_sha256=sha, style=self.style, params=dict(self.key_params), **kwargs)  # type: ignore[arg-type]
+
+
+@dataclass
+class Tally:
+    """The final record of every item of this run (skipped ones included), and the counts."""
+
+    progress: Progress
+    writer: ManifestWriter
+    index: ManifestIndex
+    records: dict[str, Record] = field(default_factory=dict)
+
+    def skipped(self, record: Record) -> None:
+        self.records[record.input] = record
+        self.progress.update(record.status, skipped=True)
+
+    def finished(self, record: Record) -> None:
+        self.writer.write(record)
+        self.index.add(record)
+        self.records[record.input] = record
+        self.progress.update(record.status)
+
+
+Sink = Callable[[Record], None]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", help="a folder (walked recursively) or a list file (one path or URI per line)")
+    p.add_argument("-o", "--output", required=True, help="output folder or URI; mirrors the input tree")
+    p.add_argument("--style", required=True, help="a style name (GET /v1/styles lists them)")
+    p.add_argument("--param", action="append", default=[], metavar="K=V", help="a style param, repeatable")
+    p.add_argument("--file", action="append", default=[], metavar="FIELD=PATH", help="an extra file sent with every image (restyle: style_image=painting.jpg)")
+    p.add_argument("--format", choices=("png", "jpeg", "webp"), default="png", help="output format (default png)")
+    p.add_argument("--variant", default=None, help="force an A/B variant")
+    p.add_argument("--client-id", default=None, help="sticky A/B key sent with every image")
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="the service (http engine)")
+    p.add_argument("--concurrency", type=int, default=8, help="images in flight at once (http engine; default 8, one full batch)")
+    p.add_argument("--retries", type=int, default=5, help="retries per image on 429/502/503/504 and connection errors")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds per HTTP request")
+    p.add_argument("--force", action="store_true", help="redo every item, even those the manifest lists as done")
+    p.add_argument("--engine", choices=("http", "ray-data"), default="http")
+    p.add_argument("--config", default="serve_config.yaml", help="ray-data engine: the serve config whose models and deployments it mirrors")
+    p.add_argument("--progress-interval", type=float, default=10.0, help="seconds between plain progress lines (not on a terminal)")
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        plan, out = _plan(args)
+    except (UsageError, InputError) as exc:
+        print(f"stylefleet batch: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    index = ManifestIndex.load(out)
+    writer = ManifestWriter(out)
+    progress = Progress(len(plan.items), interval_s=args.progress_interval)
+    tally = Tally(progress, writer, index)
+    started = time.monotonic()
+    status = EXIT_OK
+    try:
+        if args.engine == "http":
+            _run_http(plan, out, index, tally, args)
+        else:
+            from stylefleet.batch.raydata import run_ray_data
+
+            run_ray_data(plan, out, index, tally, config_path=args.config)
+    except UsageError as exc:
+        status = EXIT_USAGE
+        print(f"\nstylefleet batch: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        status = EXIT_INTERRUPTED
+    finally:
+        progress.close()
+        writer.flush()
+    current = [tally.records[i.rel] for i in plan.items if i.rel in tally.records]
+    out.write_text(FAILURES, failures_text(current))
+    failed = sum(r.status == "failed" for r in current)
+    seconds = time.monotonic() - started
+    print(
+        f"stylefleet batch: {len(current)}/{len(plan.items)} items done: {len(current) - failed} ok, {failed} failed "
+        f"({progress.skipped} of them done by an earlier run); {progress.ok + progress.failed} processed in "
+        f"{seconds:.1f}s ({progress.rate():.2f} img/s)\n"
+        f"  manifest: {out.full(MANIFEST)}\n  failures: {out.full(FAILURES)}",
+        file=sys.stderr,
+    )
+    if status == EXIT_INTERRUPTED:
+        print("stylefleet batch: interrupted; run the same command again to resume", file=sys.stderr)
+    if status != EXIT_OK:
+        return status
+    return EXIT_FAILED if failed or len(current) < len(plan.items) else EXIT_OK
+
+
+def _plan(args: argparse.Namespace) -> tuple[Plan, Storage]:
+    if args.concurrency < 1:
+        raise UsageError("--concurrency must be at least 1")
+    fields: dict[str, str] = {}
+    for raw in args.param:
+        name, sep, value = raw.partition("=")
+        if not sep or not name:
+            raise UsageError(f"--param {raw!r}: use NAME=VALUE")
+        if name in ("format", "variant", "client_id", "image"):
+            raise UsageError(f"--param {name}: use the --{name.replace('_', '-')} option")
+        fields[name] = value
+    fields["format"] = args.format
+    if args.variant:
+        fields["variant"] = args.variant
+    if args.client_id:
+        fields["client_id"] = args.client_id
+    extra: dict[str, bytes] = {}
+    key_params = dict(fields)
+    for raw in args.file:
+        name, sep, path = raw.partition("=")
+        if not sep or not name or name == "image":
+            raise UsageError(f"--file {raw!r}: use FIELD=PATH (not image)")
+        try:
+            extra[name] = read_source(path)
+        except OSError as exc:
+            raise UsageError(f"--file {name}: {exc}") from None
+        key_params[name] = "sha256:" + sha256_hex(extra[name])
+    items = find_inputs(args.input, exclude=args.output)
+    out = Storage(args.output)
+    outputs = output_names([i.rel for i in items], args.format)
+    return Plan(args.style, fields, key_params, extra, items, outputs, force=args.force), out
+
+
+# -- the http engine ---------------------------------------------------------------------------
+
+
+def _run_http(plan: Plan, out: Storage, index: ManifestIndex, tally: Tally, args: argparse.Namespace) -> None:
+    asyncio.run(_http_main(plan, out, index, tally, args))
+
+
+async def _http_main(plan: Plan, out: Storage, index: ManifestIndex, tally: Tally, args: argparse.Namespace) -> None:
+    limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
+    async with httpx.AsyncClient(base_url=args.url, timeout=args.timeout, limits=limits) as client:
+        await _preflight(client, plan)
+        styler = StyleClient(client, plan.style, plan.fields, plan.extra_files, RetryPolicy(retries=args.retries))
+        main_task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        interrupted = False
+
+        def on_sigint() -> None:
+            nonlocal interrupted
+            interrupted = True
+            if main_task is not None:
+                main_task.cancel()
+
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGINT, on_sigint)
+        try:
+            await run_items(plan, out, index, tally.skipped, tally.finished, styler, args.concurrency)
+        except asyncio.CancelledError:
+            if interrupted:
+                raise KeyboardInterrupt from None
+            raise
+        finally:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(signal.SIGINT)
+
+
+async def _preflight(client: httpx.AsyncClient, plan: Plan) -> None:
+    """Unknown style or param names are usage errors, found before the first image is sent."""
+    try:
+        r = await client.get("/v1/styles")
+        r.raise_for_status()
+    except httpx.HTTPError as exc:
+        raise UsageError(f"cannot reach the service at {client.base_url} ({exc})") from None
+    styles = {s["name"]: s for s in r.json()["styles"]}
+    style = styles.get(plan.style)
+    if style is None:
+        raise UsageError(f"unknown style {plan.style!r}; known: {', '.join(sorted(styles))}")
+    accepted = {p["name"] for p in style["params"]} | {"variant", "client_id"} | set(style["inputs"])
+    unknown = sorted(set(plan.fields) - accepted) + sorted(set(plan.extra_files) - set(style["inputs"]))
+    if unknown:
+        raise UsageError(f"style {plan.style!r} takes no {', '.join(unknown)}; it takes {', '.join(sorted(accepted - {'image'}))}")
+
+
+async def run_items(
+    plan: Plan,
+    out: Storage,
+    index: ManifestIndex,
+    on_skip: Sink,
+    on_done: Sink,
+    styler: StyleClient,
+    concurrency: int,
+) -> None:
+    """Each item: read and hash, skip if done, send, write atomically, record. At most
+    ``concurrency`` items are in flight; a usage error (unknown style/param) stops them all."""
+    queue = list(reversed(plan.items))
+
+    async def worker() -> None:
+        while queue:
+            item = queue.pop()
+            record = await _one(plan, out, index, on_skip, styler, item)
+            if record is not None and record.error and record.error["code"] in USAGE_CODES:
+                # not the image's fault: stop, and record nothing, so a corrected re-run does it all
+                raise UsageError(f"{record.error['code']}: {record.error['message']}")
+            if record is not None:
+                on_done(record)
+
+    async with _Gather() as group:
+        for _ in range(min(concurrency, len(plan.items))):
+            group.create_task(worker())
+
+
+async def _one(plan: Plan, out: Storage, index: ManifestIndex, on_skip: Sink, styler: StyleClient, item: Item) -> Record | None:
+    started = time.perf_counter()
+    try:
+        data = await asyncio.to_thread(read_source, item.source)
+    except OSError as exc:
+        return plan.record(item, "", status="failed", error={"code": "unreadable_input", "message": str(exc)})
+    sha = sha256_hex(data)
+    done = None if plan.force else await asyncio.to_thread(index.done, plan.key(item, sha), out)
+    if done is not None:
+        on_skip(done)
+        return None
+    outcome = await styler.apply(posixpath.basename(item.rel), data)
+    seconds = round(time.perf_counter() - started, 4)
+    if not outcome.ok:
+        return plan.record(
+            item, sha, status="failed", variant=outcome.variant, seconds=seconds,
+            error={"code": outcome.error_code or "error", "message": outcome.error_message or ""},
+        )
+    output = plan.outputs[item.rel]
+    await asyncio.to_thread(out.write_bytes, output, outcome.content)
+    return plan.record(
+        item, sha, status="ok", output=output, variant=outcome.variant, seed=outcome.seed,
+        model_sha256=outcome.model_sha256, seconds=seconds,
+    )
+
+
+class _Gather:
+    """Like ``asyncio.TaskGroup`` (3.11+), but the first error propagates as itself, not inside
+    an ExceptionGroup, and cancels the other tasks."""
+
+    def __init__(self) -> None:
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def create_task(self, coro: Coroutine[Any, Any, None]) -> None:
+        self.tasks.append(asyncio.ensure_future(coro))
+
+    async def __aenter__(self) -> _Gather:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            await asyncio.gather(*self.tasks)
+        finally:
+            for t in self.tasks:
+                t.cancel()
+            await asyncio.gather(*self.tasks, return_exceptions=True)

@@ -1,0 +1,182 @@
+"""The batch manifest: one JSON line per processed item, shared by the CLI (both engines) and
+server-side jobs, so a folder done one way can be resumed, audited or compared the other way.
+
+A record says which input (path relative to the input root, and its sha256), with which style
+and params, gave which output (path relative to the output root), through which variant and
+model weights, or failed with which error code. The file is append-only; the last record for an
+item wins. An item is *done* when its last record is a success whose output still exists, or a
+failure caused by the input itself (a corrupt file, a refused param): re-running cannot change
+those. Failures of the service (``overloaded``, ``model_unavailable``, a lost connection) are
+retried by the next run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from stylefleet.storage import Storage
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.jsonl"
+FAILURES = "failures.jsonl"
+
+# Errors that say nothing about the input: the next run tries the item again.
+TRANSIENT_CODES = frozenset(
+    {"overloaded", "model_unavailable", "connection_error", "http_429", "http_502", "http_503", "http_504"}
+)
+
+OUTPUT_EXTENSIONS: dict[str, str] = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class Record:
+    """One line of ``manifest.jsonl``."""
+
+    input: str
+    input_sha256: str
+    style: str
+    params: dict[str, str]
+    status: Literal["ok", "failed"]
+    output: str | None = None
+    variant: str | None = None
+    seed: str | None = None
+    model_sha256: str | None = None
+    error: dict[str, str] | None = None  # {"code", "message"}
+    seconds: float | None = None
+    finished_at: str = field(default_factory=now_iso)
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        return item_key(self.input, self.input_sha256, self.style, self.params)
+
+    @property
+    def final(self) -> bool:
+        """True when running the item again cannot change the outcome (see module doc)."""
+        return self.status == "ok" or (self.error or {}).get("code") not in TRANSIENT_CODES
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> Record:
+        known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
+        return cls(**known)
+
+
+def item_key(rel_input: str, input_sha256: str, style: str, params: Mapping[str, str]) -> tuple[str, str, str, str]:
+    return (rel_input, input_sha256, style, json.dumps(dict(params), sort_keys=True))
+
+
+def parse_lines(lines: Iterable[str]) -> list[Record]:
+    """Records in file order. A torn last line (the run was killed mid-write) is skipped."""
+    out = []
+    for n, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            out.append(Record.from_dict(json.loads(line)))
+        except (ValueError, TypeError) as exc:
+            logger.warning("manifest line %d skipped (%s)", n, exc)
+    return out
+
+
+class ManifestIndex:
+    """The last record per item key, read from an output root's ``manifest.jsonl``."""
+
+    def __init__(self, records: Iterable[Record] = ()) -> None:
+        self.latest: dict[tuple[str, str, str, str], Record] = {}
+        self.lines = 0
+        for r in records:
+            self.add(r)
+
+    @classmethod
+    def load(cls, storage: Storage, name: str = MANIFEST) -> ManifestIndex:
+        if not storage.exists(name):
+            return cls()
+        return cls(parse_lines(storage.read_text(name).splitlines()))
+
+    def add(self, record: Record) -> None:
+        self.latest[record.key] = record
+        self.lines += 1
+
+    def done(self, key: tuple[str, str, str, str], storage: Storage | None = None) -> Record | None:
+        """The record that makes this item done, or None when it must (still) run."""
+        record = self.latest.get(key)
+        if record is None or not record.final:
+            return None
+        if record.status == "ok" and storage is not None and (record.output is None or not storage.exists(record.output)):
+            return None  # the output went missing: make it again
+        return record
+
+
+class ManifestWriter:
+    """Appends records as items finish. Local disks get one flushed line per record; object
+    stores (no append) get the whole file rewritten at most every ``flush_interval_s``."""
+
+    def __init__(self, storage: Storage, name: str = MANIFEST, flush_interval_s: float = 5.0) -> None:
+        self.storage = storage
+        self.name = name
+        self.flush_interval_s = flush_interval_s
+        self._pending: list[str] = []
+        self._flushed_at = time.monotonic()
+
+    def write(self, record: Record) -> None:
+        if self.storage.local:
+            self.storage.append_line(self.name, record.to_json())
+            return
+        self._pending.append(record.to_json())
+        if time.monotonic() - self._flushed_at >= self.flush_interval_s:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        old = self.storage.read_text(self.name) if self.storage.exists(self.name) else ""
+        if old and not old.endswith("\n"):
+            old += "\n"
+        self.storage.write_text(self.name, old + "".join(line + "\n" for line in self._pending))
+        self._pending.clear()
+        self._flushed_at = time.monotonic()
+
+
+def failures_text(records: Iterable[Record]) -> str:
+    """``failures.jsonl``: the failed records, one per line (same fields as the manifest)."""
+    return "".join(r.to_json() + "\n" for r in records if r.status == "failed")
+
+
+def output_names(rel_inputs: Iterable[str], fmt: str) -> dict[str, str]:
+    """Input path -> output path: the same folders and name, the format's extension.
+
+    Inputs that would collide (``a.jpg`` and ``a.png`` both giving ``a.png``) keep their old
+    extension in front of the new one (``a.jpg.png``, ``a.png.png``), so nothing is overwritten.
+    """
+    ext = OUTPUT_EXTENSIONS[fmt]
+    rels = list(rel_inputs)
+    plain = {rel: _replace_ext(rel, ext) for rel in rels}
+    counts: dict[str, int] = {}
+    for out in plain.values():
+        counts[out.lower()] = counts.get(out.lower(), 0) + 1
+    return {rel: (out if counts[out.lower()] == 1 else rel + ext) for rel, out in plain.items()}
+
+
+def _replace_ext(rel: str, ext: str) -> str:
+    folder, _, name = rel.rpartition("/")
+    stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
+    return f"{folder}/{stem}{ext}" if folder else f"{stem}{ext}"

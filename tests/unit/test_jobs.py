@@ -1,0 +1,265 @@
+"""``/v1/jobs`` over a fake backend: the contract, events, result zip, cancel, resume. No Ray."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import threading
+import time
+import zipfile
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+
+from deployments.batching import EncodedImage, ModelRequest, Reply
+from router.api import create_api
+from router.catalog import Catalog
+from router.core import RouterCore
+from router.jobs import JobManager
+from stylefleet.config import AppConfig, JobsConfig, Limits
+from stylefleet.storage import Storage
+from tests import samples
+from tests.samples import ROOT
+from tests.unit.test_archive import make_zip
+
+CONFIG = AppConfig.model_validate(yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"])
+
+
+class FakeBackend:
+    """Answers each image with bytes derived from its pixels and counts calls per input.
+    ``gate`` (when set) lets a call through only with a permit the test releases."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+        self.gate: threading.Semaphore | None = None
+
+    async def run(self, deployment: str, request: ModelRequest) -> Reply:
+        pixels = request.images["image"]
+        digest = hashlib.sha256(pixels.tobytes()).hexdigest()
+        self.calls[digest] += 1
+        if self.gate is not None:
+            await asyncio.to_thread(self.gate.acquire, True, 30)
+        return EncodedImage(f"OUT-{digest}".encode(), "image/png", pixels.shape[1], pixels.shape[0], "model-sha")
+
+    async def health(self) -> dict[str, str]:
+        return {}
+
+
+def _images(n: int, corrupt: int = 0) -> list[bytes]:
+    out = [samples.encoded(samples.cat()[: 40 + i, :48]) for i in range(n - corrupt)]
+    return out + [samples.NOT_AN_IMAGE] * corrupt
+
+
+def _manager(backend: FakeBackend, storage: Storage, **jobs: Any) -> JobManager:
+    core = RouterCore(Catalog(CONFIG), backend, max_pixels=10_000_000)
+    config = JobsConfig(storage=storage.uri, **{"lease_timeout_s": 3.0, **jobs})
+    return JobManager(core, storage, config, max_item_bytes=1_000_000)
+
+
+@pytest.fixture()
+def storage(tmp_path: Path) -> Storage:
+    return Storage(str(tmp_path / "jobs"))
+
+
+@pytest.fixture()
+def backend() -> FakeBackend:
+    return FakeBackend()
+
+
+@pytest.fixture()
+def api(backend: FakeBackend, storage: Storage) -> Iterator[TestClient]:
+    manager = _manager(backend, storage)
+    app = create_api(manager.core, Limits(max_upload_bytes=1_000_000, max_pixels=10_000_000), jobs=manager)
+    with TestClient(app) as client:  # one event loop for the whole test: jobs run in the background
+        yield client
+        manager.stop()
+
+
+def _post(api: TestClient, files: list[tuple[str, tuple[str, bytes, str]]], **fields: str):
+    return api.post("/v1/jobs", files=files, data={"style": "frost", **fields})
+
+
+def _wait(api: TestClient, job_id: str, final: bool = True, done: int = 0) -> dict[str, Any]:
+    for _ in range(400):  # bounded: 20 s at most
+        body = api.get(f"/v1/jobs/{job_id}").json()
+        if (final and body["status"] in ("succeeded", "failed", "canceled")) or (not final and body["done"] >= done):
+            return body
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} never got there: {body}")
+
+
+def _image_files(images: list[bytes]) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("images", (f"photo{i}.png", data, "image/png")) for i, data in enumerate(images)]
+
+
+def test_a_job_is_accepted_with_its_urls(api: TestClient) -> None:
+    r = _post(api, _image_files(_images(3)))
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert set(body) >= {"id", "status", "style", "total", "urls"}
+    assert body["style"] == "frost" and body["total"] == 3 and body["status"] in ("queued", "running")
+    assert body["urls"] == {"self": f"/v1/jobs/{body['id']}", "events": f"/v1/jobs/{body['id']}/events", "result": f"/v1/jobs/{body['id']}/result"}
+
+
+def test_a_job_runs_to_the_end_with_per_item_status_and_isolated_failures(api: TestClient) -> None:
+    job = _post(api, _image_files(_images(5, corrupt=1))).json()
+    body = _wait(api, job["id"])
+    assert {k: body[k] for k in ("status", "total", "done", "succeeded", "failed")} == {"status": "succeeded", "total": 5, "done": 5, "succeeded": 4, "failed": 1}
+    assert body["created_at"] and body["started_at"] and body["finished_at"]
+    assert [i["status"] for i in body["items"]] == ["ok"] * 4 + ["failed"]
+    assert body["items"][4]["error"]["code"] == "invalid_image" and body["items"][0]["error"] is None
+
+
+def test_the_result_zip_holds_outputs_manifest_and_failures(api: TestClient) -> None:
+    job = _post(api, _image_files(_images(4, corrupt=1)), format="jpeg").json()
+    _wait(api, job["id"])
+    r = api.get(f"/v1/jobs/{job['id']}/result")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
+    zf = zipfile.ZipFile(io.BytesIO(r.content))
+    assert sorted(zf.namelist()) == ["failures.jsonl", "manifest.jsonl", "photo0.jpg", "photo1.jpg", "photo2.jpg"]
+    manifest = [json.loads(line) for line in zf.read("manifest.jsonl").decode().splitlines()]
+    assert [m["input"] for m in manifest] == ["photo0.png", "photo1.png", "photo2.png", "photo3.png"]
+    assert manifest[0]["model_sha256"] == "model-sha" and manifest[0]["variant"] == "default" and manifest[0]["params"] == {"format": "jpeg"}
+    assert len(zf.read("failures.jsonl").decode().splitlines()) == 1
+
+
+def test_an_archive_job_names_outputs_by_member_path(api: TestClient) -> None:
+    images = _images(3)
+    archive = make_zip({"a/x.png": images[0], "a/b/y.png": images[1], "z.jpg": images[2]}).getvalue()
+    job = _post(api, [("archive", ("photos.zip", archive, "application/zip"))]).json()
+    assert job["total"] == 3
+    _wait(api, job["id"])
+    names = zipfile.ZipFile(io.BytesIO(api.get(f"/v1/jobs/{job['id']}/result").content)).namelist()
+    assert sorted(names) == ["a/b/y.png", "a/x.png", "failures.jsonl", "manifest.jsonl", "z.png"]
+
+
+def test_events_stream_progress_and_end(api: TestClient) -> None:
+    job = _post(api, _image_files(_images(3))).json()
+    with api.stream("GET", f"/v1/jobs/{job['id']}/events") as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        text = "".join(r.iter_text())
+    events = [block for block in text.split("\n\n") if block.startswith("event:")]
+    assert events[-1].startswith("event: end") and all(e.startswith("event: progress") for e in events[:-1])
+    last = json.loads(events[-1].split("data: ", 1)[1])
+    assert last["status"] == "succeeded" and last["done"] == 3
+    progress = json.loads(events[-2].split("data: ", 1)[1])
+    assert [i["status"] for i in progress["items"]] == ["ok"] * 3  # a page can show each item as it ends
+
+
+def test_result_before_the_end_is_409_and_delete_cancels(api: TestClient, backend: FakeBackend) -> None:
+    backend.gate = threading.Semaphore(0)
+    job = _post(api, _image_files(_images(3))).json()
+    r = api.get(f"/v1/jobs/{job['id']}/result")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "job_not_finished"
+    r = api.delete(f"/v1/jobs/{job['id']}")
+    assert r.status_code == 200 and r.json()["status"] == "canceled"
+    backend.gate.release(3)
+    assert api.get(f"/v1/jobs/{job['id']}").json()["status"] == "canceled"
+    assert api.get(f"/v1/jobs/{job['id']}/result").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "method"), [("/v1/jobs/0123456789abcdef0123456789abcdef", "get"), ("/v1/jobs/../../etc", "get"), ("/v1/jobs/nope/result", "get"), ("/v1/jobs/nope", "delete")]
+)
+def test_unknown_jobs_are_404(api: TestClient, path: str, method: str) -> None:
+    r = getattr(api, method)(path)
+    assert r.status_code == 404 and r.json()["error"]["code"] in ("unknown_job", "not_found")
+
+
+@pytest.mark.parametrize(
+    ("fields", "status", "code"),
+    [({"style": "no-such"}, 404, "unknown_style"), ({"strength": "9"}, 422, "invalid_params"), ({"variant": "zz"}, 422, "invalid_params"), ({"style": ""}, 422, "invalid_params")],
+)
+def test_bad_jobs_are_refused_before_anything_is_stored(api: TestClient, storage: Storage, fields: dict[str, str], status: int, code: str) -> None:
+    r = _post(api, _image_files(_images(1)), **fields)
+    assert r.status_code == status and r.json()["error"]["code"] == code
+    assert storage.listdir() == []
+
+
+@pytest.mark.parametrize(
+    ("archive", "status", "code"),
+    [
+        (make_zip({"ok.png": b"x", "../../escape.png": b"x"}).getvalue(), 400, "unsafe_archive"),
+        (make_zip({"zeros.png": b"\0" * (6 << 20)}).getvalue(), 413, "archive_too_large"),
+        (b"plain text", 400, "invalid_archive"),
+    ],
+    ids=["zip-slip", "zip-bomb", "not-a-zip"],
+)
+def test_refused_archives_leave_nothing_behind(backend: FakeBackend, tmp_path: Path, archive: bytes, status: int, code: str) -> None:
+    storage = Storage(str(tmp_path / "jobs"))
+    manager = _manager(backend, storage, max_archive_uncompressed_bytes=4 << 20)
+    app = create_api(manager.core, Limits(max_upload_bytes=1_000_000, max_pixels=10_000_000), jobs=manager)
+    with TestClient(app) as api:
+        r = api.post("/v1/jobs", files=[("archive", ("a.zip", archive, "application/zip"))], data={"style": "frost"})
+        manager.stop()
+    assert r.status_code == status and r.json()["error"]["code"] == code
+    assert storage.listdir() == [] and not (tmp_path / "escape.png").exists()
+
+
+def test_the_jobs_body_limit_is_its_own(api: TestClient) -> None:
+    # 1.5 MB: over the per-image limit of this app (1 MB), well under jobs.max_upload_bytes
+    big = [("images", (f"p{i}.png", samples.encoded(samples.astronaut()), "image/png")) for i in range(3)]
+    assert sum(len(f[1][1]) for f in big) > 1_000_000
+    assert _post(api, big).status_code == 202
+    r = api.post("/v1/styles/frost", files={"image": ("a.png", b"\0" * 1_100_000, "image/png")})
+    assert r.status_code == 413
+
+
+def test_a_restarted_manager_resumes_without_redoing_or_losing_items(backend: FakeBackend, storage: Storage) -> None:
+    images = _images(8)
+
+    async def scenario() -> tuple[dict[str, Any], Counter[str]]:
+        first = _manager(backend, storage, max_in_flight_per_job=2)
+        gate = backend.gate = threading.Semaphore(0)
+        files = [(f"p{i}.png", io.BytesIO(d)) for i, d in enumerate(images)]
+        job = await first.create("frost", {}, client_key=None, images=files, archive=None, shared={})
+        await _until(lambda: sum(backend.calls.values()) >= 2)  # two items in flight, held
+        gate.release(2)  # those two finish; the next two go in flight and are held
+        await _until(lambda: len(storage.listdir(f"{job['id']}/results")) >= 2 and sum(backend.calls.values()) >= 4)
+        first.stop()  # as Serve's graceful shutdown does: in-flight items dropped, lease released
+        done_before = len(storage.listdir(f"{job['id']}/results"))
+        assert done_before == 2
+        backend.gate = None
+        gate.release(2)  # let the dropped calls' threads go
+        second = _manager(backend, storage)
+        second.ensure_started()
+        await _until(lambda: _status(storage, job["id"]) == "succeeded")
+        second.stop()
+        return json.loads(storage.read_text(f"{job['id']}/state.json")), backend.calls
+
+    state, calls = asyncio.run(scenario())
+    assert state["done"] == 8 and state["succeeded"] == 8
+    # every item produced exactly one result; the two in flight at the stop ran twice, unrecorded once
+    assert len(calls) == 8 and sum(calls.values()) <= 8 + 2
+
+
+def test_a_job_leased_by_a_live_replica_is_left_alone(backend: FakeBackend, storage: Storage) -> None:
+    async def scenario() -> None:
+        owner = _manager(backend, storage)
+        job = await owner.create("frost", {}, client_key=None, images=[("p.png", io.BytesIO(_images(1)[0]))], archive=None, shared={})
+        owner.stop()
+        storage.write_text(f"{job['id']}/lease.json", json.dumps({"owner": "someone-else", "expires_at": time.time() + 60}))
+        other = _manager(backend, storage)
+        await other._schedule_once()
+        assert other._jobs == {} and sum(backend.calls.values()) == 0
+
+    asyncio.run(scenario())
+
+
+def _status(storage: Storage, job_id: str) -> str:
+    return json.loads(storage.read_text(f"{job_id}/state.json"))["status"]
+
+
+async def _until(condition: Any, limit: int = 400) -> None:
+    for _ in range(limit):  # bounded: 20 s at most
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition never held")
