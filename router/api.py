@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any, Protocol
 
@@ -15,9 +16,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deployments.batching import EncodedImage, ModelRequest, Reply
-from router.catalog import Catalog, split_params
+from router import bundle
+from router.catalog import Catalog, seeded_params, split_count, split_params
 from stylefleet.config import Limits
 from stylefleet.errors import (
+    BadRequest,
     InternalError,
     InvalidParams,
     PayloadTooLarge,
@@ -110,32 +113,37 @@ def create_api(catalog: Catalog, backend: Backend, limits: Limits) -> FastAPI:
     @app.post("/v1/styles/{style_name}")
     async def apply_style(style_name: str, request: Request) -> Response:
         style = catalog.get(style_name)
-        files, fields = await _read_form(request)
-        unexpected = set(files) - set(style.kind.image_fields)
+        files, fields = await _read_body(request, json_allowed=not style.image_fields)
+        unexpected = set(files) - set(style.image_fields)
         if unexpected:
-            raise InvalidParams(
-                f"{', '.join(sorted(unexpected))}: not a file this style takes "
-                f"(it takes {', '.join(style.kind.image_fields)})"
-            )
-        missing = [f for f in style.kind.image_fields if f not in files]
+            takes = f"it takes {', '.join(style.image_fields)}" if style.image_fields else "it takes no file"
+            raise InvalidParams(f"{', '.join(sorted(unexpected))}: not a file this style takes ({takes})")
+        missing = [f for f in style.image_fields if f not in files]
         if missing:
             raise InvalidParams(f"the '{missing[0]}' file is required (multipart/form-data)")
+        fields, count = split_count(style, fields)
         params, output = split_params(style, fields)
         images = await asyncio.to_thread(_decode_all, files, limits.max_pixels)
-        reply = await backend.run(style.deployment, ModelRequest(images, params, output))
-        if isinstance(reply, StylefleetError):
-            raise reply
-        if not isinstance(reply, EncodedImage):
-            raise InternalError(f"deployment {style.deployment} returned {type(reply).__name__}")
-        return Response(
-            reply.data,
-            media_type=reply.content_type,
-            headers={
-                "X-Stylefleet-Style": style.name,
-                "X-Stylefleet-Model-Sha256": reply.model_sha256,
-                "X-Stylefleet-Size": f"{reply.width}x{reply.height}",
-            },
-        )
+        each = seeded_params(params, count)
+        replies = await asyncio.gather(*(backend.run(style.deployment, ModelRequest(images, p, output)) for p in each))
+        encoded = [_encoded(reply, style.deployment) for reply in replies]
+        headers = {
+            "X-Stylefleet-Style": style.name,
+            "X-Stylefleet-Model-Sha256": encoded[0].model_sha256,
+            "X-Stylefleet-Size": f"{encoded[0].width}x{encoded[0].height}",
+        }
+        if "seed" in params:
+            headers["X-Stylefleet-Seed"] = ",".join(str(p["seed"]) for p in each)
+        if count == 1:
+            return Response(encoded[0].data, media_type=encoded[0].content_type, headers=headers)
+        seeds = [p.get("seed") for p in each]
+        names = [f"{style.name}-{i}" + (f"-seed{seed}" if seed is not None else "") for i, seed in enumerate(seeds)]
+        if "multipart/mixed" in request.headers.get("accept", ""):
+            body, media_type = bundle.multipart(encoded, names, seeds)
+        else:
+            body, media_type = bundle.zip_archive(encoded, names), "application/zip"
+        headers["Content-Disposition"] = f'attachment; filename="{style.name}.zip"' if media_type == "application/zip" else "inline"
+        return Response(body, media_type=media_type, headers={**headers, "X-Stylefleet-Count": str(count)})
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
@@ -150,15 +158,36 @@ def create_api(catalog: Catalog, backend: Backend, limits: Limits) -> FastAPI:
     return app
 
 
-async def _read_form(request: Request) -> tuple[dict[str, bytes], dict[str, str]]:
+async def _read_body(request: Request, *, json_allowed: bool) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """(files, fields) from multipart or urlencoded forms; or fields from a JSON object (styles
+    that take no file, such as text-to-image); an empty body is no fields."""
     content_type = request.headers.get("content-type", "")
-    if not content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
-        raise UnsupportedMediaType(
-            f"send multipart/form-data with the image in the 'image' field (got {content_type or 'no content type'})"
-        )
+    if json_allowed and content_type.startswith("application/json"):
+        return {}, await _read_json(request)
+    if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+        return await _read_form(request)
+    if json_allowed and not content_type and not await request.body():
+        return {}, {}
+    expected = "a JSON object or form fields" if json_allowed else "multipart/form-data with the image in the 'image' field"
+    raise UnsupportedMediaType(f"send {expected} (got {content_type or 'no content type'})")
+
+
+async def _read_json(request: Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.body() or b"{}")
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidParams("the JSON body must be an object of params, e.g. {\"prompt\": \"a red bicycle\"}")
+    if any(isinstance(v, (dict, list)) for v in body.values()):
+        raise InvalidParams("params are plain values (strings, numbers, booleans), not objects or lists")
+    return body
+
+
+async def _read_form(request: Request) -> tuple[dict[str, bytes], dict[str, Any]]:
     form = await request.form(max_files=8, max_fields=64)
     files: dict[str, bytes] = {}
-    fields: dict[str, str] = {}
+    fields: dict[str, Any] = {}
     try:
         for key, value in form.multi_items():
             if key in files or key in fields:
@@ -170,6 +199,14 @@ async def _read_form(request: Request) -> tuple[dict[str, bytes], dict[str, str]
     finally:
         await form.close()
     return files, fields
+
+
+def _encoded(reply: Reply, deployment: str) -> EncodedImage:
+    if isinstance(reply, StylefleetError):
+        raise reply
+    if not isinstance(reply, EncodedImage):
+        raise InternalError(f"deployment {deployment} returned {type(reply).__name__}")
+    return reply
 
 
 def _decode_all(files: dict[str, bytes], max_pixels: int) -> dict[str, np.ndarray]:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from deployments.batching import OutputSpec, validate_params
+from deployments.diffusion import MAX_SEED
 from deployments.kinds import KINDS, ModelKind
 from stylefleet.config import AppConfig
 from stylefleet.errors import InvalidParams, UnknownStyle
@@ -29,18 +30,46 @@ class Style:
     kind: ModelKind
     description: str
     fixed_params: dict[str, Any]
+    defaults: dict[str, Any] = field(default_factory=dict)
+    max_images: int = 1  # n: images one request may ask for (seeded kinds only)
 
     @property
     def task(self) -> str:
-        return self.kind.task
+        return self.kind.shape(self.fixed_params)[0]
+
+    @property
+    def image_fields(self) -> tuple[str, ...]:
+        return self.kind.shape(self.fixed_params)[1]
+
+    @property
+    def client_params(self) -> set[str]:
+        """Params a client may send: the kind's (all, or its client_params) less the fixed ones."""
+        names = set(self.kind.params_model.model_fields)
+        if self.kind.client_params is not None:
+            names &= self.kind.client_params
+        return names - set(self.fixed_params)
 
     def describe(self) -> dict[str, Any]:
+        hidden = set(self.kind.params_model.model_fields) - self.client_params
+        params = describe_params(self.kind.params_model, hide=hidden)
+        for entry in params:  # the style's own defaults and bounds (a preset's min_steps/max_steps)
+            name = entry["name"]
+            if name in self.defaults:
+                entry["default"] = self.defaults[name]
+            for bound, key in (("min", "minimum"), ("max", "maximum")):
+                if f"{bound}_{name}" in self.fixed_params:
+                    entry[key] = self.fixed_params[f"{bound}_{name}"]
+        if self.kind.seeded:
+            params.append(
+                {"name": "n", "type": "integer", "default": 1, "minimum": 1, "maximum": self.max_images,
+                 "description": "images to make, with seeds seed, seed+1, ...; more than one come back as a zip (or multipart/mixed)"}
+            )
         return {
             "name": self.name,
             "task": self.task,
             "description": self.description,
-            "inputs": list(self.kind.image_fields),
-            "params": describe_params(self.kind.params_model, hide=set(self.fixed_params)) + describe_params(OutputParams),
+            "inputs": list(self.image_fields),
+            "params": params + describe_params(OutputParams),
         }
 
 
@@ -76,8 +105,12 @@ class Catalog:
         self._styles: dict[str, Style] = {}
         for name, style in config.styles.items():
             kind = KINDS[config.deployments[style.deployment].model]
+            if kind.variant_param is not None and style.params.get(kind.variant_param) not in kind.variants:
+                raise ValueError(
+                    f"styles.{name}.params.{kind.variant_param}: every {kind.name} style fixes it to one of {sorted(kind.variants)}"
+                )
             try:
-                validate_params(kind.params_model, style.params)
+                validate_params(kind.params_model, {**style.defaults, **style.params})
             except InvalidParams as exc:
                 raise ValueError(f"styles.{name}.params: {exc.message}") from None
             self._styles[name] = Style(
@@ -86,7 +119,12 @@ class Catalog:
                 kind=kind,
                 description=style.description,
                 fixed_params=dict(style.params),
+                defaults=dict(style.defaults),
+                max_images=config.limits.max_images_per_request if kind.seeded else 1,
             )
+            unsettable = set(style.defaults) - self._styles[name].client_params
+            if unsettable:
+                raise ValueError(f"styles.{name}.defaults: {', '.join(sorted(unsettable))} cannot be set by clients; fix it in params")
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(self._styles.values())
@@ -101,17 +139,38 @@ class Catalog:
         return [s.describe() for s in self._styles.values()]
 
 
-def split_params(style: Style, fields: dict[str, str]) -> tuple[dict[str, Any], OutputSpec]:
-    """Form fields -> (model params with the style's fixed ones applied, output spec).
+def split_params(style: Style, fields: dict[str, Any]) -> tuple[dict[str, Any], OutputSpec]:
+    """Form fields -> (model params with the style's defaults and fixed ones applied, output spec).
 
     Raises InvalidParams for unknown fields, bad values, or an attempt to override a fixed param.
     """
     output_names = set(OutputParams.model_fields)
-    fixed = set(style.fixed_params) & set(fields)
+    fixed = (set(style.kind.params_model.model_fields) - style.client_params) & set(fields)
     if fixed:
         raise InvalidParams(f"{', '.join(sorted(fixed))}: fixed by style {style.name!r}, cannot be set")
     output = validate_params(OutputParams, {k: v for k, v in fields.items() if k in output_names})
     model_fields = {k: v for k, v in fields.items() if k not in output_names}
-    params = {**model_fields, **style.fixed_params}
+    params = {**style.defaults, **model_fields, **style.fixed_params}
     checked = validate_params(style.kind.params_model, params)
     return checked.model_dump(), OutputSpec(format=output.format, quality=output.quality)
+
+
+def split_count(style: Style, fields: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """Take ``n`` (images wanted) out of the fields of a seeded style: (the other fields, n)."""
+    if not style.kind.seeded or "n" not in fields:
+        return fields, 1
+    rest = {k: v for k, v in fields.items() if k != "n"}
+    value = fields["n"]
+    if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit())):
+        raise InvalidParams(f"n: {value!r} is not a whole number")
+    n = int(value)
+    if not 1 <= n <= style.max_images:
+        raise InvalidParams(f"n: must be 1 to {style.max_images} (limits.max_images_per_request), got {n}")
+    return rest, n
+
+
+def seeded_params(params: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    """n copies of the params with seeds seed, seed+1, ...: image i is the one seed+i gives alone."""
+    if n == 1 or "seed" not in params:
+        return [params]
+    return [{**params, "seed": (int(params["seed"]) + i) % (MAX_SEED + 1)} for i in range(n)]

@@ -34,6 +34,11 @@ class InvalidImage(StylefleetError):
     code = "invalid_image"
 
 
+class BadRequest(StylefleetError):
+    status = 400
+    code = "bad_request"
+
+
 class UnknownStyle(StylefleetError):
     status = 404
     code = "unknown_style"
