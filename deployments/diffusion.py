@@ -291,11 +291,15 @@ class DiffusionModel:
         One denoising step is enough: memory per step does not grow with the number of steps,
         and the VAE decode at the end is part of every call.
         """
-        probe_params = DiffusionParams(width=PROBE_SIDE, height=PROBE_SIDE, steps=1, prompt_template="probe")
+        probe_params = DiffusionParams.model_validate({"width": PROBE_SIDE, "height": PROBE_SIDE, "steps": 1, "prompt_template": "probe"})
         probe = _Prepared(
             key=("text-to-image",), params=probe_params, prompt="probe", width=PROBE_SIDE, height=PROBE_SIDE, image=None, weight=1
         )
-        largest = probe_largest_batch(lambda n: self._call([probe] * n), upper_images)
+
+        def try_batch(n: int) -> None:
+            self._call([probe] * n)
+
+        largest = probe_largest_batch(try_batch, upper_images)
         self.calls.clear()
         if largest == 0:
             raise ModelUnavailable("not even one 512x512 image fits in GPU memory; free the GPU or use a larger one")
@@ -330,7 +334,12 @@ def load_pipelines(
     from diffusers.models.attention_processor import AttnProcessor2_0
     from diffusers.utils import logging as diffusers_logging
 
-    diffusers_logging.set_verbosity_error()  # progress and deprecation chatter, once per request otherwise
+    from transformers.utils import logging as transformers_logging
+
+    # Progress bars and deprecation chatter would fill the replica's log, once per request.
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
     cuda = runtime.device == "cuda"
     dtype = torch.float16 if cuda else torch.float32
     if not cuda:
