@@ -136,14 +136,7 @@ def create_api(catalog: Catalog, backend: Backend, limits: Limits) -> FastAPI:
             headers["X-Stylefleet-Seed"] = ",".join(str(p["seed"]) for p in each)
         if count == 1:
             return Response(encoded[0].data, media_type=encoded[0].content_type, headers=headers)
-        seeds = [p.get("seed") for p in each]
-        names = [f"{style.name}-{i}" + (f"-seed{seed}" if seed is not None else "") for i, seed in enumerate(seeds)]
-        if "multipart/mixed" in request.headers.get("accept", ""):
-            body, media_type = bundle.multipart(encoded, names, seeds)
-        else:
-            body, media_type = bundle.zip_archive(encoded, names), "application/zip"
-        headers["Content-Disposition"] = f'attachment; filename="{style.name}.zip"' if media_type == "application/zip" else "inline"
-        return Response(body, media_type=media_type, headers={**headers, "X-Stylefleet-Count": str(count)})
+        return _many_images(style.name, encoded, [p.get("seed") for p in each], request.headers.get("accept", ""), headers)
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
@@ -199,6 +192,19 @@ async def _read_form(request: Request) -> tuple[dict[str, bytes], dict[str, Any]
     finally:
         await form.close()
     return files, fields
+
+
+def _many_images(
+    style: str, images: list[EncodedImage], seeds: list[int | None], accept: str, headers: dict[str, str]
+) -> Response:
+    """n > 1 images: a zip by default, multipart/mixed when the client accepts it."""
+    names = [f"{style}-{i}" + (f"-seed{seed}" if seed is not None else "") for i, seed in enumerate(seeds)]
+    headers = {**headers, "X-Stylefleet-Count": str(len(images))}
+    if "multipart/mixed" in accept:
+        body, media_type = bundle.multipart(images, names, seeds)
+        return Response(body, media_type=media_type, headers=headers)
+    headers["Content-Disposition"] = f'attachment; filename="{style}.zip"'
+    return Response(bundle.zip_archive(images, names), media_type="application/zip", headers=headers)
 
 
 def _encoded(reply: Reply, deployment: str) -> EncodedImage:
