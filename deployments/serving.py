@@ -16,7 +16,8 @@ import math
 import os
 import time
 from collections import Counter
-from dataclasses import replace
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ray import serve
@@ -26,14 +27,42 @@ from ray.serve.handle import DeploymentHandle
 from deployments.batching import ModelRequest, Reply, encode_outcomes, run_batch
 from deployments.composed import StageClock, run_composed
 from deployments.kinds import KINDS
+from deployments.memory import BatchLimiter
 from deployments.metrics import GpuSampler, ReplicaMetrics
 from deployments.onnx_session import RuntimeOptions
 from deployments.registry import resolve
 from stylefleet.config import BatchingConfig, check_batch_fits
 from stylefleet.errors import ModelUnavailable, Overloaded
-from stylefleet.gpu import Nvml, memory_cap_bytes
+from stylefleet.gpu import Nvml, memory_cap_bytes, torch_memory_fraction
 
 logger = logging.getLogger("ray.serve")
+
+
+@dataclass
+class _Cap:
+    """The live max_batch_size, shared with queued items so that none ever weighs more than it."""
+
+    value: int = BatchingConfig().max_batch_size
+
+
+@dataclass
+class _Queued:
+    """A request waiting in ModelServer's batch queue, with its arrival time and batch weight."""
+
+    arrived: float  # time.monotonic() when it reached the replica (queue-time metrics)
+    request: ModelRequest
+    cost: int
+    cap: _Cap
+
+    @property
+    def weight(self) -> int:
+        # Serve fails an item heavier than max_batch_size outright; such an item runs alone instead.
+        return min(self.cost, self.cap.value)
+
+
+def batch_weight(items: list[_Queued]) -> int:
+    """``@serve.batch``'s batch_size_fn: the sum of the items' weights (1 each unless the model weighs)."""
+    return sum(item.weight for item in items)
 
 
 async def call_deployment(handle: DeploymentHandle, deployment: str, request: ModelRequest) -> Reply:
@@ -115,6 +144,8 @@ class ModelServer(_Batched):
         model_dir: str | None = None,
         allow_download: bool = False,
         num_gpus: float = 0.0,
+        model_sha256s: dict[str, str | None] | None = None,
+        options: Mapping[str, Any] | None = None,
     ) -> None:
         nvml = Nvml.open(runtime.gpu_device_id) if runtime.device == "cuda" else None
         super().__init__(gpu=nvml is not None)
@@ -122,23 +153,57 @@ class ModelServer(_Batched):
         started = time.perf_counter()
         if nvml is not None and num_gpus > 0:
             cap = memory_cap_bytes(num_gpus, nvml.total_memory_bytes())
-            runtime = replace(runtime, gpu_mem_limit_bytes=cap)
-            logger.info("GPU share %.2f: ONNX Runtime capped at %.2f GiB", num_gpus, cap / 2**30)
+            if self.kind.torch:
+                _cap_torch(torch_memory_fraction(num_gpus), runtime.gpu_device_id)
+                logger.info("GPU share %.2f: torch capped at that fraction of the card", num_gpus)
+            else:
+                runtime = replace(runtime, gpu_mem_limit_bytes=cap)
+                logger.info("GPU share %.2f: ONNX Runtime capped at %.2f GiB", num_gpus, cap / 2**30)
+        pinned = model_sha256s or {}
         files = [
-            resolve(name, path=model_paths.get(name), model_dir=model_dir, allow_download=allow_download)
+            resolve(
+                name,
+                path=model_paths.get(name),
+                model_dir=model_dir,
+                allow_download=allow_download,
+                sha256=pinned.get(name),
+            )
             for name in self.kind.files
         ]
-        self.model = self.kind.factory(files, runtime)
-        self.model_sha256 = "+".join(f.sha256 for f in files)
+        self.model = self.kind.factory(files, runtime, {**(options or {}), "allow_download": allow_download})
+        self.model_sha256 = "+".join(f.sha256 for f in files) if files else str(getattr(self.model, "checksum", ""))
         self.load_seconds = time.perf_counter() - started
+        self._cap = _Cap()
+        self._limiter: BatchLimiter | None = getattr(self.model, "limiter", None)
+        self._memory_metrics = _MemoryMetrics() if self._limiter is not None else None
         self.metrics.model_loaded(self.kind.name, self.load_seconds)
         pid = os.getpid()
         self.gpu_sampler = GpuSampler(self.metrics, lambda: nvml.read(pid)) if nvml is not None else None
         logger.info("loaded %s (%s) in %.2fs", kind, self.model_sha256[:12], self.load_seconds)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
-    async def handle_batch(self, arrivals: list[tuple[float, ModelRequest]]) -> list[Reply]:
-        return await asyncio.to_thread(self._compute, self._batch_started(arrivals))
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Batching as in ``_Batched``, plus the weight cap queued items see and the memory limiter."""
+        super().reconfigure(user_config)
+        config = BatchingConfig.model_validate(user_config)
+        self._cap.value = config.max_batch_size
+        if self._limiter is not None:
+            self._limiter.configured = config.max_batch_size
+            self._record_memory()
+
+    async def __call__(self, request: ModelRequest) -> Reply:
+        """One request in, its own result or its own error out (never a batch mate's).
+
+        A model that weighs requests (Stable Diffusion: pixels x steps) makes a batch fill by
+        weight, not by count; every other model weighs 1 per request.
+        """
+        weigh = getattr(self.model, "weigh", None)
+        cost = weigh(request) if weigh is not None else 1
+        return await self.handle_batch(_Queued(time.monotonic(), request, cost, self._cap))
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02, batch_size_fn=batch_weight)
+    async def handle_batch(self, items: list[_Queued]) -> list[Reply]:
+        requests = self._batch_started([(item.arrived, item.request) for item in items])
+        return await asyncio.to_thread(self._compute, requests)
 
     def _compute(self, requests: list[ModelRequest]) -> list[Reply]:
         started = time.perf_counter()
@@ -146,14 +211,22 @@ class ModelServer(_Batched):
             return encode_outcomes(requests, run_batch(self.model, requests), self.model_sha256)
         finally:
             self.compute_seconds += time.perf_counter() - started
+            if self._limiter is not None:
+                self._record_memory()
+
+    def _record_memory(self) -> None:
+        assert self._limiter is not None and self._memory_metrics is not None
+        self._memory_metrics.record(self._limiter)
 
     def info(self) -> dict[str, Any]:
+        model_info = getattr(self.model, "info", None)
         return {
             "model": self.kind.name,
             "task": self.kind.task,
             "model_sha256": self.model_sha256,
             "load_seconds": round(self.load_seconds, 3),
             **self._batch_info(),
+            **(model_info() if model_info is not None else {}),
         }
 
 
@@ -170,7 +243,7 @@ class ComposedServer(_Batched):
         missing = set(self.kind.needs) - set(handles)
         if missing:
             raise ValueError(f"the {kind} model needs handles for {sorted(missing)}")
-        self.model = self.kind.factory([], RuntimeOptions())
+        self.model = self.kind.factory([], RuntimeOptions(), {})
         self._handles = handles
         self._uses = uses
         self.model_sha256 = model_sha256
@@ -199,3 +272,47 @@ class ComposedServer(_Batched):
             "stages": self.stages.snapshot(),
             **self._batch_info(),
         }
+
+
+def _cap_torch(fraction: float, device_id: int) -> None:
+    """torch's caching allocator raises out-of-memory past this share of the GPU (the memory-aware
+    batching then splits the batch), as ONNX Runtime's arena stops at gpu_mem_limit."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.set_per_process_memory_fraction(fraction, device_id)
+
+
+class _MemoryMetrics:
+    """Prometheus series for memory-aware batching (Ray's metrics agent exports them)."""
+
+    def __init__(self) -> None:
+        from ray.util import metrics
+
+        tags = ("deployment",)
+        self._deployment = serve.get_replica_context().deployment
+        self._limit = metrics.Gauge(
+            "stylefleet_effective_max_batch_weight",
+            description="batch limit in force (weight units); below the configured one after an out-of-memory",
+            tag_keys=tags,
+        )
+        self._probed = metrics.Gauge(
+            "stylefleet_probed_max_batch_weight",
+            description="largest batch found to fit in GPU memory at start-up (weight units)",
+            tag_keys=tags,
+        )
+        self._oom = metrics.Counter(
+            "stylefleet_out_of_memory_total",
+            description="pipeline calls that ran out of GPU memory and were split in half",
+            tag_keys=tags,
+        )
+        self._oom_seen = 0
+
+    def record(self, limiter: BatchLimiter) -> None:
+        tags = {"deployment": self._deployment}
+        self._limit.set(limiter.limit, tags=tags)
+        if limiter.probed is not None:
+            self._probed.set(limiter.probed, tags=tags)
+        if limiter.oom_total > self._oom_seen:
+            self._oom.inc(limiter.oom_total - self._oom_seen, tags=tags)
+            self._oom_seen = limiter.oom_total

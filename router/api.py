@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,14 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from deployments.batching import EncodedImage
+from router import bundle
 from router.core import RouterCore
 from router.jobs import JobManager
 from router.previews import PreviewCache
 from stylefleet.config import Limits
 from stylefleet.errors import (
+    BadRequest,
     InternalError,
     InvalidParams,
     PayloadTooLarge,
@@ -138,24 +142,26 @@ def create_api(
 
     @app.post("/v1/styles/{style_name}")
     async def apply_style(style_name: str, request: Request) -> Response:
-        core.catalog.get(style_name)  # 404 before reading the body
-        files, fields = await _read_form(request)
+        style = core.catalog.get(style_name)  # 404 before reading the body
+        files, fields = await _read_body(request, json_allowed=not style.image_fields)
         if "variant" not in fields and "variant" in request.query_params:
             fields["variant"] = request.query_params["variant"]
-        client_key = request.headers.get("x-client-id") or fields.get("client_id")
+        client_id = fields.get("client_id")
+        client_key = request.headers.get("x-client-id") or (str(client_id) if client_id is not None else None)
         result = await core.handle(style_name, files, fields, client_key=client_key)
         image = result.image
-        return Response(
-            image.data,
-            media_type=image.content_type,
-            headers={
-                "X-Stylefleet-Style": style_name,
-                "X-Stylefleet-Variant": result.variant,
-                "X-Stylefleet-Model-Sha256": image.model_sha256,
-                "X-Stylefleet-Size": f"{image.width}x{image.height}",
-                "Server-Timing": f"total;dur={result.seconds * 1000:.1f}",
-            },
-        )
+        headers = {
+            "X-Stylefleet-Style": style_name,
+            "X-Stylefleet-Variant": result.variant,
+            "X-Stylefleet-Model-Sha256": image.model_sha256,
+            "X-Stylefleet-Size": f"{image.width}x{image.height}",
+            "Server-Timing": f"total;dur={result.seconds * 1000:.1f}",
+        }
+        if any(seed is not None for seed in result.seeds):
+            headers["X-Stylefleet-Seed"] = ",".join(str(seed) for seed in result.seeds)
+        if len(result.images) == 1:
+            return Response(image.data, media_type=image.content_type, headers=headers)
+        return _many_images(style.name, list(result.images), list(result.seeds), request.headers.get("accept", ""), headers)
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
@@ -282,15 +288,36 @@ def _static_file(name: str) -> FileResponse:
     return FileResponse(path, media_type=media_type, headers={"Cache-Control": "no-cache"})
 
 
-async def _read_form(request: Request) -> tuple[dict[str, bytes], dict[str, str]]:
+async def _read_body(request: Request, *, json_allowed: bool) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """(files, fields) from multipart or urlencoded forms; or fields from a JSON object (styles
+    that take no file, such as text-to-image); an empty body is no fields."""
     content_type = request.headers.get("content-type", "")
-    if not content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
-        raise UnsupportedMediaType(
-            f"send multipart/form-data with the image in the 'image' field (got {content_type or 'no content type'})"
-        )
+    if json_allowed and content_type.startswith("application/json"):
+        return {}, await _read_json(request)
+    if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+        return await _read_form(request)
+    if json_allowed and not content_type and not await request.body():
+        return {}, {}
+    expected = "a JSON object or form fields" if json_allowed else "multipart/form-data with the image in the 'image' field"
+    raise UnsupportedMediaType(f"send {expected} (got {content_type or 'no content type'})")
+
+
+async def _read_json(request: Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.body() or b"{}")
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidParams("the JSON body must be an object of params, e.g. {\"prompt\": \"a red bicycle\"}")
+    if any(isinstance(v, (dict, list)) for v in body.values()):
+        raise InvalidParams("params are plain values (strings, numbers, booleans), not objects or lists")
+    return body
+
+
+async def _read_form(request: Request) -> tuple[dict[str, bytes], dict[str, Any]]:
     form = await request.form(max_files=8, max_fields=64)
     files: dict[str, bytes] = {}
-    fields: dict[str, str] = {}
+    fields: dict[str, Any] = {}
     try:
         for key, value in form.multi_items():
             if key in files or key in fields:
@@ -302,3 +329,17 @@ async def _read_form(request: Request) -> tuple[dict[str, bytes], dict[str, str]
     finally:
         await form.close()
     return files, fields
+
+
+def _many_images(
+    style: str, images: list[EncodedImage], seeds: list[int | None], accept: str, headers: dict[str, str]
+) -> Response:
+    """n > 1 images: a zip by default, multipart/mixed when the client accepts it."""
+    names = [f"{style}-{i}" + (f"-seed{seed}" if seed is not None else "") for i, seed in enumerate(seeds)]
+    headers = {**headers, "X-Stylefleet-Count": str(len(images))}
+    if "multipart/mixed" in accept:
+        body, media_type = bundle.multipart(images, names, seeds)
+        return Response(body, media_type=media_type, headers=headers)
+    headers["Content-Disposition"] = f'attachment; filename="{style}.zip"'
+    return Response(bundle.zip_archive(images, names), media_type="application/zip", headers=headers)
+

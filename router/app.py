@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI
@@ -22,35 +23,74 @@ from router.core import RouterCore
 from router.jobs import JobManager
 from router.metrics import RayRecorder
 from stylefleet.config import AppConfig, BatchingConfig, DeploymentConfig, RouterSettings, dependency_order
+from stylefleet.errors import ModelUnavailable
 from stylefleet.storage import Storage
 
 logger = logging.getLogger("ray.serve")
 
 
+@dataclass(frozen=True)
+class DeploymentState:
+    status: str
+    running_replicas: int
+
+
 class ServeBackend:
     """The API's backend on a live cluster: deployment handles plus Serve's own status."""
 
-    HEALTH_CACHE_S = 1.0  # serve.status() is a controller round trip (~20 ms); probes can be frequent
+    STATUS_CACHE_S = 1.0  # serve.status() is a controller round trip (~20 ms); probes can be frequent
 
     def __init__(self, handles: dict[str, DeploymentHandle], app_name: str) -> None:
         self._handles = handles
         self._app_name = app_name
-        self._health: tuple[float, dict[str, str]] = (0.0, {})
+        self._states: tuple[float, dict[str, DeploymentState]] = (float("-inf"), {})
+        self._refresh = asyncio.Lock()
 
     async def run(self, deployment: str, request: ModelRequest) -> Reply:
+        await self._check_serving(deployment)
         return await call_deployment(self._handles[deployment], deployment, request)
 
+    async def _check_serving(self, deployment: str) -> None:
+        """Answer at once for a deployment with no running replica (failed to start, or starting).
+
+        Serve queues a request to such a deployment until a replica appears, which for a
+        deployment whose model is missing is never: the client would wait out the HTTP timeout.
+        """
+        state = (await self._deployment_states()).get(deployment)
+        if state is not None and state.running_replicas == 0 and state.status != "HEALTHY":
+            raise ModelUnavailable(
+                f"the {deployment} deployment has no running replica ({state.status}); its log says why "
+                "(a missing model fails it at start)"
+            )
+
+    async def _deployment_states(self) -> dict[str, DeploymentState]:
+        checked_at, states = self._states
+        if time.monotonic() - checked_at < self.STATUS_CACHE_S:
+            return states
+        async with self._refresh:
+            checked_at, states = self._states
+            if time.monotonic() - checked_at < self.STATUS_CACHE_S:
+                return states
+            try:
+                status = await asyncio.to_thread(serve.status)
+            except Exception as exc:  # noqa: BLE001 - no status is no reason to refuse requests
+                logger.warning("serve.status() failed: %r", exc)
+                return states
+            app = status.applications.get(self._app_name)
+            states = {} if app is None else {
+                name: DeploymentState(
+                    status=str(getattr(d.status, "value", d.status)),
+                    running_replicas=int(
+                        sum(n for s, n in d.replica_states.items() if str(getattr(s, "value", s)) == "RUNNING")
+                    ),
+                )
+                for name, d in app.deployments.items()
+            }
+            self._states = (time.monotonic(), states)
+            return states
+
     async def health(self) -> dict[str, str]:
-        checked_at, cached = self._health
-        if time.monotonic() - checked_at < self.HEALTH_CACHE_S:
-            return cached
-        status = await asyncio.to_thread(serve.status)
-        app = status.applications.get(self._app_name)
-        statuses = {} if app is None else {
-            name: str(getattr(d.status, "value", d.status)) for name, d in app.deployments.items()
-        }
-        self._health = (time.monotonic(), statuses)
-        return statuses
+        return {name: state.status for name, state in (await self._deployment_states()).items()}
 
 
 @serve.ingress()
@@ -106,7 +146,13 @@ def model_deployment(name: str, dep: DeploymentConfig, config: AppConfig, bound:
     else:
         runtime = RuntimeOptions(device=dep.device, threads=dep.effective_threads)
         paths = {f: (config.models[f].path if f in config.models else None) for f in kind.files}
-        server, init_args = ModelServer, (dep.model, runtime, paths, config.model_dir, config.allow_download, dep.num_gpus)
+        sha256s = {f: (config.models[f].sha256 if f in config.models else None) for f in kind.files}
+        options: dict[str, Any] = {}
+        if dep.diffusion is not None:
+            options = {"diffusion": dep.diffusion.model_dump(), "setting": f"deployments.{name}.diffusion"}
+        server, init_args = ModelServer, (
+            dep.model, runtime, paths, config.model_dir, config.allow_download, dep.num_gpus, sha256s, options
+        )
     return (
         serve.deployment(server)
         .options(

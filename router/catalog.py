@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from deployments.batching import OutputSpec, validate_params
+from deployments.diffusion import MAX_SEED
 from deployments.kinds import KINDS, ModelKind
 from stylefleet.config import AppConfig
 from stylefleet.errors import InvalidParams, UnknownStyle
@@ -28,6 +29,7 @@ class Variant:
     name: str
     deployment: str
     fixed_params: dict[str, Any]
+    defaults: dict[str, Any] = field(default_factory=dict)  # params clients may set, unless they do
 
 
 @dataclass(frozen=True)
@@ -36,27 +38,74 @@ class Style:
     kind: ModelKind
     description: str
     variants: dict[str, Variant]
+    max_images: int = 1  # n: images one request may ask for (seeded kinds only)
+
+    @property
+    def _first(self) -> Variant:
+        return next(iter(self.variants.values()))
 
     @property
     def task(self) -> str:
-        return self.kind.task
+        # Every variant fixes the kind's variant_param (a diffusion pipeline) alike: checked by Catalog.
+        return self.kind.shape(self._first.fixed_params)[0]
+
+    @property
+    def image_fields(self) -> tuple[str, ...]:
+        return self.kind.shape(self._first.fixed_params)[1]
 
     @property
     def fixed_names(self) -> set[str]:
         """Params some variant fixes: clients may set none of them."""
         return {k for v in self.variants.values() for k in v.fixed_params}
 
+    @property
+    def client_params(self) -> set[str]:
+        """Params a client may send: the kind's (all, or its client_params) less the fixed ones."""
+        names = set(self.kind.params_model.model_fields)
+        if self.kind.client_params is not None:
+            names &= self.kind.client_params
+        return names - self.fixed_names
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """The defaults every variant shares (what GET /v1/styles shows)."""
+        first = self._first.defaults
+        return {k: v for k, v in first.items() if all(x.defaults.get(k, _MISSING) == v for x in self.variants.values())}
+
+    @property
+    def shared_fixed(self) -> dict[str, Any]:
+        first = self._first.fixed_params
+        return {k: v for k, v in first.items() if all(x.fixed_params.get(k, _MISSING) == v for x in self.variants.values())}
+
     def variant(self, name: str) -> Variant:
         return self.variants[name]
 
     def describe(self) -> dict[str, Any]:
+        hidden = set(self.kind.params_model.model_fields) - self.client_params
+        params = describe_params(self.kind.params_model, hide=hidden)
+        defaults, fixed = self.defaults, self.shared_fixed
+        for entry in params:  # the style's own defaults and bounds (a preset's min_steps/max_steps)
+            name = entry["name"]
+            if name in defaults:
+                entry["default"] = defaults[name]
+            for bound, key in (("min", "minimum"), ("max", "maximum")):
+                if f"{bound}_{name}" in fixed:
+                    entry[key] = fixed[f"{bound}_{name}"]
+        if self.kind.seeded:
+            params.append(
+                {"name": "n", "type": "integer", "default": 1, "minimum": 1, "maximum": self.max_images,
+                 "description": "images to make, with seeds seed, seed+1, ...; more than one come back as a zip (or multipart/mixed)"}
+            )
         return {
             "name": self.name,
             "task": self.task,
             "description": self.description,
-            "inputs": list(self.kind.image_fields),
-            "params": describe_params(self.kind.params_model, hide=self.fixed_names) + describe_params(OutputParams),
+            "inputs": list(self.image_fields),
+            "params": params + describe_params(OutputParams),
         }
+
+
+_MISSING = object()
 
 
 def describe_params(model: type[BaseModel], hide: set[str] = frozenset()) -> list[dict[str, Any]]:  # type: ignore[assignment]
@@ -93,13 +142,35 @@ class Catalog:
             variants = {}
             kind = KINDS[config.deployments[style.variant_list()[0].deployment].model]
             for v in style.variant_list():
-                where = f"styles.{name}.params" if style.variants is None else f"styles.{name}.variants.{v.name}.params"
+                where = f"styles.{name}" if style.variants is None else f"styles.{name}.variants.{v.name}"
+                if kind.variant_param is not None and v.params.get(kind.variant_param) not in kind.variants:
+                    raise ValueError(
+                        f"{where}.params.{kind.variant_param}: every {kind.name} style fixes it to one of {sorted(kind.variants)}"
+                    )
                 try:
-                    validate_params(kind.params_model, v.params)
+                    validate_params(kind.params_model, {**v.defaults, **v.params})
                 except InvalidParams as exc:
-                    raise ValueError(f"{where}: {exc.message}") from None
-                variants[v.name] = Variant(name=v.name, deployment=v.deployment, fixed_params=dict(v.params))
-            self._styles[name] = Style(name=name, kind=kind, description=style.description, variants=variants)
+                    raise ValueError(f"{where}.params: {exc.message}") from None
+                variants[v.name] = Variant(
+                    name=v.name, deployment=v.deployment, fixed_params=dict(v.params), defaults=dict(v.defaults)
+                )
+            if kind.variant_param is not None and len({v.fixed_params[kind.variant_param] for v in variants.values()}) > 1:
+                raise ValueError(
+                    f"styles.{name}.variants: all variants must fix the same {kind.variant_param} (they take the same inputs)"
+                )
+            self._styles[name] = Style(
+                name=name,
+                kind=kind,
+                description=style.description,
+                variants=variants,
+                max_images=config.limits.max_images_per_request if kind.seeded else 1,
+            )
+            client = self._styles[name].client_params
+            for v in variants.values():
+                unsettable = set(v.defaults) - client
+                if unsettable:
+                    where = f"styles.{name}" if style.variants is None else f"styles.{name}.variants.{v.name}"
+                    raise ValueError(f"{where}.defaults: {', '.join(sorted(unsettable))} cannot be set by clients; fix it in params")
 
     def __iter__(self) -> Iterator[Style]:
         return iter(self._styles.values())
@@ -111,17 +182,39 @@ class Catalog:
             raise UnknownStyle(f"no style named {name!r}; GET /v1/styles lists them") from None
 
 
-def split_params(style: Style, variant: Variant, fields: dict[str, str]) -> tuple[dict[str, Any], OutputSpec]:
+def split_params(style: Style, variant: Variant, fields: dict[str, Any]) -> tuple[dict[str, Any], OutputSpec]:
     """Form fields -> (model params with the variant's fixed ones applied, output spec).
 
-    Raises InvalidParams for unknown fields, bad values, or an attempt to set a fixed param.
+    Raises InvalidParams for unknown fields, bad values, or an attempt to set a fixed param (one
+    any variant fixes, or one the kind keeps from clients). The variant's defaults fill the rest.
     """
     output_names = set(OutputParams.model_fields)
-    fixed = style.fixed_names & set(fields)
+    fixed = (set(style.kind.params_model.model_fields) - style.client_params) & set(fields)
     if fixed:
         raise InvalidParams(f"{', '.join(sorted(fixed))}: fixed by style {style.name!r}, cannot be set")
     output = validate_params(OutputParams, {k: v for k, v in fields.items() if k in output_names})
     model_fields = {k: v for k, v in fields.items() if k not in output_names}
-    params = {**model_fields, **variant.fixed_params}
+    params = {**variant.defaults, **model_fields, **variant.fixed_params}
     checked = validate_params(style.kind.params_model, params)
     return checked.model_dump(), OutputSpec(format=output.format, quality=output.quality)
+
+
+def split_count(style: Style, fields: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """Take ``n`` (images wanted) out of the fields of a seeded style: (the other fields, n)."""
+    if not style.kind.seeded or "n" not in fields:
+        return fields, 1
+    rest = {k: v for k, v in fields.items() if k != "n"}
+    value = fields["n"]
+    if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit())):
+        raise InvalidParams(f"n: {value!r} is not a whole number")
+    n = int(value)
+    if not 1 <= n <= style.max_images:
+        raise InvalidParams(f"n: must be 1 to {style.max_images} (limits.max_images_per_request), got {n}")
+    return rest, n
+
+
+def seeded_params(params: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    """n copies of the params with seeds seed, seed+1, ...: image i is the one seed+i gives alone."""
+    if n == 1 or "seed" not in params:
+        return [params]
+    return [{**params, "seed": (int(params["seed"]) + i) % (MAX_SEED + 1)} for i in range(n)]

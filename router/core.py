@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from deployments.batching import EncodedImage, ModelRequest, Reply
-from router.catalog import Catalog, Style, split_params
+from router.catalog import Catalog, Style, seeded_params, split_count, split_params
 from router.variants import choose_variant, validate_weights
 from stylefleet.compare import drift
 from stylefleet.config import RouterSettings
@@ -142,9 +142,17 @@ class ShadowReport:
 
 @dataclass(frozen=True)
 class Result:
-    image: EncodedImage
+    """``images``: one per image asked for (``n`` of a seeded style, else one); ``seeds`` the
+    seed each was made with (None for unseeded kinds)."""
+
+    images: tuple[EncodedImage, ...]
+    seeds: tuple[int | None, ...]
     variant: str
     seconds: float
+
+    @property
+    def image(self) -> EncodedImage:
+        return self.images[0]
 
 
 class RouterCore:
@@ -193,13 +201,13 @@ class RouterCore:
         self,
         style_name: str,
         files: Mapping[str, bytes],
-        fields: dict[str, str],
+        fields: dict[str, Any],
         *,
         client_key: str | None = None,
     ) -> Result:
         started = time.perf_counter()
         style = self.catalog.get(style_name)
-        forced = fields.pop("variant", None)
+        forced = _text(fields.pop("variant", None))
         fields.pop("client_id", None)
         traffic = self.traffic
         variant = choose_variant(style.name, traffic.weights[style.name], client_key=client_key, forced=forced, rng=self.rng)
@@ -213,41 +221,50 @@ class RouterCore:
         return result
 
     def check(
-        self, style_name: str, fields: dict[str, str], file_names: list[str], *, client_key: str | None = None
+        self, style_name: str, fields: dict[str, Any], file_names: list[str], *, client_key: str | None = None
     ) -> tuple[Style, str]:
         """Validate a request without running it (404 unknown style, 422 bad variant, files or
         params) and pick its variant; pops ``variant`` and ``client_id`` from ``fields`` as
         ``handle`` does. Batch jobs call it so a bad job is refused before it is accepted."""
         style = self.catalog.get(style_name)
-        forced = fields.pop("variant", None)
+        forced = _text(fields.pop("variant", None))
         fields.pop("client_id", None)
         variant = choose_variant(style.name, self.traffic.weights[style.name], client_key=client_key, forced=forced, rng=self.rng)
         _check_files(style, dict.fromkeys(file_names, b""))
-        split_params(style, style.variant(variant), dict(fields))
+        rest, count = split_count(style, dict(fields))
+        if count != 1:
+            raise InvalidParams("n: a batch job makes one image per input; leave n out")
+        split_params(style, style.variant(variant), rest)
         return style, variant
 
     async def _run(
-        self, style: Style, variant: str, files: Mapping[str, bytes], fields: dict[str, str], traffic: Traffic, started: float
+        self, style: Style, variant: str, files: Mapping[str, bytes], fields: dict[str, Any], traffic: Traffic, started: float
     ) -> Result:
         _check_files(style, files)
+        fields, count = split_count(style, fields)
         params, output = split_params(style, style.variant(variant), fields)
         images = await asyncio.to_thread(_decode_all, files, self.max_pixels)
-        shadows = [v for v, pct in traffic.shadows[style.name].items() if v != variant and self.rng.random() * 100 < pct]
-        request = ModelRequest(images, params, output, keep_pixels=bool(shadows))
-        reply = await self.backend.run(style.variant(variant).deployment, request)
-        if isinstance(reply, StylefleetError):
-            raise reply
-        if not isinstance(reply, EncodedImage):
-            raise InternalError(f"deployment {style.variant(variant).deployment} returned {type(reply).__name__}")
+        # n > 1 (seeded styles) is compared by no shadow: one image per request is what drift measures.
+        shadows = [
+            v for v, pct in traffic.shadows[style.name].items() if v != variant and count == 1 and self.rng.random() * 100 < pct
+        ]
+        deployment = style.variant(variant).deployment
+        each = seeded_params(params, count)  # seeds seed, seed+1, ...: image i is the one seed+i gives alone
+        replies = await asyncio.gather(
+            *(self.backend.run(deployment, ModelRequest(images, p, output, keep_pixels=bool(shadows))) for p in each)
+        )
+        encoded = [_encoded(reply, deployment) for reply in replies]
         seconds = time.perf_counter() - started
+        reply = encoded[0]
         if shadows and reply.pixels is not None:
             for shadow in shadows:
                 self._start_shadow(style, variant, shadow, images, fields, reply.pixels)
-            reply = replace(reply, pixels=None)
-        return Result(image=reply, variant=variant, seconds=seconds)
+            encoded[0] = replace(reply, pixels=None)
+        seeds = tuple(p.get("seed") for p in each)
+        return Result(images=tuple(encoded), seeds=seeds, variant=variant, seconds=seconds)
 
     def _start_shadow(
-        self, style: Style, primary: str, shadow: str, images: dict[str, np.ndarray], fields: dict[str, str], reference: np.ndarray
+        self, style: Style, primary: str, shadow: str, images: dict[str, np.ndarray], fields: dict[str, Any], reference: np.ndarray
     ) -> None:
         if len(self._shadow_tasks) >= self.max_shadow_tasks:
             return  # shadow work is best effort: never let it pile up behind real traffic
@@ -256,7 +273,7 @@ class RouterCore:
         task.add_done_callback(self._shadow_tasks.discard)
 
     async def _shadow(
-        self, style: Style, primary: str, shadow: str, images: dict[str, np.ndarray], fields: dict[str, str], reference: np.ndarray
+        self, style: Style, primary: str, shadow: str, images: dict[str, np.ndarray], fields: dict[str, Any], reference: np.ndarray
     ) -> None:
         key = (style.name, primary, shadow)
         try:
@@ -278,13 +295,25 @@ class RouterCore:
             await asyncio.gather(*list(self._shadow_tasks), return_exceptions=True)
 
 
+def _text(value: Any) -> str | None:
+    """A form field is a string; the same field in a JSON body may be a number."""
+    return None if value is None else str(value)
+
+
+def _encoded(reply: Reply, deployment: str) -> EncodedImage:
+    if isinstance(reply, StylefleetError):
+        raise reply
+    if not isinstance(reply, EncodedImage):
+        raise InternalError(f"deployment {deployment} returned {type(reply).__name__}")
+    return reply
+
+
 def _check_files(style: Style, files: Mapping[str, bytes]) -> None:
-    unexpected = set(files) - set(style.kind.image_fields)
+    unexpected = set(files) - set(style.image_fields)
     if unexpected:
-        raise InvalidParams(
-            f"{', '.join(sorted(unexpected))}: not a file this style takes (it takes {', '.join(style.kind.image_fields)})"
-        )
-    missing = [f for f in style.kind.image_fields if f not in files]
+        takes = f"it takes {', '.join(style.image_fields)}" if style.image_fields else "it takes no file"
+        raise InvalidParams(f"{', '.join(sorted(unexpected))}: not a file this style takes ({takes})")
+    missing = [f for f in style.image_fields if f not in files]
     if missing:
         raise InvalidParams(f"the '{missing[0]}' file is required (multipart/form-data)")
 

@@ -6,6 +6,10 @@ the preview does not follow live A/B weights). ``restyle`` also needs a style pi
 ``coffee-160.jpg`` (scikit-image's coffee, CC0). Previews bypass ``RouterCore.handle`` on
 purpose: they are not user traffic, so they are neither counted in the per-style metrics nor
 shadowed.
+
+Seeded (generative) styles have no preview: a render is a diffusion run (seconds of GPU time,
+minutes on CPU), too dear for a thumbnail. Their preview is 404 ``no_preview``, which the web
+page shows as the style's initial.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from PIL import Image
 from deployments.batching import EncodedImage, ModelRequest, OutputSpec
 from router.catalog import Catalog, split_params
 from router.core import Backend
-from stylefleet.errors import InternalError, StylefleetError
+from stylefleet.errors import InternalError, NoPreview, StylefleetError
 from stylefleet.imageio import CONTENT_TYPES, decode, encode
 
 SAMPLES_DIR = Path(__file__).resolve().parent / "web" / "samples"
@@ -50,6 +54,8 @@ class PreviewCache:
 
     async def get(self, style_name: str) -> EncodedImage:
         style = self._catalog.get(style_name)  # UnknownStyle before anything runs
+        if style.kind.seeded:
+            raise NoPreview(f"style {style.name!r} is generative: it has no preview image")
         task = self._renders.get(style.name)
         if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
             task = asyncio.ensure_future(self._render(style.name))
@@ -61,7 +67,7 @@ class PreviewCache:
         style = self._catalog.get(style_name)
         variant = style.variant(sorted(style.variants)[0])
         params, _ = split_params(style, variant, {})
-        images = {f: self._samples[f] for f in style.kind.image_fields}
+        images = {f: self._samples[f] for f in style.image_fields}
         output = PREVIEW_OUTPUT
         if style.task == "id-photo":  # needs a bigger face, and writes only formats that carry dpi
             images["image"] = self._samples["large"]

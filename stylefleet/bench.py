@@ -94,7 +94,7 @@ def idphoto_bare(case: Case, app_args: dict[str, Any], samples: dict[str, bytes]
         dep = app_args["deployments"][target]
         kind = KINDS[dep["model"]]
         runtime = RuntimeOptions(threads=threads or dep.get("threads") or max(1, int(dep.get("num_cpus", 1))))
-        roles[role] = kind.factory([resolve(f) for f in kind.files], runtime)
+        roles[role] = kind.factory([resolve(f) for f in kind.files], runtime, {})
     pipeline = IdPhotoModel()
     output = OutputSpec(IDPHOTO_PARAMS["format"])  # type: ignore[arg-type]
     params = {k: v for k, v in IDPHOTO_PARAMS.items() if k != "format"}
@@ -170,7 +170,7 @@ def _median_rate(fn, images: int, repeats: int = 5, budget_s: float = 20.0) -> f
 def bare(case: Case, dep: dict[str, Any], samples: dict[str, bytes], batch_sizes: list[int], threads: int | None) -> list[dict[str, Any]]:
     kind = KINDS[dep["model"]]
     runtime = RuntimeOptions(threads=threads or dep.get("threads") or max(1, int(dep.get("num_cpus", 1))))
-    model = kind.factory([resolve(f) for f in kind.files], runtime)
+    model = kind.factory([resolve(f) for f in kind.files], runtime, {})
     fixed = case.params
     rows = []
     for b in batch_sizes:

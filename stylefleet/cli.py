@@ -37,7 +37,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     cluster.start()
     try:
-        cluster.deploy(config, timeout_s=args.timeout)
+        for failure in cluster.deploy(config, timeout_s=args.timeout, allow_degraded=True):
+            logger.warning("serving without a failed deployment (its styles answer 503 model_unavailable): %s", failure)
         print(
             f"stylefleet is serving on http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)} "
             f"(metrics: http://127.0.0.1:{args.metrics_port}/metrics). Ctrl-C stops it.",

@@ -70,12 +70,52 @@ class AutoscalingConfig(_Strict):
         }
 
 
+ModelName = Literal[
+    "multistyle26",
+    "arbitrary",
+    "u2netp",
+    "haar-face",
+    "id-photo",
+    "stable-diffusion",
+    "animeganv2_face_paint_512_v2",
+    "animeganv2_face_paint_512_v1",
+    "animeganv2_celeba_distill",
+    "animeganv2_paprika",
+]
+
+SD_REFERENCE_PIXEL_STEPS = 512 * 512 * 25  # one SD 1.5 image at its native size and 25 steps
+
+
+class DiffusionSource(_Strict):
+    """Where a Stable Diffusion deployment's weights are and how it runs them.
+
+    ``model`` and ``controlnet`` are local folders (``save_pretrained`` layout) or hub ids; hub
+    ids are looked up in the local hub cache only, unless the app sets ``allow_download``.
+    """
+
+    model: str = Field(description="diffusers folder or hub id of the base model (SD 1.x/2.x layout)")
+    controlnet: str | None = Field(None, description="ControlNet folder or hub id (canny); needed by controlnet-canny presets")
+    variant: str | None = Field(None, description="weight file variant to load, e.g. 'fp16'")
+    safety_checker: bool = Field(True, description="run the model folder's safety checker where it has one")
+    vae_slicing_min_batch: PositiveInt = Field(
+        4, description="decode latents one image at a time from this many images per call (bounds the VAE's peak memory)"
+    )
+    batch_weight_unit_pixel_steps: PositiveInt = Field(
+        SD_REFERENCE_PIXEL_STEPS,
+        description="a request weighs ceil(width x height x steps / this) in max_batch_size units",
+    )
+    oom_cooldown_s: PositiveFloat = Field(
+        300.0, description="after a CUDA out-of-memory, how long the lowered batch limit stays in force"
+    )
+    probe_batch_at_start: bool = Field(
+        True, description="on CUDA, find the largest batch of 512x512 images that fits at start-up"
+    )
+
+
 class DeploymentConfig(_Strict):
     """One model deployment (one model, its replicas and batching)."""
 
-    model: Literal["multistyle26", "arbitrary", "u2netp", "haar-face", "id-photo"] = Field(
-        description="which model kind this deployment serves"
-    )
+    model: ModelName = Field(description="which model kind this deployment serves")
     uses: dict[str, str] = Field(
         default_factory=dict,
         description="composed kinds only (id-photo): role -> the deployment it calls through a handle",
@@ -91,6 +131,7 @@ class DeploymentConfig(_Strict):
     )
     device: Device = Field("cpu", description="cpu or cuda")
     num_gpus: float = Field(0.0, ge=0.0, le=8.0, description="Ray GPU share per replica (logical only)")
+    diffusion: DiffusionSource | None = Field(None, description="weights and knobs of a stable-diffusion deployment")
 
     @model_validator(mode="after")
     def _batch_fits(self) -> DeploymentConfig:
@@ -113,6 +154,8 @@ class DeploymentConfig(_Strict):
                 f"threads ({self.threads}) is above the replica's CPU share (num_cpus {self.num_cpus:g}): "
                 "replicas would oversubscribe the cores; raise num_cpus or lower threads"
             )
+        if (self.model == "stable-diffusion") != (self.diffusion is not None):
+            raise ValueError("diffusion: needed by model stable-diffusion (diffusion.model names the weights), and only by it")
         return self
 
     @property
@@ -131,6 +174,11 @@ def check_batch_fits(batching: BatchingConfig, max_ongoing_requests: int) -> Non
 
 class ModelSource(_Strict):
     path: str | None = Field(None, description="a local copy of the weight file (checksum still verified)")
+    sha256: str | None = Field(
+        None,
+        pattern=r"^[0-9a-fA-F]{64}$",
+        description="the file's sha256, pinned here where the registry has none (AnimeGANv2) or to accept another version",
+    )
 
 
 class VariantConfig(_Strict):
@@ -139,6 +187,20 @@ class VariantConfig(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")
     deployment: str
     params: dict[str, Any] = Field(default_factory=dict, description="fixed params; clients cannot override them")
+    defaults: dict[str, Any] = Field(
+        default_factory=dict, description="this style's defaults for params clients may set (a preset's prompt, seed, steps)"
+    )
+
+    @model_validator(mode="after")
+    def _defaults_are_not_fixed(self) -> VariantConfig:
+        _check_defaults(self.params, self.defaults)
+        return self
+
+
+def _check_defaults(params: dict[str, Any], defaults: dict[str, Any]) -> None:
+    both = set(params) & set(defaults)
+    if both:
+        raise ValueError(f"defaults: {', '.join(sorted(both))} also fixed in params; a param is either fixed or a default")
 
 
 class StyleConfig(_Strict):
@@ -151,6 +213,9 @@ class StyleConfig(_Strict):
     description: str = ""
     deployment: str | None = None
     params: dict[str, Any] = Field(default_factory=dict, description="fixed params; clients cannot override them")
+    defaults: dict[str, Any] = Field(
+        default_factory=dict, description="this style's defaults for params clients may set (a preset's prompt, seed, steps)"
+    )
     variants: list[VariantConfig] | None = None
 
     @model_validator(mode="after")
@@ -166,13 +231,16 @@ class StyleConfig(_Strict):
                 raise ValueError(f"variants: names must be unique, repeated: {', '.join(duplicates)}")
             if self.params:
                 raise ValueError("params: with variants, give params per variant")
+            if self.defaults:
+                raise ValueError("defaults: with variants, give defaults per variant")
+        _check_defaults(self.params, self.defaults)
         return self
 
     def variant_list(self) -> list[VariantConfig]:
         if self.variants is not None:
             return self.variants
         assert self.deployment is not None
-        return [VariantConfig(name=DEFAULT_VARIANT, deployment=self.deployment, params=self.params)]
+        return [VariantConfig(name=DEFAULT_VARIANT, deployment=self.deployment, params=self.params, defaults=self.defaults)]
 
 
 DEFAULT_VARIANT = "default"
@@ -194,6 +262,9 @@ class RouterSettings(_Strict):
 class Limits(_Strict):
     max_upload_bytes: PositiveInt = Field(25 * 1024 * 1024, description="largest request body accepted")
     max_pixels: PositiveInt = Field(40_000_000, description="largest decoded image, width x height")
+    max_images_per_request: PositiveInt = Field(
+        4, le=64, description="largest n a request to a seeded (generative) style may ask for"
+    )
 
 
 class JobsConfig(_Strict):

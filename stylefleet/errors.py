@@ -34,9 +34,21 @@ class InvalidImage(StylefleetError):
     code = "invalid_image"
 
 
+class BadRequest(StylefleetError):
+    status = 400
+    code = "bad_request"
+
+
 class UnknownStyle(StylefleetError):
     status = 404
     code = "unknown_style"
+
+
+class NoPreview(StylefleetError):
+    """A style with no preview image (a generative one: a render would cost a diffusion run)."""
+
+    status = 404
+    code = "no_preview"
 
 
 class PayloadTooLarge(StylefleetError):

@@ -102,8 +102,16 @@ class LocalCluster:
             kwargs["_temp_dir"] = self.temp_dir
         ray.init(**kwargs)
 
-    def deploy(self, config: dict[str, Any], *, timeout_s: float = 300) -> None:
-        """Deploy a serve_config.yaml document the way `serve run`/`serve deploy` do, and wait."""
+    def deploy(
+        self, config: dict[str, Any], *, timeout_s: float = 300, wait: bool = True, allow_degraded: bool = False
+    ) -> list[str]:
+        """Deploy a serve_config.yaml document the way `serve run`/`serve deploy` do, and wait
+        (unless ``wait`` is false) until every application is RUNNING.
+
+        ``allow_degraded``: an application whose ingress runs but some model deployment failed
+        (a missing model) counts as up; its failures are returned. Serve keeps its other
+        deployments serving and the router answers 503 model_unavailable for the failed ones.
+        """
         from ray.serve._private import api as serve_private
         from ray.serve.schema import ServeDeploySchema
 
@@ -113,9 +121,13 @@ class LocalCluster:
             proxy_location=schema.proxy_location,
         )
         client.deploy_apps(schema, _blocking=False)
-        self.wait_running([app.name for app in schema.applications], timeout_s=timeout_s)
+        if not wait:
+            return []
+        return self.wait_running(
+            [app.name for app in schema.applications], timeout_s=timeout_s, allow_degraded=allow_degraded
+        )
 
-    def wait_running(self, app_names: list[str], *, timeout_s: float) -> None:
+    def wait_running(self, app_names: list[str], *, timeout_s: float, allow_degraded: bool = False) -> list[str]:
         from ray import serve
 
         deadline = time.monotonic() + timeout_s
@@ -123,11 +135,11 @@ class LocalCluster:
         while time.monotonic() < deadline:
             status = serve.status()
             states = {n: status.applications.get(n) for n in app_names}
-            if all(s is not None and s.status == "RUNNING" for s in states.values()):
-                return
             failed = {n: s for n, s in states.items() if s is not None and s.status == "DEPLOY_FAILED"}
-            if failed:
+            if failed and not (allow_degraded and all(_ingress_runs(s) for s in failed.values())):
                 raise RuntimeError("; ".join(_failure(n, s) for n, s in failed.items()))
+            if all(s is not None and (s.status == "RUNNING" or n in failed) for n, s in states.items()):
+                return [_failure(n, s) for n, s in failed.items()]
             last = ", ".join(f"{n}={getattr(s, 'status', 'absent')}" for n, s in states.items())
             time.sleep(0.5)
         raise TimeoutError(f"applications not RUNNING after {timeout_s}s ({last})")
@@ -142,6 +154,11 @@ class LocalCluster:
             ray.shutdown()
             if self.token_path is not None:
                 self.token_path.unlink(missing_ok=True)
+
+
+def _ingress_runs(status: Any) -> bool:
+    router = status.deployments.get("router")
+    return router is not None and str(getattr(router.status, "value", router.status)) == "HEALTHY"
 
 
 def _failure(app_name: str, status: Any) -> str:

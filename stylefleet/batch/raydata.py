@@ -73,9 +73,9 @@ def run_ray_data(plan: Plan, out: Storage, index: ManifestIndex, tally: Tally, *
 
         for v in set(chosen):
             split_params(style, style.variant(v), dict(fields))
-        unexpected = set(plan.extra_files) - set(style.kind.image_fields)
-        if unexpected or set(style.kind.image_fields) - {"image"} - set(plan.extra_files):
-            raise UsageError(f"style {style.name!r} takes the files {', '.join(style.kind.image_fields)}")
+        unexpected = set(plan.extra_files) - set(style.image_fields)
+        if unexpected or set(style.image_fields) - {"image"} - set(plan.extra_files):
+            raise UsageError(f"style {style.name!r} takes the files {', '.join(style.image_fields)}")
     except StylefleetError as exc:
         raise UsageError(f"{exc.code}: {exc.message}") from None
 
@@ -223,7 +223,7 @@ class StyleActor:
                 runtime = replace(runtime, gpu_mem_limit_bytes=memory_cap_bytes(num_gpus, nvml.total_memory_bytes()))
         self.kind = KINDS[kind]
         files = [resolve(n, path=model_paths.get(n), model_dir=model_dir, allow_download=allow_download) for n in self.kind.files]
-        self.model = self.kind.factory(files, runtime)
+        self.model = self.kind.factory(files, runtime, {})
         self.model_sha256 = "+".join(f.sha256 for f in files)  # as ModelServer reports it
         config = AppConfig.model_validate(app_config)
         self.max_pixels = config.limits.max_pixels

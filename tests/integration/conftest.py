@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,6 +15,7 @@ import pytest
 import yaml
 
 from stylefleet import local
+from tests import genai_models
 from tests.samples import ROOT
 
 APP = "stylefleet"
@@ -119,3 +121,76 @@ def deployment_info(deployment: str) -> dict[str, Any]:
     from ray import serve
 
     return serve.get_deployment_handle(deployment, APP).info.remote().result()
+
+
+GENAI_APP = "genai"
+
+
+def genai_application(models_dir: Path, *, name: str = GENAI_APP, route_prefix: str = "/genai", sd_model: str | None = None) -> dict[str, Any]:
+    """A second application with tiny generative models: the four kinds of style, batched and seeded."""
+    base, controlnet = genai_models.build_tiny_sd(models_dir)
+    anime_sha256 = genai_models.save_animegan(models_dir / "paprika.pt")
+    tiny = {"width": 64, "height": 64, "guidance_scale": 5.0, "min_steps": 1, "max_steps": 4}
+    small = {"num_cpus": 0.1, "threads": 1, "max_ongoing_requests": 16, "max_queued_requests": 64}
+    return {
+        "name": name,
+        "route_prefix": route_prefix,
+        "import_path": "router.app:build_app",
+        "args": {
+            "limits": {"max_images_per_request": 4},
+            # its own jobs folder: never the repo's .stylefleet/jobs, nor the default app's
+            "jobs": {"storage": tempfile.mkdtemp(prefix=f"stylefleet-{name}-jobs-")},
+            "models": {"animeganv2_paprika": {"path": str(models_dir / "paprika.pt"), "sha256": anime_sha256}},
+            "deployments": {
+                "diffusion": {
+                    "model": "stable-diffusion",
+                    **small,
+                    "diffusion": {"model": sd_model or str(base), "controlnet": str(controlnet)},
+                },
+                "anime": {"model": "animeganv2_paprika", **small},
+            },
+            "styles": {
+                "tiny-t2i": {
+                    "deployment": "diffusion",
+                    "params": {"pipeline": "text-to-image", "prompt_template": "a photo of {prompt}", **tiny},
+                    "defaults": {"prompt": "a red bicycle", "seed": 1234, "steps": 2},
+                },
+                "tiny-t2i-wide": {
+                    "deployment": "diffusion",
+                    "params": {"pipeline": "text-to-image", **tiny, "width": 96},
+                    "defaults": {"prompt": "a lighthouse", "seed": 5, "steps": 2},
+                },
+                "tiny-img2img": {
+                    "deployment": "diffusion",
+                    "params": {"pipeline": "img2img", "strength": 0.6, **tiny},
+                    "defaults": {"prompt": "a watercolour", "seed": 42, "steps": 2},
+                },
+                "tiny-controlnet": {
+                    "deployment": "diffusion",
+                    "params": {"pipeline": "controlnet-canny", **tiny},
+                    "defaults": {"prompt": "a product", "seed": 99, "steps": 2},
+                },
+                "tiny-anime": {"deployment": "anime"},
+            },
+        },
+        "deployments": [
+            {"name": "diffusion", "user_config": {"max_batch_size": 8, "batch_wait_timeout_s": 0.02}},
+            {"name": "anime", "user_config": {"max_batch_size": 8, "batch_wait_timeout_s": 0.02}},
+        ],
+    }
+
+
+@pytest.fixture(scope="session")
+def genai_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("genai-models")
+
+
+@pytest.fixture(scope="session")
+def genai_app(serve_app: dict[str, Any], genai_models_dir: Path) -> dict[str, Any]:
+    """Adds the generative application beside the default one (deploy_apps replaces the set, so
+    both go together) and keeps it in the session's config, so later redeploys keep it too."""
+    config = serve_app["config"]
+    if not any(app["name"] == GENAI_APP for app in config["applications"]):
+        config["applications"].append(genai_application(genai_models_dir))
+        serve_app["cluster"].deploy(config, timeout_s=300)
+    return {"url": f"{serve_app['url']}/genai", "models_dir": genai_models_dir}
