@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import yaml
 from fastapi.testclient import TestClient
 
 from deployments.batching import EncodedImage, ModelRequest, Reply
-from router.api import create_api
-from router.catalog import Catalog
-from router.core import RouterCore
-from stylefleet.config import AppConfig, Limits
 from stylefleet.errors import FaceTooSmall, InternalError, MaxKbTooSmall, MultipleFaces, NoFace, Overloaded
 from tests import samples
-from tests.samples import ROOT
+from tests.unit.apps import api_client
 
 
 class FakeBackend:
@@ -40,9 +35,7 @@ def backend() -> FakeBackend:
 
 @pytest.fixture()
 def api(backend: FakeBackend) -> TestClient:
-    config = AppConfig.model_validate(yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"])
-    core = RouterCore(Catalog(config), backend, max_pixels=10_000_000)
-    return TestClient(create_api(core, Limits(max_upload_bytes=1_000_000, max_pixels=10_000_000)))
+    return api_client(backend)
 
 
 def _upload(api: TestClient, style: str = "frost", **fields: str):

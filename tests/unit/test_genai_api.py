@@ -7,17 +7,13 @@ import io
 import zipfile
 
 import pytest
-import yaml
 from fastapi.testclient import TestClient
 
 from deployments.batching import EncodedImage, ModelRequest, Reply
-from router.api import create_api
-from router.catalog import Catalog
-from router.core import RouterCore
-from stylefleet.config import AppConfig, Limits
+from stylefleet.config import Limits
 from stylefleet.errors import ModelUnavailable
 from tests import samples
-from tests.samples import ROOT
+from tests.unit.apps import api_client
 
 
 class FakeBackend:
@@ -41,11 +37,7 @@ def backend() -> FakeBackend:
 
 @pytest.fixture()
 def api(backend: FakeBackend) -> TestClient:
-    args = yaml.safe_load((ROOT / "serve_config.genai.yaml").read_text())["applications"][0]["args"]
-    config = AppConfig.model_validate(args)
-    limits = Limits(max_upload_bytes=1_000_000, max_images_per_request=4)
-    core = RouterCore(Catalog(config), backend, max_pixels=limits.max_pixels)
-    return TestClient(create_api(core, limits))
+    return api_client(backend, "serve_config.genai.yaml", Limits(max_upload_bytes=1_000_000, max_images_per_request=4))
 
 
 def test_json_prompt_runs_the_preset_with_its_seed(api: TestClient, backend: FakeBackend) -> None:

@@ -10,14 +10,14 @@ import yaml
 from fastapi.testclient import TestClient
 
 from deployments.batching import EncodedImage, ModelRequest, Reply
-from router.api import WEB_DIR, create_api
+from router.api import WEB_DIR
 from router.catalog import Catalog
-from router.core import RouterCore
 from router.previews import PreviewCache, load_samples
-from stylefleet.config import AppConfig, Limits
+from stylefleet.config import AppConfig
 from stylefleet.errors import ModelUnavailable
 from tests import samples
 from tests.samples import ROOT
+from tests.unit.apps import api_client
 
 
 class FakeBackend:
@@ -42,9 +42,7 @@ def backend() -> FakeBackend:
 
 @pytest.fixture()
 def api(backend: FakeBackend) -> TestClient:
-    config = AppConfig.model_validate(yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"])
-    core = RouterCore(Catalog(config), backend, max_pixels=10_000_000)
-    return TestClient(create_api(core, Limits(max_upload_bytes=1_000_000, max_pixels=10_000_000)))
+    return api_client(backend)
 
 
 def test_the_page_is_served_at_the_root(api: TestClient) -> None:
