@@ -13,6 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests import samples
+from tests.integration.conftest import redeploy
 from tests.samples import ROOT
 
 pytestmark = pytest.mark.integration
@@ -63,8 +64,10 @@ def settled(url: str, name: str, quiet_s: float = 15.0, timeout_s: float = 90, *
 
 @pytest.fixture(scope="module")
 def traffic(serve_app: dict[str, Any]) -> dict[str, Any]:
-    """Send 5 good and 2 bad requests to one style, then wait until the metrics show them."""
+    """One shadow comparison (so the shadow series exist whatever ran before), then 5 good and
+    2 bad requests to one style; wait until the metrics show them."""
     url = serve_app["metrics_url"]
+    _one_shadow_comparison(serve_app)
     before = settled(url, "ray_stylefleet_batch_queue_seconds_count", deployment="stylize")
     photo = samples.encoded(samples.cat())
     with httpx.Client(base_url=serve_app["url"], timeout=120) as c:
@@ -79,9 +82,23 @@ def traffic(serve_app: dict[str, Any]) -> dict[str, Any]:
         lambda s: total(s, name, style=STYLE, outcome="ok") - total(before, name, style=STYLE, outcome="ok") >= 5
         and total(s, name, style=STYLE, outcome="invalid_params") - total(before, name, style=STYLE, outcome="invalid_params") >= 2
         and total(s, queued, deployment="stylize") - total(before, queued, deployment="stylize") >= 5
-        and {labels["model"] for labels, _ in s.get("ray_stylefleet_model_load_seconds_count", [])} >= MODELS,
+        and {labels["model"] for labels, _ in s.get("ray_stylefleet_model_load_seconds_count", [])} >= MODELS
+        and total(s, "ray_stylefleet_shadow_ssim_count") >= 1,
     )
     return {"before": before, "after": after}
+
+
+def _one_shadow_comparison(serve_app: dict[str, Any]) -> None:
+    redeploy(serve_app, {"router": {"splits": {"oil-paint": {"a": 1}}, "shadows": {"oil-paint": {"b": 100}}}})
+    try:
+        with httpx.Client(base_url=serve_app["url"], timeout=120) as c:
+            photo = samples.encoded(samples.cat())
+            assert c.post("/v1/styles/oil-paint", files={"image": ("c.png", photo, "image/png")}).status_code == 200
+            deadline = time.monotonic() + 60
+            while not any(r["comparisons"] for r in c.get("/v1/shadow").json()["comparisons"]) and time.monotonic() < deadline:
+                time.sleep(0.2)
+    finally:
+        redeploy(serve_app, {})  # back to the session's own router settings
 
 
 def _delta(traffic: dict[str, Any], name: str, **labels: str) -> float:
