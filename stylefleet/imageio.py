@@ -11,6 +11,7 @@ Everything here is pure (no Ray) and works on bytes and numpy arrays:
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Literal
@@ -53,8 +54,27 @@ class DecodedImage:
         return int(self.pixels.shape[1]), int(self.pixels.shape[0])
 
 
-def decode(data: bytes, *, max_pixels: int, field: str = "image") -> DecodedImage:
-    """Decode an uploaded file. Raises InvalidImage, UnsupportedMediaType or PayloadTooLarge."""
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an upload's header declares, read without decoding a pixel."""
+
+    width: int
+    height: int
+    format: str
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def probe(data: bytes, *, max_pixels: int, field: str = "image") -> ImageHeader:
+    """The checks of ``decode`` that need only the header (well under a millisecond): empty,
+    not an image, unsupported format, too many pixels. A truncated body passes; decode finds it."""
+    img = _open(data, max_pixels=max_pixels, field=field)
+    return ImageHeader(img.size[0], img.size[1], str(img.format))
+
+
+def _open(data: bytes, *, max_pixels: int, field: str) -> Image.Image:
     if not data:
         raise InvalidImage(f"the '{field}' file is empty (0 bytes)")
     head = data[:16].lstrip()
@@ -85,8 +105,38 @@ def decode(data: bytes, *, max_pixels: int, field: str = "image") -> DecodedImag
         raise InvalidImage(f"the '{field}' file declares an empty size {width}x{height}")
     if width * height > max_pixels:
         raise _too_many_pixels(field, (width, height), max_pixels)
+    return img
 
+
+MAX_DRAFT_REDUCTION = 4
+# EXIF orientations that swap width and height (rotations by 90 or 270 degrees).
+_TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+
+
+def decode(data: bytes, *, max_pixels: int, field: str = "image", max_side: int | None = None) -> DecodedImage:
+    """Decode an uploaded file. Raises InvalidImage, UnsupportedMediaType or PayloadTooLarge.
+
+    ``max_side``: the caller will scale the image down to this longer side. A JPEG larger than
+    that is then decoded at a reduced scale (libjpeg's DCT scaling: 1/2 or 1/4, never below
+    the target) and brought to exactly the size ``resize_to_max_side`` would give the full
+    decode, with the same Lanczos filter: a 12-megapixel photo for a 1024 px output decodes
+    several times faster and takes a quarter of the memory or less. The pixels differ from a
+    full decode by about what a JPEG re-encode would change (mean 0.2-0.5 of 255 on photos);
+    sizes never do.
+    """
+    img = _open(data, max_pixels=max_pixels, field=field)
+    width, height = img.size
+    source_format = str(img.format)
+    target: tuple[int, int] | None = None
     try:
+        if max_side and source_format == "JPEG" and max(width, height) > max_side:
+            target = scaled_size(width, height, max_side)
+            # Never below the target, and at most 1/4: libjpeg's 1/8 scale averages 8x8 blocks
+            # and aliases visibly; from 1/4 the Lanczos step below does the rest.
+            scale = max(max_side / max(width, height), 1 / MAX_DRAFT_REDUCTION)
+            img.draft(img.mode, (math.ceil(width * scale), math.ceil(height * scale)))
+            if img.getexif().get(0x0112) in _TRANSPOSING_ORIENTATIONS:
+                target = (target[1], target[0])
         img.seek(0)  # first frame of GIF / multi-page TIFF
         img.load()
         img = ImageOps.exif_transpose(img)
@@ -95,7 +145,9 @@ def decode(data: bytes, *, max_pixels: int, field: str = "image") -> DecodedImag
         raise _too_many_pixels(field, (width, height), max_pixels) from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise InvalidImage(f"the '{field}' file is corrupt or truncated: {exc}") from None
-    return DecodedImage(pixels=pixels, source_format=str(img.format or "unknown"))
+    if target is not None and (pixels.shape[1], pixels.shape[0]) != target:
+        pixels = _resize(pixels, target)
+    return DecodedImage(pixels=pixels, source_format=source_format)
 
 
 def _too_many_pixels(field: str, size: tuple[int, int] | None, max_pixels: int) -> PayloadTooLarge:
@@ -177,12 +229,21 @@ def encode(pixels: np.ndarray, fmt: OutputFormat = "png", quality: int = 90,
     return buf.getvalue()
 
 
+def scaled_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """(width, height) after ``resize_to_max_side``: scaled down so the longer side is at most ``max_side``."""
+    if not max_side or max(width, height) <= max_side:
+        return width, height
+    scale = max_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
 def resize_to_max_side(pixels: np.ndarray, max_side: int | None) -> np.ndarray:
     """Downscale (never upscale) so the longer side is at most ``max_side``; Lanczos, like the models' own code."""
     h, w = pixels.shape[:2]
-    if not max_side or max(h, w) <= max_side:
-        return pixels
-    scale = max_side / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    size = scaled_size(w, h, max_side)
+    return pixels if size == (w, h) else _resize(pixels, size)
+
+
+def _resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     mode = "RGBA" if pixels.shape[2] == 4 else "RGB"
     return np.asarray(Image.fromarray(pixels, mode).resize(size, Image.LANCZOS))

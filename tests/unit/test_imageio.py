@@ -116,3 +116,64 @@ def test_parse_color(text: str, rgb: tuple[int, int, int]) -> None:
 def test_parse_color_refuses_nonsense() -> None:
     with pytest.raises(InvalidParams, match="bg_color"):
         imageio.parse_color("#12345z")
+
+
+# --- draft decoding: a JPEG larger than the output decodes at a reduced scale -------------------
+
+def _large_photo() -> np.ndarray:
+    return samples.scaled(samples.astronaut(), 4.0)  # 2048 x 2048
+
+
+@pytest.mark.parametrize("max_side", [1000, 512, 300, 200], ids=["1/2", "1/4", "1/4-odd", "capped-at-1/4"])
+def test_draft_decode_gives_exactly_the_size_a_full_decode_would(max_side: int) -> None:
+    data = samples.encoded(_large_photo()[:, :1900], "JPEG", quality=95)
+    full = imageio.resize_to_max_side(imageio.decode(data, max_pixels=MAX).pixels, max_side)
+    draft = imageio.decode(data, max_pixels=MAX, max_side=max_side).pixels
+    assert draft.shape == full.shape
+    # Smaller than the full decode's difference from the original photo: a re-encode's worth.
+    assert np.abs(draft.astype(int) - full.astype(int)).mean() < 2.0
+
+
+def test_draft_decode_reads_fewer_pixels() -> None:
+    data = samples.encoded(_large_photo(), "JPEG", quality=95)
+    img = Image.open(io.BytesIO(data))
+    seen: list[tuple[int, int]] = []
+    original_load = Image.Image.resize
+
+    def spy(self, size, *args, **kwargs):  # noqa: ANN001, ANN202 - records what the final resize starts from
+        seen.append(self.size)
+        return original_load(self, size, *args, **kwargs)
+
+    Image.Image.resize = spy  # type: ignore[method-assign]
+    try:
+        imageio.decode(data, max_pixels=MAX, max_side=256)
+    finally:
+        Image.Image.resize = original_load  # type: ignore[method-assign]
+    assert img.size == (2048, 2048)
+    assert seen == [(512, 512)], "libjpeg decoded at 1/4 scale (its most), Lanczos did the rest"
+
+
+def test_draft_decode_keeps_exif_rotation() -> None:
+    wide = samples.scaled(samples.cat(), 4.0)  # 1200 high, 1804 wide
+    data = samples.jpeg_with_orientation(wide, 6)  # shown rotated: 1804 high, 1200 wide
+    full = imageio.resize_to_max_side(imageio.decode(data, max_pixels=MAX).pixels, 400)
+    draft = imageio.decode(data, max_pixels=MAX, max_side=400).pixels
+    assert draft.shape == full.shape == (400, 266, 3)
+    assert np.abs(draft.astype(int) - full.astype(int)).mean() < 2.0
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+def test_only_jpeg_is_draft_decoded(fmt: str) -> None:
+    data = samples.encoded(samples.astronaut(), fmt)
+    assert imageio.decode(data, max_pixels=MAX, max_side=100).pixels.shape == (512, 512, 3)
+
+
+def test_probe_reads_the_header_and_refuses_what_decode_refuses() -> None:
+    header = imageio.probe(samples.encoded(samples.cat(), "JPEG"), max_pixels=MAX)
+    assert (header.width, header.height, header.format, header.pixels) == (451, 300, "JPEG", 451 * 300)
+    with pytest.raises(PayloadTooLarge):
+        imageio.probe(samples.png_bomb(), max_pixels=MAX)
+    with pytest.raises(InvalidImage):
+        imageio.probe(b"", max_pixels=MAX)
+    with pytest.raises(UnsupportedMediaType):
+        imageio.probe(b"%PDF-1.4 ...", max_pixels=MAX)
