@@ -10,10 +10,12 @@ becomes a ceiling.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -185,3 +187,23 @@ def _fits(try_batch: Callable[[int], None], n: int) -> bool:
 def weight_of(pixels: int, steps: int, unit_pixel_steps: int) -> int:
     """A request's weight in batch units: pixels x steps over the unit, at least 1."""
     return max(1, math.ceil(pixels * steps / unit_pixel_steps))
+
+
+# Set for the duration of a call heavier than the pixel budget: ONNX Runtime sessions then hand
+# their arena's free chunks back at the end of that call (``onnx_session.run``). A context
+# variable, so only the thread running that batch sees it.
+_release_arena: contextvars.ContextVar[bool] = contextvars.ContextVar("stylefleet_release_arena", default=False)
+
+
+@contextmanager
+def releasing_arena() -> Iterator[None]:
+    """Within this block, every ONNX Runtime call gives its arena's free memory back when it ends."""
+    token = _release_arena.set(True)
+    try:
+        yield
+    finally:
+        _release_arena.reset(token)
+
+
+def arena_release_requested() -> bool:
+    return _release_arena.get()

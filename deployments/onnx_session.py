@@ -1,4 +1,12 @@
-"""ONNX Runtime sessions sized for serving: true batches, bounded memory, threads = CPU share.
+"""ONNX Runtime sessions sized for serving: true batches, the memory arena on, threads = cores.
+
+Session options were chosen by measurement (README "Performance", ``stylefleet bench
+sessions``): the CPU memory arena and memory patterns stay on (turning the arena off cost 2.4x
+on multistyle26), and idle pool threads sleep instead of spinning, so replicas of several models
+can share the cores. Memory is bounded by the replica's pixel budget per batch instead
+(``deployments.queue``): the arena grows to the largest batch the budget lets through and stays
+there. A call over the budget (one image larger than the whole budget, run alone) runs inside
+``releasing_arena()``, which hands the arena's free chunks back when the call ends.
 
 The shipped ONNX files have batch size 1 baked into their inputs, outputs and some Reshape
 targets. ``with_symbolic_batch`` rewrites dim 0 to a symbolic name and the leading ``1`` of
@@ -8,6 +16,7 @@ a batch of N gives bitwise the same outputs as N single calls (tests/unit/test_m
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -17,17 +26,50 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
+from deployments.memory import arena_release_requested
+
 Device = Literal["cpu", "cuda"]
 
 
 @dataclass(frozen=True)
 class RuntimeOptions:
-    """How a replica runs its networks. ``threads`` should equal the replica's CPU share."""
+    """How a replica runs its networks.
+
+    ``threads``: ONNX Runtime intra-op threads (``None``: every core this process may use).
+    ``spinning``: let idle pool threads spin-wait for work; a little faster for one model alone
+    on a machine, but replicas of other models then lose the cores the spinners hold.
+    ``arena``/``mem_pattern``: ONNX Runtime's CPU memory arena and per-shape memory plans.
+    """
 
     device: Device = "cpu"
-    threads: int = 1
+    threads: int | None = 1
     gpu_mem_limit_bytes: int | None = None
     gpu_device_id: int = 0
+    spinning: bool = False
+    arena: bool = True
+    mem_pattern: bool = True
+    env_allocators: bool = False  # use a process-wide allocator registered beforehand (the session benchmark)
+
+    @property
+    def intra_op_threads(self) -> int:
+        return self.threads if self.threads else available_cores()
+
+
+def available_cores() -> int:
+    """Cores this process may run on: its CPU affinity, capped by a cgroup CPU quota (containers)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
 
 
 def with_symbolic_batch(path: Path) -> bytes:
@@ -58,17 +100,19 @@ def with_symbolic_batch(path: Path) -> bytes:
 
 
 def make_session(model_bytes: bytes, options: RuntimeOptions) -> ort.InferenceSession:
-    """An InferenceSession whose memory stays bounded under load.
+    """An InferenceSession with the measured-fastest options (module docstring).
 
-    The CPU memory arena keeps the peak of the largest batch forever (3-5 GiB per replica at
-    batch 8), and memory patterns cache a plan per input shape; both are off. On CUDA the
-    arena grows only as requested and is capped at ``gpu_mem_limit_bytes``.
+    The CPU arena keeps the peak of the largest call; the pixel budget bounds that call. On CUDA
+    the arena grows only as requested and is capped at ``gpu_mem_limit_bytes``.
     """
     opts = ort.SessionOptions()
-    opts.enable_cpu_mem_arena = False
-    opts.enable_mem_pattern = False
-    opts.intra_op_num_threads = max(1, options.threads)
+    opts.enable_cpu_mem_arena = options.arena
+    opts.enable_mem_pattern = options.mem_pattern
+    opts.intra_op_num_threads = options.intra_op_threads
     opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.spinning else "0")
+    if options.env_allocators:
+        opts.add_session_config_entry("session.use_env_allocators", "1")
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
@@ -97,4 +141,9 @@ def input_names(session: ort.InferenceSession) -> list[str]:
 
 
 def run(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    return session.run(None, feeds)
+    """``session.run`` that honours ``releasing_arena()``."""
+    if not arena_release_requested():
+        return session.run(None, feeds)
+    options = ort.RunOptions()
+    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return session.run(None, feeds, options)
