@@ -139,6 +139,12 @@ class AnimeGANModel:
         # Counts requests, like max_batch_size (the Serve wrapper keeps them equal); lowered after an OOM.
         self.limiter = BatchLimiter(configured=8)
 
+    def decode_side(self, params: dict[str, Any]) -> int | None:
+        """``max_side`` scales ``image`` first, unless the face crop takes a region of the full photo."""
+        p: AnimeParams = validate_params(AnimeParams, params)
+        face_crop = self.face_model if p.face_crop is None else p.face_crop
+        return None if face_crop else p.max_side
+
     def prepare(self, request: ModelRequest) -> _Prepared:
         params: AnimeParams = validate_params(AnimeParams, request.params)
         pixels = request.images.get("image")

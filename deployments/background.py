@@ -13,13 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from deployments.batching import ModelRequest, validate_params
-from deployments.onnx_session import RuntimeOptions, make_session, with_symbolic_batch
+from deployments.onnx_session import RuntimeOptions, make_session, run, with_symbolic_batch
 from deployments.registry import ResolvedModel
 from stylefleet.errors import InvalidParams
 from stylefleet.imageio import flatten, parse_color, resize_to_max_side
@@ -79,6 +80,10 @@ class U2NetModel:
         self._session = make_session(with_symbolic_batch(model.path), runtime)
         self._input = self._session.get_inputs()[0].name
 
+    def decode_side(self, params: dict[str, Any]) -> int:
+        """``image`` is scaled to ``max_side`` first: uploads decode no larger (batching.decoded)."""
+        return int(validate_params(RemoveBackgroundParams, params).max_side)
+
     def prepare(self, request: ModelRequest) -> _Prepared:
         params: RemoveBackgroundParams = validate_params(RemoveBackgroundParams, request.params)
         pixels = request.images.get("image")
@@ -88,7 +93,7 @@ class U2NetModel:
         return _Prepared(key="all", tensor=preprocess(flatten(pixels)), pixels=pixels, params=params)
 
     def infer(self, group: Sequence[_Prepared]) -> list[np.ndarray]:
-        out = self._session.run(None, {self._input: np.stack([p.tensor for p in group])})[0]
+        out = run(self._session, {self._input: np.stack([p.tensor for p in group])})[0]
         return [o[0] for o in out]
 
     def matte(self, prepared: _Prepared, raw: np.ndarray) -> np.ndarray:

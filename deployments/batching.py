@@ -7,7 +7,12 @@ A model splits its work in three steps so that the batch runner can isolate fail
 - ``infer(group)``: one network call for a group of prepared requests with equal keys;
 - ``finish(prepared, raw)``: postprocess one result into an HxWxC uint8 array.
 
-A request that fails in ``prepare`` or ``finish`` gets its own error. A group whose network call
+Uploads travel as the client sent them (``ModelRequest.files``, encoded bytes) and are decoded
+here, in the model's replica, just before ``prepare``: the router never decodes, so the data
+plane scales with model replicas, and a JPEG larger than the model's output is decoded at a
+reduced scale (``stylefleet.imageio.decode``'s ``max_side``).
+
+A request that fails in decoding, ``prepare`` or ``finish`` gets its own error. A group whose network call
 raises is retried one request at a time, so a poisoned input fails alone and its batch mates
 still get their results.
 """
@@ -16,16 +21,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
+from deployments.memory import chunks, releasing_arena
 from stylefleet.errors import InternalError, InvalidParams, StylefleetError
-from stylefleet.imageio import CONTENT_TYPES, OutputFormat, encode
+from stylefleet.imageio import CONTENT_TYPES, OutputFormat, decode, encode, probe, scaled_size
 
 logger = logging.getLogger(__name__)
+
+
+DEFAULT_MAX_PIXELS = 40_000_000  # Limits.max_pixels' default
 
 
 @dataclass(frozen=True)
@@ -38,12 +47,19 @@ class OutputSpec:
 
 @dataclass
 class ModelRequest:
-    """What the router sends a model deployment: decoded images by field name, and params."""
+    """What a model deployment is sent: images by field name, and params.
+
+    ``files`` holds uploads still encoded (the router sends those); ``images`` decoded arrays
+    (composed deployments, the Ray Data engine, tests). ``max_pixels`` bounds what ``files``
+    may decode to.
+    """
 
     images: dict[str, np.ndarray]
     params: dict[str, Any] = field(default_factory=dict)
     output: OutputSpec | None = None
     keep_pixels: bool = False  # also return the array with the encoded bytes (shadow comparison)
+    files: dict[str, bytes] = field(default_factory=dict)
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
 
 @dataclass(frozen=True)
@@ -64,6 +80,9 @@ class Prepared(Protocol):
 
 
 class BatchModel(Protocol, Generic[P]):
+    """What ``run_batch`` drives. A model may also offer ``decode_side(params) -> int | None``:
+    the longer side its ``image`` is scaled down to first, so uploads decode no larger."""
+
     params_model: type[BaseModel]
 
     def prepare(self, request: ModelRequest) -> P: ...
@@ -94,13 +113,50 @@ def describe_validation_error(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def output_side(model: Any, params: dict[str, Any]) -> int | None:
+    """The longer side a model scales its ``image`` down to before anything else, for these
+    params (its optional ``decode_side(params)``), or None: the size decoding may aim at."""
+    decode_side = getattr(model, "decode_side", None)
+    return decode_side(params) if decode_side is not None else None
+
+
+def decoded(model: Any, request: ModelRequest) -> ModelRequest:
+    """The request with its ``files`` decoded into ``images`` for this model (typed errors for bad files)."""
+    if not request.files:
+        return request
+    return decode_files(request, output_side(model, request.params))
+
+
+def decode_files(request: ModelRequest, side: int | None = None) -> ModelRequest:
+    """``files`` decoded into ``images``; ``image`` no larger than needed for ``side`` (JPEG)."""
+    images = dict(request.images)
+    for name, data in request.files.items():
+        images[name] = decode(data, max_pixels=request.max_pixels, field=name, max_side=side if name == "image" else None).pixels
+    return replace(request, images=images, files={})
+
+
+def request_pixels(model: Any, request: ModelRequest) -> int:
+    """Pixels the request's images will have once decoded and scaled: what it weighs against
+    a replica's pixel budget. Reads only headers; raises the typed error of a bad file."""
+    side = output_side(model, request.params)
+    total = 0
+    for name, data in request.files.items():
+        header = probe(data, max_pixels=request.max_pixels, field=name)
+        w, h = scaled_size(header.width, header.height, side if name == "image" else None)
+        total += w * h
+    for name, pixels in request.images.items():
+        w, h = scaled_size(pixels.shape[1], pixels.shape[0], side if name == "image" else None)
+        total += w * h
+    return total
+
+
 def run_batch(model: BatchModel[Any], requests: Sequence[ModelRequest]) -> list[Outcome]:
     """Run a batch; the i-th outcome is the i-th request's image or its own error."""
     outcomes: list[Outcome | None] = [None] * len(requests)
     groups: dict[Hashable, list[tuple[int, Any]]] = {}
     for i, request in enumerate(requests):
         try:
-            prepared = model.prepare(request)
+            prepared = model.prepare(decoded(model, request))
         except Exception as exc:  # noqa: BLE001 - isolation is the point
             outcomes[i] = as_error(exc)
             continue
@@ -129,6 +185,25 @@ def run_batch(model: BatchModel[Any], requests: Sequence[ModelRequest]) -> list[
             except Exception as exc:  # noqa: BLE001
                 outcomes[i] = as_error(exc)
     return [o if o is not None else InternalError("no result was produced") for o in outcomes]
+
+
+def run_under_budget(
+    model: BatchModel[Any], requests: Sequence[ModelRequest], pixels: Sequence[int], budget: int | None
+) -> list[Outcome]:
+    """``run_batch`` in consecutive chunks of at most ``budget`` pixels (one chunk when the queue
+    formed the batch under the same budget). An image over the whole budget runs alone, inside
+    ``releasing_arena()``: the memory it took goes back when it is done, so a replica's memory
+    stays at what the budget needs."""
+    indexed = list(zip(requests, pixels))
+    outcomes: list[Outcome] = []
+    for chunk in chunks(indexed, budget, lambda x: x[1]) if budget else [indexed]:
+        batch = [request for request, _ in chunk]
+        if budget and sum(p for _, p in chunk) > budget:
+            with releasing_arena():
+                outcomes += run_batch(model, batch)
+        else:
+            outcomes += run_batch(model, batch)
+    return outcomes
 
 
 def as_error(exc: Exception) -> StylefleetError:

@@ -25,7 +25,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import numpy as np
 from pydantic import BaseModel
 
-from deployments.batching import EncodedImage, ModelRequest, OutputSpec, Reply, as_error
+from deployments.batching import EncodedImage, ModelRequest, OutputSpec, Reply, as_error, decoded
 from stylefleet.errors import InternalError, StylefleetError
 
 P = TypeVar("P")
@@ -91,7 +91,7 @@ def _prepare_all(model: ComposedModel[Any], requests: Sequence[ModelRequest], cl
     with clock.stage("prepare", len(requests)):
         for request in requests:
             try:
-                out.append(model.prepare(request))
+                out.append(model.prepare(decoded(model, request)))
             except Exception as exc:  # noqa: BLE001 - isolation is the point
                 out.append(as_error(exc))
     return out

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -333,6 +333,9 @@ class IdPhotoModel:
 
     params_model = IdPhotoParams
     needs: Mapping[str, str] = {"matte": "remove-background", "faces": "detect-faces"}
+
+    def decode_side(self, params: dict[str, Any]) -> int:
+        return WORK_MAX_SIDE
 
     def prepare(self, request: ModelRequest) -> _Prepared:
         params: IdPhotoParams = validate_params(IdPhotoParams, request.params)

@@ -50,6 +50,9 @@ class ModelKind:
     client_params: frozenset[str] | None = None
     seeded: bool = False
     torch: bool = False  # runs on torch, not ONNX Runtime: a GPU share caps torch's allocator instead
+    # The default pixel budget per batch (README "Pixel budget"): most image pixels, after
+    # max_side, that one batch may hold; None: no budget (Stable Diffusion weighs its requests).
+    max_batch_pixels: int | None = None
 
     @property
     def composed(self) -> bool:
@@ -84,6 +87,7 @@ def _animegan(name: str, face_model: bool) -> ModelKind:
         image_fields=("image",),
         factory=lambda files, rt, _: AnimeGANModel(files[0], rt, face_model=face_model),
         torch=True,
+        max_batch_pixels=8 * 512 * 512,
     )
 
 
@@ -97,6 +101,7 @@ KINDS: dict[str, ModelKind] = {
             files=("multistyle26",),
             image_fields=("image",),
             factory=lambda files, rt, _: MultiStyleModel(files[0], rt),
+            max_batch_pixels=8 * 512 * 512,  # the network runs at full size: ~1.1 GiB of arena per megapixel
         ),
         ModelKind(
             name="arbitrary",
@@ -105,6 +110,7 @@ KINDS: dict[str, ModelKind] = {
             files=("arbitrary_predict", "arbitrary_transform"),
             image_fields=("image", "style_image"),
             factory=lambda files, rt, _: ArbitraryStyleModel(files[0], files[1], rt),
+            max_batch_pixels=8 * 1024 * 1024,  # fixed 384 px network; the budget bounds pre/post-processing
         ),
         ModelKind(
             name="u2netp",
@@ -113,6 +119,7 @@ KINDS: dict[str, ModelKind] = {
             files=("u2netp",),
             image_fields=("image",),
             factory=lambda files, rt, _: U2NetModel(files[0], rt),
+            max_batch_pixels=8 * 2048 * 2048,  # fixed 320 px network; the budget bounds pre/post-processing
         ),
         ModelKind(
             name="haar-face",
@@ -122,6 +129,7 @@ KINDS: dict[str, ModelKind] = {
             image_fields=("image",),
             factory=lambda files, rt, _: HaarFaceModel(files[0], files[1], rt),
             returns_image=False,
+            max_batch_pixels=8 * 2048 * 2048,
         ),
         ModelKind(
             name="id-photo",
@@ -131,6 +139,7 @@ KINDS: dict[str, ModelKind] = {
             image_fields=("image",),
             factory=lambda files, rt, _: IdPhotoModel(),
             needs=IdPhotoModel.needs,
+            max_batch_pixels=8 * 2048 * 2048,
         ),
         ModelKind(
             name="stable-diffusion",

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from deployments.batching import ModelRequest, validate_params
-from deployments.onnx_session import RuntimeOptions, input_names, make_session, with_symbolic_batch
+from deployments.onnx_session import RuntimeOptions, input_names, make_session, run, with_symbolic_batch
 from deployments.registry import ResolvedModel
 from deployments.stylize import MIN_SIDE, check_min_side, join_alpha, keep_color, split_alpha, to_uint8
 from stylefleet.errors import InvalidParams
@@ -69,6 +70,10 @@ class ArbitraryStyleModel:
         self._transform = make_session(with_symbolic_batch(transform.path), runtime)
         self._transform_inputs = input_names(self._transform)
 
+    def decode_side(self, params: dict[str, Any]) -> int:
+        """``image`` is scaled to ``max_side`` first: uploads decode no larger (batching.decoded)."""
+        return int(validate_params(RestyleParams, params).max_side)
+
     def prepare(self, request: ModelRequest) -> _Prepared:
         params: RestyleParams = validate_params(RestyleParams, request.params)
         pixels, style = request.images.get("image"), request.images.get("style_image")
@@ -99,7 +104,7 @@ class ArbitraryStyleModel:
 
     def infer(self, group: Sequence[_Prepared]) -> list[np.ndarray]:
         styles = [p.style_input for p in group] + [p.own_style_input for p in group if p.own_style_input is not None]
-        vectors = self._predict.run(None, {self._predict.get_inputs()[0].name: np.stack(styles)})[0]
+        vectors = run(self._predict, {self._predict.get_inputs()[0].name: np.stack(styles)})[0]
         own = iter(vectors[len(group) :])
         mixed = []
         for p, vec in zip(group, vectors[: len(group)]):
@@ -111,7 +116,7 @@ class ArbitraryStyleModel:
             self._transform_inputs[0]: np.stack([p.content for p in group]),
             self._transform_inputs[1]: np.stack(mixed).astype(np.float32),
         }
-        return list(self._transform.run(None, feeds)[0])
+        return list(run(self._transform, feeds)[0])
 
     def finish(self, prepared: _Prepared, raw: np.ndarray) -> np.ndarray:
         sh, sw = prepared.small_size

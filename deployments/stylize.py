@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from deployments.batching import ModelRequest, validate_params
-from deployments.onnx_session import RuntimeOptions, make_session, with_symbolic_batch
+from deployments.onnx_session import RuntimeOptions, make_session, run, with_symbolic_batch
 from deployments.registry import ResolvedModel
 from stylefleet.errors import InvalidImage, InvalidParams
 from stylefleet.imageio import flatten, resize_to_max_side
@@ -129,6 +130,10 @@ class MultiStyleModel:
         self.checksum = model.sha256
         self._session = make_session(with_symbolic_batch(model.path), runtime)
 
+    def decode_side(self, params: dict[str, Any]) -> int:
+        """``image`` is scaled to ``max_side`` first: uploads decode no larger (batching.decoded)."""
+        return int(validate_params(StylizeParams, params).max_side)
+
     def prepare(self, request: ModelRequest) -> _Prepared:
         params: StylizeParams = validate_params(StylizeParams, request.params)
         pixels = request.images.get("image")
@@ -153,7 +158,7 @@ class MultiStyleModel:
 
     def infer(self, group: Sequence[_Prepared]) -> list[np.ndarray]:
         batch = np.stack([p.tensor for p in group])
-        out = self._session.run(None, {"image": batch, "style_weights": group[0].weights})[0]
+        out = run(self._session, {"image": batch, "style_weights": group[0].weights})[0]
         return list(out)
 
     def finish(self, prepared: _Prepared, raw: np.ndarray) -> np.ndarray:

@@ -1,7 +1,8 @@
 """What the router does with a request, independent of HTTP and of Ray (both are injected).
 
 - picks the variant (forced, sticky by client key, or random by weight: ``router.variants``);
-- validates params, decodes images, dispatches to the variant's deployment;
+- validates params and the uploads' headers, and dispatches the uploads, still encoded, to the
+  variant's deployment (its replicas decode them: the data plane scales with model replicas);
 - for a sampled share of traffic, also runs each shadow variant in the background, compares its
   image with the user's (PSNR, SSIM, mean absolute difference) and records the drift; the user's
   response never waits for, or fails because of, shadow work;
@@ -20,13 +21,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from deployments.batching import EncodedImage, ModelRequest, Reply
+from deployments.batching import EncodedImage, ModelRequest, OutputSpec, Reply
 from router.catalog import Catalog, Style, seeded_params, split_count, split_params
 from router.variants import choose_variant, validate_weights
 from stylefleet.compare import drift
 from stylefleet.config import RouterSettings
 from stylefleet.errors import InternalError, InvalidParams, StylefleetError
-from stylefleet.imageio import decode
+from stylefleet.imageio import probe
 
 logger = logging.getLogger("ray.serve")
 
@@ -243,7 +244,7 @@ class RouterCore:
         _check_files(style, files)
         fields, count = split_count(style, fields)
         params, output = split_params(style, style.variant(variant), fields)
-        images = await asyncio.to_thread(_decode_all, files, self.max_pixels)
+        _probe_all(files, self.max_pixels)  # headers only: bad files fail here, without a hop
         # n > 1 (seeded styles) is compared by no shadow: one image per request is what drift measures.
         shadows = [
             v for v, pct in traffic.shadows[style.name].items() if v != variant and count == 1 and self.rng.random() * 100 < pct
@@ -251,34 +252,34 @@ class RouterCore:
         deployment = style.variant(variant).deployment
         each = seeded_params(params, count)  # seeds seed, seed+1, ...: image i is the one seed+i gives alone
         replies = await asyncio.gather(
-            *(self.backend.run(deployment, ModelRequest(images, p, output, keep_pixels=bool(shadows))) for p in each)
+            *(self.backend.run(deployment, _request(files, p, output, self.max_pixels, keep_pixels=bool(shadows))) for p in each)
         )
         encoded = [_encoded(reply, deployment) for reply in replies]
         seconds = time.perf_counter() - started
         reply = encoded[0]
         if shadows and reply.pixels is not None:
             for shadow in shadows:
-                self._start_shadow(style, variant, shadow, images, fields, reply.pixels)
+                self._start_shadow(style, variant, shadow, files, fields, reply.pixels)
             encoded[0] = replace(reply, pixels=None)
         seeds = tuple(p.get("seed") for p in each)
         return Result(images=tuple(encoded), seeds=seeds, variant=variant, seconds=seconds)
 
     def _start_shadow(
-        self, style: Style, primary: str, shadow: str, images: dict[str, np.ndarray], fields: dict[str, Any], reference: np.ndarray
+        self, style: Style, primary: str, shadow: str, files: Mapping[str, bytes], fields: dict[str, Any], reference: np.ndarray
     ) -> None:
         if len(self._shadow_tasks) >= self.max_shadow_tasks:
             return  # shadow work is best effort: never let it pile up behind real traffic
-        task = asyncio.create_task(self._shadow(style, primary, shadow, images, dict(fields), reference))
+        task = asyncio.create_task(self._shadow(style, primary, shadow, files, dict(fields), reference))
         self._shadow_tasks.add(task)
         task.add_done_callback(self._shadow_tasks.discard)
 
     async def _shadow(
-        self, style: Style, primary: str, shadow: str, images: dict[str, np.ndarray], fields: dict[str, Any], reference: np.ndarray
+        self, style: Style, primary: str, shadow: str, files: Mapping[str, bytes], fields: dict[str, Any], reference: np.ndarray
     ) -> None:
         key = (style.name, primary, shadow)
         try:
             params, _ = split_params(style, style.variant(shadow), fields)
-            reply = await self.backend.run(style.variant(shadow).deployment, ModelRequest(images, params, None))
+            reply = await self.backend.run(style.variant(shadow).deployment, _request(files, params, None, self.max_pixels))
             if not isinstance(reply, np.ndarray):
                 raise RuntimeError(f"shadow returned {type(reply).__name__}: {reply}")
             d = await asyncio.to_thread(drift, reference, reply)
@@ -318,5 +319,13 @@ def _check_files(style: Style, files: Mapping[str, bytes]) -> None:
         raise InvalidParams(f"the '{missing[0]}' file is required (multipart/form-data)")
 
 
-def _decode_all(files: Mapping[str, bytes], max_pixels: int) -> dict[str, np.ndarray]:
-    return {name: decode(data, max_pixels=max_pixels, field=name).pixels for name, data in files.items()}
+def _probe_all(files: Mapping[str, bytes], max_pixels: int) -> None:
+    for name, data in files.items():
+        probe(data, max_pixels=max_pixels, field=name)
+
+
+def _request(
+    files: Mapping[str, bytes], params: dict[str, Any], output: OutputSpec | None, max_pixels: int, *, keep_pixels: bool = False
+) -> ModelRequest:
+    """The uploads go to the model's replica as they came: it decodes them (``deployments.batching``)."""
+    return ModelRequest({}, params, output, keep_pixels=keep_pixels, files=dict(files), max_pixels=max_pixels)

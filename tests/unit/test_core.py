@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from deployments.batching import EncodedImage, ModelRequest, Reply
+from deployments.batching import EncodedImage, ModelRequest, Reply, decode_files
 from router.catalog import Catalog
 from router.core import RouterCore
 from stylefleet.config import AppConfig, RouterSettings
@@ -28,7 +28,7 @@ class ShadowBackend:
 
     async def run(self, deployment: str, request: ModelRequest) -> Reply:
         self.calls.append(request)
-        pixels = request.images["image"]
+        pixels = decode_files(request).images["image"]  # as the model's replica does
         if request.output is None:  # the shadow asks for the array
             await self.release.wait()
             if self.shadow_fails:

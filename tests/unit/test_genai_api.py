@@ -115,7 +115,7 @@ def test_bad_requests_name_the_problem(api: TestClient, backend: FakeBackend, st
 def test_img2img_takes_the_image_file(api: TestClient, backend: FakeBackend) -> None:
     r = api.post("/v1/styles/watercolor", files={"image": ("c.png", samples.encoded(samples.cat()), "image/png")}, data={"prompt": "a cat"})
     assert r.status_code == 200 and r.headers["x-stylefleet-seed"] == "42"
-    assert backend.calls[0][1].images["image"].shape == samples.cat().shape
+    assert backend.calls[0][1].files["image"] == samples.encoded(samples.cat())
 
 
 def test_model_unavailable_is_503(api: TestClient, backend: FakeBackend) -> None:

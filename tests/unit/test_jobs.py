@@ -18,7 +18,7 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from deployments.batching import EncodedImage, ModelRequest, Reply
+from deployments.batching import EncodedImage, ModelRequest, Reply, decode_files
 from router.api import create_api
 from router.catalog import Catalog
 from router.core import RouterCore
@@ -41,7 +41,7 @@ class FakeBackend:
         self.gate: threading.Semaphore | None = None
 
     async def run(self, deployment: str, request: ModelRequest) -> Reply:
-        pixels = request.images["image"]
+        pixels = decode_files(request).images["image"]  # as the model's replica does
         digest = hashlib.sha256(pixels.tobytes()).hexdigest()
         self.calls[digest] += 1
         if self.gate is not None:
