@@ -1,5 +1,6 @@
-"""The Ray Serve wrappers around a model: they queue, batch, move compute off the event loop,
-and record their figures (batch size, time queued before the batch ran, model load time, and on a
+"""The Ray Serve wrappers around a model: they queue (``deployments.queue``: the next batch is the
+backlog when the model is free, under a pixel budget), move compute off the event loop, and
+record their figures (batch size, time queued before the batch ran, model load time, and on a
 GPU the utilisation and memory in use).
 
 ``ModelServer`` serves every kind that loads weights; ``ComposedServer`` serves the composed
@@ -20,19 +21,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+import psutil
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from deployments.batching import ModelRequest, Reply, encode_outcomes, run_batch
+from deployments.batching import ModelRequest, Reply, encode_outcomes, request_pixels, run_under_budget
 from deployments.composed import StageClock, run_composed
-from deployments.kinds import KINDS
+from deployments.kinds import KINDS, ModelKind
 from deployments.memory import BatchLimiter
 from deployments.metrics import GpuSampler, ReplicaMetrics
 from deployments.onnx_session import RuntimeOptions
+from deployments.queue import BacklogQueue, QueueLimits
 from deployments.registry import resolve
 from stylefleet.config import BatchingConfig, check_batch_fits
-from stylefleet.errors import ModelUnavailable, Overloaded
+from stylefleet.errors import ModelUnavailable, Overloaded, StylefleetError
 from stylefleet.gpu import Nvml, memory_cap_bytes, torch_memory_fraction
 
 logger = logging.getLogger("ray.serve")
@@ -47,11 +50,12 @@ class _Cap:
 
 @dataclass
 class _Queued:
-    """A request waiting in ModelServer's batch queue, with its arrival time and batch weight."""
+    """A request waiting in a replica's batch queue, with its arrival time and batch weights."""
 
     arrived: float  # time.monotonic() when it reached the replica (queue-time metrics)
     request: ModelRequest
-    cost: int
+    cost: int  # weight against max_batch_size: 1, or what the model's weigh() says
+    pixels: int  # weight against the pixel budget
     cap: _Cap
 
     @property
@@ -63,6 +67,10 @@ class _Queued:
 def batch_weight(items: list[_Queued]) -> int:
     """``@serve.batch``'s batch_size_fn: the sum of the items' weights (1 each unless the model weighs)."""
     return sum(item.weight for item in items)
+
+
+def rss_bytes() -> int:
+    return int(psutil.Process().memory_info().rss)
 
 
 async def call_deployment(handle: DeploymentHandle, deployment: str, request: ModelRequest) -> Reply:
@@ -82,25 +90,46 @@ async def call_deployment(handle: DeploymentHandle, deployment: str, request: Mo
 
 
 class _Batched:
-    """What both servers share: live batching through ``reconfigure``, counters, ``info``.
+    """What both servers share: the batch queue, live batching through ``reconfigure``, counters.
 
-    Each subclass declares its own ``@serve.batch`` method: the decorator keeps one queue per
-    decorated function, so a shared one would be a shared queue.
+    Requests go through ``BacklogQueue`` (``queue: backlog``, the default) or through Ray Serve's
+    ``@serve.batch`` (``queue: serve-batch``, kept to compare them side by side); both end in
+    ``_run_items``. Each subclass declares its own ``@serve.batch`` method: the decorator keeps
+    one queue per decorated function, so a shared one would be a shared queue.
     """
 
     handle_batch: Any
+    concurrent_batches = 1
 
-    def __init__(self, *, gpu: bool = False) -> None:
+    def __init__(self, kind: ModelKind, *, gpu: bool = False) -> None:
+        self.kind = kind
         self.batch_sizes: Counter[int] = Counter()  # how many batches of each size ran
         self.compute_seconds = 0.0  # time inside batches (the benchmark's per-stage shares)
         self.metrics = ReplicaMetrics(gpu=gpu)
+        self.batching = BatchingConfig()
+        self._cap = _Cap()
+        self._queue: BacklogQueue[_Queued, Reply] = BacklogQueue(self._run_items, self._queue_limits())
+        self.rss_start_bytes = rss_bytes()
+        self.model: Any = None
 
-    def _batch_started(self, arrivals: list[tuple[float, ModelRequest]]) -> list[ModelRequest]:
+    @property
+    def pixel_budget(self) -> int | None:
+        return self.batching.max_batch_pixels or self.kind.max_batch_pixels
+
+    def _queue_limits(self) -> QueueLimits:
+        return QueueLimits(
+            max_batch_size=self.batching.max_batch_size,
+            max_batch_pixels=self.pixel_budget,
+            batch_wait_timeout_s=self.batching.batch_wait_timeout_s,
+            max_concurrent_batches=self.concurrent_batches,
+        )
+
+    def _batch_started(self, items: list[_Queued]) -> list[ModelRequest]:
         """Count the batch, record how long each request queued; return the requests."""
         now = time.monotonic()
-        self.batch_sizes[len(arrivals)] += 1
-        self.metrics.batch_started(len(arrivals), [now - arrived for arrived, _ in arrivals])
-        return [request for _, request in arrivals]
+        self.batch_sizes[len(items)] += 1
+        self.metrics.batch_started(len(items), [now - item.arrived for item in items])
+        return [item.request for item in items]
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply ``user_config`` (a BatchingConfig) at run time, without restarting the replica.
@@ -109,13 +138,33 @@ class _Batched:
         """
         config = BatchingConfig.model_validate(user_config)
         check_batch_fits(config, self._max_ongoing_requests())
+        self.batching = config
+        self._cap.value = config.max_batch_size
         self.handle_batch.set_max_batch_size(config.max_batch_size)
         self.handle_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
-        logger.info("batching now %s", config.model_dump())
+        self._queue.configure(self._queue_limits())
+        logger.info("batching now %s (pixel budget %s)", config.model_dump(), self.pixel_budget)
 
     async def __call__(self, request: ModelRequest) -> Reply:
-        """One request in, its own result or its own error out (never a batch mate's)."""
-        return await self.handle_batch((time.monotonic(), request))
+        """One request in, its own result or its own error out (never a batch mate's).
+
+        A bad file or param is answered here, from the upload's header, before it queues. A
+        model that weighs requests (Stable Diffusion: pixels x steps) fills max_batch_size by
+        weight; every other model weighs 1 per request.
+        """
+        try:
+            pixels = request_pixels(self.model, request)
+            weigh = getattr(self.model, "weigh", None)
+            cost = weigh(request) if weigh is not None else 1
+        except StylefleetError as exc:
+            return exc
+        item = _Queued(time.monotonic(), request, cost, pixels, self._cap)
+        if self.batching.queue == "serve-batch":
+            return await self.handle_batch(item)
+        return await self._queue.submit(item, pixels=pixels, size=cost)
+
+    async def _run_items(self, items: list[_Queued]) -> list[Reply]:
+        raise NotImplementedError
 
     @staticmethod
     def _max_ongoing_requests() -> int:
@@ -125,11 +174,16 @@ class _Batched:
 
     def _batch_info(self) -> dict[str, Any]:
         return {
-            "max_batch_size": self.handle_batch._get_max_batch_size(),
-            "batch_wait_timeout_s": self.handle_batch._get_batch_wait_timeout_s(),
+            "max_batch_size": self.batching.max_batch_size,
+            "batch_wait_timeout_s": self.batching.batch_wait_timeout_s,
+            "max_batch_pixels": self.pixel_budget,
+            "queue": self.batching.queue,
             "batch_sizes": dict(self.batch_sizes),
             "compute_seconds": round(self.compute_seconds, 4),
             "replica": serve.get_replica_context().replica_tag,
+            "pid": os.getpid(),
+            "rss_start_bytes": self.rss_start_bytes,
+            "rss_bytes": rss_bytes(),
         }
 
 
@@ -148,8 +202,7 @@ class ModelServer(_Batched):
         options: Mapping[str, Any] | None = None,
     ) -> None:
         nvml = Nvml.open(runtime.gpu_device_id) if runtime.device == "cuda" else None
-        super().__init__(gpu=nvml is not None)
-        self.kind = KINDS[kind]
+        super().__init__(KINDS[kind], gpu=nvml is not None)
         started = time.perf_counter()
         if nvml is not None and num_gpus > 0:
             cap = memory_cap_bytes(num_gpus, nvml.total_memory_bytes())
@@ -173,42 +226,36 @@ class ModelServer(_Batched):
         self.model = self.kind.factory(files, runtime, {**(options or {}), "allow_download": allow_download})
         self.model_sha256 = "+".join(f.sha256 for f in files) if files else str(getattr(self.model, "checksum", ""))
         self.load_seconds = time.perf_counter() - started
-        self._cap = _Cap()
         self._limiter: BatchLimiter | None = getattr(self.model, "limiter", None)
         self._memory_metrics = _MemoryMetrics() if self._limiter is not None else None
         self.metrics.model_loaded(self.kind.name, self.load_seconds)
         pid = os.getpid()
         self.gpu_sampler = GpuSampler(self.metrics, lambda: nvml.read(pid)) if nvml is not None else None
+        self.rss_start_bytes = rss_bytes()
         logger.info("loaded %s (%s) in %.2fs", kind, self.model_sha256[:12], self.load_seconds)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Batching as in ``_Batched``, plus the weight cap queued items see and the memory limiter."""
+        """Batching as in ``_Batched``, plus the memory limiter's configured size."""
         super().reconfigure(user_config)
-        config = BatchingConfig.model_validate(user_config)
-        self._cap.value = config.max_batch_size
         if self._limiter is not None:
-            self._limiter.configured = config.max_batch_size
+            self._limiter.configured = self.batching.max_batch_size
             self._record_memory()
 
-    async def __call__(self, request: ModelRequest) -> Reply:
-        """One request in, its own result or its own error out (never a batch mate's).
-
-        A model that weighs requests (Stable Diffusion: pixels x steps) makes a batch fill by
-        weight, not by count; every other model weighs 1 per request.
-        """
-        weigh = getattr(self.model, "weigh", None)
-        cost = weigh(request) if weigh is not None else 1
-        return await self.handle_batch(_Queued(time.monotonic(), request, cost, self._cap))
-
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02, batch_size_fn=batch_weight)
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0, batch_size_fn=batch_weight)
     async def handle_batch(self, items: list[_Queued]) -> list[Reply]:
-        requests = self._batch_started([(item.arrived, item.request) for item in items])
-        return await asyncio.to_thread(self._compute, requests)
+        return await self._run_items(items)
 
-    def _compute(self, requests: list[ModelRequest]) -> list[Reply]:
+    async def _run_items(self, items: list[_Queued]) -> list[Reply]:
+        requests = self._batch_started(items)
+        return await asyncio.to_thread(self._compute, requests, [item.pixels for item in items])
+
+    def _compute(self, requests: list[ModelRequest], pixels: list[int]) -> list[Reply]:
+        """Run the batch in chunks under the pixel budget (one chunk, when the queue formed it);
+        a single image over the budget runs alone and gives the arena back after it."""
         started = time.perf_counter()
         try:
-            return encode_outcomes(requests, run_batch(self.model, requests), self.model_sha256)
+            outcomes = run_under_budget(self.model, requests, pixels, self.pixel_budget)
+            return encode_outcomes(requests, outcomes, self.model_sha256)
         finally:
             self.compute_seconds += time.perf_counter() - started
             if self._limiter is not None:
@@ -237,9 +284,12 @@ class ComposedServer(_Batched):
     their handles. ``model_sha256`` names the weights the used deployments load.
     """
 
+    # A composed batch mostly waits on the deployments it uses; a second batch in flight keeps
+    # them fed while the first one composes. max_ongoing_requests (16) holds both (2 x 8).
+    concurrent_batches = 2
+
     def __init__(self, kind: str, handles: dict[str, DeploymentHandle], uses: dict[str, str], model_sha256: str) -> None:
-        super().__init__()
-        self.kind = KINDS[kind]
+        super().__init__(KINDS[kind])
         missing = set(self.kind.needs) - set(handles)
         if missing:
             raise ValueError(f"the {kind} model needs handles for {sorted(missing)}")
@@ -249,11 +299,12 @@ class ComposedServer(_Batched):
         self.model_sha256 = model_sha256
         self.stages = StageClock()
 
-    # A composed batch mostly waits on the deployments it uses; a second batch in flight keeps
-    # them fed while the first one composes. max_ongoing_requests (16) holds both (2 x 8).
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02, max_concurrent_batches=2)
-    async def handle_batch(self, arrivals: list[tuple[float, ModelRequest]]) -> list[Reply]:
-        requests = self._batch_started(arrivals)
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0, max_concurrent_batches=2)
+    async def handle_batch(self, items: list[_Queued]) -> list[Reply]:
+        return await self._run_items(items)
+
+    async def _run_items(self, items: list[_Queued]) -> list[Reply]:
+        requests = self._batch_started(items)
         started = time.perf_counter()
         try:
             return await run_composed(self.model, requests, self._call, self.stages, self.model_sha256)

@@ -144,7 +144,7 @@ def model_deployment(name: str, dep: DeploymentConfig, config: AppConfig, bound:
         checksum = "+".join(KINDS[config.deployments[t].model].expected_sha256() for t in dep.uses.values())
         server, init_args = ComposedServer, (dep.model, handles, dict(dep.uses), checksum)
     else:
-        runtime = RuntimeOptions(device=dep.device, threads=dep.effective_threads)
+        runtime = RuntimeOptions(device=dep.device, threads=dep.threads, spinning=dep.spinning)
         paths = {f: (config.models[f].path if f in config.models else None) for f in kind.files}
         sha256s = {f: (config.models[f].sha256 if f in config.models else None) for f in kind.files}
         options: dict[str, Any] = {}

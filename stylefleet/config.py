@@ -29,7 +29,21 @@ class BatchingConfig(_Strict):
 
     max_batch_size: PositiveInt = Field(8, le=256, description="most requests coalesced into one batch")
     batch_wait_timeout_s: float = Field(
-        0.02, ge=0.0, le=10.0, description="how long a batch waits to fill after its first request"
+        0.0,
+        ge=0.0,
+        le=10.0,
+        description="backlog queue: how long an idle replica holds a first request for company (0: runs it at once; "
+        "a busy replica's backlog never waits); serve-batch: @serve.batch's window after a batch's first request",
+    )
+    max_batch_pixels: PositiveInt | None = Field(
+        None,
+        description="memory budget: most image pixels (after max_side) in one batch; an image over it runs alone. "
+        "Default: the model's own (README 'Pixel budget')",
+    )
+    queue: Literal["backlog", "serve-batch"] = Field(
+        "backlog",
+        description="backlog: the next batch is taken from the requests queued when the model is free; "
+        "serve-batch: Ray Serve's @serve.batch (kept for comparison, README 'Performance')",
     )
 
 
@@ -127,7 +141,12 @@ class DeploymentConfig(_Strict):
     )
     num_cpus: float = Field(1.0, ge=0.0, description="Ray CPUs reserved per replica (0: it only waits on others)")
     threads: PositiveInt | None = Field(
-        None, description="ONNX Runtime intra-op threads; default: the replica's CPU share, at least 1"
+        None,
+        description="ONNX Runtime intra-op threads per replica; default: every core the replica may use. Idle threads "
+        "sleep (spinning: false), so replicas of several models share the cores",
+    )
+    spinning: bool = Field(
+        False, description="let idle ONNX Runtime threads spin-wait: a little faster for one model alone, costly beside others"
     )
     device: Device = Field("cpu", description="cpu or cuda")
     num_gpus: float = Field(0.0, ge=0.0, le=8.0, description="Ray GPU share per replica (logical only)")
@@ -149,18 +168,19 @@ class DeploymentConfig(_Strict):
             )
         if self.device == "cuda" and self.num_gpus <= 0:
             raise ValueError("device: cuda needs num_gpus > 0")
-        if self.device == "cpu" and self.threads is not None and self.threads > max(1, math.ceil(self.num_cpus)):
+        if self.device == "cpu" and self.spinning and self.threads is not None and self.threads > max(1, math.ceil(self.num_cpus)):
             raise ValueError(
-                f"threads ({self.threads}) is above the replica's CPU share (num_cpus {self.num_cpus:g}): "
-                "replicas would oversubscribe the cores; raise num_cpus or lower threads"
+                f"threads ({self.threads}) with spinning is above the replica's CPU share (num_cpus {self.num_cpus:g}): "
+                "spinning threads hold their cores even when idle; turn spinning off or raise num_cpus"
             )
         if (self.model == "stable-diffusion") != (self.diffusion is not None):
             raise ValueError("diffusion: needed by model stable-diffusion (diffusion.model names the weights), and only by it")
         return self
 
     @property
-    def effective_threads(self) -> int:
-        return self.threads or max(1, int(self.num_cpus))
+    def effective_threads(self) -> int | None:
+        """The configured threads; None: every core the replica may use (decided in the replica)."""
+        return self.threads
 
 
 def check_batch_fits(batching: BatchingConfig, max_ongoing_requests: int) -> None:

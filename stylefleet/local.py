@@ -88,6 +88,9 @@ class LocalCluster:
 
         Config.initialize("")
         kwargs: dict[str, Any] = {
+            # Always a new local instance: without it, ray.init joins whatever `ray start`
+            # cluster this machine runs (Ray's current-cluster file), someone else's included.
+            "address": "local",
             "include_dashboard": self.include_dashboard,
             "dashboard_host": LOOPBACK,
             "dashboard_port": self.dashboard_port,

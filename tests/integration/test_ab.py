@@ -57,8 +57,9 @@ def test_weights_change_live_with_no_failed_request_and_no_model_restart(serve_a
             for i in range(120):
                 if stop.is_set():
                     return
+                sent = time.monotonic()  # a request sent before the change may end after it, on the old split
                 r = c.post("/v1/styles/oil-paint", files={"image": ("c.jpg", PHOTO, "image/jpeg")}, headers={"X-Client-Id": f"k{i}"})
-                results.append((time.monotonic(), r.status_code, r.headers.get("x-stylefleet-variant", "")))
+                results.append((sent, r.status_code, r.headers.get("x-stylefleet-variant", "")))
 
     worker = threading.Thread(target=load)
     worker.start()
