@@ -8,7 +8,7 @@ PIP := $(BIN)/python -m pip
 CONSTRAINTS ?= constraints-cpu.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test bench install install-test install-gpu clean
+.PHONY: run test bench bench-rembg bench-sessions install install-test install-gpu clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,8 +45,27 @@ run: install
 test: install-test
 	$(BIN)/python -m pytest
 
-bench: install-test
-	$(BIN)/stylefleet bench --config serve_config.yaml --out bench-results/bench.json
+$(VENV)/.installed-bench: $(VENV)/.installed-test
+	$(PIP) install -q -c $(CONSTRAINTS) -e '.[test,bench]'
+	touch $@
+
+bench: $(VENV)/.installed-bench
+	$(BIN)/stylefleet bench --profile-seconds 20 --config serve_config.yaml --out bench-results/bench.json
+
+# ONNX Runtime session options on the real networks (README "Performance").
+bench-sessions: $(VENV)/.installed-bench
+	$(BIN)/stylefleet bench --sessions --batch-sizes 1,8 --out bench-results/sessions.json
+
+# remove-background against rembg's own server on the same model and photo. rembg is no
+# dependency of stylefleet: it gets a virtual environment of its own, pinned like ours.
+REMBG_VENV ?= .venv-rembg
+$(REMBG_VENV)/bin/rembg:
+	$(PYTHON) -m venv $(REMBG_VENV)
+	$(REMBG_VENV)/bin/python -m pip install -q 'rembg[cpu,cli]==2.0.86' 'onnxruntime<1.26' 'pillow<13'
+
+bench-rembg: $(VENV)/.installed-bench $(REMBG_VENV)/bin/rembg
+	$(BIN)/stylefleet bench --only remove-background --no-compare --concurrency 1,16 \
+	  --rembg $(REMBG_VENV)/bin/rembg --out bench-results/rembg.json
 
 clean:
-	rm -rf $(VENV) .pytest_cache bench-results
+	rm -rf $(VENV) $(REMBG_VENV) .pytest_cache bench-results

@@ -88,6 +88,10 @@ class BacklogQueue(Generic[T, R]):
     def queued(self) -> int:
         return len(self._entries)
 
+    @property
+    def running(self) -> int:
+        return self._running
+
     async def submit(self, item: T, pixels: int = 0, size: int = 1) -> R:
         """Queue ``item``; ``pixels`` counts against max_batch_pixels, ``size`` (default 1)
         against max_batch_size (a model that weighs its requests gives more)."""

@@ -179,6 +179,8 @@ class _Batched:
             "max_batch_pixels": self.pixel_budget,
             "queue": self.batching.queue,
             "batch_sizes": dict(self.batch_sizes),
+            "queued": self._queue.queued,
+            "running_batches": self._queue.running,
             "compute_seconds": round(self.compute_seconds, 4),
             "replica": serve.get_replica_context().replica_tag,
             "pid": os.getpid(),

@@ -105,6 +105,7 @@ class Router:
         self._config = config
         backend = ServeBackend(handles, serve.get_replica_context().app_name)
         self.core = RouterCore(Catalog(config), backend, max_pixels=config.limits.max_pixels, recorder=RayRecorder())
+        self.core.describe_styles()  # each style's description is built once, here, not on the first GET /v1/styles
         self.jobs = JobManager(
             self.core, Storage(config.jobs.storage), config.jobs, max_item_bytes=config.limits.max_upload_bytes
         )

@@ -1,4 +1,14 @@
-"""``stylefleet bench``: bare in-process throughput vs served HTTP throughput, per model.
+"""``stylefleet bench``: the service against the fastest bare ONNX Runtime on the same cores.
+
+Per ONNX model: bare in-process throughput at its fastest session options (the shipped ones and
+with spinning, whichever is faster at each batch size; ``--sessions`` measures the whole table),
+model only and end to end (decode, pre/post-processing, encode); then the served HTTP throughput
+at each concurrency, with p50/p95, the mean batch over every replica, each replica's RSS at the
+start and end of the level, the machine's CPU utilisation and the model replicas' share of it.
+At saturation it prints served/bare, runs the same load through Serve's ``@serve.batch``
+(``queue: serve-batch``) beside the backlog queue, and two styles at once. ``--rembg`` adds
+rembg's own server on the same model and photo, alternating with ours; ``--soak-minutes``
+holds a sustained load and samples RSS.
 
 The composed ``id-photo`` pipeline is measured on its own: the bare time of each stage in one
 process (matte, face, compose, encode), then served photos per second over HTTP and, from the
@@ -15,16 +25,19 @@ import argparse
 import asyncio
 import json
 import statistics
+import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+import psutil
 import yaml
 
-from deployments.batching import ModelRequest, OutputSpec, encode_outcomes, run_batch
+from deployments.batching import ModelRequest, OutputSpec, decoded, encode_outcomes, run_batch
 from deployments.kinds import KINDS
 from deployments.onnx_session import RuntimeOptions
 from deployments.registry import resolve
@@ -42,13 +55,24 @@ class Case:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="serve_config.yaml")
     parser.add_argument("--out", default="bench-results/bench.json")
-    parser.add_argument("--batch-sizes", default="1,2,4,8")
+    parser.add_argument("--batch-sizes", default="1,4,8")
     parser.add_argument("--concurrency", default="1,4,16,32")
     parser.add_argument("--requests", type=int, default=64, help="requests per served level (at least 2x concurrency)")
     parser.add_argument("--seconds", type=float, default=60.0, help="time cap per served level")
     parser.add_argument("--only", default="", help="comma-separated deployments to measure (default: all)")
-    parser.add_argument("--threads", type=int, default=None, help="ONNX threads for the bare runs (default: as configured)")
+    parser.add_argument("--threads", type=int, default=None, help="ONNX threads for the bare runs (default: every core)")
     parser.add_argument("--idphoto-concurrency", default="16", help="served concurrency levels for the id-photo pipeline")
+    parser.add_argument("--sessions", action="store_true", help="only measure ONNX Runtime session options (no service)")
+    parser.add_argument("--rounds", type=int, default=5, help="--sessions: rounds per configuration")
+    parser.add_argument("--no-compare", dest="compare", action="store_false", help="skip the serve-batch and two-styles runs")
+    parser.add_argument("--rembg", default=None, help="path of a `rembg` executable: compare remove-background with `rembg s`")
+    parser.add_argument("--rembg-rounds", type=int, default=3, help="alternating rounds (ours, rembg) per concurrency")
+    parser.add_argument("--soak-minutes", type=float, default=0.0, help="hold a sustained load on one style and sample RSS")
+    parser.add_argument("--soak-style", default="frost", help="the style the soak loads")
+    parser.add_argument(
+        "--profile-seconds", type=float, default=0.0,
+        help="sample each model replica with py-spy for this long during its saturated level (needs the bench extra)",
+    )
 
 
 def _samples() -> dict[str, bytes]:
@@ -93,7 +117,7 @@ def idphoto_bare(case: Case, app_args: dict[str, Any], samples: dict[str, bytes]
     for role, target in uses.items():
         dep = app_args["deployments"][target]
         kind = KINDS[dep["model"]]
-        runtime = RuntimeOptions(threads=threads or dep.get("threads") or max(1, int(dep.get("num_cpus", 1))))
+        runtime = RuntimeOptions(threads=threads or dep.get("threads"))
         roles[role] = kind.factory([resolve(f) for f in kind.files], runtime, {})
     pipeline = IdPhotoModel()
     output = OutputSpec(IDPHOTO_PARAMS["format"])  # type: ignore[arg-type]
@@ -154,93 +178,309 @@ def _shares(before: dict[str, float], after: dict[str, float]) -> dict[str, floa
     return {k: round(v / total, 3) if total else 0.0 for k, v in spent.items()}
 
 
-def _median_rate(fn, images: int, repeats: int = 5, budget_s: float = 20.0) -> float:
-    times = []
+def _alternating_rates(fns: list[Callable[[], None]], images: int, repeats: int = 5, budget_s: float = 30.0) -> list[float]:
+    """Images/s of each function, timed in turns (A B A B ...): drift hits them alike."""
+    for fn in fns:
+        fn()  # warm-up: first-call allocation and plan
+    times: list[list[float]] = [[] for _ in fns]
     deadline = time.monotonic() + budget_s
-    fn()  # warm-up
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            times[i].append(time.perf_counter() - t0)
         if time.monotonic() > deadline:
             break
-    return images / statistics.median(times)
+    return [images / statistics.median(t) for t in times]
 
 
 def bare(case: Case, dep: dict[str, Any], samples: dict[str, bytes], batch_sizes: list[int], threads: int | None) -> list[dict[str, Any]]:
+    """Model only at the fastest session options, and end to end with the shipped ones."""
     kind = KINDS[dep["model"]]
-    runtime = RuntimeOptions(threads=threads or dep.get("threads") or max(1, int(dep.get("num_cpus", 1))))
-    model = kind.factory([resolve(f) for f in kind.files], runtime, {})
+    files = [resolve(f) for f in kind.files]
+    shipped = RuntimeOptions(threads=threads)
+    model = kind.factory(files, shipped, {})
+    spinning = kind.factory(files, replace(shipped, spinning=True), {})
     fixed = case.params
     rows = []
     for b in batch_sizes:
-        decoded = {f: decode(samples[f], max_pixels=10**8).pixels for f in case.files}
-        requests = [ModelRequest(dict(decoded), dict(fixed)) for _ in range(b)]
+        requests = [ModelRequest({}, dict(fixed), files={f: samples[f] for f in case.files}) for _ in range(b)]
+        requests = [ModelRequest(decoded(model, r).images, dict(fixed)) for r in requests]
         prepared = [model.prepare(r) for r in requests]
-        model_only = _median_rate(lambda: model.infer(prepared), b)
+        prepared_spin = [spinning.prepare(r) for r in requests]
 
         def end_to_end() -> None:
-            reqs = [
-                ModelRequest({f: decode(samples[f], max_pixels=10**8).pixels for f in case.files}, dict(fixed), OutputSpec("png"))
-                for _ in range(b)
-            ]
+            reqs = [ModelRequest({}, dict(fixed), OutputSpec("png"), files={f: samples[f] for f in case.files}) for _ in range(b)]
             encode_outcomes(reqs, run_batch(model, reqs), "")
 
-        rows.append({"batch_size": b, "model_only_ips": round(model_only, 2), "end_to_end_ips": round(_median_rate(end_to_end, b), 2)})
-        print(f"  bare {case.deployment:<18} batch {b}: model {model_only:7.2f} img/s, end-to-end {rows[-1]['end_to_end_ips']:7.2f} img/s", flush=True)
+        plain, spin, e2e = _alternating_rates(
+            [lambda: model.infer(prepared), lambda: spinning.infer(prepared_spin), end_to_end], b
+        )
+        fastest = max(plain, spin)
+        rows.append(
+            {
+                "batch_size": b,
+                "model_only_ips": round(plain, 2),
+                "model_only_spinning_ips": round(spin, 2),
+                "fastest_model_only_ips": round(fastest, 2),
+                "end_to_end_ips": round(e2e, 2),
+            }
+        )
+        print(
+            f"  bare {case.deployment:<18} batch {b}: model {plain:6.2f} img/s (spinning {spin:6.2f}), "
+            f"end-to-end {e2e:6.2f} img/s",
+            flush=True,
+        )
     return rows
 
 
-async def _served_level(url: str, case: Case, samples: dict[str, bytes], concurrency: int, total: int, cap_s: float) -> dict[str, Any]:
-    sem = asyncio.Semaphore(concurrency)
-    latencies: list[float] = []
-    errors = 0
-    deadline = time.monotonic() + cap_s
+class Load:
+    """A bounded closed-loop load: ``concurrency`` clients, ``total`` requests, ``cap_s`` seconds."""
+
+    def __init__(self, url: str, path: str, files: dict[str, tuple[str, bytes, str]], data: dict[str, Any]) -> None:
+        self.url, self.path, self.files, self.data = url, path, files, data
+
+    async def run(self, concurrency: int, total: int, cap_s: float) -> dict[str, Any]:
+        sem = asyncio.Semaphore(concurrency)
+        latencies: list[float] = []
+        errors = 0
+        deadline = time.monotonic() + cap_s
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(base_url=self.url, timeout=300, limits=limits) as client:
+
+            async def one() -> None:
+                nonlocal errors
+                async with sem:
+                    if time.monotonic() > deadline:
+                        return
+                    t0 = time.perf_counter()
+                    r = await client.post(self.path, files=self.files, data=self.data)
+                    if r.status_code == 200:
+                        latencies.append(time.perf_counter() - t0)
+                    else:
+                        errors += 1
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(one() for _ in range(total)))
+            wall = time.perf_counter() - t0
+        q = np.percentile(latencies, [50, 95]) if latencies else [float("nan")] * 2
+        return {
+            "concurrency": concurrency,
+            "requests": len(latencies) + errors,
+            "errors": errors,
+            "wall_s": round(wall, 2),
+            "ips": round(len(latencies) / wall, 2),
+            "p50_ms": round(float(q[0]) * 1000, 1),
+            "p95_ms": round(float(q[1]) * 1000, 1),
+        }
+
+
+def _case_load(url: str, case: Case, samples: dict[str, bytes]) -> Load:
     files = {f: (f"{f}.jpg", samples[f], "image/jpeg") for f in case.files}
-
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(max_connections=concurrency)) as client:
-
-        async def one() -> None:
-            nonlocal errors
-            async with sem:
-                if time.monotonic() > deadline:
-                    return
-                t0 = time.perf_counter()
-                r = await client.post(f"/v1/styles/{case.style}", files=files, data=case.params)
-                if r.status_code == 200:
-                    latencies.append(time.perf_counter() - t0)
-                else:
-                    errors += 1
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(one() for _ in range(total)))
-        wall = time.perf_counter() - t0
-    q = np.percentile(latencies, [50, 95]) if latencies else [float("nan")] * 2
-    return {
-        "concurrency": concurrency,
-        "requests": len(latencies) + errors,
-        "errors": errors,
-        "ips": round(len(latencies) / wall, 2),
-        "p50_ms": round(float(q[0]) * 1000, 1),
-        "p95_ms": round(float(q[1]) * 1000, 1),
-    }
+    return Load(url, f"/v1/styles/{case.style}", files, case.params)
 
 
-def _batch_sizes(deployment: str) -> dict[int, int]:
+async def _served_level(url: str, case: Case, samples: dict[str, bytes], concurrency: int, total: int, cap_s: float) -> dict[str, Any]:
+    return await _case_load(url, case, samples).run(concurrency, total, cap_s)
+
+
+def replica_infos(deployment: str, app: str = "stylefleet", tries: int = 40) -> list[dict[str, Any]]:
+    """``info()`` of every running replica of a deployment: asked until each has answered once
+    (the handle picks replicas itself), at most ``tries`` times."""
     from ray import serve
 
-    info = serve.get_deployment_handle(deployment, "stylefleet").info.remote().result()
-    return {int(k): int(v) for k, v in info["batch_sizes"].items()}
+    status = serve.status().applications[app].deployments[deployment]
+    running = int(status.replica_states.get("RUNNING", 1)) if getattr(status, "replica_states", None) else 1
+    handle = serve.get_deployment_handle(deployment, app)
+    seen: dict[str, dict[str, Any]] = {}
+    for _ in range(tries):
+        info = handle.info.remote().result()
+        seen[info["replica"]] = info
+        if len(seen) >= running:
+            break
+    return list(seen.values())
 
 
-def _mean_batch(before: dict[int, int], after: dict[int, int]) -> float:
-    diff = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+class Usage:
+    """CPU seconds of the machine and of the given processes between start() and stop()."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+
+    def start(self) -> None:
+        self._t0 = time.perf_counter()
+        self._machine0 = psutil.cpu_times()
+        self._procs0 = self._proc_seconds()
+
+    def stop(self) -> dict[str, float]:
+        wall = time.perf_counter() - self._t0
+        m0, m1 = self._machine0, psutil.cpu_times()
+        total = sum(m1) - sum(m0)
+        idle = (m1.idle + getattr(m1, "iowait", 0.0)) - (m0.idle + getattr(m0, "iowait", 0.0))
+        cores = psutil.cpu_count() or 1
+        procs = self._proc_seconds() - self._procs0
+        return {
+            "machine_cpu_utilisation": round(1 - idle / total, 3) if total > 0 else 0.0,
+            "model_replicas_cpu_share": round(procs / (wall * cores), 3),
+        }
+
+    def _proc_seconds(self) -> float:
+        total = 0.0
+        for pid in self.pids:
+            try:
+                t = psutil.Process(pid).cpu_times()
+                total += t.user + t.system
+            except psutil.Error:
+                pass
+        return total
+
+
+# Where a replica's busy thread is, by the first matching frame from the innermost out.
+PROFILE_STAGES = (
+    ("onnxruntime", "onnxruntime_inference_collection.py"),
+    ("decode", "decode (stylefleet/imageio.py"),
+    ("encode", "encode (stylefleet/imageio.py"),
+    ("resize", "resize_to_max_side (stylefleet/imageio.py"),
+    ("prepare", "prepare (deployments/"),
+    ("finish", "finish (deployments/"),
+    ("weigh", "request_pixels (deployments/batching.py"),
+)
+
+
+class Profiler:
+    """``py-spy record`` on one process for a while, summarised as shares of its busy samples."""
+
+    def __init__(self, pid: int, seconds: float) -> None:
+        import shutil
+        import subprocess
+        import tempfile
+
+        self.pid = pid
+        self._out = Path(tempfile.mkdtemp(prefix="stylefleet-pyspy-")) / f"{pid}.txt"
+        exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        if not Path(exe).exists():
+            self._proc = None
+            print("  (py-spy not installed: `pip install -e '.[bench]'`; no profile)", flush=True)
+            return
+        self._proc = subprocess.Popen(
+            [exe, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "50",
+             "--format", "raw", "--nonblocking", "--output", str(self._out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+
+    def result(self) -> dict[str, Any]:
+        if self._proc is None:
+            return {"pid": self.pid, "shares": {}}
+        self._proc.wait(timeout=600)
+        counts: dict[str, int] = {}
+        for line in self._out.read_text().splitlines() if self._out.exists() else []:
+            stack, _, n = line.rpartition(" ")
+            stage = summarise_stack(stack)
+            if stage is not None:
+                counts[stage] = counts.get(stage, 0) + int(n)
+        total = sum(counts.values())
+        shares = {k: round(v / total, 3) for k, v in sorted(counts.items(), key=lambda kv: -kv[1])} if total else {}
+        return {"pid": self.pid, "busy_samples": total, "shares": shares, "raw": str(self._out)}
+
+
+def summarise_stack(stack: str) -> str | None:
+    """The stage of one collapsed py-spy stack (outermost;...;innermost). py-spy leaves idle
+    threads out; a busy thread outside the batch (the event loop, Ray's own threads) is 'serve'."""
+    frames = stack.split(";")
+    if not any("_compute (deployments/serving.py" in f or "run_composed" in f for f in frames):
+        return "serve"
+    for frame in reversed(frames):
+        for stage, marker in PROFILE_STAGES:
+            if marker in frame:
+                return stage
+    return "other"
+
+
+def _mean_batch(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> float:
+    """Mean batch size over every replica between two ``replica_infos`` snapshots."""
+    old = {i["replica"]: i["batch_sizes"] for i in before}
+    diff: dict[int, int] = {}
+    for info in after:
+        for k, v in info["batch_sizes"].items():
+            diff[int(k)] = diff.get(int(k), 0) + int(v) - int(old.get(info["replica"], {}).get(k, 0))
     batches = sum(diff.values())
     return round(sum(k * v for k, v in diff.items()) / batches, 2) if batches else 0.0
 
 
+def _rss(infos: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {"replica": i["replica"], "rss_start_mib": i["rss_start_bytes"] >> 20, "rss_mib": i["rss_bytes"] >> 20} for i in infos
+    ]
+
+
+def measured_level(
+    url: str, case: Case, samples: dict[str, bytes], concurrency: int, total: int, cap_s: float, profile_s: float = 0.0
+) -> dict[str, Any]:
+    before = replica_infos(case.deployment)
+    usage = Usage([i["pid"] for i in before])
+    profilers = [Profiler(i["pid"], profile_s) for i in before] if profile_s > 0 else []
+    usage.start()
+    row = asyncio.run(_served_level(url, case, samples, concurrency, total, cap_s))
+    row.update(usage.stop())
+    if profilers:
+        row["profile"] = [p.result() for p in profilers]
+        for p in row["profile"]:
+            print(f"  py-spy {case.deployment} pid {p.get('pid')}: " + ", ".join(f"{k} {v:.0%}" for k, v in p.get("shares", {}).items()), flush=True)
+    after = replica_infos(case.deployment)
+    row["mean_batch_size"] = _mean_batch(before, after)
+    seconds = sum(i["compute_seconds"] for i in after) - sum(i["compute_seconds"] for i in before)
+    done = row["requests"] - row["errors"]
+    if done and concurrency == 1:
+        # One request at a time: what is not the replica's own work (decode, model, encode) is
+        # the path around it: client, proxy, router, the hops between them.
+        row["replica_ms_per_request"] = round(seconds / done * 1000, 1)
+        row["overhead_ms"] = round(row["p50_ms"] - row["replica_ms_per_request"], 1)
+    row["replicas"] = len(after)
+    row["rss"] = _rss(after)
+    return row
+
+
+def _print_level(deployment: str, row: dict[str, Any], label: str = "") -> None:
+    rss = ", ".join(f"{r['rss_mib']} MiB" for r in row.get("rss", []))
+    print(
+        f"  served {deployment:<18}{label} conc {row['concurrency']:>2}: {row['ips']:6.2f} img/s  p50 {row['p50_ms']:7.1f} ms  "
+        f"p95 {row['p95_ms']:7.1f} ms  mean batch {row['mean_batch_size']:4.2f}  CPU {row['machine_cpu_utilisation']:.0%} "
+        f"(model {row['model_replicas_cpu_share']:.0%})  RSS {rss}"
+        f"{'  overhead ' + str(row['overhead_ms']) + ' ms' if 'overhead_ms' in row else ''}"
+        f"{'  errors ' + str(row['errors']) if row['errors'] else ''}",
+        flush=True,
+    )
+
+
+def _set_batching(cluster: Any, config: dict[str, Any], deployment: str, **changes: Any) -> None:
+    """Change a deployment's user_config live (Serve calls reconfigure; no restart) and wait."""
+    for entry in config["applications"][0].get("deployments", []):
+        if entry["name"] == deployment:
+            entry["user_config"] = {**entry.get("user_config", {}), **changes}
+    cluster.deploy(config)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if all(all(i.get(k) == v for k, v in changes.items()) for i in replica_infos(deployment)):
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"{deployment} did not take {changes}")
+
+
 def main(args: argparse.Namespace) -> int:
     from stylefleet.local import LocalCluster, free_port
+
+    samples = _samples()
+    results: dict[str, Any] = {"machine": _machine(), "config": args.config, "models": {}}
+    out = Path(args.out)
+    if args.sessions:
+        from stylefleet import bench_sessions
+        from stylefleet.imageio import decode as decode_image
+
+        print(f"== ONNX Runtime session options, batch {args.batch_sizes}, {args.rounds} alternating rounds", flush=True)
+        photo = decode_image(samples["image"], max_pixels=10**8).pixels
+        results["sessions"] = bench_sessions.sweep(photo, [int(x) for x in args.batch_sizes.split(",")], args.rounds, args.seconds)
+        _write(out, results)
+        return 0
 
     config = yaml.safe_load(Path(args.config).read_text())
     app_args = config["applications"][0]["args"]
@@ -250,10 +490,8 @@ def main(args: argparse.Namespace) -> int:
     idphoto_levels = [int(x) for x in args.idphoto_concurrency.split(",") if x]
     batch_sizes = [int(x) for x in args.batch_sizes.split(",")]
     levels = [int(x) for x in args.concurrency.split(",")]
-    samples = _samples()
-    results: dict[str, Any] = {"machine": _machine(), "config": args.config, "models": {}}
 
-    print("== bare, in-process (astronaut 512x512; restyle uses the cat as style)", flush=True)
+    print(f"== bare, in-process, {args.threads or 'all'} threads (astronaut 512x512 JPEG; restyle uses the cat as style)", flush=True)
     for case in cases:
         results["models"][case.deployment] = {"style": case.style, "bare": bare(case, app_args["deployments"][case.deployment], samples, batch_sizes, args.threads)}
     for case in idphoto_cases:
@@ -267,22 +505,30 @@ def main(args: argparse.Namespace) -> int:
         cluster.deploy(config)
         url = f"http://127.0.0.1:{port}"
         print(f"== served over HTTP ({url})", flush=True)
+        results["get_styles"] = get_styles_latency(url)
         for case in cases:
+            model = results["models"][case.deployment]
+            fastest = max(r["fastest_model_only_ips"] for r in model["bare"])
+            end_to_end = max(r["end_to_end_ips"] for r in model["bare"])
             rows = []
-            best_bare = max(r["end_to_end_ips"] for r in results["models"][case.deployment]["bare"])
             for c in levels:
-                before = _batch_sizes(case.deployment)
-                row = asyncio.run(_served_level(url, case, samples, c, max(args.requests, 2 * c), args.seconds))
-                row["mean_batch_size"] = _mean_batch(before, _batch_sizes(case.deployment))
-                row["served_over_bare"] = round(row["ips"] / best_bare, 2) if best_bare else None
+                profile_s = args.profile_seconds if c == levels[-1] else 0.0
+                row = measured_level(url, case, samples, c, max(args.requests, 2 * c), args.seconds, profile_s)
+                row["served_over_bare_fastest"] = round(row["ips"] / fastest, 2) if fastest else None
+                row["served_over_bare_end_to_end"] = round(row["ips"] / end_to_end, 2) if end_to_end else None
                 rows.append(row)
-                print(
-                    f"  served {case.deployment:<18} conc {c:>2}: {row['ips']:6.2f} img/s  p50 {row['p50_ms']:7.1f} ms  "
-                    f"p95 {row['p95_ms']:7.1f} ms  mean batch {row['mean_batch_size']:4.2f}  served/bare {row['served_over_bare']}"
-                    f"{'  errors ' + str(row['errors']) if row['errors'] else ''}",
-                    flush=True,
-                )
-            results["models"][case.deployment]["served"] = rows
+                _print_level(case.deployment, row)
+            model["served"] = rows
+            top = rows[-1]
+            print(
+                f"  => {case.deployment} at saturation (conc {top['concurrency']}): served/bare-fastest {top['served_over_bare_fastest']}, "
+                f"served/bare-end-to-end {top['served_over_bare_end_to_end']}, mean batch {top['mean_batch_size']}",
+                flush=True,
+            )
+        if args.compare and cases:
+            results["queues"] = compare_queues(cluster, config, url, cases, samples, levels[-1], args)
+            if len(cases) > 1:
+                results["two_styles"] = two_styles(url, cases[:1] + [c for c in cases if c.deployment == "remove-background"][:1], samples, levels[-1], args, results)
         for case in idphoto_cases:
             rows = []
             for c in idphoto_levels:
@@ -297,13 +543,101 @@ def main(args: argparse.Namespace) -> int:
                     flush=True,
                 )
             results["models"][case.deployment]["served"] = rows
+        if args.rembg:
+            from stylefleet import bench_rembg
+
+            case = next(c for c in _cases(config) if c.deployment == "remove-background")
+            results["rembg"] = bench_rembg.compare(args.rembg, url, case, samples, args.rembg_rounds, args.seconds)
+        if args.soak_minutes > 0:
+            results["soak"] = soak(url, config, args.soak_style, samples, args.soak_minutes)
     finally:
         cluster.stop()
-    out = Path(args.out)
+    _write(out, results)
+    return 0
+
+
+def get_styles_latency(url: str, requests: int = 50) -> dict[str, float]:
+    """``GET /v1/styles`` one at a time: p50/p95 in ms (the catalogue every client reads first)."""
+    times = []
+    with httpx.Client(base_url=url, timeout=30) as client:
+        client.get("/v1/styles")
+        for _ in range(requests):
+            t0 = time.perf_counter()
+            client.get("/v1/styles").raise_for_status()
+            times.append((time.perf_counter() - t0) * 1000)
+    q = np.percentile(times, [50, 95])
+    print(f"  GET /v1/styles: p50 {q[0]:.1f} ms, p95 {q[1]:.1f} ms ({requests} requests)", flush=True)
+    return {"p50_ms": round(float(q[0]), 1), "p95_ms": round(float(q[1]), 1)}
+
+
+def compare_queues(
+    cluster: Any, config: dict[str, Any], url: str, cases: list[Case], samples: dict[str, bytes], concurrency: int, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """The same saturating load through Serve's @serve.batch, then the backlog queue again."""
+    print(f"== batch queue at concurrency {concurrency}: @serve.batch vs the backlog queue (same replica, live user_config)", flush=True)
+    rows = []
+    for case in cases:
+        entry = next((e for e in config["applications"][0].get("deployments", []) if e["name"] == case.deployment), None)
+        if entry is None:
+            continue
+        shipped = dict(entry.get("user_config", {}))
+        for queue, wait in (("serve-batch", 0.0), ("serve-batch", 0.02), ("backlog", shipped.get("batch_wait_timeout_s", 0.0))):
+            _set_batching(cluster, config, case.deployment, queue=queue, batch_wait_timeout_s=wait)
+            row = measured_level(url, case, samples, concurrency, max(args.requests, 2 * concurrency), args.seconds)
+            row.update(deployment=case.deployment, queue=queue, batch_wait_timeout_s=wait)
+            rows.append(row)
+            _print_level(case.deployment, row, f" [{queue:<11} wait {wait:g}]")
+        _set_batching(cluster, config, case.deployment, **shipped, queue="backlog")
+    return rows
+
+
+def two_styles(url: str, cases: list[Case], samples: dict[str, bytes], concurrency: int, args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
+    """Two styles on two models saturated at once: each one's throughput against alone."""
+    names = " + ".join(c.deployment for c in cases)
+    print(f"== two styles at once ({names}), concurrency {concurrency} each", flush=True)
+
+    async def both() -> list[dict[str, Any]]:
+        return list(
+            await asyncio.gather(
+                *(_served_level(url, c, samples, concurrency, max(args.requests, 2 * concurrency), args.seconds) for c in cases)
+            )
+        )
+
+    rows = asyncio.run(both())
+    out: dict[str, Any] = {"concurrency": concurrency, "styles": []}
+    share_sum = 0.0
+    for case, row in zip(cases, rows):
+        alone = results["models"][case.deployment]["served"][-1]["ips"]
+        share = row["ips"] / alone if alone else 0.0
+        share_sum += share
+        out["styles"].append({"deployment": case.deployment, "ips": row["ips"], "alone_ips": alone, "share_of_alone": round(share, 2)})
+        print(f"  {case.deployment:<18} {row['ips']:6.2f} img/s together vs {alone:6.2f} alone ({share:.0%})", flush=True)
+    out["sum_of_shares"] = round(share_sum, 2)
+    print(f"  => sum of shares {share_sum:.2f} (1.0: the cores are shared without loss; below: an oversubscription cost)", flush=True)
+    return out
+
+
+def soak(url: str, config: dict[str, Any], style: str, samples: dict[str, bytes], minutes: float) -> list[dict[str, Any]]:
+    """Sustained saturating load on one style; every 30 s, each replica's RSS."""
+    args = config["applications"][0]["args"]
+    deployment = args["styles"][style]["deployment"]
+    print(f"== soak: {minutes:g} min of concurrency 32 on {style} ({deployment}); RSS every 30 s", flush=True)
+    load = _case_load(url, Case(style, deployment, {}, ("image",)), samples)
+    samples_out: list[dict[str, Any]] = []
+    started = time.monotonic()
+    while (elapsed := time.monotonic() - started) < minutes * 60:
+        row = asyncio.run(load.run(32, 10_000, min(30.0, minutes * 60 - elapsed)))
+        infos = replica_infos(deployment)
+        sample = {"minute": round((time.monotonic() - started) / 60, 2), "ips": row["ips"], "errors": row["errors"], "rss": _rss(infos)}
+        samples_out.append(sample)
+        print(f"  t={sample['minute']:5.2f} min  {row['ips']:6.2f} img/s  RSS " + ", ".join(f"{r['rss_mib']} MiB" for r in sample["rss"]), flush=True)
+    return samples_out
+
+
+def _write(out: Path, results: dict[str, Any]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     print(f"wrote {out}")
-    return 0
 
 
 def _machine() -> dict[str, Any]:
@@ -317,4 +651,5 @@ def _machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "onnxruntime": onnxruntime.__version__,
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }

@@ -156,7 +156,7 @@ def test_a_batch_of_8_reaches_the_detector_as_one_batch_and_a_bad_photo_harms_no
         responses = asyncio.run(burst())
         after = _info("face-detect")["batch_sizes"].get(7, 0), _info("id-photo")["batch_sizes"].get(8, 0)
     finally:
-        fast = {"max_batch_size": 8, "batch_wait_timeout_s": 0.02}
+        fast = {"max_batch_size": 8, "batch_wait_timeout_s": 0.0}
         _set_batching(serve_app, {"id-photo": fast, "face-detect": fast})
     assert [r.status_code for r in responses] == [200, 200, 422, 200, 200, 400, 200, 200]
     assert responses[2].json()["error"]["code"] == "no_face"

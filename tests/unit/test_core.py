@@ -16,6 +16,7 @@ from stylefleet.config import AppConfig, RouterSettings
 from stylefleet.errors import InvalidParams, ModelUnavailable
 from tests import samples
 from tests.samples import ROOT
+from tests.unit import apps
 
 
 class ShadowBackend:
@@ -122,3 +123,13 @@ def test_client_id_field_makes_assignment_sticky() -> None:
         assert len(seen) == 1
 
     asyncio.run(scenario())
+
+
+def test_style_descriptions_are_built_once_and_callers_cannot_change_them() -> None:
+    core = RouterCore(Catalog(AppConfig.model_validate(apps.shipped_args())), ShadowBackend(), max_pixels=10**8)
+    first = core.describe_styles()
+    first[0]["name"] = "changed"
+    assert core.describe_styles()[0]["name"] != "changed"
+    style = next(iter(core.catalog))
+    assert style.describe() is not style.describe()
+    assert style.describe()["params"] is style.describe()["params"], "built once: the schema walk is not redone per request"

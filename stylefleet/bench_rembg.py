@@ -1,0 +1,88 @@
+"""``stylefleet bench --rembg PATH``: remove-background against rembg's own server, same model and photo.
+
+Starts ``rembg s --host 127.0.0.1 --no-ui`` on a free loopback port, with ``U2NET_HOME`` pointing
+at a private folder holding the very ``u2netp.onnx`` the service loads (rembg then downloads
+nothing), and loads both servers in turns (ours, rembg, ours, rembg ...) at each concurrency, so
+the machine's drift hits both alike. It stops only the rembg process it started, by its pid.
+
+rembg is not a dependency of stylefleet: install it in its own virtual environment
+(``make bench-rembg`` does) and pass its ``rembg`` executable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from deployments.registry import resolve
+from stylefleet.bench import Case, Load
+from stylefleet.local import LOOPBACK, free_port
+
+
+def _start(rembg: str, home: Path) -> tuple[subprocess.Popen[bytes], str]:
+    shutil.copyfile(resolve("u2netp").path, home / "u2netp.onnx")
+    port = free_port()
+    env = {**os.environ, "U2NET_HOME": str(home)}
+    proc = subprocess.Popen(
+        [rembg, "s", "--host", LOOPBACK, "--port", str(port), "--no-ui", "--log_level", "warning"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://{LOOPBACK}:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"`{rembg} s` exited with status {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/docs", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.terminate()
+    raise TimeoutError(f"`{rembg} s` did not answer within 180 s")
+
+
+def compare(rembg: str, url: str, case: Case, samples: dict[str, bytes], rounds: int, cap_s: float) -> dict[str, Any]:
+    photo = samples["image"]
+    ours = Load(url, f"/v1/styles/{case.style}", {"image": ("image.jpg", photo, "image/jpeg")}, {})
+    with tempfile.TemporaryDirectory(prefix="stylefleet-rembg-") as home:
+        proc, rembg_url = _start(rembg, Path(home))
+        try:
+            theirs = Load(rembg_url, "/api/remove", {"file": ("image.jpg", photo, "image/jpeg")}, {"model": "u2netp"})
+            print(f"== remove-background vs `rembg s` ({rembg_url}, u2netp, astronaut 512 px JPEG), {rounds} alternating rounds", flush=True)
+            for load in (ours, theirs):  # warm-up: rembg builds its session on the first request
+                asyncio.run(load.run(2, 4, cap_s))
+            levels = []
+            for concurrency in (16, 1):
+                total = 48 if concurrency > 1 else 12
+                pairs = []
+                for _ in range(rounds):
+                    a = asyncio.run(ours.run(concurrency, total, cap_s))
+                    b = asyncio.run(theirs.run(concurrency, total, cap_s))
+                    pairs.append((a, b))
+                    print(
+                        f"  conc {concurrency:>2}: stylefleet {a['ips']:6.2f} req/s (p50 {a['p50_ms']:6.1f} ms)  "
+                        f"rembg s {b['ips']:6.2f} req/s (p50 {b['p50_ms']:6.1f} ms)  ratio {a['ips'] / b['ips']:.2f}",
+                        flush=True,
+                    )
+                ratio = statistics.median(a["ips"] / b["ips"] for a, b in pairs if b["ips"])
+                levels.append({"concurrency": concurrency, "rounds": [{"stylefleet": a, "rembg": b} for a, b in pairs], "median_ratio": round(ratio, 2)})
+                print(f"  => conc {concurrency}: stylefleet / rembg s = {ratio:.2f} (median of {len(pairs)} rounds)", flush=True)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    return {"levels": levels}
