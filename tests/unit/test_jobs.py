@@ -140,6 +140,17 @@ def test_an_archive_job_names_outputs_by_member_path(api: TestClient) -> None:
     assert sorted(names) == ["a/b/y.png", "a/x.png", "failures.jsonl", "manifest.jsonl", "z.png"]
 
 
+def test_an_archive_whose_output_names_collide_keeps_every_result(api: TestClient) -> None:
+    images = _images(3)
+    archive = make_zip({"x.jpg": images[0], "x.png": images[1], "x.jpg.png": images[2]}).getvalue()
+    job = _post(api, [("archive", ("photos.zip", archive, "application/zip"))]).json()
+    assert _wait(api, job["id"])["succeeded"] == 3
+    zf = zipfile.ZipFile(io.BytesIO(api.get(f"/v1/jobs/{job['id']}/result").content))
+    outputs = [n for n in zf.namelist() if not n.endswith(".jsonl")]
+    assert len(outputs) == 3 == len(set(outputs))
+    assert len({zf.read(n) for n in outputs}) == 3  # three different results, none overwritten
+
+
 def test_events_stream_progress_and_end(api: TestClient) -> None:
     job = _post(api, _image_files(_images(3))).json()
     with api.stream("GET", f"/v1/jobs/{job['id']}/events") as r:
