@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from deployments.batching import EncodedImage
 from router import bundle
 from router.core import RouterCore
+from router.health import NOT_READY_RETRY_AFTER_S, readiness
 from router.jobs import JobManager
 from router.previews import PreviewCache
 from stylefleet.config import Limits
@@ -163,14 +164,24 @@ def create_api(
             return Response(image.data, media_type=image.content_type, headers=headers)
         return _many_images(style.name, list(result.images), list(result.seeds), request.headers.get("accept", ""), headers)
 
-    @app.get("/healthz")
+    @app.get("/healthz/live", tags=["health"])
+    async def healthz_live() -> dict[str, str]:
+        """Liveness: the proxy and a router replica answer (the models are not asked). For a
+        Kubernetes livenessProbe."""
+        return {"status": "alive"}
+
+    @app.get("/healthz/ready", tags=["health"])
+    async def healthz_ready() -> JSONResponse:
+        """Readiness: 200 while every deployment has a running replica (busy and scaling up
+        included), 503 with Retry-After otherwise. For a Kubernetes readinessProbe."""
+        ready, body = readiness(await core.backend.health())
+        headers = {} if ready else {"Retry-After": str(NOT_READY_RETRY_AFTER_S)}
+        return JSONResponse(body, status_code=200 if ready else 503, headers=headers)
+
+    @app.get("/healthz", tags=["health"])
     async def healthz() -> JSONResponse:
-        statuses = await core.backend.health()
-        healthy = bool(statuses) and all(s == "HEALTHY" for s in statuses.values())
-        return JSONResponse(
-            {"status": "ok" if healthy else "unhealthy", "deployments": statuses},
-            status_code=200 if healthy else 503,
-        )
+        """The same as ``/healthz/ready`` (kept for existing checks)."""
+        return await healthz_ready()
 
     @app.get("/", include_in_schema=False)
     async def web_page() -> FileResponse:

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import os
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI
@@ -20,6 +19,7 @@ from deployments.serving import ComposedServer, ModelServer, call_deployment
 from router.api import create_api
 from router.catalog import Catalog
 from router.core import RouterCore
+from router.health import DeploymentState
 from router.jobs import JobManager
 from router.metrics import RayRecorder
 from stylefleet.config import AppConfig, BatchingConfig, DeploymentConfig, RouterSettings, dependency_order
@@ -27,12 +27,6 @@ from stylefleet.errors import ModelUnavailable
 from stylefleet.storage import Storage
 
 logger = logging.getLogger("ray.serve")
-
-
-@dataclass(frozen=True)
-class DeploymentState:
-    status: str
-    running_replicas: int
 
 
 class ServeBackend:
@@ -89,8 +83,8 @@ class ServeBackend:
             self._states = (time.monotonic(), states)
             return states
 
-    async def health(self) -> dict[str, str]:
-        return {name: state.status for name, state in (await self._deployment_states()).items()}
+    async def health(self) -> dict[str, DeploymentState]:
+        return await self._deployment_states()
 
 
 @serve.ingress()
