@@ -53,6 +53,7 @@ from stylefleet.errors import (
     PayloadTooLarge,
     StylefleetError,
     UnknownJob,
+    clip,
 )
 from stylefleet.imageio import decode
 from stylefleet.manifest import FAILURES, MANIFEST, Record, failures_text, now_iso, output_names, sha256_hex
@@ -466,7 +467,7 @@ class JobManager:
 
     def _read_state(self, job_id: str) -> dict[str, Any]:
         if not JOB_ID.match(job_id):
-            raise UnknownJob(f"no job {job_id!r}")
+            raise UnknownJob(f"no job {clip(job_id)}")
         try:
             return dict(json.loads(self.storage.read_text(f"{job_id}/state.json")))
         except (FileNotFoundError, ValueError):

@@ -7,6 +7,18 @@ One renderer (``router.api``) turns any of them into
 from __future__ import annotations
 
 
+ECHO_MAX_CHARS = 80
+
+
+def clip(value: object, max_chars: int = ECHO_MAX_CHARS) -> str:
+    """``repr(value)`` cut to ``max_chars``: what a client sent is echoed in an error message
+    only as far as it helps them find it (a 5,000-character name comes back as its start)."""
+    text = repr(value)
+    if len(text) <= max_chars:
+        return text
+    return f"{text[: max_chars - 1]}…' ({len(str(value))} characters)"
+
+
 class StylefleetError(Exception):
     """Base class. ``status`` and ``code`` are part of the public API: clients match on ``code``."""
 

@@ -150,3 +150,27 @@ def test_id_photo_errors_are_422_with_their_code(api: TestClient, backend: FakeB
     backend.reply = error("explained")
     r = _upload(api, "id-photo")
     assert r.status_code == 422 and r.json() == {"error": {"code": code, "message": "explained"}}
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [("nan", "not a number"), ("NaN", "not a number"), ("inf", "infinite"), ("-Infinity", "infinite")],
+)
+def test_non_finite_numbers_are_refused_as_such(api: TestClient, backend: FakeBackend, value: str, says: str) -> None:
+    r = _upload(api, strength=value)
+    assert r.status_code == 422 and r.json()["error"]["message"].startswith(f"strength: {says}")
+    assert backend.calls == []
+
+
+def test_non_finite_output_params_are_refused_as_such(api: TestClient) -> None:
+    r = _upload(api, quality="nan")
+    assert r.status_code == 422 and "not a number" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(("method", "path"), [("post", "/v1/styles/"), ("get", "/v1/styles/{}/preview")])
+def test_a_long_style_name_is_not_echoed_whole(api: TestClient, method: str, path: str) -> None:
+    name = "x" * 5000
+    url = path + name if "{}" not in path else path.format(name)
+    r = getattr(api, method)(url)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_style"
+    assert len(r.text) < 300 and "5000 characters" in r.json()["error"]["message"]
