@@ -20,6 +20,7 @@ from router.core import RouterCore
 from router.health import NOT_READY_RETRY_AFTER_S, readiness
 from router.jobs import JobManager
 from router.previews import PreviewCache
+from router.uploads import UploadGuard
 from stylefleet.config import Limits
 from stylefleet.errors import (
     BadRequest,
@@ -196,6 +197,12 @@ def create_api(
         add_job_routes(app, jobs, limits)
         overrides[("POST", "/v1/jobs")] = (jobs.config.max_upload_bytes, "jobs.max_upload_bytes")
     app.add_middleware(BodyLimit, max_bytes=limits.max_upload_bytes, overrides=overrides)
+    app.add_middleware(
+        UploadGuard,
+        render=error_response,
+        body_idle_timeout_s=limits.body_idle_timeout_s,
+        max_uploads_per_client=limits.max_uploads_per_client,
+    )
     return app
 
 

@@ -265,6 +265,14 @@ class Limits(_Strict):
     max_images_per_request: PositiveInt = Field(
         4, le=64, description="largest n a request to a seeded (generative) style may ask for"
     )
+    body_idle_timeout_s: PositiveFloat = Field(
+        10.0, description="a request body that sends nothing for this long ends with 408 request_timeout"
+    )
+    max_uploads_per_client: PositiveInt = Field(
+        16,
+        description="request bodies one client address may have in flight on a router replica; more get 429 "
+        "too_many_uploads (behind a load balancer every client has its address: raise it)",
+    )
 
 
 class JobsConfig(_Strict):

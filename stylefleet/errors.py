@@ -68,6 +68,26 @@ class PayloadTooLarge(StylefleetError):
     code = "payload_too_large"
 
 
+class RequestTimeout(StylefleetError):
+    """The client stopped sending its request body (or Serve's request_timeout_s ran out)."""
+
+    status = 408
+    code = "request_timeout"
+
+
+class TooManyUploads(StylefleetError):
+    """One client address already has ``limits.max_uploads_per_client`` bodies in flight."""
+
+    status = 429
+    code = "too_many_uploads"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+    def __reduce__(self):
+        return (TooManyUploads, (self.message,), {"headers": self.headers})
+
+
 class UnsupportedMediaType(StylefleetError):
     status = 415
     code = "unsupported_media_type"
