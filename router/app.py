@@ -34,14 +34,40 @@ class ServeBackend:
 
     STATUS_CACHE_S = 1.0  # serve.status() is a controller round trip (~20 ms); probes can be frequent
 
-    def __init__(self, handles: dict[str, DeploymentHandle], app_name: str) -> None:
+    RETRY_DELAY_S = 0.2  # time for Serve's router to drop the dead replica before the retry
+
+    def __init__(self, handles: dict[str, DeploymentHandle], app_name: str, *, model_timeout_s: float = 100.0) -> None:
         self._handles = handles
         self._app_name = app_name
+        self._model_timeout_s = model_timeout_s
         self._states: tuple[float, dict[str, DeploymentState]] = (float("-inf"), {})
         self._refresh = asyncio.Lock()
 
     async def run(self, deployment: str, request: ModelRequest) -> Reply:
+        """One model call, retried once when the replica failed under it (it died mid-request).
+
+        Model calls are idempotent: the same images and params (seeds included, the router picks
+        them) give the same result, so running one again elsewhere is safe. Overloaded is not
+        retried here: the client's Retry-After says when. The whole call, queueing included, is
+        bounded by ``model_timeout_s``, so a deployment whose replicas never come back answers a
+        JSON 503 before Serve's own request timeout would answer a plain-text 408.
+        """
         await self._check_serving(deployment)
+        try:
+            return await asyncio.wait_for(self._call_retrying_once(deployment, request), self._model_timeout_s)
+        except asyncio.TimeoutError:
+            raise ModelUnavailable(
+                f"the {deployment} deployment did not answer within {self._model_timeout_s:g} s "
+                "(router.model_timeout_s); retry shortly",
+                retry_after_s=5,
+            ) from None
+
+    async def _call_retrying_once(self, deployment: str, request: ModelRequest) -> Reply:
+        try:
+            return await call_deployment(self._handles[deployment], deployment, request)
+        except ModelUnavailable as first:
+            logger.warning("retrying a %s call once on another replica: %s", deployment, first.message)
+        await asyncio.sleep(self.RETRY_DELAY_S)
         return await call_deployment(self._handles[deployment], deployment, request)
 
     async def _check_serving(self, deployment: str) -> None:
@@ -97,7 +123,7 @@ class Router:
 
     def __init__(self, config: AppConfig, handles: dict[str, DeploymentHandle]) -> None:
         self._config = config
-        backend = ServeBackend(handles, serve.get_replica_context().app_name)
+        backend = ServeBackend(handles, serve.get_replica_context().app_name, model_timeout_s=config.router.model_timeout_s)
         self.core = RouterCore(Catalog(config), backend, max_pixels=config.limits.max_pixels, recorder=RayRecorder())
         self.jobs = JobManager(
             self.core, Storage(config.jobs.storage), config.jobs, max_item_bytes=config.limits.max_upload_bytes

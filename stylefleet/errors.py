@@ -135,8 +135,13 @@ class Overloaded(StylefleetError):
 
 
 class ModelUnavailable(StylefleetError):
+    """Every 503 tells the client when to come back: ``Retry-After`` is always set."""
+
     status = 503
     code = "model_unavailable"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None, retry_after_s: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s), **(headers or {})})
 
 
 class InternalError(StylefleetError):

@@ -6,11 +6,15 @@ from __future__ import annotations
 import json
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlparse
 
 import httpx
 import pytest
+
+from tests import samples
+from tests.integration.conftest import deployment_info
 
 pytestmark = pytest.mark.integration
 
@@ -66,3 +70,39 @@ def test_idle_uploads_do_not_lock_anyone_out(base_url: str) -> None:
         assert body["error"]["code"] == {408: "request_timeout", 429: "too_many_uploads"}[status]
         if status == 429:
             assert headers["retry-after"] == "1"
+
+
+def _replica_actor(deployment: str) -> Any:
+    import ray
+
+    [name] = [a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(f"SERVE_REPLICA::stylefleet#{deployment}#")]
+    return ray.get_actor(name["name"], namespace=name["namespace"])
+
+
+def _batches(deployment: str) -> int:
+    return sum(deployment_info(deployment)["batch_sizes"].values())
+
+
+def test_requests_in_flight_on_a_replica_that_dies_are_retried_elsewhere(base_url: str) -> None:
+    import ray
+
+    image = samples.encoded(samples.astronaut(), "JPEG", quality=90)
+    before, replica = _batches("stylize"), deployment_info("stylize")["replica"]
+
+    def post(_: int) -> httpx.Response:
+        with httpx.Client(base_url=base_url, timeout=60) as c:
+            return c.post("/v1/styles/frost", files={"image": ("a.jpg", image, "image/jpeg")}, data={"max_side": "1024"})
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(post, i) for i in range(8)]
+        for _ in range(500):  # bounded: 10 s; a batch has started, the others wait behind it
+            if _batches("stylize") > before:
+                break
+            time.sleep(0.02)
+        ray.kill(_replica_actor("stylize"), no_restart=True)
+        responses = [f.result(timeout=90) for f in futures]
+    for r in responses:
+        if r.status_code != 200:  # a request that died twice: typed, and says when to retry
+            assert r.status_code == 503 and r.json()["error"]["code"] == "model_unavailable" and r.headers["retry-after"]
+    assert sum(r.status_code == 200 for r in responses) == len(responses), [r.text for r in responses if r.status_code != 200]
+    assert deployment_info("stylize")["replica"] != replica  # Serve replaced it; the calls went there
