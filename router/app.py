@@ -8,8 +8,10 @@ import os
 import time
 from typing import Any
 
+import ray
 from fastapi import FastAPI
 from ray import serve
+from ray._private import state as ray_state
 from ray.serve.handle import DeploymentHandle
 
 from deployments.batching import ModelRequest, Reply
@@ -113,6 +115,16 @@ class ServeBackend:
         return await self._deployment_states()
 
 
+def actor_alive(actor_id: str) -> bool | None:
+    """Whether a Ray actor still lives, from the GCS (no dashboard needed); None when unknown.
+    A job's lease names its router's actor: a dead one's jobs are resumed at once."""
+    info = ray_state.actors(actor_id=actor_id)
+    state = info.get("State") if isinstance(info, dict) else None
+    if state is None:
+        return None
+    return str(state) != "DEAD"
+
+
 @serve.ingress()
 class Router:
     """The ingress: parses HTTP, picks the variant, dispatches to the model deployments.
@@ -126,7 +138,12 @@ class Router:
         backend = ServeBackend(handles, serve.get_replica_context().app_name, model_timeout_s=config.router.model_timeout_s)
         self.core = RouterCore(Catalog(config), backend, max_pixels=config.limits.max_pixels, recorder=RayRecorder())
         self.jobs = JobManager(
-            self.core, Storage(config.jobs.storage), config.jobs, max_item_bytes=config.limits.max_upload_bytes
+            self.core,
+            Storage(config.jobs.storage),
+            config.jobs,
+            max_item_bytes=config.limits.max_upload_bytes,
+            actor_id=ray.get_runtime_context().get_actor_id(),
+            owner_alive=actor_alive,
         )
         try:
             asyncio.get_running_loop()

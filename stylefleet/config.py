@@ -269,7 +269,7 @@ class Limits(_Strict):
         10.0, description="a request body that sends nothing for this long ends with 408 request_timeout"
     )
     max_uploads_per_client: PositiveInt = Field(
-        16,
+        64,
         description="request bodies one client address may have in flight on a router replica; more get 429 "
         "too_many_uploads (behind a load balancer every client has its address: raise it)",
     )
@@ -320,6 +320,16 @@ class AppConfig(_Strict):
     models: dict[str, ModelSource] = Field(default_factory=dict)
     deployments: dict[str, DeploymentConfig]
     styles: dict[str, StyleConfig]
+
+    @model_validator(mode="after")
+    def _upload_share(self) -> AppConfig:
+        if self.limits.max_uploads_per_client >= self.router.max_ongoing_requests:
+            raise ValueError(
+                f"limits.max_uploads_per_client ({self.limits.max_uploads_per_client}) must be below "
+                f"router.max_ongoing_requests ({self.router.max_ongoing_requests}), or one client's idle uploads "
+                "can hold every router slot"
+            )
+        return self
 
     @model_validator(mode="after")
     def _references(self) -> AppConfig:
