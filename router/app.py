@@ -220,7 +220,7 @@ def build_app(args: AppConfig) -> Any:
             name="router",
             num_replicas=router.num_replicas,
             max_ongoing_requests=router.max_ongoing_requests,
-            ray_actor_options={"num_cpus": router.num_cpus},
+            ray_actor_options={"num_cpus": router.num_cpus, **({"resources": router.resources} if router.resources else {})},
             user_config=RouterSettings().model_dump(),  # serve_config.yaml's deployments[] overrides it
         )
         .bind(config, handles)

@@ -302,6 +302,11 @@ class RouterConfig(_Strict):
     num_replicas: PositiveInt = 1
     max_ongoing_requests: PositiveInt = Field(256, description="concurrent HTTP requests one router replica holds")
     num_cpus: float = Field(0.0, ge=0.0, description="Ray CPUs reserved for the router (it mostly waits)")
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="custom Ray resources the router needs, e.g. {head: 0.001} with the head node started "
+        "with resources {head: 1}, to keep routers beside the proxy (README, 'More than one machine')",
+    )
     model_timeout_s: PositiveFloat = Field(
         100.0,
         description="longest wait for one model call (queue included) before 503 model_unavailable; keep it below "

@@ -89,6 +89,27 @@ def write_private_token(directory: Path) -> Path:
     return path
 
 
+def loopback_token_environment(state_dir: Path) -> Path:
+    """Set this process's environment so the Ray nodes it starts (one, or a head and workers on
+    this machine) stay on 127.0.0.1 and share one fresh private token; its path is returned."""
+    from ray._private import ray_constants
+    from ray._raylet import Config
+
+    # Single-machine mode: the node address stays 127.0.0.1. Children read the variable at
+    # import; this process already imported Ray, so its constant is set too.
+    os.environ[LOOPBACK_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    token_path = write_private_token(state_dir)
+    # Read by ray.init and inherited by every Ray process it starts (and only by them).
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_path)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray reads RAY_AUTH_MODE into its config when first imported; re-read it, as
+    # ray._private.authentication does itself when it turns token mode on.
+    Config.initialize("")
+    return token_path
+
+
 class LocalCluster:
     """Starts (and stops) the Ray it started; never touches any other Ray on the machine."""
 
@@ -145,24 +166,9 @@ class LocalCluster:
 
     def start(self) -> None:
         import ray
-        from ray._private import ray_constants
 
         self._claim()
-
-        # Single-machine mode: the node address stays 127.0.0.1. Children read the variable at
-        # import; this process already imported Ray, so its constant is set too.
-        os.environ[LOOPBACK_ENV] = "0"
-        ray_constants.ENABLE_RAY_CLUSTER = False
-        self.token_path = write_private_token(self.state_dir)
-        # Read by ray.init and inherited by every Ray process it starts (and only by them).
-        os.environ["RAY_AUTH_MODE"] = "token"
-        os.environ["RAY_AUTH_TOKEN_PATH"] = str(self.token_path)
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        # Ray reads RAY_AUTH_MODE into its config when first imported; re-read it, as
-        # ray._private.authentication does itself when it turns token mode on.
-        from ray._raylet import Config
-
-        Config.initialize("")
+        self.token_path = loopback_token_environment(self.state_dir)
         kwargs: dict[str, Any] = {
             "include_dashboard": self.include_dashboard,
             "dashboard_host": LOOPBACK,
