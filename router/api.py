@@ -17,8 +17,23 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from deployments.batching import EncodedImage
 from router import bundle
 from router.core import RouterCore
+from router.health import NOT_READY_RETRY_AFTER_S, readiness
+from router.openapi import (
+    EVENTS_RESPONSE,
+    IMAGE_RESPONSE,
+    JOB_REQUEST,
+    PREVIEW_RESPONSE,
+    STYLE_REQUEST,
+    ZIP_RESPONSE,
+    Job,
+    Liveness,
+    Readiness,
+    errors,
+    without_validation_errors,
+)
 from router.jobs import JobManager
 from router.previews import PreviewCache
+from router.uploads import UploadGuard
 from stylefleet.config import Limits
 from stylefleet.errors import (
     BadRequest,
@@ -45,6 +60,10 @@ _STATIC_TYPES = {
     ".png": "image/png",
 }
 PREVIEW_MAX_AGE_S = 3600
+_READINESS: dict[int | str, dict[str, Any]] = {
+    200: {"model": Readiness, "description": "ready"},
+    503: {"model": Readiness, "description": "not ready", "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
+}
 
 
 def error_response(exc: StylefleetError) -> JSONResponse:
@@ -121,11 +140,11 @@ def create_api(
         logger.exception("unexpected error", exc_info=exc)
         return error_response(InternalError("unexpected server error; it was logged"))
 
-    @app.get("/v1/styles")
+    @app.get("/v1/styles", responses=errors())
     async def list_styles() -> dict[str, Any]:
         return {"styles": core.describe_styles()}
 
-    @app.get("/v1/styles/{style_name}/preview")
+    @app.get("/v1/styles/{style_name}/preview", response_class=Response, responses={200: PREVIEW_RESPONSE, **errors(404, 503)})
     async def style_preview(style_name: str) -> Response:
         """The sample photo in this style (rendered once per router process, then cached)."""
         image = await previews.get(style_name)
@@ -135,12 +154,17 @@ def create_api(
             headers={"Cache-Control": f"public, max-age={PREVIEW_MAX_AGE_S}"},
         )
 
-    @app.get("/v1/shadow")
+    @app.get("/v1/shadow", responses=errors())
     async def shadow_report() -> dict[str, Any]:
         """Drift between each shadow variant and the variant the user got, per style."""
         return {"comparisons": core.shadow_report.describe()}
 
-    @app.post("/v1/styles/{style_name}")
+    @app.post(
+        "/v1/styles/{style_name}",
+        response_class=Response,
+        responses={200: IMAGE_RESPONSE, **errors(400, 404, 408, 413, 415, 422, 429, 503)},
+        openapi_extra=STYLE_REQUEST,
+    )
     async def apply_style(style_name: str, request: Request) -> Response:
         style = core.catalog.get(style_name)  # 404 before reading the body
         files, fields = await _read_body(request, json_allowed=not style.image_fields)
@@ -163,14 +187,24 @@ def create_api(
             return Response(image.data, media_type=image.content_type, headers=headers)
         return _many_images(style.name, list(result.images), list(result.seeds), request.headers.get("accept", ""), headers)
 
-    @app.get("/healthz")
+    @app.get("/healthz/live", tags=["health"], response_model=Liveness)
+    async def healthz_live() -> dict[str, str]:
+        """Liveness: the proxy and a router replica answer (the models are not asked). For a
+        Kubernetes livenessProbe."""
+        return {"status": "alive"}
+
+    @app.get("/healthz/ready", tags=["health"], responses=_READINESS)
+    async def healthz_ready() -> JSONResponse:
+        """Readiness: 200 while every deployment has a running replica (busy and scaling up
+        included), 503 with Retry-After otherwise. For a Kubernetes readinessProbe."""
+        ready, body = readiness(await core.backend.health())
+        headers = {} if ready else {"Retry-After": str(NOT_READY_RETRY_AFTER_S)}
+        return JSONResponse(body, status_code=200 if ready else 503, headers=headers)
+
+    @app.get("/healthz", tags=["health"], responses=_READINESS)
     async def healthz() -> JSONResponse:
-        statuses = await core.backend.health()
-        healthy = bool(statuses) and all(s == "HEALTHY" for s in statuses.values())
-        return JSONResponse(
-            {"status": "ok" if healthy else "unhealthy", "deployments": statuses},
-            status_code=200 if healthy else 503,
-        )
+        """The same as ``/healthz/ready`` (kept for existing checks)."""
+        return await healthz_ready()
 
     @app.get("/", include_in_schema=False)
     async def web_page() -> FileResponse:
@@ -180,11 +214,26 @@ def create_api(
     async def web_static(name: str) -> FileResponse:
         return _static_file(name)
 
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = without_validation_errors(default_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     overrides = {}
     if jobs is not None:
         add_job_routes(app, jobs, limits)
         overrides[("POST", "/v1/jobs")] = (jobs.config.max_upload_bytes, "jobs.max_upload_bytes")
     app.add_middleware(BodyLimit, max_bytes=limits.max_upload_bytes, overrides=overrides)
+    app.add_middleware(
+        UploadGuard,
+        render=error_response,
+        body_idle_timeout_s=limits.body_idle_timeout_s,
+        max_uploads_per_client=limits.max_uploads_per_client,
+    )
     return app
 
 
@@ -195,7 +244,12 @@ def add_job_routes(app: FastAPI, jobs: JobManager, limits: Limits) -> None:
         base = f"/v1/jobs/{job_id}"
         return {"self": base, "events": f"{base}/events", "result": f"{base}/result"}
 
-    @app.post("/v1/jobs", status_code=202)
+    @app.post(
+        "/v1/jobs",
+        status_code=202,
+        responses={202: {"model": Job, "description": "the job, queued, with its URLs"}, **errors(400, 404, 408, 413, 415, 422, 429)},
+        openapi_extra=JOB_REQUEST,
+    )
     async def create_job(request: Request) -> JSONResponse:
         """multipart/form-data: several ``images`` files or one ``archive`` zip, ``style``, the
         style's params (and ``variant``/``client_id``); 202 with the job and its URLs."""
@@ -233,12 +287,12 @@ def add_job_routes(app: FastAPI, jobs: JobManager, limits: Limits) -> None:
         body["urls"] = urls(body["id"])
         return JSONResponse(body, status_code=202, headers={"Location": body["urls"]["self"]})
 
-    @app.get("/v1/jobs/{job_id}")
+    @app.get("/v1/jobs/{job_id}", responses={200: {"model": Job}, **errors(404)})
     async def get_job(job_id: str) -> dict[str, Any]:
         jobs.ensure_started()
         return await jobs.get(job_id)
 
-    @app.get("/v1/jobs/{job_id}/events")
+    @app.get("/v1/jobs/{job_id}/events", response_class=StreamingResponse, responses={200: EVENTS_RESPONSE, **errors(404)})
     async def job_events(job_id: str) -> StreamingResponse:
         """text/event-stream: ``progress`` (the job as GET shows it) on every change, ``end`` at
         a final status. The stream ends itself after 90 s; EventSource reconnects."""
@@ -248,7 +302,7 @@ def add_job_routes(app: FastAPI, jobs: JobManager, limits: Limits) -> None:
             stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )
 
-    @app.get("/v1/jobs/{job_id}/result")
+    @app.get("/v1/jobs/{job_id}/result", response_class=StreamingResponse, responses={200: ZIP_RESPONSE, **errors(404, 409)})
     async def job_result(job_id: str) -> StreamingResponse:
         """application/zip: outputs (original names, the format's extension), manifest.jsonl,
         failures.jsonl; 409 job_not_finished until the job ends."""
@@ -266,7 +320,7 @@ def add_job_routes(app: FastAPI, jobs: JobManager, limits: Limits) -> None:
             headers={"Content-Disposition": f'attachment; filename="stylefleet-job-{job_id}.zip"', "Content-Length": str(storage.size(rel))},
         )
 
-    @app.delete("/v1/jobs/{job_id}")
+    @app.delete("/v1/jobs/{job_id}", responses={200: {"model": Job}, **errors(404)})
     async def cancel_job(job_id: str) -> dict[str, Any]:
         jobs.ensure_started()
         return await jobs.cancel(job_id)

@@ -6,11 +6,12 @@ import asyncio
 import logging
 import os
 import time
-from dataclasses import dataclass
 from typing import Any
 
+import ray
 from fastapi import FastAPI
 from ray import serve
+from ray._private import state as ray_state
 from ray.serve.handle import DeploymentHandle
 
 from deployments.batching import ModelRequest, Reply
@@ -20,6 +21,7 @@ from deployments.serving import ComposedServer, ModelServer, call_deployment
 from router.api import create_api
 from router.catalog import Catalog
 from router.core import RouterCore
+from router.health import DeploymentState
 from router.jobs import JobManager
 from router.metrics import RayRecorder
 from stylefleet.config import AppConfig, BatchingConfig, DeploymentConfig, RouterSettings, dependency_order
@@ -29,25 +31,45 @@ from stylefleet.storage import Storage
 logger = logging.getLogger("ray.serve")
 
 
-@dataclass(frozen=True)
-class DeploymentState:
-    status: str
-    running_replicas: int
-
-
 class ServeBackend:
     """The API's backend on a live cluster: deployment handles plus Serve's own status."""
 
     STATUS_CACHE_S = 1.0  # serve.status() is a controller round trip (~20 ms); probes can be frequent
 
-    def __init__(self, handles: dict[str, DeploymentHandle], app_name: str) -> None:
+    RETRY_DELAY_S = 0.2  # time for Serve's router to drop the dead replica before the retry
+
+    def __init__(self, handles: dict[str, DeploymentHandle], app_name: str, *, model_timeout_s: float = 100.0) -> None:
         self._handles = handles
         self._app_name = app_name
+        self._model_timeout_s = model_timeout_s
         self._states: tuple[float, dict[str, DeploymentState]] = (float("-inf"), {})
         self._refresh = asyncio.Lock()
 
     async def run(self, deployment: str, request: ModelRequest) -> Reply:
+        """One model call, retried once when the replica failed under it (it died mid-request).
+
+        Model calls are idempotent: the same images and params (seeds included, the router picks
+        them) give the same result, so running one again elsewhere is safe. Overloaded is not
+        retried here: the client's Retry-After says when. The whole call, queueing included, is
+        bounded by ``model_timeout_s``, so a deployment whose replicas never come back answers a
+        JSON 503 before Serve's own request timeout would answer a plain-text 408.
+        """
         await self._check_serving(deployment)
+        try:
+            return await asyncio.wait_for(self._call_retrying_once(deployment, request), self._model_timeout_s)
+        except asyncio.TimeoutError:
+            raise ModelUnavailable(
+                f"the {deployment} deployment did not answer within {self._model_timeout_s:g} s "
+                "(router.model_timeout_s); retry shortly",
+                retry_after_s=5,
+            ) from None
+
+    async def _call_retrying_once(self, deployment: str, request: ModelRequest) -> Reply:
+        try:
+            return await call_deployment(self._handles[deployment], deployment, request)
+        except ModelUnavailable as first:
+            logger.warning("retrying a %s call once on another replica: %s", deployment, first.message)
+        await asyncio.sleep(self.RETRY_DELAY_S)
         return await call_deployment(self._handles[deployment], deployment, request)
 
     async def _check_serving(self, deployment: str) -> None:
@@ -89,8 +111,18 @@ class ServeBackend:
             self._states = (time.monotonic(), states)
             return states
 
-    async def health(self) -> dict[str, str]:
-        return {name: state.status for name, state in (await self._deployment_states()).items()}
+    async def health(self) -> dict[str, DeploymentState]:
+        return await self._deployment_states()
+
+
+def actor_alive(actor_id: str) -> bool | None:
+    """Whether a Ray actor still lives, from the GCS (no dashboard needed); None when unknown.
+    A job's lease names its router's actor: a dead one's jobs are resumed at once."""
+    info = ray_state.actors(actor_id=actor_id)
+    state = info.get("State") if isinstance(info, dict) else None
+    if state is None:
+        return None
+    return str(state) != "DEAD"
 
 
 @serve.ingress()
@@ -103,11 +135,16 @@ class Router:
 
     def __init__(self, config: AppConfig, handles: dict[str, DeploymentHandle]) -> None:
         self._config = config
-        backend = ServeBackend(handles, serve.get_replica_context().app_name)
+        backend = ServeBackend(handles, serve.get_replica_context().app_name, model_timeout_s=config.router.model_timeout_s)
         self.core = RouterCore(Catalog(config), backend, max_pixels=config.limits.max_pixels, recorder=RayRecorder())
         self.core.describe_styles()  # each style's description is built once, here, not on the first GET /v1/styles
         self.jobs = JobManager(
-            self.core, Storage(config.jobs.storage), config.jobs, max_item_bytes=config.limits.max_upload_bytes
+            self.core,
+            Storage(config.jobs.storage),
+            config.jobs,
+            max_item_bytes=config.limits.max_upload_bytes,
+            actor_id=ray.get_runtime_context().get_actor_id(),
+            owner_alive=actor_alive,
         )
         try:
             asyncio.get_running_loop()
@@ -184,7 +221,7 @@ def build_app(args: AppConfig) -> Any:
             name="router",
             num_replicas=router.num_replicas,
             max_ongoing_requests=router.max_ongoing_requests,
-            ray_actor_options={"num_cpus": router.num_cpus},
+            ray_actor_options={"num_cpus": router.num_cpus, **({"resources": router.resources} if router.resources else {})},
             user_config=RouterSettings().model_dump(),  # serve_config.yaml's deployments[] overrides it
         )
         .bind(config, handles)

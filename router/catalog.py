@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -13,7 +14,7 @@ from deployments.batching import OutputSpec, validate_params
 from deployments.diffusion import MAX_SEED
 from deployments.kinds import KINDS, ModelKind
 from stylefleet.config import AppConfig
-from stylefleet.errors import InvalidParams, UnknownStyle
+from stylefleet.errors import InvalidParams, UnknownStyle, clip
 
 
 class OutputParams(BaseModel):
@@ -187,7 +188,7 @@ class Catalog:
         try:
             return self._styles[name]
         except KeyError:
-            raise UnknownStyle(f"no style named {name!r}; GET /v1/styles lists them") from None
+            raise UnknownStyle(f"no style named {clip(name)}; GET /v1/styles lists them") from None
 
 
 def split_params(style: Style, variant: Variant, fields: dict[str, Any]) -> tuple[dict[str, Any], OutputSpec]:
@@ -200,11 +201,37 @@ def split_params(style: Style, variant: Variant, fields: dict[str, Any]) -> tupl
     fixed = (set(style.kind.params_model.model_fields) - style.client_params) & set(fields)
     if fixed:
         raise InvalidParams(f"{', '.join(sorted(fixed))}: fixed by style {style.name!r}, cannot be set")
-    output = validate_params(OutputParams, {k: v for k, v in fields.items() if k in output_names})
+    output_fields = {k: v for k, v in fields.items() if k in output_names}
+    refuse_non_finite(OutputParams, output_fields)
+    output = validate_params(OutputParams, output_fields)
     model_fields = {k: v for k, v in fields.items() if k not in output_names}
     params = {**variant.defaults, **model_fields, **variant.fixed_params}
+    refuse_non_finite(style.kind.params_model, params)
     checked = validate_params(style.kind.params_model, params)
     return checked.model_dump(), OutputSpec(format=output.format, quality=output.quality)
+
+
+def refuse_non_finite(params_model: type[BaseModel], params: dict[str, Any]) -> None:
+    """NaN and infinities in a numeric param are refused as such: pydantic would compare them with
+    the bounds and answer "Input should be less than or equal to 1" for NaN, which misleads."""
+    for name, value in params.items():
+        info = params_model.model_fields.get(name)
+        if info is None or not _numeric(info.annotation):
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
+            continue  # not a number at all: pydantic's own message says so
+        if math.isnan(number):
+            raise InvalidParams(f"{name}: not a number (NaN); send a finite number")
+        if math.isinf(number):
+            raise InvalidParams(f"{name}: infinite; send a finite number")
+
+
+def _numeric(annotation: Any) -> bool:
+    if annotation in (int, float):
+        return True
+    return any(_numeric(arg) for arg in get_args(annotation))
 
 
 def split_count(style: Style, fields: dict[str, Any]) -> tuple[dict[str, Any], int]:

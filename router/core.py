@@ -23,6 +23,7 @@ import numpy as np
 
 from deployments.batching import EncodedImage, ModelRequest, OutputSpec, Reply
 from router.catalog import Catalog, Style, seeded_params, split_count, split_params
+from router.health import DeploymentState
 from router.variants import choose_variant, validate_weights
 from stylefleet.compare import drift
 from stylefleet.config import RouterSettings
@@ -37,7 +38,7 @@ class Backend(Protocol):
 
     async def run(self, deployment: str, request: ModelRequest) -> Reply: ...
 
-    async def health(self) -> dict[str, str]: ...
+    async def health(self) -> dict[str, DeploymentState]: ...
 
 
 class Recorder(Protocol):

@@ -37,7 +37,7 @@ import time
 import uuid
 import zipfile
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any
 
@@ -53,6 +53,7 @@ from stylefleet.errors import (
     PayloadTooLarge,
     StylefleetError,
     UnknownJob,
+    clip,
 )
 from stylefleet.imageio import decode
 from stylefleet.manifest import FAILURES, MANIFEST, Record, failures_text, now_iso, output_names, sha256_hex
@@ -108,6 +109,8 @@ class _Job:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     saved_at: float = 0.0
     renewed_at: float = 0.0
+    save_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # state.json snapshots land in order
+    saved: dict[str, Any] | None = None  # the last state.json written: what every replica shows
 
     def touch(self) -> None:
         self.changed.set()
@@ -153,14 +156,21 @@ class JobManager:
         *,
         max_item_bytes: int,
         owner: str | None = None,
+        actor_id: str | None = None,
+        owner_alive: Callable[[str], bool | None] | None = None,
         clock: Any = time.time,
     ) -> None:
+        """``actor_id`` (this router's Ray actor) goes into each lease it takes; ``owner_alive``
+        asks Ray whether a lease holder's actor still lives (None: cannot tell), so a job whose
+        router is known dead is resumed at the next tick instead of after ``lease_timeout_s``."""
         self.core = core
         self.storage = storage
         self.config = config
         self.max_item_bytes = max_item_bytes
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.clock = clock
+        self.actor_id = actor_id
+        self.owner_alive = owner_alive
         self.rng = random.Random()
         self._jobs: dict[str, _Job] = {}  # the jobs this replica runs now
         self._final: set[str] = set()  # jobs seen over: never scanned again
@@ -229,9 +239,16 @@ class JobManager:
         return describe(spec, results, "queued", None, None, items=False)
 
     async def get(self, job_id: str, *, items: bool = True) -> dict[str, Any]:
+        """The job as last written to ``state.json``, whichever replica answers: the runner
+        shows what it persisted (at most ``STATE_WRITE_INTERVAL_S`` old), not its newer memory, so
+        a client moving between replicas, or to the replica that resumes the job after its
+        runner died, never sees progress go backwards (results are written before the state)."""
         job = self._jobs.get(job_id)
         if job is not None:
-            return describe(job.spec, job.results, job.status, job.started_at, job.finished_at, items=items)
+            state = dict(job.saved) if job.saved is not None else describe(job.spec, job.results, job.status, job.started_at, job.finished_at)
+            if not items:
+                state.pop("items", None)
+            return state
         state = await asyncio.to_thread(self._read_state, job_id)
         if not items:
             state.pop("items", None)
@@ -425,8 +442,10 @@ class JobManager:
         rel = f"{job_id}/lease.json"
         lease = self._read_lease(rel)
         if lease and lease["owner"] != self.owner and lease["expires_at"] > self.clock():
-            return False
-        self.storage.write_text(rel, json.dumps({"owner": self.owner, "expires_at": self.clock() + self.config.lease_timeout_s}))
+            if not self._holder_dead(lease):
+                return False
+            logger.warning("job %s: its router (actor %s) is dead; resuming it now", job_id, lease["actor_id"])
+        self.storage.write_text(rel, self._lease_json())
         time.sleep(0.1)
         lease = self._read_lease(rel)
         return lease is not None and lease["owner"] == self.owner
@@ -436,8 +455,25 @@ class JobManager:
         lease = self._read_lease(rel)
         if lease and lease["owner"] != self.owner:
             return False
-        self.storage.write_text(rel, json.dumps({"owner": self.owner, "expires_at": self.clock() + self.config.lease_timeout_s}))
+        self.storage.write_text(rel, self._lease_json())
         return True
+
+    def _lease_json(self) -> str:
+        lease = {"owner": self.owner, "expires_at": self.clock() + self.config.lease_timeout_s}
+        if self.actor_id:
+            lease["actor_id"] = self.actor_id
+        return json.dumps(lease)
+
+    def _holder_dead(self, lease: dict[str, Any]) -> bool:
+        """True only when Ray says the lease holder's actor is dead; unknown is alive."""
+        actor_id = lease.get("actor_id")
+        if not actor_id or self.owner_alive is None:
+            return False
+        try:
+            return self.owner_alive(str(actor_id)) is False
+        except Exception:  # noqa: BLE001 - no answer is no evidence: wait for the lease
+            logger.warning("could not ask Ray about actor %s", actor_id, exc_info=True)
+            return False
 
     def _release(self, job_id: str) -> None:
         rel = f"{job_id}/lease.json"
@@ -454,19 +490,30 @@ class JobManager:
 
     def _load(self, job_id: str) -> _Job:
         spec = JobSpec.from_json(self.storage.read_text(f"{job_id}/job.json"))
+        state = self._read_state(job_id)
+        results = self._load_results(job_id)
+        if len(results) < int(state.get("done", 0)):
+            # fewer results than the last runner reported: a stale listing (object stores cache
+            # them); list again before going on, so progress does not seem to go backwards
+            self.storage.fs.invalidate_cache()
+            results = self._load_results(job_id)
+            if len(results) < int(state.get("done", 0)):
+                logger.warning("job %s: %d results found, %d reported; the missing items run again", job_id, len(results), state["done"])
+        job = _Job(spec, results, status="queued", started_at=state.get("started_at"))
+        job.shared_files = {n: self.storage.read_bytes(f"{job_id}/shared/{n}") for n in spec.shared}
+        return job
+
+    def _load_results(self, job_id: str) -> dict[int, Record]:
         results: dict[int, Record] = {}
         for name in self.storage.listdir(f"{job_id}/results"):
             if name.endswith(".json") and name[:-5].isdigit():
                 with contextlib.suppress(ValueError, TypeError):
                     results[int(name[:-5])] = Record.from_dict(json.loads(self.storage.read_text(f"{job_id}/results/{name}")))
-        state = self._read_state(job_id)
-        job = _Job(spec, results, status="queued", started_at=state.get("started_at"))
-        job.shared_files = {n: self.storage.read_bytes(f"{job_id}/shared/{n}") for n in spec.shared}
-        return job
+        return results
 
     def _read_state(self, job_id: str) -> dict[str, Any]:
         if not JOB_ID.match(job_id):
-            raise UnknownJob(f"no job {job_id!r}")
+            raise UnknownJob(f"no job {clip(job_id)}")
         try:
             return dict(json.loads(self.storage.read_text(f"{job_id}/state.json")))
         except (FileNotFoundError, ValueError):
@@ -547,9 +594,14 @@ class JobManager:
         logger.info("job %s %s (%d/%d done)%s", job.spec.id, status, len(job.results), len(job.spec.items), f": {reason}" if reason else "")
 
     async def _save_state(self, job: _Job) -> None:
-        job.saved_at = time.monotonic()
-        state = describe(job.spec, job.results, job.status, job.started_at, job.finished_at)
-        await asyncio.to_thread(self.storage.write_text, f"{job.spec.id}/state.json", json.dumps(state))
+        """Snapshots are taken and written one at a time: two writes in flight could land out of
+        order, and an older snapshot over a newer one is progress going backwards."""
+        async with job.save_lock:
+            job.saved_at = time.monotonic()
+            state = describe(job.spec, job.results, job.status, job.started_at, job.finished_at)
+            await asyncio.to_thread(self.storage.write_text, f"{job.spec.id}/state.json", json.dumps(state))
+            job.saved = state
+            job.touch()
 
     # -- result ------------------------------------------------------------------------------
 

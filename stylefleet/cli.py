@@ -22,7 +22,7 @@ def _load(path: str) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from stylefleet.local import LocalCluster
+    from stylefleet.local import AlreadyRunning, LocalCluster
 
     config = _load(args.config)
     http = config.get("http_options", {})
@@ -31,11 +31,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         metrics_export_port=args.metrics_port,
         include_dashboard=args.dashboard,
         state_dir=Path(args.state_dir),
+        http_port=int(http.get("port", 8000)),
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    cluster.start()
+    try:
+        cluster.start()
+    except AlreadyRunning as exc:
+        print(f"stylefleet: {exc}", file=sys.stderr)
+        return 1
     try:
         for failure in cluster.deploy(config, timeout_s=args.timeout, allow_degraded=True):
             logger.warning("serving without a failed deployment (its styles answer 503 model_unavailable): %s", failure)

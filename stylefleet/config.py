@@ -285,6 +285,14 @@ class Limits(_Strict):
     max_images_per_request: PositiveInt = Field(
         4, le=64, description="largest n a request to a seeded (generative) style may ask for"
     )
+    body_idle_timeout_s: PositiveFloat = Field(
+        10.0, description="a request body that sends nothing for this long ends with 408 request_timeout"
+    )
+    max_uploads_per_client: PositiveInt = Field(
+        64,
+        description="request bodies one client address may have in flight on a router replica; more get 429 "
+        "too_many_uploads (behind a load balancer every client has its address: raise it)",
+    )
 
 
 class JobsConfig(_Strict):
@@ -314,6 +322,16 @@ class RouterConfig(_Strict):
     num_replicas: PositiveInt = 1
     max_ongoing_requests: PositiveInt = Field(256, description="concurrent HTTP requests one router replica holds")
     num_cpus: float = Field(0.0, ge=0.0, description="Ray CPUs reserved for the router (it mostly waits)")
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="custom Ray resources the router needs, e.g. {head: 0.001} with the head node started "
+        "with resources {head: 1}, to keep routers beside the proxy (README, 'More than one machine')",
+    )
+    model_timeout_s: PositiveFloat = Field(
+        100.0,
+        description="longest wait for one model call (queue included) before 503 model_unavailable; keep it below "
+        "http_options.request_timeout_s, so clients get the JSON error, not Serve's plain-text 408",
+    )
 
 
 class AppConfig(_Strict):
@@ -327,6 +345,16 @@ class AppConfig(_Strict):
     models: dict[str, ModelSource] = Field(default_factory=dict)
     deployments: dict[str, DeploymentConfig]
     styles: dict[str, StyleConfig]
+
+    @model_validator(mode="after")
+    def _upload_share(self) -> AppConfig:
+        if self.limits.max_uploads_per_client >= self.router.max_ongoing_requests:
+            raise ValueError(
+                f"limits.max_uploads_per_client ({self.limits.max_uploads_per_client}) must be below "
+                f"router.max_ongoing_requests ({self.router.max_ongoing_requests}), or one client's idle uploads "
+                "can hold every router slot"
+            )
+        return self
 
     @model_validator(mode="after")
     def _references(self) -> AppConfig:

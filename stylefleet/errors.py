@@ -7,6 +7,18 @@ One renderer (``router.api``) turns any of them into
 from __future__ import annotations
 
 
+ECHO_MAX_CHARS = 80
+
+
+def clip(value: object, max_chars: int = ECHO_MAX_CHARS) -> str:
+    """``repr(value)`` cut to ``max_chars``: what a client sent is echoed in an error message
+    only as far as it helps them find it (a 5,000-character name comes back as its start)."""
+    text = repr(value)
+    if len(text) <= max_chars:
+        return text
+    return f"{text[: max_chars - 1]}…' ({len(str(value))} characters)"
+
+
 class StylefleetError(Exception):
     """Base class. ``status`` and ``code`` are part of the public API: clients match on ``code``."""
 
@@ -56,6 +68,26 @@ class PayloadTooLarge(StylefleetError):
     code = "payload_too_large"
 
 
+class RequestTimeout(StylefleetError):
+    """The client stopped sending its request body (or Serve's request_timeout_s ran out)."""
+
+    status = 408
+    code = "request_timeout"
+
+
+class TooManyUploads(StylefleetError):
+    """One client address already has ``limits.max_uploads_per_client`` bodies in flight."""
+
+    status = 429
+    code = "too_many_uploads"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+    def __reduce__(self):
+        return (TooManyUploads, (self.message,), {"headers": self.headers})
+
+
 class UnsupportedMediaType(StylefleetError):
     status = 415
     code = "unsupported_media_type"
@@ -103,8 +135,13 @@ class Overloaded(StylefleetError):
 
 
 class ModelUnavailable(StylefleetError):
+    """Every 503 tells the client when to come back: ``Retry-After`` is always set."""
+
     status = 503
     code = "model_unavailable"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None, retry_after_s: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s), **(headers or {})})
 
 
 class InternalError(StylefleetError):

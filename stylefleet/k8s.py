@@ -69,6 +69,22 @@ def _container(name: str, image: str, resources: dict[str, Any], ports: list[dic
     }
 
 
+def _probe(path: str, *, period_s: int, failures: int) -> dict[str, Any]:
+    return {"httpGet": {"path": path, "port": 8000}, "periodSeconds": period_s, "timeoutSeconds": 5, "failureThreshold": failures}
+
+
+# Readiness (/healthz/ready: every deployment has a running replica) decides whether a pod's Serve
+# proxy gets traffic; liveness (/healthz/live: proxy and router answer) restarts only a head that
+# stopped answering for a minute, after a startup allowance of 20 minutes for model downloads.
+# Workers keep KubeRay's own liveness check (their raylet): a router hiccup must not restart them.
+HEAD_PROBES = {
+    "readinessProbe": _probe("/healthz/ready", period_s=5, failures=3),
+    "livenessProbe": _probe("/healthz/live", period_s=10, failures=6),
+    "startupProbe": _probe("/healthz/live", period_s=10, failures=120),
+}
+WORKER_PROBES = {"readinessProbe": _probe("/healthz/ready", period_s=5, failures=3)}
+
+
 def rayservice(config: dict[str, Any], *, image: str = DEFAULT_IMAGE, name: str = "stylefleet") -> dict[str, Any]:
     serve = serve_config_for_cluster(config)
     shape = worker_shape(config)
@@ -81,7 +97,8 @@ def rayservice(config: dict[str, Any], *, image: str = DEFAULT_IMAGE, name: str 
         {"containerPort": 8000, "name": "serve"},
         metrics_port,
     ]
-    worker = _container("ray-worker", image, {"cpu": shape["cpu"], "memory": shape["memory"], "nvidia.com/gpu": "1"}, [metrics_port])
+    worker = _container("ray-worker", image, {"cpu": shape["cpu"], "memory": shape["memory"], "nvidia.com/gpu": "1"}, [metrics_port]) | WORKER_PROBES
+    head = _container("ray-head", image, {"cpu": "2", "memory": "8Gi"}, head_ports) | HEAD_PROBES
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayService",
@@ -98,7 +115,7 @@ def rayservice(config: dict[str, Any], *, image: str = DEFAULT_IMAGE, name: str 
                     "rayStartParams": {"dashboard-host": "0.0.0.0", "metrics-export-port": str(METRICS_PORT), "num-cpus": "0"},
                     "template": {
                         "metadata": {"labels": {"app.kubernetes.io/name": "stylefleet"}},
-                        "spec": {"containers": [_container("ray-head", image, {"cpu": "2", "memory": "8Gi"}, head_ports)], "volumes": volumes},
+                        "spec": {"containers": [head], "volumes": volumes},
                     },
                 },
                 "workerGroupSpecs": [

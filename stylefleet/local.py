@@ -8,6 +8,10 @@ Safe by default:
   it, so it goes into the environment the processes inherit.
 - Ray's token authentication is on, with a fresh random token per run in a 0600 file that only
   this process tree is told about (Ray's own default token file is world-readable).
+- One service per state folder: ``start`` takes an exclusive lock on ``{state_dir}/run.lock`` and
+  checks that its fixed ports are free *before* writing anything, so a second start refuses
+  (saying which process serves where) and never replaces the live cluster's token file: every
+  worker that cluster starts later (autoscaling, a replaced replica) still reads the right token.
 
 What still listens beyond loopback (Serve's replica-to-replica gRPC port, hard-coded to ``[::]``
 in Ray Serve 2.60 and token-protected) is listed in the README ("What listens where"); the
@@ -16,6 +20,8 @@ integration tests fail on any other socket.
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import secrets
 import socket
@@ -35,6 +41,43 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class AlreadyRunning(RuntimeError):
+    """A service already runs from this state folder, or holds a port this one needs."""
+
+
+def port_taken(port: int, host: str = LOOPBACK) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def claim_state_dir(directory: Path, describe: dict[str, Any]) -> int:
+    """Lock ``{directory}/run.lock`` for the life of this process (the kernel drops the lock when
+    it exits, however it exits) and record who holds it; an open file descriptor is returned.
+
+    Raises ``AlreadyRunning`` naming the holder when another live process has it.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, stat.S_IRWXU)
+    path = directory / "run.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 4096).decode(errors="replace").strip() or "{}"
+        os.close(fd)
+        raise AlreadyRunning(
+            f"a stylefleet service is already running from {directory} ({holder}); stop it first "
+            "(Ctrl-C in its terminal, or kill its pid), or use another --state-dir and other ports"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps({"pid": os.getpid(), **describe}).encode())
+    return fd
+
+
 def write_private_token(directory: Path) -> Path:
     """A new random token in a file only the owner can read."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -44,6 +87,27 @@ def write_private_token(directory: Path) -> Path:
     with os.fdopen(fd, "w") as fh:
         fh.write(secrets.token_hex(32))
     return path
+
+
+def loopback_token_environment(state_dir: Path) -> Path:
+    """Set this process's environment so the Ray nodes it starts (one, or a head and workers on
+    this machine) stay on 127.0.0.1 and share one fresh private token; its path is returned."""
+    from ray._private import ray_constants
+    from ray._raylet import Config
+
+    # Single-machine mode: the node address stays 127.0.0.1. Children read the variable at
+    # import; this process already imported Ray, so its constant is set too.
+    os.environ[LOOPBACK_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    token_path = write_private_token(state_dir)
+    # Read by ray.init and inherited by every Ray process it starts (and only by them).
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_path)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray reads RAY_AUTH_MODE into its config when first imported; re-read it, as
+    # ray._private.authentication does itself when it turns token mode on.
+    Config.initialize("")
+    return token_path
 
 
 class LocalCluster:
@@ -59,6 +123,7 @@ class LocalCluster:
         temp_dir: str | None = None,
         state_dir: Path | None = None,
         log_to_driver: bool = True,
+        http_port: int | None = None,
     ) -> None:
         self.log_to_driver = log_to_driver
         self.num_cpus = num_cpus
@@ -68,25 +133,42 @@ class LocalCluster:
         self.temp_dir = temp_dir
         self.state_dir = state_dir or Path(tempfile.mkdtemp(prefix="stylefleet-"))
         self.token_path: Path | None = None
+        self.http_port = http_port
+        self._lock_fd: int | None = None
+
+    def fixed_ports(self) -> dict[str, int]:
+        """The ports this cluster will bind by number (the others are chosen free by Ray)."""
+        ports = {}
+        if self.http_port is not None:
+            ports["HTTP"] = self.http_port
+        if self.include_dashboard:
+            ports["dashboard"] = self.dashboard_port
+        if self.metrics_export_port is not None:
+            ports["metrics"] = self.metrics_export_port
+        return ports
+
+    def _claim(self) -> None:
+        """Refuse to start beside a running service, before anything is written (see module doc)."""
+        where = {name: f"{LOOPBACK}:{port}" for name, port in self.fixed_ports().items()}
+        self._lock_fd = claim_state_dir(self.state_dir, where)
+        taken = [f"{name} {LOOPBACK}:{port}" for name, port in self.fixed_ports().items() if port_taken(port)]
+        if taken:
+            self._unlock()
+            raise AlreadyRunning(
+                f"{', '.join(taken)} already in use: is a stylefleet service (or another Ray) already running? "
+                "Stop it first, or choose other ports"
+            )
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor drops the flock
+            self._lock_fd = None
 
     def start(self) -> None:
         import ray
-        from ray._private import ray_constants
 
-        # Single-machine mode: the node address stays 127.0.0.1. Children read the variable at
-        # import; this process already imported Ray, so its constant is set too.
-        os.environ[LOOPBACK_ENV] = "0"
-        ray_constants.ENABLE_RAY_CLUSTER = False
-        self.token_path = write_private_token(self.state_dir)
-        # Read by ray.init and inherited by every Ray process it starts (and only by them).
-        os.environ["RAY_AUTH_MODE"] = "token"
-        os.environ["RAY_AUTH_TOKEN_PATH"] = str(self.token_path)
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        # Ray reads RAY_AUTH_MODE into its config when first imported; re-read it, as
-        # ray._private.authentication does itself when it turns token mode on.
-        from ray._raylet import Config
-
-        Config.initialize("")
+        self._claim()
+        self.token_path = loopback_token_environment(self.state_dir)
         kwargs: dict[str, Any] = {
             # Always a new local instance: without it, ray.init joins whatever `ray start`
             # cluster this machine runs (Ray's current-cluster file), someone else's included.
@@ -103,7 +185,12 @@ class LocalCluster:
             kwargs["_metrics_export_port"] = self.metrics_export_port
         if self.temp_dir:
             kwargs["_temp_dir"] = self.temp_dir
-        ray.init(**kwargs)
+        try:
+            ray.init(**kwargs)
+        except BaseException:
+            self.token_path.unlink(missing_ok=True)  # ours: no live cluster was told about it
+            self._unlock()
+            raise
 
     def deploy(
         self, config: dict[str, Any], *, timeout_s: float = 300, wait: bool = True, allow_degraded: bool = False
@@ -157,6 +244,7 @@ class LocalCluster:
             ray.shutdown()
             if self.token_path is not None:
                 self.token_path.unlink(missing_ok=True)
+            self._unlock()
 
 
 def _ingress_runs(status: Any) -> bool:

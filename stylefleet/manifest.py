@@ -162,18 +162,32 @@ def failures_text(records: Iterable[Record]) -> str:
 
 
 def output_names(rel_inputs: Iterable[str], fmt: str) -> dict[str, str]:
-    """Input path -> output path: the same folders and name, the format's extension.
+    """Input path -> output path: the same folders and name, the format's extension; unique by
+    construction (compared case-insensitively, as some file systems and unzippers do).
 
     Inputs that would collide (``a.jpg`` and ``a.png`` both giving ``a.png``) keep their old
-    extension in front of the new one (``a.jpg.png``, ``a.png.png``), so nothing is overwritten.
+    extension in front of the new one (``a.jpg.png``, ``a.png.png``). Where even that name is
+    taken (an input ``a.jpg.png`` beside them) a counter goes before the extension
+    (``a.jpg-2.png``). Names depend only on the list given, so a resumed run finds the same ones.
     """
     ext = OUTPUT_EXTENSIONS[fmt]
-    rels = list(rel_inputs)
+    rels = list(dict.fromkeys(rel_inputs))
     plain = {rel: _replace_ext(rel, ext) for rel in rels}
     counts: dict[str, int] = {}
     for out in plain.values():
         counts[out.lower()] = counts.get(out.lower(), 0) + 1
-    return {rel: (out if counts[out.lower()] == 1 else rel + ext) for rel, out in plain.items()}
+    names = {rel: out for rel, out in plain.items() if counts[out.lower()] == 1}
+    taken = {out.lower() for out in names.values()}
+    for rel in rels:
+        if rel in names:
+            continue
+        candidate, n = rel + ext, 1
+        while candidate.lower() in taken:
+            n += 1
+            candidate = f"{rel}-{n}{ext}"
+        names[rel] = candidate
+        taken.add(candidate.lower())
+    return {rel: names[rel] for rel in rels}
 
 
 def _replace_ext(rel: str, ext: str) -> str:

@@ -23,6 +23,13 @@ def running_replicas() -> int:
     return int(status.replica_states.get("RUNNING", 0))
 
 
+def deployment_status() -> str:
+    from ray import serve
+
+    status = serve.status().applications["stylefleet"].deployments[DEPLOYMENT].status
+    return str(getattr(status, "value", status))
+
+
 def wait_until(predicate, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -50,12 +57,20 @@ def test_replicas_follow_the_queue_up_and_down(base_url: str) -> None:
     workers = [threading.Thread(target=client) for _ in range(4)]
     for w in workers:
         w.start()
+    ready_while_upscaling: list[int] = []
+
+    def scaled_to_two() -> bool:
+        if deployment_status() == "UPSCALING":  # busy, not broken: a load balancer must keep sending
+            ready_while_upscaling.append(httpx.get(f"{base_url}/healthz/ready", timeout=10).status_code)
+        return running_replicas() == 2
+
     try:
-        scaled_up = wait_until(lambda: running_replicas() == 2, timeout_s=90)
+        scaled_up = wait_until(scaled_to_two, timeout_s=90)
     finally:
         stop.set()
         for w in workers:
             w.join(timeout=180)
     assert scaled_up, "no second replica under a queue of 4 with target_ongoing_requests 1"
     assert failures == []
+    assert ready_while_upscaling and set(ready_while_upscaling) == {200}, ready_while_upscaling
     assert wait_until(lambda: running_replicas() == 1, timeout_s=120), "did not scale back to 1 after the load"

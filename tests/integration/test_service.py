@@ -46,12 +46,17 @@ def test_styles_are_listed_with_params(client: httpx.Client) -> None:
     assert by_name["restyle"]["inputs"] == ["image", "style_image"]
 
 
-def test_healthz_reports_every_deployment(client: httpx.Client) -> None:
-    r = client.get("/healthz")
+@pytest.mark.parametrize("path", ["/healthz/ready", "/healthz"])
+def test_ready_reports_every_deployment(client: httpx.Client, path: str) -> None:
+    r = client.get(path)
     assert r.status_code == 200
     deployments = r.json()["deployments"]
     assert set(deployments) >= {"stylize", "restyle", "remove-background", "face-detect", "id-photo", "router"}
-    assert set(deployments.values()) == {"HEALTHY"}
+    assert all(d["ready"] and d["running_replicas"] >= 1 for d in deployments.values())
+
+
+def test_live_answers(client: httpx.Client) -> None:
+    assert client.get("/healthz/live").json() == {"status": "alive"}
 
 
 @pytest.mark.parametrize("style", PAINTING_STYLES)

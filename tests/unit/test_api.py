@@ -7,6 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from deployments.batching import EncodedImage, ModelRequest, Reply
+from router.health import DeploymentState
 from stylefleet.errors import FaceTooSmall, InternalError, MaxKbTooSmall, MultipleFaces, NoFace, Overloaded
 from tests import samples
 from tests.unit.apps import api_client
@@ -18,13 +19,13 @@ class FakeBackend:
     def __init__(self) -> None:
         self.calls: list[tuple[str, ModelRequest]] = []
         self.reply: Reply | None = None
-        self.statuses = {"stylize": "HEALTHY", "router": "HEALTHY"}
+        self.statuses = {"stylize": DeploymentState("HEALTHY", 1), "router": DeploymentState("HEALTHY", 1)}
 
     async def run(self, deployment: str, request: ModelRequest) -> Reply:
         self.calls.append((deployment, request))
         return self.reply or EncodedImage(b"\x89PNG...", "image/png", 4, 3, "abc")
 
-    async def health(self) -> dict[str, str]:
+    async def health(self) -> dict[str, DeploymentState]:
         return self.statuses
 
 
@@ -77,11 +78,38 @@ def test_content_length_over_the_limit_is_refused_before_reading(api: TestClient
     assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
 
 
-def test_healthz_is_503_when_a_deployment_is_not_healthy(api: TestClient, backend: FakeBackend) -> None:
-    assert api.get("/healthz").status_code == 200
-    backend.statuses = {"stylize": "UNHEALTHY", "router": "HEALTHY"}
-    r = api.get("/healthz")
-    assert r.status_code == 503 and r.json()["deployments"]["stylize"] == "UNHEALTHY"
+@pytest.mark.parametrize(
+    ("stylize", "ready"),
+    [
+        (DeploymentState("HEALTHY", 1), True),
+        (DeploymentState("UPSCALING", 1), True),  # busy: one replica serves while another starts
+        (DeploymentState("UPDATING", 2), True),
+        (DeploymentState("HEALTHY", 0), True),  # scaled to zero on purpose: Serve starts one on demand
+        (DeploymentState("UPSCALING", 0), False),
+        (DeploymentState("UNHEALTHY", 0), False),
+        (DeploymentState("DEPLOY_FAILED", 0), False),
+    ],
+    ids=["healthy", "upscaling", "updating", "scaled-to-zero", "starting", "unhealthy", "failed"],
+)
+@pytest.mark.parametrize("path", ["/healthz/ready", "/healthz"])
+def test_ready_while_every_deployment_has_a_running_replica(api: TestClient, backend: FakeBackend, path: str, stylize: DeploymentState, ready: bool) -> None:
+    backend.statuses["stylize"] = stylize
+    r = api.get(path)
+    assert r.status_code == (200 if ready else 503)
+    assert r.json()["deployments"]["stylize"] == {"status": stylize.status, "running_replicas": stylize.running_replicas, "ready": ready}
+    if not ready:
+        assert r.headers["retry-after"] == "5" and r.json()["error"]["code"] == "not_ready"
+
+
+def test_not_ready_without_any_deployment_state(api: TestClient, backend: FakeBackend) -> None:
+    backend.statuses = {}
+    assert api.get("/healthz/ready").status_code == 503
+
+
+def test_live_does_not_ask_the_deployments(api: TestClient, backend: FakeBackend) -> None:
+    backend.statuses = {"stylize": DeploymentState("DEPLOY_FAILED", 0)}
+    r = api.get("/healthz/live")
+    assert r.status_code == 200 and r.json() == {"status": "alive"}
 
 
 def test_duplicate_fields_are_refused(api: TestClient) -> None:
@@ -123,3 +151,27 @@ def test_id_photo_errors_are_422_with_their_code(api: TestClient, backend: FakeB
     backend.reply = error("explained")
     r = _upload(api, "id-photo")
     assert r.status_code == 422 and r.json() == {"error": {"code": code, "message": "explained"}}
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [("nan", "not a number"), ("NaN", "not a number"), ("inf", "infinite"), ("-Infinity", "infinite")],
+)
+def test_non_finite_numbers_are_refused_as_such(api: TestClient, backend: FakeBackend, value: str, says: str) -> None:
+    r = _upload(api, strength=value)
+    assert r.status_code == 422 and r.json()["error"]["message"].startswith(f"strength: {says}")
+    assert backend.calls == []
+
+
+def test_non_finite_output_params_are_refused_as_such(api: TestClient) -> None:
+    r = _upload(api, quality="nan")
+    assert r.status_code == 422 and "not a number" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(("method", "path"), [("post", "/v1/styles/"), ("get", "/v1/styles/{}/preview")])
+def test_a_long_style_name_is_not_echoed_whole(api: TestClient, method: str, path: str) -> None:
+    name = "x" * 5000
+    url = path + name if "{}" not in path else path.format(name)
+    r = getattr(api, method)(url)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_style"
+    assert len(r.text) < 300 and "5000 characters" in r.json()["error"]["message"]

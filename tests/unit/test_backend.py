@@ -11,6 +11,7 @@ import pytest
 from deployments.batching import ModelRequest
 from router import app as router_app
 from router.app import ServeBackend
+from router.health import DeploymentState
 from stylefleet.errors import ModelUnavailable
 
 
@@ -68,4 +69,72 @@ def test_requests_to_a_deployment_without_a_running_replica_are_refused_at_once(
 def test_health_reports_each_deployment(monkeypatch) -> None:
     monkeypatch.setattr(router_app.serve, "status", lambda: _status({"router": ("HEALTHY", {"RUNNING": 1}), "diffusion": ("DEPLOY_FAILED", {})}))
     backend = ServeBackend({}, "genai")
-    assert asyncio.run(backend.health()) == {"router": "HEALTHY", "diffusion": "DEPLOY_FAILED"}
+    assert asyncio.run(backend.health()) == {"router": DeploymentState("HEALTHY", 1), "diffusion": DeploymentState("DEPLOY_FAILED", 0)}
+
+
+class DyingHandle:
+    """Fails its first ``deaths`` calls as a replica that died under them does; then answers."""
+
+    def __init__(self, deaths: int) -> None:
+        self.deaths = deaths
+        self.calls = 0
+
+    def remote(self, request: ModelRequest) -> Any:
+        self.calls += 1
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        if self.calls <= self.deaths:
+            future.set_exception(RuntimeError("ActorDiedError: the replica died"))
+        else:
+            future.set_result("done")
+        return future
+
+
+@pytest.fixture()
+def healthy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(router_app.serve, "status", lambda: _status({"stylize": ("HEALTHY", {"RUNNING": 1})}))
+    monkeypatch.setattr(ServeBackend, "RETRY_DELAY_S", 0.0)
+
+
+def test_a_call_whose_replica_died_is_retried_once(healthy: None) -> None:
+    handle = DyingHandle(deaths=1)
+    backend = ServeBackend({"stylize": handle}, "genai")  # type: ignore[dict-item]
+    assert asyncio.run(backend.run("stylize", ModelRequest({}))) == "done" and handle.calls == 2
+
+
+def test_a_second_death_is_a_503_with_retry_after(healthy: None) -> None:
+    handle = DyingHandle(deaths=2)
+    backend = ServeBackend({"stylize": handle}, "genai")  # type: ignore[dict-item]
+    with pytest.raises(ModelUnavailable) as caught:
+        asyncio.run(backend.run("stylize", ModelRequest({})))
+    assert handle.calls == 2 and caught.value.headers["Retry-After"] == "1"
+
+
+class SilentHandle:
+    def remote(self, request: ModelRequest) -> Any:
+        return asyncio.get_running_loop().create_future()  # never answered: no replica ever comes
+
+
+def test_a_call_nobody_answers_ends_before_serves_timeout_as_a_503(healthy: None) -> None:
+    backend = ServeBackend({"stylize": SilentHandle()}, "genai", model_timeout_s=0.2)  # type: ignore[dict-item]
+
+    async def call() -> Any:
+        return await asyncio.wait_for(backend.run("stylize", ModelRequest({})), timeout=5)
+
+    with pytest.raises(ModelUnavailable, match="did not answer within 0.2 s") as caught:
+        asyncio.run(call())
+    assert caught.value.status == 503 and caught.value.headers["Retry-After"] == "5"
+
+
+def test_no_running_replica_is_a_503_with_retry_after(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(router_app.serve, "status", lambda: _status({"diffusion": ("DEPLOY_FAILED", {})}))
+    backend = ServeBackend({"diffusion": FakeHandle()}, "genai")  # type: ignore[dict-item]
+    with pytest.raises(ModelUnavailable) as caught:
+        asyncio.run(backend.run("diffusion", ModelRequest({})))
+    assert caught.value.headers["Retry-After"] == "1"
+
+
+def test_retry_after_survives_pickling_across_actors() -> None:
+    import pickle
+
+    restored = pickle.loads(pickle.dumps(ModelUnavailable("gone", retry_after_s=7)))
+    assert restored.headers == {"Retry-After": "7"} and restored.message == "gone"

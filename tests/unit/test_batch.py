@@ -50,6 +50,23 @@ def test_output_names_mirror_the_tree_and_never_collide() -> None:
     assert output_names(["x.png"], "jpeg") == {"x.png": "x.jpg"}
 
 
+@pytest.mark.parametrize(
+    "inputs",
+    [
+        ["x.jpg", "x.png", "x.jpg.png"],
+        ["x.jpg.png", "x.png", "x.jpg"],
+        ["X.jpg", "x.png", "x.JPG.png", "x.jpg-2.png"],
+        ["a/b.jpg", "a/b.webp", "a/b.jpg.png", "a/b.jpg-2.png", "a/b.jpg-2.jpeg"],
+    ],
+    ids=["collider-beside-its-fallback", "fallback-first", "case-only", "counter-taken"],
+)
+def test_output_names_are_unique_by_construction(inputs: list[str]) -> None:
+    names = output_names(inputs, "png")
+    assert list(names) == inputs
+    assert len({n.lower() for n in names.values()}) == len(inputs), names
+    assert output_names(list(inputs), "png") == names  # a resumed run finds the same names
+
+
 def _record(rel: str, status: str = "ok", code: str | None = None, **kw: object) -> Record:
     return Record(input=rel, input_sha256="s", style="frost", params={"format": "png"}, status=status,  # type: ignore[arg-type]
                   output=f"{rel}.png" if status == "ok" else None, error={"code": code, "message": ""} if code else None, **kw)
@@ -238,3 +255,12 @@ def test_a_param_the_service_refuses_stops_the_run_with_exit_2_and_records_nothi
     _inputs(tmp_path, 4)
     assert _run(tmp_path, Service([422] * 4), "--param", "strength=9", "--concurrency", "1") == 2
     assert not (tmp_path / "out" / "manifest.jsonl").exists()
+
+
+def test_a_folder_whose_names_collide_keeps_every_result(tmp_path: Path) -> None:
+    images = [samples.encoded(samples.cat()[: 40 + i, :50]) for i in range(3)]
+    for name, data in zip(["x.jpg", "x.png", "x.jpg.png"], images):
+        _tree(tmp_path / "in", [name], data)
+    assert _run(tmp_path, Service()) == 0
+    outputs = sorted(p.name for p in (tmp_path / "out").iterdir() if p.suffix == ".png")
+    assert len(outputs) == 3 and len({r["output"] for r in _manifest(tmp_path)}) == 3

@@ -153,3 +153,10 @@ def test_a_composed_deployment_declares_the_weights_of_what_it_uses() -> None:
     assert KINDS["haar-face"].expected_sha256() == "+".join(
         resolve(f).sha256 for f in ("haarcascade_frontalface_default", "haarcascade_profileface")
     )
+
+
+def test_one_clients_uploads_cannot_be_allowed_every_router_slot() -> None:
+    args = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"]
+    args["limits"]["max_uploads_per_client"] = args["router"]["max_ongoing_requests"]
+    with pytest.raises(ValueError, match="max_uploads_per_client .* must be below router.max_ongoing_requests"):
+        AppConfig.model_validate(args)

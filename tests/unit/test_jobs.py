@@ -140,6 +140,17 @@ def test_an_archive_job_names_outputs_by_member_path(api: TestClient) -> None:
     assert sorted(names) == ["a/b/y.png", "a/x.png", "failures.jsonl", "manifest.jsonl", "z.png"]
 
 
+def test_an_archive_whose_output_names_collide_keeps_every_result(api: TestClient) -> None:
+    images = _images(3)
+    archive = make_zip({"x.jpg": images[0], "x.png": images[1], "x.jpg.png": images[2]}).getvalue()
+    job = _post(api, [("archive", ("photos.zip", archive, "application/zip"))]).json()
+    assert _wait(api, job["id"])["succeeded"] == 3
+    zf = zipfile.ZipFile(io.BytesIO(api.get(f"/v1/jobs/{job['id']}/result").content))
+    outputs = [n for n in zf.namelist() if not n.endswith(".jsonl")]
+    assert len(outputs) == 3 == len(set(outputs))
+    assert len({zf.read(n) for n in outputs}) == 3  # three different results, none overwritten
+
+
 def test_events_stream_progress_and_end(api: TestClient) -> None:
     job = _post(api, _image_files(_images(3))).json()
     with api.stream("GET", f"/v1/jobs/{job['id']}/events") as r:
@@ -251,6 +262,94 @@ def test_a_job_leased_by_a_live_replica_is_left_alone(backend: FakeBackend, stor
         assert other._jobs == {} and sum(backend.calls.values()) == 0
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(("alive", "resumed"), [(False, True), (True, False), (None, False)], ids=["dead", "alive", "unknown"])
+def test_a_job_whose_router_is_known_dead_resumes_before_its_lease_ends(backend: FakeBackend, storage: Storage, alive: bool | None, resumed: bool) -> None:
+    asked: list[str] = []
+
+    def owner_alive(actor_id: str) -> bool | None:
+        asked.append(actor_id)
+        return alive
+
+    async def scenario() -> None:
+        owner = _manager(backend, storage)
+        job = await owner.create("frost", {}, client_key=None, images=[("p.png", io.BytesIO(_images(1)[0]))], archive=None, shared={})
+        owner.stop()
+        lease = {"owner": "dead-router", "actor_id": "a1b2", "expires_at": time.time() + 60}  # far from expiring
+        storage.write_text(f"{job['id']}/lease.json", json.dumps(lease))
+        other = _manager(backend, storage)
+        other.owner_alive = owner_alive
+        await other._schedule_once()
+        assert (job["id"] in other._jobs) is resumed and asked == ["a1b2"]
+        if resumed:
+            await _until(lambda: _status(storage, job["id"]) == "succeeded")
+        other.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_lease_names_its_routers_actor(backend: FakeBackend, storage: Storage) -> None:
+    async def scenario() -> dict[str, Any]:
+        backend.gate = threading.Semaphore(0)
+        manager = _manager(backend, storage)
+        manager.actor_id = "feed"
+        job = await manager.create("frost", {}, client_key=None, images=[("p.png", io.BytesIO(_images(1)[0]))], archive=None, shared={})
+        await _until(lambda: storage.exists(f"{job['id']}/lease.json"))
+        lease = json.loads(storage.read_text(f"{job['id']}/lease.json"))
+        backend.gate.release(1)
+        manager.stop()
+        return lease
+
+    assert asyncio.run(scenario())["actor_id"] == "feed"
+
+
+def test_progress_never_goes_backwards_across_a_router_death(backend: FakeBackend, storage: Storage) -> None:
+    """The first router dies (its tasks vanish, its lease stays); the second, told it is dead,
+    resumes. Every GET on either side, and state.json throughout, only ever counts up."""
+    images = _images(8)
+    seen: list[int] = []  # what GET answered, from the owner, then from the next router
+    written: list[int] = []  # what state.json said
+
+    async def watch(manager: JobManager, job_id: str, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            seen.append((await manager.get(job_id, items=False))["done"])
+            written.append(json.loads(storage.read_text(f"{job_id}/state.json"))["done"])
+            await asyncio.sleep(0.005)
+
+    async def scenario() -> None:
+        first = _manager(backend, storage, max_in_flight_per_job=4)
+        first.actor_id = "first"
+        gate = backend.gate = threading.Semaphore(0)
+        files = [(f"p{i}.png", io.BytesIO(d)) for i, d in enumerate(images)]
+        job = await first.create("frost", {}, client_key=None, images=files, archive=None, shared={})
+        stop = asyncio.Event()
+        watcher = asyncio.create_task(watch(first, job["id"], stop))
+        await _until(lambda: sum(backend.calls.values()) >= 4)
+        gate.release(4)
+        await _until(lambda: len(storage.listdir(f"{job['id']}/results")) >= 4)
+        first._scheduler.cancel()  # dies: nothing released, nothing more written
+        for running in first._jobs.values():
+            running.task.cancel()
+        stop.set()
+        await watcher
+        backend.gate = None
+        gate.release(8)
+        second = _manager(backend, storage)
+        second.owner_alive = lambda actor_id: actor_id != "first"
+        stop = asyncio.Event()
+        watcher = asyncio.create_task(watch(second, job["id"], stop))
+        started = time.monotonic()
+        second.ensure_started()
+        await _until(lambda: _status(storage, job["id"]) == "succeeded")
+        assert time.monotonic() - started < second.config.lease_timeout_s  # did not wait out the lease
+        stop.set()
+        await watcher
+        second.stop()
+
+    asyncio.run(scenario())
+    assert seen == sorted(seen) and seen[-1] == 8, [(i, a, b) for i, (a, b) in enumerate(zip(seen, seen[1:])) if b < a]
+    assert written == sorted(written)
 
 
 def _status(storage: Storage, job_id: str) -> str:

@@ -105,3 +105,13 @@ def test_dashboard_has_the_panels_operators_need() -> None:
     titles = " | ".join(p["title"].lower() for p in json.loads((ROOT / "k8s" / "grafana-dashboard.json").read_text())["panels"])
     for needed in ("p50 / p95", "throughput", "errors", "batch size", "queued", "replicas", "gpu utilisation", "gpu memory"):
         assert needed in titles, needed
+
+
+def test_probes_use_liveness_and_readiness_as_documented() -> None:
+    manifest = yaml.safe_load((ROOT / "k8s" / "rayservice.yaml").read_text())
+    cluster = manifest["spec"]["rayClusterConfig"]
+    [head] = cluster["headGroupSpec"]["template"]["spec"]["containers"]
+    [worker] = cluster["workerGroupSpecs"][0]["template"]["spec"]["containers"]
+    assert head["readinessProbe"]["httpGet"]["path"] == worker["readinessProbe"]["httpGet"]["path"] == "/healthz/ready"
+    assert head["livenessProbe"]["httpGet"]["path"] == head["startupProbe"]["httpGet"]["path"] == "/healthz/live"
+    assert "livenessProbe" not in worker  # KubeRay's raylet check stays: a router hiccup must not restart a model worker
