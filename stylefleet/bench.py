@@ -48,8 +48,9 @@ from stylefleet.imageio import decode, encode
 class Case:
     style: str  # served style name
     deployment: str
-    params: dict[str, Any]
+    params: dict[str, Any]  # the style's fixed params: what the bare runs pass the model
     files: tuple[str, ...]
+    fields: tuple[tuple[str, str], ...] = ()  # what a client sends (a style's fixed params are not its to send)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -102,9 +103,9 @@ IDPHOTO_PARAMS = {"size": "passport", "format": "jpeg"}
 def _idphoto_cases(config: dict[str, Any]) -> list[Case]:
     args = config["applications"][0]["args"]
     return [
-        Case(style=style, deployment=c["deployment"], params=IDPHOTO_PARAMS, files=("image",))
+        Case(style=style, deployment=c["deployment"], params=IDPHOTO_PARAMS, files=("image",), fields=tuple(IDPHOTO_PARAMS.items()))
         for style, c in args["styles"].items()
-        if args["deployments"][c["deployment"]]["model"] == "id-photo"
+        if c.get("deployment") and args["deployments"][c["deployment"]]["model"] == "id-photo"
     ]
 
 
@@ -277,7 +278,7 @@ class Load:
 
 def _case_load(url: str, case: Case, samples: dict[str, bytes]) -> Load:
     files = {f: (f"{f}.jpg", samples[f], "image/jpeg") for f in case.files}
-    return Load(url, f"/v1/styles/{case.style}", files, case.params)
+    return Load(url, f"/v1/styles/{case.style}", files, dict(case.fields))
 
 
 async def _served_level(url: str, case: Case, samples: dict[str, bytes], concurrency: int, total: int, cap_s: float) -> dict[str, Any]:
@@ -338,12 +339,11 @@ class Usage:
 # Where a replica's busy thread is, by the first matching frame from the innermost out.
 PROFILE_STAGES = (
     ("onnxruntime", "onnxruntime_inference_collection.py"),
-    ("decode", "decode (stylefleet/imageio.py"),
-    ("encode", "encode (stylefleet/imageio.py"),
-    ("resize", "resize_to_max_side (stylefleet/imageio.py"),
-    ("prepare", "prepare (deployments/"),
-    ("finish", "finish (deployments/"),
-    ("weigh", "request_pixels (deployments/batching.py"),
+    ("decode", "decode (imageio.py"),
+    ("encode", "encode (imageio.py"),
+    ("resize", "_resize (imageio.py"),
+    ("prepare", ".prepare ("),
+    ("finish", ".finish ("),
 )
 
 
@@ -387,7 +387,7 @@ def summarise_stack(stack: str) -> str | None:
     """The stage of one collapsed py-spy stack (outermost;...;innermost). py-spy leaves idle
     threads out; a busy thread outside the batch (the event loop, Ray's own threads) is 'serve'."""
     frames = stack.split(";")
-    if not any("_compute (deployments/serving.py" in f or "run_composed" in f for f in frames):
+    if not any("._compute (serving.py" in f or "run_composed (" in f for f in frames):
         return "serve"
     for frame in reversed(frames):
         for stage, marker in PROFILE_STAGES:
