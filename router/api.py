@@ -159,6 +159,8 @@ def create_api(
         }
         if any(seed is not None for seed in result.seeds):
             headers["X-Stylefleet-Seed"] = ",".join(str(seed) for seed in result.seeds)
+        if any(i.nsfw is not None for i in result.images):  # the safety checker ran: its verdict per image
+            headers["X-Stylefleet-Nsfw"] = ",".join(_verdict(i.nsfw) for i in result.images)
         if len(result.images) == 1:
             return Response(image.data, media_type=image.content_type, headers=headers)
         return _many_images(style.name, list(result.images), list(result.seeds), request.headers.get("accept", ""), headers)
@@ -329,6 +331,10 @@ async def _read_form(request: Request) -> tuple[dict[str, bytes], dict[str, Any]
     finally:
         await form.close()
     return files, fields
+
+
+def _verdict(nsfw: bool | None) -> str:
+    return "unchecked" if nsfw is None else str(nsfw).lower()
 
 
 def _many_images(

@@ -43,6 +43,7 @@ class Outcome:
     variant: str | None = None
     model_sha256: str | None = None
     seed: str | None = None
+    nsfw: bool | None = None
     error_code: str | None = None
     error_message: str | None = None
     attempts: int = 1
@@ -97,6 +98,7 @@ def _outcome(r: httpx.Response, attempts: int) -> Outcome:
             variant=r.headers.get("x-stylefleet-variant"),
             model_sha256=r.headers.get("x-stylefleet-model-sha256"),
             seed=r.headers.get("x-stylefleet-seed"),
+            nsfw={"true": True, "false": False}.get(r.headers.get("x-stylefleet-nsfw", "")),
             attempts=attempts,
         )
     try:

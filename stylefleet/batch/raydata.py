@@ -199,6 +199,11 @@ def read_and_check(batch: dict[str, np.ndarray], *, done: dict[str, str], base: 
     return {**batch, "data": data, "sha256": shas, "record": records, "skipped": skipped}
 
 
+def _seed(params: dict[str, Any]) -> str | None:
+    """The seed as the HTTP engine records it (the X-Stylefleet-Seed header's text)."""
+    return None if params.get("seed") is None else str(params["seed"])
+
+
 class StyleActor:
     """One model per actor, loaded once; each call is one batch through the deployments' own
     pure functions (``run_batch``, ``encode_outcomes``)."""
@@ -254,12 +259,12 @@ class StyleActor:
                 continue
             todo.append((j, ModelRequest(images, params, output)))
         requests = [r for _, r in todo]
-        for (j, _), reply in zip(todo, encode_outcomes(requests, run_batch(self.model, requests), self.model_sha256)):
+        for (j, request), reply in zip(todo, encode_outcomes(requests, run_batch(self.model, requests), self.model_sha256)):
             if isinstance(reply, EncodedImage):
                 target = str(batch["output"][j])
                 self.out.write_bytes(target, reply.data)
                 records[j] = self._record(batch, j, status="ok", output=target, model_sha256=reply.model_sha256,
-                                          seed=getattr(reply, "seed", None))
+                                          seed=_seed(request.params), nsfw=reply.nsfw)
             else:
                 err = reply if isinstance(reply, StylefleetError) else None
                 records[j] = self._record(batch, j, status="failed",

@@ -288,7 +288,7 @@ async def _one(plan: Plan, out: Storage, index: ManifestIndex, on_skip: Sink, st
     await asyncio.to_thread(out.write_bytes, output, outcome.content)
     return plan.record(
         item, sha, status="ok", output=output, variant=outcome.variant, seed=outcome.seed,
-        model_sha256=outcome.model_sha256, seconds=seconds,
+        model_sha256=outcome.model_sha256, nsfw=outcome.nsfw, seconds=seconds,
     )
 
 
