@@ -39,9 +39,9 @@ STD = np.array([0.229, 0.224, 0.225], dtype=np.float64)
 TRIMAP_FOREGROUND = 240
 TRIMAP_BACKGROUND = 10
 TRIMAP_BAND_PX = 10
-# Closed-form matting solves a sparse system over every pixel of the band's bounding box: about
-# 1.5 s at 512x512 and growing faster than the pixel count, so larger boxes are solved at this
-# longer side and the solved alpha scaled back up (README "Remove background").
+# Closed-form matting solves a sparse system over every pixel of the band's bounding box, and
+# its cost grows faster than the pixel count: larger images are matted at this longer side and
+# the result scaled back up (README "Remove background: edges" has the figures).
 MATTING_MAX_SIDE = 640
 
 
@@ -121,17 +121,26 @@ def trimap(alpha: np.ndarray, band_px: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def alpha_matte(rgb: np.ndarray, alpha: np.ndarray, max_side: int = MATTING_MAX_SIDE) -> np.ndarray:
-    """Closed-form matting (Levin et al., pymatting's ``estimate_alpha_cf``) of the unknown band.
+    """Closed-form matting (Levin et al., pymatting's ``estimate_alpha_cf``) of the trimap's band.
 
-    Only the band's bounding box is solved, at most ``max_side`` px on its longer side; sure
-    subject becomes 255 and sure background 0, so the result differs from ``alpha`` only in the
-    band and in those two clean-ups.
+    Sure subject becomes 255 and sure background 0; only the band's bounding box is solved. An
+    image over ``max_side`` is matted at that size (trimap, solve and all) and the result scaled
+    back up, so the cost is bounded whatever the photo's size.
     """
-    from pymatting import estimate_alpha_cf  # numba-compiled on first use: imported with the model, not the router
-
     h, w = alpha.shape
     scale = min(1.0, max_side / max(h, w))
-    band = max(1, round(TRIMAP_BAND_PX / scale))
+    if scale == 1.0:
+        return _solve_band(rgb, alpha)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    small = _solve_band(cv2.resize(rgb, size, interpolation=cv2.INTER_AREA), cv2.resize(alpha, size, interpolation=cv2.INTER_AREA))
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def _solve_band(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    from pymatting import estimate_alpha_cf  # numba-compiled on first use: loaded by the model, not by the router
+
+    h, w = alpha.shape
+    band = TRIMAP_BAND_PX
     fg, bg = trimap(alpha, band)
     unknown = ~(fg | bg)
     out = np.where(fg, 255, np.where(bg, 0, alpha)).astype(np.uint8)
@@ -140,21 +149,10 @@ def alpha_matte(rgb: np.ndarray, alpha: np.ndarray, max_side: int = MATTING_MAX_
     ys, xs = np.nonzero(unknown)
     y0, y1 = max(0, ys.min() - band), min(h, ys.max() + band + 1)
     x0, x1 = max(0, xs.min() - band), min(w, xs.max() + band + 1)
-    crop_rgb = rgb[y0:y1, x0:x1]
-    crop_tri = np.where(fg[y0:y1, x0:x1], 1.0, np.where(bg[y0:y1, x0:x1], 0.0, 0.5))
-    ch, cw = crop_tri.shape
-    scale = min(1.0, max_side / max(ch, cw))
-    if scale < 1.0:
-        size = (max(1, round(cw * scale)), max(1, round(ch * scale)))
-        crop_rgb = cv2.resize(crop_rgb, size, interpolation=cv2.INTER_AREA)
-        crop_tri = cv2.resize(crop_tri, size, interpolation=cv2.INTER_NEAREST)
-    solved = estimate_alpha_cf(crop_rgb.astype(np.float64) / 255.0, crop_tri)
-    if scale < 1.0:
-        solved = cv2.resize(solved, (cw, ch), interpolation=cv2.INTER_LINEAR)
-    solved_u8 = (np.clip(solved, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    region = out[y0:y1, x0:x1]
-    band_here = unknown[y0:y1, x0:x1]
-    region[band_here] = solved_u8[band_here]
+    tri = np.where(fg[y0:y1, x0:x1], 1.0, np.where(bg[y0:y1, x0:x1], 0.0, 0.5))
+    solved = estimate_alpha_cf(rgb[y0:y1, x0:x1].astype(np.float64) / 255.0, tri)
+    here = unknown[y0:y1, x0:x1]
+    out[y0:y1, x0:x1][here] = (np.clip(solved[here], 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     return out
 
 
