@@ -61,6 +61,13 @@ def test_seed_and_steps_can_be_set(api: TestClient, backend: FakeBackend, kwargs
     assert (backend.calls[0][1].params["seed"], backend.calls[0][1].params["steps"]) == (77, 12)
 
 
+def test_a_preset_with_a_default_negative_prompt_lets_clients_replace_it(api: TestClient, backend: FakeBackend) -> None:
+    assert api.post("/v1/styles/concept-art", json={"negative_prompt": "fog"}).status_code == 200
+    assert backend.calls[0][1].params["negative_prompt"] == "fog"
+    api.post("/v1/styles/concept-art", json={})
+    assert backend.calls[1][1].params["negative_prompt"] == "photo, blurry, low quality, text, watermark"
+
+
 def test_an_empty_body_uses_the_preset_defaults(api: TestClient, backend: FakeBackend) -> None:
     r = api.post("/v1/styles/concept-art")
     assert r.status_code == 200 and r.headers["x-stylefleet-seed"] == "7"
