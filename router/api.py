@@ -199,14 +199,16 @@ def add_job_routes(app: FastAPI, jobs: JobManager, limits: Limits) -> None:
 
     @app.post("/v1/jobs", status_code=202)
     async def create_job(request: Request) -> JSONResponse:
-        """multipart/form-data: several ``images`` files or one ``archive`` zip, ``style``, the
-        style's params (and ``variant``/``client_id``); 202 with the job and its URLs."""
+        """multipart/form-data: several ``images`` files or one ``archive`` zip (a text-to-image
+        style: one ``prompts`` file, a prompt per line or JSONL), ``style``, the style's params
+        (and ``variant``/``client_id``); 202 with the job and its URLs."""
         jobs.ensure_started()
         _require_multipart(request)
         form = await request.form(max_files=jobs.config.max_items + 8, max_fields=64)
         try:
             images: list[tuple[str, Any]] = []
             archive = None
+            prompts: tuple[str, bytes] | None = None
             shared: dict[str, bytes] = {}
             fields: dict[str, str] = {}
             for key, value in form.multi_items():
@@ -215,7 +217,11 @@ def add_job_routes(app: FastAPI, jobs: JobManager, limits: Limits) -> None:
                         images.append((value.filename or "", value.file))
                     elif key == "archive" and archive is None:
                         archive = value.file
-                    elif key not in shared and key != "archive":
+                    elif key == "prompts" and prompts is None:
+                        prompts = (value.filename or "prompts.txt", await value.read(limits.max_upload_bytes + 1))
+                        if len(prompts[1]) > limits.max_upload_bytes:
+                            raise PayloadTooLarge(f"prompts: over {limits.max_upload_bytes} bytes (limits.max_upload_bytes)")
+                    elif key not in shared and key not in ("archive", "prompts"):
                         shared[key] = await value.read(limits.max_upload_bytes + 1)
                         if len(shared[key]) > limits.max_upload_bytes:
                             raise PayloadTooLarge(f"{key}: over {limits.max_upload_bytes} bytes (limits.max_upload_bytes)")
@@ -229,7 +235,9 @@ def add_job_routes(app: FastAPI, jobs: JobManager, limits: Limits) -> None:
             if not style:
                 raise InvalidParams("style: required (a style name, see GET /v1/styles)")
             client_key = request.headers.get("x-client-id") or fields.get("client_id")
-            body = await jobs.create(style, fields, client_key=client_key, images=images, archive=archive, shared=shared)
+            body = await jobs.create(
+                style, fields, client_key=client_key, images=images, archive=archive, shared=shared, prompts=prompts
+            )
         finally:
             await form.close()
         body["urls"] = urls(body["id"])

@@ -27,6 +27,7 @@ import httpx
 from stylefleet.batch.http import RetryPolicy, StyleClient
 from stylefleet.batch.inputs import InputError, Item, find_inputs, prompt_items, read_source
 from stylefleet.batch.progress import Progress
+from stylefleet.errors import InvalidPromptLine
 from stylefleet.manifest import (
     FAILURES,
     MANIFEST,
@@ -325,7 +326,7 @@ async def _one(plan: Plan, out: Storage, index: ManifestIndex, on_skip: Sink, st
         on_skip(done)
         return None
     if item.prompt is not None and item.prompt.error:
-        return plan.record(item, sha, status="failed", error={"code": "invalid_prompt_line", "message": item.prompt.error})
+        return plan.record(item, sha, status="failed", error={"code": InvalidPromptLine.code, "message": item.prompt.error})
     if item.prompt is not None:
         outcome = await styler.generate(item.prompt.fields)
     else:
