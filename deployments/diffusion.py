@@ -11,6 +11,10 @@ go into one call; prompts, negative prompts and images are per item. Each item h
 ``torch.Generator`` seeded with its own seed, drawn on the CPU: the initial noise of
 (preset, prompt, seed) is the same alone or in any batch, and on any device.
 
+Where the model folder has a safety checker (and ``safety_checker`` is on), diffusers blacks out
+an image it flags; its verdict per image travels with the image (``SafetyChecked``) to the
+``X-Stylefleet-Nsfw`` header and the manifest's ``nsfw``.
+
 torch and diffusers are imported when a model is loaded, not with this module: the router
 imports the params from here.
 """
