@@ -7,6 +7,12 @@ min-max normalised per image, scaled to uint8 and resized back with Lanczos. Eve
 
 Unlike rembg's ``naive_cutout`` (which premultiplies and darkens soft edges) the cutout keeps
 the photo's colours and puts the matte in the alpha channel (straight alpha).
+
+Edge controls (all off by default, so the default output is the plain upscaled matte), applied
+in this order: ``alpha_matting`` (a trimap from the matte, its unknown band solved by
+closed-form matting as rembg does with pymatting, at most ``MATTING_MAX_SIDE`` px on the
+band's bounding box), ``threshold`` (a hard edge), ``erode_px`` (shrink the subject),
+``feather_px`` (soften the edge).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -28,10 +35,37 @@ from stylefleet.imageio import flatten, parse_color, resize_to_max_side
 NET_SIDE = 320
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float64)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float64)
+# Trimap for alpha matting, as rembg's defaults: sure subject where the matte is above 240, sure
+# background below 10, both eroded by TRIMAP_BAND_PX at the matting resolution; the rest is solved.
+TRIMAP_FOREGROUND = 240
+TRIMAP_BACKGROUND = 10
+TRIMAP_BAND_PX = 10
+# Closed-form matting solves a sparse system over every pixel of the band's bounding box, and
+# its cost grows faster than the pixel count: larger images are matted at this longer side and
+# the result scaled back up (README "Remove background: edges" has the figures).
+MATTING_MAX_SIDE = 640
 
 
-class RemoveBackgroundParams(BaseModel):
+class EdgeParams(BaseModel):
+    """The matte's edge controls; id-photo passes its own to the matte it asks for."""
+
     model_config = ConfigDict(extra="forbid")
+
+    alpha_matting: bool = Field(
+        False, description="refine the edge (hair, fur, soft outlines) by closed-form matting on a trimap from the matte; slower"
+    )
+    threshold: int | None = Field(
+        None, ge=1, le=255, description="hard edge: opaque where the matte is at least this (0-255), transparent elsewhere"
+    )
+    erode_px: int = Field(0, ge=0, le=64, description="shrink the subject by this many pixels (drops a fringe of old background)")
+    feather_px: float = Field(0.0, ge=0.0, le=64.0, description="soften the edge: Gaussian blur of the alpha, sigma in pixels")
+
+    def edges(self) -> dict[str, object]:
+        """Just the edge controls (a subclass's other params left out)."""
+        return {name: getattr(self, name) for name in EdgeParams.model_fields}
+
+
+class RemoveBackgroundParams(EdgeParams):
 
     bg_color: str | None = Field(
         None, description="flatten onto this colour (#rrggbb, 'white' or 'black'); default: transparent"
@@ -62,6 +96,65 @@ def postprocess(pred: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     norm = (pred - lo) / (hi - lo) if hi > lo else np.zeros_like(pred)
     mask = Image.fromarray((norm * 255).astype(np.uint8), "L")
     return np.asarray(mask.resize(size, Image.LANCZOS))
+
+
+def refine_edges(rgb: np.ndarray, alpha: np.ndarray, params: EdgeParams) -> np.ndarray:
+    """The edge controls of ``params`` applied to an HxW uint8 alpha, in the module doc's order."""
+    if params.alpha_matting:
+        alpha = alpha_matte(rgb, alpha)
+    if params.threshold is not None:
+        alpha = np.where(alpha >= params.threshold, 255, 0).astype(np.uint8)
+    if params.erode_px:
+        side = 2 * params.erode_px + 1
+        alpha = cv2.erode(alpha, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (side, side)))
+    if params.feather_px:
+        alpha = cv2.GaussianBlur(alpha, (0, 0), params.feather_px, borderType=cv2.BORDER_REPLICATE)
+    return alpha
+
+
+def trimap(alpha: np.ndarray, band_px: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sure subject, sure background) masks: rembg's thresholds, each eroded by ``band_px``."""
+    side = 2 * band_px + 1
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (side, side))
+    fg = cv2.erode((alpha > TRIMAP_FOREGROUND).astype(np.uint8), kernel, borderType=cv2.BORDER_REPLICATE)
+    bg = cv2.erode((alpha < TRIMAP_BACKGROUND).astype(np.uint8), kernel, borderType=cv2.BORDER_REPLICATE)
+    return fg.astype(bool), bg.astype(bool)
+
+
+def alpha_matte(rgb: np.ndarray, alpha: np.ndarray, max_side: int = MATTING_MAX_SIDE) -> np.ndarray:
+    """Closed-form matting (Levin et al., pymatting's ``estimate_alpha_cf``) of the trimap's band.
+
+    Sure subject becomes 255 and sure background 0; only the band's bounding box is solved. An
+    image over ``max_side`` is matted at that size (trimap, solve and all) and the result scaled
+    back up, so the cost is bounded whatever the photo's size.
+    """
+    h, w = alpha.shape
+    scale = min(1.0, max_side / max(h, w))
+    if scale == 1.0:
+        return _solve_band(rgb, alpha)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    small = _solve_band(cv2.resize(rgb, size, interpolation=cv2.INTER_AREA), cv2.resize(alpha, size, interpolation=cv2.INTER_AREA))
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def _solve_band(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    from pymatting import estimate_alpha_cf  # numba-compiled on first use: loaded by the model, not by the router
+
+    h, w = alpha.shape
+    band = TRIMAP_BAND_PX
+    fg, bg = trimap(alpha, band)
+    unknown = ~(fg | bg)
+    out = np.where(fg, 255, np.where(bg, 0, alpha)).astype(np.uint8)
+    if not unknown.any():
+        return out
+    ys, xs = np.nonzero(unknown)
+    y0, y1 = max(0, ys.min() - band), min(h, ys.max() + band + 1)
+    x0, x1 = max(0, xs.min() - band), min(w, xs.max() + band + 1)
+    tri = np.where(fg[y0:y1, x0:x1], 1.0, np.where(bg[y0:y1, x0:x1], 0.0, 0.5))
+    solved = estimate_alpha_cf(rgb[y0:y1, x0:x1].astype(np.float64) / 255.0, tri)
+    here = unknown[y0:y1, x0:x1]
+    out[y0:y1, x0:x1][here] = (np.clip(solved[here], 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return out
 
 
 @dataclass
@@ -101,7 +194,7 @@ class U2NetModel:
         mask = postprocess(raw, (w, h))
         if prepared.pixels.shape[2] == 4:  # already transparent areas stay transparent
             mask = ((mask.astype(np.uint16) * prepared.pixels[:, :, 3] + 127) // 255).astype(np.uint8)
-        return mask
+        return refine_edges(prepared.pixels[:, :, :3], mask, prepared.params)
 
     def finish(self, prepared: _Prepared, raw: np.ndarray) -> np.ndarray:
         mask = self.matte(prepared, raw)

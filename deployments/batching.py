@@ -70,6 +70,20 @@ class EncodedImage:
     height: int
     model_sha256: str
     pixels: np.ndarray | None = None
+    nsfw: bool | None = None  # a safety checker's verdict (True: flagged, blacked out); None: none ran
+
+
+class SafetyChecked(np.ndarray):
+    """A model's output image that a safety checker looked at; ``nsfw`` is its verdict.
+    ``encode_outcomes`` carries the verdict onto the ``EncodedImage``."""
+
+    nsfw: bool = False
+
+
+def safety_checked(image: np.ndarray, nsfw: bool) -> SafetyChecked:
+    out = image.view(SafetyChecked)
+    out.nsfw = nsfw
+    return out
 
 
 P = TypeVar("P", bound="Prepared")
@@ -230,5 +244,6 @@ def encode_outcomes(
             continue
         h, w = outcome.shape[:2]
         pixels = outcome if request.keep_pixels else None
-        replies.append(EncodedImage(data, CONTENT_TYPES[request.output.format], w, h, model_sha256, pixels))
+        nsfw = outcome.nsfw if isinstance(outcome, SafetyChecked) else None
+        replies.append(EncodedImage(data, CONTENT_TYPES[request.output.format], w, h, model_sha256, pixels, nsfw))
     return replies

@@ -11,6 +11,10 @@ go into one call; prompts, negative prompts and images are per item. Each item h
 ``torch.Generator`` seeded with its own seed, drawn on the CPU: the initial noise of
 (preset, prompt, seed) is the same alone or in any batch, and on any device.
 
+Where the model folder has a safety checker (and ``safety_checker`` is on), diffusers blacks out
+an image it flags; its verdict per image travels with the image (``SafetyChecked``) to the
+``X-Stylefleet-Nsfw`` header and the manifest's ``nsfw``.
+
 torch and diffusers are imported when a model is loaded, not with this module: the router
 imports the params from here.
 """
@@ -30,7 +34,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from deployments.batching import ModelRequest, validate_params
+from deployments.batching import ModelRequest, safety_checked, validate_params
 from deployments.memory import BatchLimiter, probe_largest_batch, run_halving, weight_of
 from deployments.onnx_session import RuntimeOptions
 from deployments.stylize import check_min_side
@@ -222,16 +226,19 @@ class DiffusionModel:
             weight=weight_of(width * height, params.steps, self.unit),
         )
 
-    def infer(self, group: Sequence[_Prepared]) -> list[np.ndarray]:
+    def infer(self, group: Sequence[_Prepared]) -> list[tuple[np.ndarray, bool | None]]:
         return run_halving(group, self._call, self.limiter, lambda p: p.weight)
 
-    def finish(self, prepared: _Prepared, raw: np.ndarray) -> np.ndarray:
-        return to_uint8(raw)
+    def finish(self, prepared: _Prepared, raw: tuple[np.ndarray, bool | None]) -> np.ndarray:
+        image, nsfw = raw
+        pixels = to_uint8(image)
+        return pixels if nsfw is None else safety_checked(pixels, nsfw)
 
     # -- the pipeline call -------------------------------------------------------------------
 
-    def _call(self, group: Sequence[_Prepared]) -> list[np.ndarray]:
-        """One pipeline call for prepared requests with equal keys."""
+    def _call(self, group: Sequence[_Prepared]) -> list[tuple[np.ndarray, bool | None]]:
+        """One pipeline call for prepared requests with equal keys: each image, and the safety
+        checker's verdict on it (None when the model folder has no checker or it is off)."""
         import torch
 
         first = group[0]
@@ -275,8 +282,9 @@ class DiffusionModel:
                 vae_slicing=slicing,
             )
         )
-        images = pipe(**kwargs).images
-        return [np.asarray(image) for image in images]
+        out = pipe(**kwargs)
+        flags = getattr(out, "nsfw_content_detected", None)
+        return [(np.asarray(image), None if flags is None else bool(flags[i])) for i, image in enumerate(out.images)]
 
     def _output_size(self, params: DiffusionParams, pixels: np.ndarray | None) -> tuple[int, int]:
         if params.pipeline == "text-to-image" or pixels is None:

@@ -22,8 +22,9 @@ from typing import Any, Literal
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from deployments.background import EdgeParams
 from deployments.batching import EncodedImage, ModelRequest, OutputSpec, validate_params
 from deployments.faces import Face, faces_from_array
 from deployments.presets import Frame, SizeName, frame_for
@@ -58,7 +59,9 @@ SHEET_GAP_PX = 12
 GUIDE_RGB = (170, 170, 170)
 
 
-class IdPhotoParams(BaseModel):
+class IdPhotoParams(EdgeParams):
+    """The photo's size, background and layout; the matte's edge controls come from ``EdgeParams``."""
+
     model_config = ConfigDict(extra="forbid")
 
     size: SizeName = Field("passport", description="size preset (README lists them with their standards), or custom")
@@ -356,7 +359,7 @@ class IdPhotoModel:
         """One request per needed role; ``output=None`` asks for arrays back, not encoded files."""
         image = {"image": prepared.pixels}
         return {
-            "matte": ModelRequest(image, {"only_mask": True, "max_side": WORK_MAX_SIDE}),
+            "matte": ModelRequest(image, {"only_mask": True, "max_side": WORK_MAX_SIDE, **prepared.params.edges()}),
             "faces": ModelRequest(image, {}),
         }
 

@@ -154,7 +154,7 @@ KINDS: dict[str, ModelKind] = {
                 "img2img": ("img2img", ("image",)),
                 "controlnet-canny": ("controlnet-canny", ("image",)),
             },
-            client_params=frozenset({"prompt", "seed", "steps"}),
+            client_params=frozenset({"prompt", "seed", "steps", "negative_prompt"}),  # a preset fixing negative_prompt keeps it
             seeded=True,
             torch=True,
         ),

@@ -183,6 +183,8 @@ def create_api(
         }
         if any(seed is not None for seed in result.seeds):
             headers["X-Stylefleet-Seed"] = ",".join(str(seed) for seed in result.seeds)
+        if any(i.nsfw is not None for i in result.images):  # the safety checker ran: its verdict per image
+            headers["X-Stylefleet-Nsfw"] = ",".join(_verdict(i.nsfw) for i in result.images)
         if len(result.images) == 1:
             return Response(image.data, media_type=image.content_type, headers=headers)
         return _many_images(style.name, list(result.images), list(result.seeds), request.headers.get("accept", ""), headers)
@@ -251,14 +253,16 @@ def add_job_routes(app: FastAPI, jobs: JobManager, limits: Limits) -> None:
         openapi_extra=JOB_REQUEST,
     )
     async def create_job(request: Request) -> JSONResponse:
-        """multipart/form-data: several ``images`` files or one ``archive`` zip, ``style``, the
-        style's params (and ``variant``/``client_id``); 202 with the job and its URLs."""
+        """multipart/form-data: several ``images`` files or one ``archive`` zip (a text-to-image
+        style: one ``prompts`` file, a prompt per line or JSONL), ``style``, the style's params
+        (and ``variant``/``client_id``); 202 with the job and its URLs."""
         jobs.ensure_started()
         _require_multipart(request)
         form = await request.form(max_files=jobs.config.max_items + 8, max_fields=64)
         try:
             images: list[tuple[str, Any]] = []
             archive = None
+            prompts: tuple[str, bytes] | None = None
             shared: dict[str, bytes] = {}
             fields: dict[str, str] = {}
             for key, value in form.multi_items():
@@ -267,7 +271,11 @@ def add_job_routes(app: FastAPI, jobs: JobManager, limits: Limits) -> None:
                         images.append((value.filename or "", value.file))
                     elif key == "archive" and archive is None:
                         archive = value.file
-                    elif key not in shared and key != "archive":
+                    elif key == "prompts" and prompts is None:
+                        prompts = (value.filename or "prompts.txt", await value.read(limits.max_upload_bytes + 1))
+                        if len(prompts[1]) > limits.max_upload_bytes:
+                            raise PayloadTooLarge(f"prompts: over {limits.max_upload_bytes} bytes (limits.max_upload_bytes)")
+                    elif key not in shared and key not in ("archive", "prompts"):
                         shared[key] = await value.read(limits.max_upload_bytes + 1)
                         if len(shared[key]) > limits.max_upload_bytes:
                             raise PayloadTooLarge(f"{key}: over {limits.max_upload_bytes} bytes (limits.max_upload_bytes)")
@@ -281,7 +289,9 @@ def add_job_routes(app: FastAPI, jobs: JobManager, limits: Limits) -> None:
             if not style:
                 raise InvalidParams("style: required (a style name, see GET /v1/styles)")
             client_key = request.headers.get("x-client-id") or fields.get("client_id")
-            body = await jobs.create(style, fields, client_key=client_key, images=images, archive=archive, shared=shared)
+            body = await jobs.create(
+                style, fields, client_key=client_key, images=images, archive=archive, shared=shared, prompts=prompts
+            )
         finally:
             await form.close()
         body["urls"] = urls(body["id"])
@@ -383,6 +393,10 @@ async def _read_form(request: Request) -> tuple[dict[str, bytes], dict[str, Any]
     finally:
         await form.close()
     return files, fields
+
+
+def _verdict(nsfw: bool | None) -> str:
+    return "unchecked" if nsfw is None else str(nsfw).lower()
 
 
 def _many_images(

@@ -5,7 +5,8 @@ kept in a ``Storage`` (a local folder or any fsspec URI) so that they survive re
 Layout of one job under the storage root::
 
     {id}/job.json            what to do: style, params, variant, items (name, output, sha256); written last
-    {id}/inputs/{i:06d}      item i's bytes (names never come from the client: no path escapes)
+    {id}/inputs/{i:06d}      item i's bytes (names never come from the client: no path escapes);
+                             a prompt list's items have none: their params are in job.json
     {id}/shared/{field}      extra files sent with every item (restyle's style_image)
     {id}/results/{i:06d}.json  item i's manifest record, written once its output is in place
     {id}/outputs/{output}    item i's result
@@ -42,11 +43,13 @@ from dataclasses import asdict, dataclass, field
 from typing import IO, Any
 
 from router.archive import check_archive, read_member
+from router.catalog import Style
 from router.core import RouterCore
 from stylefleet.config import JobsConfig
 from stylefleet.errors import (
     InvalidImage,
     InvalidParams,
+    InvalidPromptLine,
     JobNotFinished,
     ModelUnavailable,
     Overloaded,
@@ -56,7 +59,8 @@ from stylefleet.errors import (
     clip,
 )
 from stylefleet.imageio import decode
-from stylefleet.manifest import FAILURES, MANIFEST, Record, failures_text, now_iso, output_names, sha256_hex
+from stylefleet.manifest import FAILURES, MANIFEST, OUTPUT_EXTENSIONS, Record, failures_text, now_iso, output_names, sha256_hex
+from stylefleet.prompts import PromptItem, describe_defaults, output_name, parse_prompts
 from stylefleet.storage import Storage
 
 logger = logging.getLogger("ray.serve")
@@ -73,6 +77,7 @@ class ItemSpec:
     name: str
     output: str
     sha256: str
+    fields: dict[str, str] | None = None  # a prompt line's completed params (stylefleet.prompts); None: an image
 
 
 @dataclass
@@ -91,7 +96,7 @@ class JobSpec:
     @classmethod
     def from_json(cls, text: str) -> JobSpec:
         raw = json.loads(text)
-        raw["items"] = [ItemSpec(**i) for i in raw["items"]]
+        raw["items"] = [ItemSpec(**i) for i in raw["items"]]  # jobs stored before prompt lists have no "fields": None
         return cls(**raw)
 
 
@@ -212,25 +217,46 @@ class JobManager:
         images: list[tuple[str, IO[bytes]]],
         archive: IO[bytes] | None,
         shared: dict[str, bytes],
+        prompts: tuple[str, bytes] | None = None,
     ) -> dict[str, Any]:
-        """Validate (404 style, 422 params, 400/413 archive) and store a job; it starts queued."""
+        """Validate (404 style, 422 params, 400/413 archive) and store a job; it starts queued.
+        A text-to-image style takes ``prompts`` (a prompt list, ``stylefleet.prompts``) instead of images."""
         given = {k: v for k, v in fields.items() if k not in ("variant", "client_id")}
-        style, variant = self.core.check(style_name, dict(fields), ["image", *shared], client_key=client_key)
+        from_text = not self.core.catalog.get(style_name).image_fields
+        style, variant = self.core.check(style_name, dict(fields), [*([] if from_text else ["image"]), *shared], client_key=client_key)
         for name, data in shared.items():
             await asyncio.to_thread(decode, data, max_pixels=self.core.max_pixels, field=name)
-        if bool(images) == (archive is not None):
+        if from_text:
+            if images or archive is not None or prompts is None:
+                raise InvalidParams(f"style {style.name!r} makes images from text: send a 'prompts' file (one prompt per line, or JSONL), no images")
+            lines = _read_prompts(style, given, prompts)
+            if len(lines) > self.config.max_items:
+                raise PayloadTooLarge(f"{len(lines)} prompts; a job takes at most {self.config.max_items} (jobs.max_items)")
+        elif prompts is not None:
+            raise InvalidParams(f"style {style.name!r} takes images: send 'images' files or an 'archive' zip (a prompt goes in the 'prompt' field)")
+        elif bool(images) == (archive is not None):
             raise InvalidParams("send the images as 'images' files or as one 'archive' zip (not both)")
         if len(images) > self.config.max_items:
             raise PayloadTooLarge(f"{len(images)} images; a job takes at most {self.config.max_items} (jobs.max_items)")
         job_id = uuid.uuid4().hex
         params = dict(given) | {k: "sha256:" + sha256_hex(v) for k, v in shared.items()}
-        try:
-            names, hashes, failed = await asyncio.to_thread(self._store_inputs, job_id, images, archive, shared)
-        except BaseException:
-            await asyncio.to_thread(self.storage.delete, job_id, True)
-            raise
-        outputs = output_names(names, given.get("format", "png"))
-        items = [ItemSpec(n, outputs[n], h) for n, h in zip(names, hashes)]
+        if from_text:
+            ext = OUTPUT_EXTENSIONS[given.get("format", "png")]
+            items = [
+                ItemSpec(p.name, output_name(i, len(lines), p.prompt, ext), sha256_hex(p.text.encode()), p.fields)
+                for i, p in enumerate(lines)
+            ]
+            failed: dict[int, StylefleetError] = {i: InvalidPromptLine(p.error) for i, p in enumerate(lines) if p.error}
+            if shared:
+                await asyncio.to_thread(self._store_inputs, job_id, [], None, shared)
+        else:
+            try:
+                names, hashes, failed = await asyncio.to_thread(self._store_inputs, job_id, images, archive, shared)
+            except BaseException:
+                await asyncio.to_thread(self.storage.delete, job_id, True)
+                raise
+            outputs = output_names(names, given.get("format", "png"))
+            items = [ItemSpec(n, outputs[n], h) for n, h in zip(names, hashes)]
         spec = JobSpec(job_id, style.name, given, params, variant, now_iso(), items, sorted(shared))
         results = {i: self._failed_record(spec, i, exc) for i, exc in failed.items()}
         await asyncio.to_thread(self._write_new, spec, results)
@@ -368,7 +394,7 @@ class JobManager:
     def _failed_record(self, spec: JobSpec, i: int, exc: StylefleetError) -> Record:
         item = spec.items[i]
         return Record(
-            input=item.name, input_sha256=item.sha256, style=spec.style, params=dict(spec.params), status="failed",
+            input=item.name, input_sha256=item.sha256, style=spec.style, params=_params(spec, item), status="failed",
             variant=spec.variant, error={"code": exc.code, "message": exc.message},
         )
 
@@ -553,12 +579,16 @@ class JobManager:
     async def _process(self, job: _Job, i: int) -> Record:
         spec, item = job.spec, job.spec.items[i]
         started = time.perf_counter()
-        data = await asyncio.to_thread(self.storage.read_bytes, f"{spec.id}/inputs/{_item(i)}")
-        files = {"image": data, **job.shared_files}
-        base = dict(input=item.name, input_sha256=item.sha256, style=spec.style, params=dict(spec.params), variant=spec.variant)
+        if item.fields is None:
+            data = await asyncio.to_thread(self.storage.read_bytes, f"{spec.id}/inputs/{_item(i)}")
+            files = {"image": data, **job.shared_files}
+        else:
+            files = dict(job.shared_files)
+        fields = {**spec.fields, **(item.fields or {}), "variant": spec.variant}
+        base = dict(input=item.name, input_sha256=item.sha256, style=spec.style, params=_params(spec, item), variant=spec.variant)
         for attempt in range(self.config.item_retries + 1):
             try:
-                result = await self.core.handle(spec.style, files, dict(spec.fields, variant=spec.variant))
+                result = await self.core.handle(spec.style, files, dict(fields))
             except (Overloaded, ModelUnavailable) as exc:
                 if attempt >= self.config.item_retries:
                     return Record(**base, status="failed", error={"code": exc.code, "message": exc.message})  # type: ignore[arg-type]
@@ -574,7 +604,7 @@ class JobManager:
             return Record(
                 **base,  # type: ignore[arg-type]
                 status="ok", output=item.output, model_sha256=result.image.model_sha256,
-                seed=result.seeds[0], seconds=round(time.perf_counter() - started, 4),
+                seed=result.seeds[0], nsfw=result.image.nsfw, seconds=round(time.perf_counter() - started, 4),
             )
         raise AssertionError("unreachable")
 
@@ -620,6 +650,25 @@ class JobManager:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+
+
+def _params(spec: JobSpec, item: ItemSpec) -> dict[str, str]:
+    """The manifest's params: the job's, and a prompt line's own (prompt, seed, steps)."""
+    return {**spec.params, **(item.fields or {})}
+
+
+def _read_prompts(style: Style, fields: dict[str, str], prompts: tuple[str, bytes]) -> list[PromptItem]:
+    name, data = prompts
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidParams("prompts: not UTF-8 text") from None
+    defaults, allowed = describe_defaults(style.describe()["params"])
+    lines = parse_prompts(text, posixpath.basename((name or "prompts.txt").replace("\\", "/")) or "prompts.txt",
+                          run_fields=fields, defaults=defaults, allowed=allowed)
+    if not lines:
+        raise InvalidParams("prompts: no prompts (one per line, or a JSONL object per line)")
+    return lines
 
 
 def _zinfo(name: str) -> zipfile.ZipInfo:

@@ -98,6 +98,12 @@ class InvalidParams(StylefleetError):
     code = "invalid_params"
 
 
+class InvalidPromptLine(InvalidParams):
+    """One line of a prompt list cannot be read (not JSON, a param no line may set): that item fails alone."""
+
+    code = "invalid_prompt_line"
+
+
 class UnusablePhoto(StylefleetError):
     """The photo decoded fine but cannot make what was asked (ID photos): a 422, never a guess."""
 

@@ -57,6 +57,7 @@ class Record:
     variant: str | None = None
     seed: str | None = None
     model_sha256: str | None = None
+    nsfw: bool | None = None  # the safety checker flagged (and blacked out) the output; None: no checker ran
     error: dict[str, str] | None = None  # {"code", "message"}
     seconds: float | None = None
     finished_at: str = field(default_factory=now_iso)

@@ -110,8 +110,9 @@ function formOf(files, fields) {
 }
 
 /**
- * POST /v1/styles/{style}: one picture (plus e.g. style_image) -> the result and how it was made.
- * `files` maps field name -> File (or list of Files for jobs).
+ * POST /v1/styles/{style}: one picture (plus e.g. style_image), or none for a style that makes
+ * pictures from text -> the result and how it was made. `files` maps field name -> File (or list
+ * of Files for jobs).
  */
 export async function applyStyle(style, files, fields, { signal } = {}) {
   const started = performance.now();
@@ -125,6 +126,8 @@ export async function applyStyle(style, files, fields, { signal } = {}) {
     blob,
     contentType: response.headers.get("Content-Type") || blob.type,
     variant: response.headers.get("X-Stylefleet-Variant") || "default",
+    seed: response.headers.get("X-Stylefleet-Seed"), // seeded styles (Stable Diffusion) only
+    nsfw: response.headers.get("X-Stylefleet-Nsfw") === "true", // the safety checker blacked it out
     requestId: response.headers.get("X-Request-Id"),
     width: size ? Number(size[1]) : null,
     height: size ? Number(size[2]) : null,

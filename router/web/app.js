@@ -2,10 +2,14 @@
 // build step; everything it loads comes from the service itself.
 
 import { applyStyle, explain, labelOf, listStyles, supportLine } from "./api.js";
-import { runBatch } from "./batch.js";
+import { runBatch, slugOf } from "./batch.js";
 import { buildForm, el } from "./form.js";
 
 const TASK_TITLES = {
+  "text-to-image": "Pictures from text",
+  img2img: "Redo a picture from a prompt",
+  "controlnet-canny": "New look, same outline",
+  anime: "Anime",
   stylize: "Painting styles",
   restyle: "Any picture as the style",
   "remove-background": "Background removal",
@@ -17,6 +21,9 @@ const INPUT_TEXT = {
 };
 const STATUS_TEXT = { pending: "waiting", running: "working…", ok: "done", failed: "failed", canceled: "canceled" };
 const EXTENSIONS = { "image/png": "png", "image/jpeg": "jpg", "image/webp": "webp" };
+// Params the prompt box shows (above the generated settings form); the rest go in the form.
+const PROMPT_PARAMS = new Set(["prompt", "negative_prompt", "seed", "n"]);
+const SEED_RANGE = 2 ** 32;
 
 const $ = (id) => document.getElementById(id);
 const state = {
@@ -24,7 +31,8 @@ const state = {
   style: null,
   form: null,
   files: {}, // input field -> [File]
-  results: [], // single mode: one per variant asked for
+  results: [], // single mode: one per variant (or per seed) asked for
+  shown: 0, // the result on screen
   urls: [], // object URLs of the current result, revoked when replaced
   running: false,
   cancel: null,
@@ -92,7 +100,8 @@ function selectStyle(name) {
   $("chosen-style").replaceChildren(el("strong", { text: style.name }), document.createTextNode(`: ${style.description}`));
   $("chosen-style").classList.remove("muted");
   renderInputs(style.inputs);
-  state.form = buildForm($("params"), style.params);
+  renderPrompt(style);
+  state.form = buildForm($("params"), style.params.filter((p) => !PROMPT_PARAMS.has(p.name)));
   renderVariants();
   $("settings").hidden = false;
   clearMessage();
@@ -109,6 +118,63 @@ function renderVariants() {
   for (const v of variants) options.push(el("option", { value: v.name, text: `Variant ${v.name}` }));
   options.push(el("option", { value: "*", text: "All variants, to compare (one picture)" }));
   $("variant").replaceChildren(...options);
+}
+
+// ---- prompts (Stable Diffusion styles) ---------------------------------------------------------
+
+const paramOf = (style, name) => style.params.find((p) => p.name === name);
+const takesPrompt = (style) => Boolean(style && paramOf(style, "prompt"));
+/** A style that makes pictures from text alone: no picture to add, a prompt (or a list of them). */
+const fromText = (style) => takesPrompt(style) && style.inputs.length === 0;
+
+function renderPrompt(style) {
+  const box = $("prompt-box");
+  box.hidden = !takesPrompt(style);
+  $("work-title").lastChild.textContent = fromText(style) ? " Describe the picture" : " Add pictures";
+  if (box.hidden) return;
+  const prompt = paramOf(style, "prompt");
+  $("prompt").value = "";
+  $("prompt").placeholder = prompt.default || "";
+  $("prompt-hint").textContent = fromText(style)
+    ? "What the picture shows. Empty: the example above. Several lines: one picture per line, run as a batch."
+    : "What the picture should become. Empty: the example above.";
+  const negative = paramOf(style, "negative_prompt");
+  $("negative-row").hidden = !negative;
+  $("negative-prompt").value = negative?.default || "";
+  const seed = paramOf(style, "seed");
+  $("seed-row").hidden = !seed;
+  $("seed").value = seed ? String(seed.default ?? 0) : "";
+  const count = paramOf(style, "n");
+  $("count-row").hidden = !(count && fromText(style) && count.maximum > 1);
+  $("count").max = String(count?.maximum ?? 1);
+  $("count").value = "1";
+}
+
+function newSeed() {
+  $("seed").value = String(crypto.getRandomValues(new Uint32Array(1))[0]);
+}
+
+function promptLines() {
+  return $("prompt").value.split("\n").map((l) => l.trim()).filter(Boolean);
+}
+
+/** The prompt box as form fields: the prompt (one line), negative prompt and seed. */
+function promptFields() {
+  const style = state.style;
+  if (!takesPrompt(style)) return {};
+  const out = {};
+  const lines = promptLines();
+  if (lines.length === 1) out.prompt = lines[0];
+  const negative = paramOf(style, "negative_prompt");
+  if (negative && $("negative-prompt").value.trim() !== (negative.default || "")) out.negative_prompt = $("negative-prompt").value.trim();
+  if (paramOf(style, "seed") && $("seed").value !== "") out.seed = $("seed").value;
+  return out;
+}
+
+function pictureCount() {
+  if ($("count-row").hidden) return 1;
+  const n = Number.parseInt($("count").value, 10);
+  return Number.isFinite(n) ? Math.min(Math.max(n, 1), Number($("count").max)) : 1;
 }
 
 // ---- inputs -----------------------------------------------------------------------------------
@@ -174,8 +240,16 @@ function updateRun() {
   const images = state.files.image || [];
   const ready = style && style.inputs.every((f) => (state.files[f] || []).length > 0);
   $("run").disabled = !ready || state.running;
-  $("run").textContent = images.length > 1 ? `Apply to ${images.length} pictures` : "Apply the style";
   let note = "";
+  if (fromText(style)) {
+    const lines = promptLines().length;
+    const n = pictureCount();
+    $("run").textContent = lines > 1 ? `Make ${lines} pictures` : n > 1 ? `Make ${n} pictures` : "Make the picture";
+    if (lines > 1) note = "One picture per line, run as a batch.";
+    $("run-note").textContent = note;
+    return;
+  }
+  $("run").textContent = images.length > 1 ? `Apply to ${images.length} pictures` : "Apply the style";
   if (!style) note = "Pick a style first.";
   else if (!ready) note = `Add ${style.inputs.filter((f) => !(state.files[f] || []).length).map((f) => (INPUT_TEXT[f]?.title || labelOf(f)).toLowerCase()).join(" and ")}.`;
   else if (images.length > 1) note = "They will run as a batch.";
@@ -192,28 +266,49 @@ function formatBytes(n) {
   return n >= 1048576 ? `${(n / 1048576).toFixed(1)} MB` : `${Math.max(1, Math.round(n / 1024))} KB`;
 }
 
+/** What one click asks for: a request per variant compared, or per picture wanted (seed, seed+1, ...). */
+function asks(fields) {
+  const style = state.style;
+  const chosen = $("variant").value;
+  const n = pictureCount();
+  if (n > 1) {
+    const seed = Number.parseInt(fields.seed ?? "0", 10) || 0;
+    return Array.from({ length: n }, (_, i) => ({ ...fields, seed: String((seed + i) % SEED_RANGE), ...(chosen && chosen !== "*" ? { variant: chosen } : {}) }));
+  }
+  const variants = style.variants.length > 1 && chosen === "*" ? style.variants.map((v) => v.name) : [chosen || null];
+  return variants.map((variant) => (variant ? { ...fields, variant } : fields));
+}
+
 async function runSingle() {
   const style = state.style;
-  const file = state.files.image[0];
-  const extra = Object.fromEntries(style.inputs.filter((f) => f !== "image").map((f) => [f, state.files[f][0]]));
-  const fields = state.form.values();
-  const chosen = $("variant").value;
-  const variants = style.variants.length > 1 && chosen === "*" ? style.variants.map((v) => v.name) : [chosen || null];
+  const text = fromText(style);
+  const file = text ? null : state.files.image[0];
+  const files = Object.fromEntries(style.inputs.map((f) => [f, state.files[f][0]]));
+  const fields = { ...state.form.values(), ...promptFields() };
+  const stem = text ? slugOf(fields.prompt || paramOf(style, "prompt")?.default || "") : stemOf(file);
 
   $("batch").hidden = true;
   state.urls.forEach((u) => URL.revokeObjectURL(u));
   state.urls = [];
   state.results = [];
-  for (const variant of variants) {
-    const result = await applyStyle(style.name, { image: file, ...extra }, variant ? { ...fields, variant } : fields);
+  // in parallel: the service batches them (a seeded style's pictures come from one pipeline call)
+  const results = await Promise.all(asks(fields).map((f) => applyStyle(style.name, files, f)));
+  for (const result of results) {
     result.url = URL.createObjectURL(result.blob);
-    result.fileName = `${stemOf(file)}-${style.name}${result.variant !== "default" ? `-${result.variant}` : ""}.${EXTENSIONS[result.contentType.split(";")[0]] || "bin"}`;
+    const tag = result.seed !== null ? `-seed${result.seed}` : "";
+    result.fileName = `${stem}-${style.name}${result.variant !== "default" ? `-${result.variant}` : ""}${tag}.${EXTENSIONS[result.contentType.split(";")[0]] || "bin"}`;
     state.urls.push(result.url);
     state.results.push(result);
   }
-  const before = URL.createObjectURL(file);
-  state.urls.push(before);
-  $("before-img").src = before;
+  document.querySelector(".view-toggle").hidden = !file; // nothing to compare a picture made from text with
+  if (file) {
+    const before = URL.createObjectURL(file);
+    state.urls.push(before);
+    $("before-img").src = before;
+  } else {
+    $("before-img").removeAttribute("src");
+    $("compare").dataset.before = "missing"; // nothing to compare with: the picture alone
+  }
   renderTabs();
   showResult(0);
   $("single").hidden = false;
@@ -224,7 +319,9 @@ function renderTabs() {
   const tabs = $("variant-tabs");
   tabs.hidden = state.results.length < 2;
   tabs.replaceChildren(...state.results.map((r, i) => {
-    const tab = el("button", { type: "button", role: "tab", "aria-selected": String(i === 0), text: `Variant ${r.variant}` });
+    const bySeed = new Set(state.results.map((x) => x.variant)).size === 1 && r.seed !== null;
+    const tab = el("button", { type: "button", role: "tab", "aria-selected": String(i === 0),
+      text: bySeed ? `Seed ${r.seed}` : `Variant ${r.variant}` });
     tab.addEventListener("click", () => {
       tabs.querySelectorAll("button").forEach((b, j) => b.setAttribute("aria-selected", String(i === j)));
       showResult(i);
@@ -235,6 +332,11 @@ function renderTabs() {
 
 function showResult(i) {
   const r = state.results[i];
+  state.shown = i;
+  $("result-seed-text").hidden = r.seed === null;
+  $("result-seed").textContent = r.seed ?? "";
+  $("same-again").hidden = r.seed === null;
+  $("result-flag").hidden = !r.nsfw;
   const img = $("result-img");
   img.src = r.url;
   if (r.width && r.height) $("compare").style.setProperty("--ratio", String(r.width / r.height));
@@ -287,7 +389,7 @@ function renderBatch(rows, job) {
     const row = rows[i];
     if (!row) return;
     row.dataset.status = item.status;
-    row.querySelector(".item-name").textContent = item.name || row.querySelector(".item-name").textContent;
+    if (!row.dataset.keepName) row.querySelector(".item-name").textContent = item.name || row.querySelector(".item-name").textContent;
     row.querySelector(".pill").textContent = STATUS_TEXT[item.status] || item.status;
     row.querySelector(".item-error").textContent = item.error ? explain(item.error) : "";
     if (item.url && !row.querySelector("a.item-result")) {
@@ -299,29 +401,31 @@ function renderBatch(rows, job) {
   });
 }
 
-async function runMany() {
+async function runMany({ prompts = null } = {}) {
   const style = state.style;
-  const images = state.files.image;
+  const images = prompts ? [] : state.files.image;
+  const names = prompts || images.map((f) => f.name);
   const extraFiles = Object.fromEntries(style.inputs.filter((f) => f !== "image").map((f) => [f, state.files[f][0]]));
-  const fields = state.form.values();
+  const fields = { ...state.form.values(), ...promptFields() }; // for a prompt list, seed is the job seed
   const chosen = $("variant").value;
   if (chosen && chosen !== "*") fields.variant = chosen;
 
   $("single").hidden = true;
   delete $("batch").dataset.mode;
   $("batch").hidden = false;
-  $("batch-title").textContent = `Batch: ${images.length} pictures in ${style.name}`;
+  $("batch-title").textContent = `Batch: ${names.length} ${prompts ? "prompts" : "pictures"} in ${style.name}`;
   $("batch-mode").textContent = "Starting…";
   $("batch-download").hidden = true;
   $("batch-cancel").hidden = false;
   $("batch-cancel").disabled = false;
-  const rows = batchRows(images.length, images.map((f) => f.name));
-  renderBatch(rows, { total: images.length, done: 0, succeeded: 0, failed: 0, items: [] });
+  const rows = batchRows(names.length, names);
+  if (prompts) rows.forEach((row) => { row.dataset.keepName = "true"; }); // the prompt, not "prompts.txt:3"
+  renderBatch(rows, { total: names.length, done: 0, succeeded: 0, failed: 0, items: [] });
   state.cancel = new AbortController();
   $("batch").scrollIntoView({ behavior: "smooth", block: "nearest" });
 
   const outcome = await runBatch({
-    style: style.name, images, extraFiles, fields, cancel: state.cancel.signal,
+    style: style.name, images, prompts, extraFiles, fields, cancel: state.cancel.signal,
     onUpdate: (job) => renderBatch(rows, job),
     onMode: (mode, job) => {
       $("batch").dataset.mode = mode;
@@ -351,8 +455,10 @@ async function run() {
   clearMessage();
   $("run").setAttribute("aria-busy", "true");
   const images = state.files.image || [];
+  const lines = promptLines();
   try {
-    if (images.length > 1) await runMany();
+    if (fromText(state.style) && lines.length > 1) await runMany({ prompts: lines });
+    else if (!fromText(state.style) && images.length > 1) await runMany();
     else await runSingle();
   } catch (err) {
     $("single").hidden = true;
@@ -369,6 +475,15 @@ async function start() {
   $("run").addEventListener("click", run);
   $("params").addEventListener("submit", (e) => e.preventDefault());
   $("reset").addEventListener("click", () => state.form && state.form.reset());
+  $("new-seed").addEventListener("click", newSeed);
+  $("prompt").addEventListener("input", updateRun);
+  $("count").addEventListener("input", updateRun);
+  $("same-again").addEventListener("click", () => {
+    // the shown picture's seed, alone: change the prompt or the steps and see what they do
+    $("seed").value = state.results[state.shown]?.seed ?? $("seed").value;
+    $("count").value = "1";
+    run();
+  });
   $("style-filter").addEventListener("input", filterStyles);
   $("divider").addEventListener("input", (e) => $("compare").style.setProperty("--pos", `${e.target.value}%`));
   for (const b of document.querySelectorAll(".view-toggle button")) b.addEventListener("click", () => setView(b.dataset.view));

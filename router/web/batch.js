@@ -1,6 +1,7 @@
 // Many pictures at once: a job on the service (POST /v1/jobs, live progress from its event
 // stream, the result as one zip), or, on a service without the jobs API, the pictures sent one
-// by one from this page with bounded concurrency and zipped here.
+// by one from this page with bounded concurrency and zipped here. A style that makes pictures
+// from text takes a list of prompts instead (a `prompts` file, one per line, for the job).
 //
 // Progress is reported through onUpdate({status, total, done, succeeded, failed, items}), items
 // being [{name, status: pending|running|ok|failed|canceled, error}], the shape of GET /v1/jobs/{id}.
@@ -22,11 +23,15 @@ const sleep = (ms, signal) => new Promise((resolve) => {
  * Runs the batch; resolves to {mode: "job"|"page", state, download: {href, name} | null}.
  * `cancel` is an AbortSignal: aborting it cancels the job (or stops sending pictures).
  */
-export async function runBatch({ style, images, extraFiles, fields, onUpdate, onMode, cancel }) {
-  const job = await createJob({ images, ...extraFiles }, { style, ...fields });
+export async function runBatch({ style, images = [], prompts = null, extraFiles, fields, onUpdate, onMode, cancel }) {
+  const inputs = prompts
+    ? { prompts: new File([`${prompts.join("\n")}\n`], "prompts.txt", { type: "text/plain" }) }
+    : { images };
+  const job = await createJob({ ...inputs, ...extraFiles }, { style, ...fields });
   if (job === null) {
     onMode("page", null);
-    return sendOneByOne({ style, images, extraFiles, fields, onUpdate, cancel });
+    const units = prompts ? promptUnits(prompts, extraFiles, fields) : imageUnits(images, extraFiles, fields);
+    return sendOneByOne({ style, units, onUpdate, cancel });
   }
   onMode("job", job);
   cancel.addEventListener("abort", () => { deleteUrl(job.urls.self).catch(() => {}); }, { once: true });
@@ -87,8 +92,26 @@ function counts(items) {
 
 const EXTENSIONS = { "image/png": "png", "image/jpeg": "jpg", "image/webp": "webp" };
 
-function zipName(file, style, contentType, taken) {
-  const stem = file.name.replace(/\.[^.]*$/, "") || "image";
+/** What the page sends for each item when it sends them itself: {name, stem, files, fields}. */
+function imageUnits(images, extraFiles, fields) {
+  return images.map((file) => ({ name: file.name, stem: file.name.replace(/\.[^.]*$/, "") || "image",
+    files: { image: file, ...extraFiles }, fields }));
+}
+
+/** As the service numbers a prompt list: seed + index for lines without their own (the job seed). */
+function promptUnits(prompts, extraFiles, fields) {
+  const seed = Number.parseInt(fields.seed ?? "", 10);
+  return prompts.map((prompt, i) => ({
+    name: prompt, stem: `${String(i + 1).padStart(4, "0")}-${slugOf(prompt)}`, files: { ...extraFiles },
+    fields: { ...fields, prompt, ...(Number.isFinite(seed) ? { seed: String((seed + i) % 2 ** 32) } : {}) },
+  }));
+}
+
+export function slugOf(text) {
+  return text.toLowerCase().replace(/[^a-z0-9]+/g, "-").replace(/^-+|-+$/g, "").slice(0, 48).replace(/-+$/, "") || "image";
+}
+
+function zipName(stem, style, contentType, taken) {
   const ext = EXTENSIONS[(contentType || "").split(";")[0]] || "bin";
   let name = `${stem}-${style}.${ext}`;
   for (let n = 2; taken.has(name); n++) name = `${stem}-${style}-${n}.${ext}`;
@@ -107,22 +130,22 @@ async function withOverloadRetry(send, cancel) {
   }
 }
 
-async function sendOneByOne({ style, images, extraFiles, fields, onUpdate, cancel }) {
-  const items = images.map((file) => ({ name: file.name, status: "pending", error: null }));
-  const results = new Array(images.length);
+async function sendOneByOne({ style, units, onUpdate, cancel }) {
+  const items = units.map((unit) => ({ name: unit.name, status: "pending", error: null }));
+  const results = new Array(units.length);
   const taken = new Set(); // file names already used in the zip
-  const state = () => ({ status: "running", total: images.length, ...counts(items), items });
+  const state = () => ({ status: "running", total: units.length, ...counts(items), items });
   onUpdate(state());
   let next = 0;
   const worker = async () => {
-    while (next < images.length && !cancel.aborted) {
+    while (next < units.length && !cancel.aborted) {
       const i = next++;
       items[i].status = "running";
       onUpdate(state());
       try {
-        results[i] = await withOverloadRetry(() => applyStyle(style, { image: images[i], ...extraFiles }, fields), cancel);
+        results[i] = await withOverloadRetry(() => applyStyle(style, units[i].files, units[i].fields), cancel);
         items[i].url = URL.createObjectURL(results[i].blob);
-        items[i].fileName = zipName(images[i], style, results[i].contentType, taken);
+        items[i].fileName = zipName(units[i].stem, style, results[i].contentType, taken);
         items[i].status = "ok";
       } catch (err) {
         items[i].status = "failed";
@@ -131,7 +154,7 @@ async function sendOneByOne({ style, images, extraFiles, fields, onUpdate, cance
       onUpdate(state());
     }
   };
-  await Promise.all(Array.from({ length: Math.min(CONCURRENCY, images.length) }, worker));
+  await Promise.all(Array.from({ length: Math.min(CONCURRENCY, units.length) }, worker));
   for (const item of items) if (item.status === "pending") item.status = "canceled";
 
   const final = state();

@@ -43,13 +43,14 @@ class Outcome:
     variant: str | None = None
     model_sha256: str | None = None
     seed: str | None = None
+    nsfw: bool | None = None
     error_code: str | None = None
     error_message: str | None = None
     attempts: int = 1
 
 
 class StyleClient:
-    """POSTs images to ``/v1/styles/{style}`` with fixed form fields (and extra files)."""
+    """POSTs images (or a prompt line's params) to ``/v1/styles/{style}`` with fixed form fields (and extra files)."""
 
     def __init__(
         self,
@@ -72,10 +73,18 @@ class StyleClient:
     async def apply(self, name: str, data: bytes) -> Outcome:
         files = {"image": (name, data, "application/octet-stream")}
         files.update({k: (k, v, "application/octet-stream") for k, v in self.extra_files.items()})
+        return await self._post(files, self.fields)
+
+    async def generate(self, fields: dict[str, str]) -> Outcome:
+        """A prompt-only style: the run's fields and this item's own (prompt, seed, ...), no image."""
+        files = {k: (k, v, "application/octet-stream") for k, v in self.extra_files.items()}
+        return await self._post(files or None, {**self.fields, **fields})
+
+    async def _post(self, files: dict[str, tuple[str, bytes, str]] | None, fields: dict[str, str]) -> Outcome:
         attempt = 0
         while True:
             try:
-                r = await self.client.post(f"/v1/styles/{self.style}", files=files, data=self.fields)
+                r = await self.client.post(f"/v1/styles/{self.style}", files=files, data=fields)
             except httpx.TransportError as exc:
                 if attempt >= self.policy.retries:
                     return Outcome(False, error_code="connection_error", error_message=f"{type(exc).__name__}: {exc}", attempts=attempt + 1)
@@ -97,6 +106,7 @@ def _outcome(r: httpx.Response, attempts: int) -> Outcome:
             variant=r.headers.get("x-stylefleet-variant"),
             model_sha256=r.headers.get("x-stylefleet-model-sha256"),
             seed=r.headers.get("x-stylefleet-seed"),
+            nsfw={"true": True, "false": False}.get(r.headers.get("x-stylefleet-nsfw", "")),
             attempts=attempts,
         )
     try:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import fsspec
 
+from stylefleet.prompts import PromptItem
 from stylefleet.storage import Storage
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
@@ -21,6 +22,11 @@ class InputError(ValueError):
 class Item:
     rel: str  # path relative to the input root: the manifest's ``input`` and the mirror's key
     source: str  # where to read it: a local path or a URI
+    prompt: PromptItem | None = None  # a line of a prompt list (prompt-only styles): no file to read
+
+
+def prompt_items(items: list[PromptItem]) -> list[Item]:
+    return [Item(p.name, "", p) for p in items]
 
 
 def is_image_name(rel: str) -> bool:

@@ -11,6 +11,9 @@ Two stages, ``map_batches`` both:
    output atomically. Models give the same bytes alone or in a batch, so the outputs equal the
    HTTP engine's byte for byte.
 
+Prompt lists (text-to-image styles) take the same path: a row carries the line's completed
+params instead of a file (``stylefleet.prompts``), and the actor sends no image.
+
 The driver writes the manifest as rows come back, so an interrupted run resumes like an HTTP one.
 Ray: the running one if this process already joined it, else ``RAY_ADDRESS``, else a local
 loopback-only Ray (as ``stylefleet run`` starts) that is stopped at the end.
@@ -31,6 +34,7 @@ import yaml
 
 from stylefleet.batch.inputs import read_source
 from stylefleet.batch.run import Plan, Tally, UsageError
+from stylefleet.errors import InvalidPromptLine
 from stylefleet.manifest import ManifestIndex, Record, sha256_hex
 from stylefleet.storage import Storage
 
@@ -49,6 +53,18 @@ def load_app(config_path: str) -> tuple[Any, dict[str, dict[str, Any]]]:
     app = doc["applications"][0]
     user_configs = {d["name"]: d.get("user_config") or {} for d in app.get("deployments", [])}
     return AppConfig.model_validate(app.get("args", {})), user_configs
+
+
+def describe_style(config_path: str, style: str) -> dict[str, Any]:
+    """The style as the service's GET /v1/styles would describe it, from the config alone."""
+    from router.catalog import Catalog
+    from stylefleet.errors import StylefleetError
+
+    config, _ = load_app(config_path)
+    try:
+        return Catalog(config).get(style).describe()
+    except StylefleetError as exc:
+        raise UsageError(f"{exc.code}: {exc.message}") from None
 
 
 def run_ray_data(plan: Plan, out: Storage, index: ManifestIndex, tally: Tally, *, config_path: str) -> None:
@@ -93,32 +109,37 @@ def run_ray_data(plan: Plan, out: Storage, index: ManifestIndex, tally: Tally, *
         for deployment, members in by_deployment.items():
             dep = config.deployments[deployment]
             batching = BatchingConfig.model_validate(user_configs.get(deployment, {}))
-            rows = [
-                {
-                    "rel": plan.items[i].rel,
-                    "source": plan.items[i].source,
-                    "output": plan.outputs[plan.items[i].rel],
-                    "variant": chosen[i],
-                }
-                for i in members
-            ]
+            rows = [_row(plan, plan.items[i], chosen[i]) for i in members]
             _run_pipeline(ray, rows, plan, out, done, style.name, fields, config, deployment, dep, batching.max_batch_size, tally)
     finally:
         if started_here is not None:
             started_here.stop()
 
 
+def _row(plan: Plan, item: Any, variant: str) -> dict[str, Any]:
+    prompt = item.prompt
+    return {
+        "rel": item.rel,
+        "source": item.source,
+        "output": plan.outputs[item.rel],
+        "variant": variant,
+        "params": json.dumps(plan.params_of(item), sort_keys=True),  # the record's params (and resume key's)
+        "prompt_fields": json.dumps(prompt.fields) if prompt else "",  # a prompt line: sent instead of a file
+        "prompt_text": prompt.text if prompt else "",
+        "prompt_error": (prompt.error or "") if prompt else "",
+    }
+
+
 def _done_records(plan: Plan, out: Storage, index: ManifestIndex) -> dict[str, str]:
-    """``rel/sha256`` -> the record (JSON) that makes the item done, for this style and params."""
+    """``rel/sha256/params`` -> the record (JSON) that makes the item done, for this style."""
     if plan.force:
         return {}
-    wanted = json.dumps(plan.key_params, sort_keys=True)
     done = {}
     for (rel, sha, style, params), _ in index.latest.items():
-        if style == plan.style and params == wanted:
+        if style == plan.style:
             record = index.done((rel, sha, style, params), out)
             if record is not None:
-                done[f"{rel}\0{sha}"] = record.to_json()
+                done[f"{rel}\0{sha}\0{params}"] = record.to_json()
     return done
 
 
@@ -141,7 +162,7 @@ def _run_pipeline(
 ) -> None:
     import ray.data
 
-    base = {"style": plan.style, "params": plan.key_params}
+    base = {"style": plan.style}
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), math.ceil(len(rows) / batch_size))))
     ds = ds.map_batches(
         read_and_check, fn_kwargs={"done": done, "base": base}, batch_size=batch_size, batch_format="numpy", num_cpus=0.25,
@@ -152,6 +173,8 @@ def _run_pipeline(
             "kind": dep.model, "device": dep.device, "threads": dep.effective_threads, "num_gpus": dep.num_gpus,
             "model_paths": {f: (config.models[f].path if f in config.models else None) for f in _kind_files(dep.model)},
             "model_dir": config.model_dir, "allow_download": config.allow_download,
+            # as router.app gives ModelServer: where a diffusion deployment's weights are
+            "options": {"diffusion": dep.diffusion.model_dump(), "setting": f"deployments.{deployment}.diffusion"} if dep.diffusion else {},
             "app_config": config.model_dump(), "style": style, "fields": fields, "extra_files": plan.extra_files,
             "out_uri": out.uri, "base": base,
         },
@@ -183,20 +206,33 @@ def read_and_check(batch: dict[str, np.ndarray], *, done: dict[str, str], base: 
     data, shas, records = np.empty(n, dtype=object), np.empty(n, dtype=object), np.empty(n, dtype=object)
     skipped = np.zeros(n, dtype=bool)
     for j in range(n):
-        rel = str(batch["rel"][j])
-        try:
-            blob = read_source(str(batch["source"][j]))
-        except OSError as exc:
-            data[j], shas[j] = b"", ""
-            records[j] = Record(input=rel, input_sha256="", **base, status="failed", variant=str(batch["variant"][j]),
-                                error={"code": "unreadable_input", "message": str(exc)}).to_json()
-            continue
-        data[j], shas[j] = blob, sha256_hex(blob)
-        records[j] = done.get(f"{rel}\0{shas[j]}", "")
+        rel, params = str(batch["rel"][j]), json.loads(str(batch["params"][j]))
+        record = dict(input=rel, **base, params=params, status="failed", variant=str(batch["variant"][j]))
+        if batch["prompt_fields"][j]:
+            blob = b""
+            shas[j] = sha256_hex(str(batch["prompt_text"][j]).encode())
+        else:
+            try:
+                blob = read_source(str(batch["source"][j]))
+            except OSError as exc:
+                data[j], shas[j] = b"", ""
+                records[j] = Record(input_sha256="", **record, error={"code": "unreadable_input", "message": str(exc)}).to_json()  # type: ignore[arg-type]
+                continue
+            shas[j] = sha256_hex(blob)
+        data[j] = blob
+        records[j] = done.get(f"{rel}\0{shas[j]}\0{batch['params'][j]}", "")
         skipped[j] = bool(records[j])
         if skipped[j]:
             data[j] = b""
+        elif batch["prompt_error"][j]:
+            error = {"code": InvalidPromptLine.code, "message": str(batch["prompt_error"][j])}
+            records[j] = Record(input_sha256=shas[j], **record, error=error).to_json()  # type: ignore[arg-type]
     return {**batch, "data": data, "sha256": shas, "record": records, "skipped": skipped}
+
+
+def _seed(params: dict[str, Any]) -> str | None:
+    """The seed as the HTTP engine records it (the X-Stylefleet-Seed header's text)."""
+    return None if params.get("seed") is None else str(params["seed"])
 
 
 class StyleActor:
@@ -206,7 +242,7 @@ class StyleActor:
     def __init__(
         self, *, kind: str, device: str, threads: int, num_gpus: float, model_paths: dict[str, str | None],
         model_dir: str | None, allow_download: bool, app_config: dict[str, Any], style: str, fields: dict[str, str],
-        extra_files: dict[str, bytes], out_uri: str, base: dict[str, Any],
+        extra_files: dict[str, bytes], out_uri: str, base: dict[str, Any], options: dict[str, Any] | None = None,
     ) -> None:
         from deployments.kinds import KINDS
         from deployments.onnx_session import RuntimeOptions
@@ -223,8 +259,9 @@ class StyleActor:
                 runtime = replace(runtime, gpu_mem_limit_bytes=memory_cap_bytes(num_gpus, nvml.total_memory_bytes()))
         self.kind = KINDS[kind]
         files = [resolve(n, path=model_paths.get(n), model_dir=model_dir, allow_download=allow_download) for n in self.kind.files]
-        self.model = self.kind.factory(files, runtime, {})
-        self.model_sha256 = "+".join(f.sha256 for f in files)  # as ModelServer reports it
+        self.model = self.kind.factory(files, runtime, {**(options or {}), "allow_download": allow_download})
+        # as ModelServer reports it: the files' checksums, or the model's own (diffusion folders)
+        self.model_sha256 = "+".join(f.sha256 for f in files) if files else str(getattr(self.model, "checksum", ""))
         config = AppConfig.model_validate(app_config)
         self.max_pixels = config.limits.max_pixels
         self.style = Catalog(config).get(style)
@@ -245,21 +282,22 @@ class StyleActor:
         for j in range(n):
             if records[j]:
                 continue
+            own = json.loads(str(batch["prompt_fields"][j])) if batch["prompt_fields"][j] else None
             try:
-                files = {"image": bytes(batch["data"][j]), **self.extra_files}
+                files = {**({} if own is not None else {"image": bytes(batch["data"][j])}), **self.extra_files}
                 images = {name: decode(blob, max_pixels=self.max_pixels, field=name).pixels for name, blob in files.items()}
-                params, output = split_params(self.style, self.style.variant(str(batch["variant"][j])), dict(self.fields))
+                params, output = split_params(self.style, self.style.variant(str(batch["variant"][j])), {**self.fields, **(own or {})})
             except StylefleetError as exc:
                 records[j] = self._record(batch, j, status="failed", error={"code": exc.code, "message": exc.message})
                 continue
             todo.append((j, ModelRequest(images, params, output)))
         requests = [r for _, r in todo]
-        for (j, _), reply in zip(todo, encode_outcomes(requests, run_batch(self.model, requests), self.model_sha256)):
+        for (j, request), reply in zip(todo, encode_outcomes(requests, run_batch(self.model, requests), self.model_sha256)):
             if isinstance(reply, EncodedImage):
                 target = str(batch["output"][j])
                 self.out.write_bytes(target, reply.data)
                 records[j] = self._record(batch, j, status="ok", output=target, model_sha256=reply.model_sha256,
-                                          seed=getattr(reply, "seed", None))
+                                          seed=_seed(request.params), nsfw=reply.nsfw)
             else:
                 err = reply if isinstance(reply, StylefleetError) else None
                 records[j] = self._record(batch, j, status="failed",
@@ -268,4 +306,4 @@ class StyleActor:
 
     def _record(self, batch: dict[str, np.ndarray], j: int, **kwargs: Any) -> str:
         return Record(input=str(batch["rel"][j]), input_sha256=str(batch["sha256"][j]), variant=str(batch["variant"][j]),
-                      **self.base, **kwargs).to_json()
+                      params=json.loads(str(batch["params"][j])), **self.base, **kwargs).to_json()

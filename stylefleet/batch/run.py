@@ -1,5 +1,8 @@
 """``stylefleet batch``: plan the run, resume from the manifest, drive an engine, summarise.
 
+INPUT is images (a folder or a list of files) for styles that take an image, and a prompt list
+(``stylefleet.prompts``: one prompt per line, or JSONL) for styles that make images from text.
+
 Exit status: 0 every item succeeded (now or in an earlier run), 1 some failed (listed in
 ``failures.jsonl``), 2 usage error (bad arguments, no inputs, unknown style or param, service
 unreachable), 130 interrupted (re-run the same command to resume).
@@ -22,8 +25,9 @@ from typing import Any
 import httpx
 
 from stylefleet.batch.http import RetryPolicy, StyleClient
-from stylefleet.batch.inputs import InputError, Item, find_inputs, read_source
+from stylefleet.batch.inputs import InputError, Item, find_inputs, prompt_items, read_source
 from stylefleet.batch.progress import Progress
+from stylefleet.errors import InvalidPromptLine
 from stylefleet.manifest import (
     FAILURES,
     MANIFEST,
@@ -32,9 +36,11 @@ from stylefleet.manifest import (
     Record,
     failures_text,
     item_key,
+    OUTPUT_EXTENSIONS,
     output_names,
     sha256_hex,
 )
+from stylefleet.prompts import describe_defaults, output_name, parse_prompts
 from stylefleet.storage import Storage
 
 logger = logging.getLogger("stylefleet.batch")
@@ -59,11 +65,15 @@ class Plan:
     outputs: dict[str, str]  # item.rel -> output path relative to the output root
     force: bool = False
 
+    def params_of(self, item: Item) -> dict[str, str]:
+        """The resume key's and the manifest's params: the run's, and a prompt line's own."""
+        return {**self.key_params, **item.prompt.fields} if item.prompt else dict(self.key_params)
+
     def key(self, item: Item, sha: str) -> tuple[str, str, str, str]:
-        return item_key(item.rel, sha, self.style, self.key_params)
+        return item_key(item.rel, sha, self.style, self.params_of(item))
 
     def record(self, item: Item, sha: str, **kwargs: object) -> Record:
-        return Record(input=item.rel, input_sha256=sha, style=self.style, params=dict(self.key_params), **kwargs)  # type: ignore[arg-type]
+        return Record(input=item.rel, input_sha256=sha, style=self.style, params=self.params_of(item), **kwargs)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -90,7 +100,11 @@ Sink = Callable[[Record], None]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("input", help="a folder (walked recursively) or a list file (one path or URI per line)")
+    p.add_argument(
+        "input",
+        help="a folder (walked recursively) or a list file (one path or URI per line); for a style that makes "
+        "images from text, a prompt list (one prompt per line, or .jsonl with prompt, seed, ... per line)",
+    )
     p.add_argument("-o", "--output", required=True, help="output folder or URI; mirrors the input tree")
     p.add_argument("--style", required=True, help="a style name (GET /v1/styles lists them)")
     p.add_argument("--param", action="append", default=[], metavar="K=V", help="a style param, repeatable")
@@ -110,7 +124,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     try:
-        plan, out = _plan(args)
+        plan, out = _plan(args, _describe_style(args))
     except (UsageError, InputError) as exc:
         print(f"stylefleet batch: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -153,7 +167,29 @@ def main(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed or len(current) < len(plan.items) else EXIT_OK
 
 
-def _plan(args: argparse.Namespace) -> tuple[Plan, Storage]:
+def _describe_style(args: argparse.Namespace) -> dict[str, Any]:
+    """The style as GET /v1/styles describes it (ray-data: as the config's catalogue does)."""
+    if args.engine == "ray-data":
+        from stylefleet.batch.raydata import describe_style
+
+        return describe_style(args.config, args.style)
+    return asyncio.run(_fetch_style(args.url, args.style, args.timeout))
+
+
+async def _fetch_style(url: str, style: str, timeout: float) -> dict[str, Any]:
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=timeout) as client:
+            r = await client.get("/v1/styles")
+            r.raise_for_status()
+    except httpx.HTTPError as exc:
+        raise UsageError(f"cannot reach the service at {url} ({exc})") from None
+    styles = {s["name"]: s for s in r.json()["styles"]}
+    if style not in styles:
+        raise UsageError(f"unknown style {style!r}; known: {', '.join(sorted(styles))}")
+    return dict(styles[style])
+
+
+def _plan(args: argparse.Namespace, style: dict[str, Any]) -> tuple[Plan, Storage]:
     if args.concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
     fields: dict[str, str] = {}
@@ -180,10 +216,36 @@ def _plan(args: argparse.Namespace) -> tuple[Plan, Storage]:
         except OSError as exc:
             raise UsageError(f"--file {name}: {exc}") from None
         key_params[name] = "sha256:" + sha256_hex(extra[name])
-    items = find_inputs(args.input, exclude=args.output)
+    _check_names(style, fields, extra)
     out = Storage(args.output)
-    outputs = output_names([i.rel for i in items], args.format)
+    if style["inputs"]:
+        items = find_inputs(args.input, exclude=args.output)
+        outputs = output_names([i.rel for i in items], args.format)
+    else:
+        items, outputs = _prompt_plan(args.input, style, fields, args.format)
     return Plan(args.style, fields, key_params, extra, items, outputs, force=args.force), out
+
+
+def _prompt_plan(path: str, style: dict[str, Any], fields: dict[str, str], fmt: str) -> tuple[list[Item], dict[str, str]]:
+    try:
+        text = read_source(path).decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read the prompt list ({exc})") from None
+    defaults, allowed = describe_defaults(style["params"])
+    prompts = parse_prompts(text, posixpath.basename(path), run_fields=fields, defaults=defaults, allowed=allowed)
+    if not prompts:
+        raise InputError(f"{path}: no prompts (one per line, or a .jsonl object per line)")
+    ext = OUTPUT_EXTENSIONS[fmt]
+    outputs = {p.name: output_name(i, len(prompts), p.prompt, ext) for i, p in enumerate(prompts)}
+    return prompt_items(prompts), outputs
+
+
+def _check_names(style: dict[str, Any], fields: dict[str, str], extra: dict[str, bytes]) -> None:
+    """Unknown param or file names are usage errors, found before the first item is sent."""
+    accepted = {p["name"] for p in style["params"]} | {"variant", "client_id"} | set(style["inputs"])
+    unknown = sorted(set(fields) - accepted) + sorted(set(extra) - set(style["inputs"]))
+    if unknown:
+        raise UsageError(f"style {style['name']!r} takes no {', '.join(unknown)}; it takes {', '.join(sorted(accepted - {'image'}))}")
 
 
 # -- the http engine ---------------------------------------------------------------------------
@@ -196,7 +258,6 @@ def _run_http(plan: Plan, out: Storage, index: ManifestIndex, tally: Tally, args
 async def _http_main(plan: Plan, out: Storage, index: ManifestIndex, tally: Tally, args: argparse.Namespace) -> None:
     limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
     async with httpx.AsyncClient(base_url=args.url, timeout=args.timeout, limits=limits) as client:
-        await _preflight(client, plan)
         styler = StyleClient(client, plan.style, plan.fields, plan.extra_files, RetryPolicy(retries=args.retries))
         main_task = asyncio.current_task()
         loop = asyncio.get_running_loop()
@@ -221,23 +282,6 @@ async def _http_main(plan: Plan, out: Storage, index: ManifestIndex, tally: Tall
                 loop.remove_signal_handler(signal.SIGINT)
 
 
-async def _preflight(client: httpx.AsyncClient, plan: Plan) -> None:
-    """Unknown style or param names are usage errors, found before the first image is sent."""
-    try:
-        r = await client.get("/v1/styles")
-        r.raise_for_status()
-    except httpx.HTTPError as exc:
-        raise UsageError(f"cannot reach the service at {client.base_url} ({exc})") from None
-    styles = {s["name"]: s for s in r.json()["styles"]}
-    style = styles.get(plan.style)
-    if style is None:
-        raise UsageError(f"unknown style {plan.style!r}; known: {', '.join(sorted(styles))}")
-    accepted = {p["name"] for p in style["params"]} | {"variant", "client_id"} | set(style["inputs"])
-    unknown = sorted(set(plan.fields) - accepted) + sorted(set(plan.extra_files) - set(style["inputs"]))
-    if unknown:
-        raise UsageError(f"style {plan.style!r} takes no {', '.join(unknown)}; it takes {', '.join(sorted(accepted - {'image'}))}")
-
-
 async def run_items(
     plan: Plan,
     out: Storage,
@@ -255,8 +299,9 @@ async def run_items(
         while queue:
             item = queue.pop()
             record = await _one(plan, out, index, on_skip, styler, item)
-            if record is not None and record.error and record.error["code"] in USAGE_CODES:
+            if record is not None and record.error and record.error["code"] in USAGE_CODES and not item.prompt:
                 # not the image's fault: stop, and record nothing, so a corrected re-run does it all
+                # (a prompt line's own params can be at fault: that line fails alone)
                 raise UsageError(f"{record.error['code']}: {record.error['message']}")
             if record is not None:
                 on_done(record)
@@ -268,16 +313,24 @@ async def run_items(
 
 async def _one(plan: Plan, out: Storage, index: ManifestIndex, on_skip: Sink, styler: StyleClient, item: Item) -> Record | None:
     started = time.perf_counter()
-    try:
-        data = await asyncio.to_thread(read_source, item.source)
-    except OSError as exc:
-        return plan.record(item, "", status="failed", error={"code": "unreadable_input", "message": str(exc)})
+    if item.prompt is not None:
+        data = item.prompt.text.encode()
+    else:
+        try:
+            data = await asyncio.to_thread(read_source, item.source)
+        except OSError as exc:
+            return plan.record(item, "", status="failed", error={"code": "unreadable_input", "message": str(exc)})
     sha = sha256_hex(data)
     done = None if plan.force else await asyncio.to_thread(index.done, plan.key(item, sha), out)
     if done is not None:
         on_skip(done)
         return None
-    outcome = await styler.apply(posixpath.basename(item.rel), data)
+    if item.prompt is not None and item.prompt.error:
+        return plan.record(item, sha, status="failed", error={"code": InvalidPromptLine.code, "message": item.prompt.error})
+    if item.prompt is not None:
+        outcome = await styler.generate(item.prompt.fields)
+    else:
+        outcome = await styler.apply(posixpath.basename(item.rel), data)
     seconds = round(time.perf_counter() - started, 4)
     if not outcome.ok:
         return plan.record(
@@ -288,7 +341,7 @@ async def _one(plan: Plan, out: Storage, index: ManifestIndex, on_skip: Sink, st
     await asyncio.to_thread(out.write_bytes, output, outcome.content)
     return plan.record(
         item, sha, status="ok", output=output, variant=outcome.variant, seed=outcome.seed,
-        model_sha256=outcome.model_sha256, seconds=seconds,
+        model_sha256=outcome.model_sha256, nsfw=outcome.nsfw, seconds=seconds,
     )
 
 

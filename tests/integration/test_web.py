@@ -301,3 +301,121 @@ def test_the_page_fits_a_phone_screen(page_for: Any, base_url: str, tmp_path: Pa
     page.locator("#single").scroll_into_view_if_needed()
     page.screenshot(path=str(ARTIFACTS / "phone-result.png"))
     _shot(page, "phone-full")
+
+
+# -- generative styles: the tiny Stable Diffusion app, mounted at /genai in the test session --------
+
+
+@pytest.fixture()
+def genai_page(page_for: Any, base_url: str, genai_app: dict[str, Any]) -> Any:
+    """The page, talking to the /genai application: the page calls the API at the root (/v1/...),
+    as it is served in production, so its API calls are sent on to /genai/v1/... here."""
+    page = page_for()
+    root, genai = base_url + "/v1/", base_url + "/genai/v1/"
+    page.route(f"{root}**", lambda route: route.continue_(url=route.request.url.replace(root, genai, 1)))
+    _open(page, base_url)
+    return page
+
+
+def _posted(page: Any, style: str) -> Any:
+    return page.expect_response(lambda r: r.url.endswith(f"/v1/styles/{style}") and r.request.method == "POST", timeout=RESULT_TIMEOUT_MS)
+
+
+def _shown_pixels(page: Any) -> str:
+    """The picture on screen, as the page draws it (a data URL of its pixels)."""
+    return page.eval_on_selector(
+        "#result-img",
+        "img => { const c = document.createElement('canvas'); c.width = img.naturalWidth; c.height = img.naturalHeight;"
+        " c.getContext('2d').drawImage(img, 0, 0); return c.toDataURL('image/png'); }",
+    )
+
+
+def _result_ready(page: Any) -> None:
+    page.wait_for_selector("#single:not([hidden])", timeout=RESULT_TIMEOUT_MS)
+    page.wait_for_function("() => { const i = document.getElementById('result-img'); return i.complete && i.naturalWidth > 0 }")
+
+
+def test_a_prompt_only_style_makes_a_picture_shows_its_seed_and_makes_it_again(genai_page: Any) -> None:
+    page = genai_page
+    _pick(page, "tiny-t2i")
+    assert page.inner_text("#work-title").endswith("Describe the picture")
+    assert page.locator("#inputs .drop").count() == 0  # no picture to add
+    assert page.input_value("#seed") == "1234"  # the preset's seed, shown and editable
+    page.fill("#prompt", "a red kite")
+    with _posted(page, "tiny-t2i") as first:
+        page.click("#run")
+    assert first.value.status == 200 and first.value.headers["x-stylefleet-seed"] == "1234"
+    _result_ready(page)
+    assert page.inner_text("#result-seed") == "1234"
+    assert page.eval_on_selector("#result-img", "img => [img.naturalWidth, img.naturalHeight]") == [64, 64]
+    assert page.get_attribute("#compare", "data-before") == "missing"  # the picture alone, no before/after
+    first_pixels = _shown_pixels(page)
+
+    page.click("#new-seed")
+    seed = page.input_value("#seed")
+    assert seed != "1234" and 0 <= int(seed) < 2**32
+    with _posted(page, "tiny-t2i") as second:
+        page.click("#run")
+    assert second.value.headers["x-stylefleet-seed"] == seed
+    _result_ready(page)
+    page.wait_for_function(f"document.getElementById('result-seed').textContent === '{seed}'")
+    second_pixels = _shown_pixels(page)
+    assert second_pixels != first_pixels
+    shown = page.get_attribute("#result-img", "src")
+    with _posted(page, "tiny-t2i") as again:
+        page.click("#same-again")
+    assert again.value.headers["x-stylefleet-seed"] == seed
+    page.wait_for_function("src => document.getElementById('result-img').getAttribute('src') !== src", arg=shown)
+    _result_ready(page)
+    assert _shown_pixels(page) == second_pixels  # the same seed and settings: the same picture
+    _shot(page, "prompt-one-picture")
+
+
+def test_number_of_pictures_gives_consecutive_seeds_as_tabs(genai_page: Any) -> None:
+    page = genai_page
+    _pick(page, "tiny-t2i")
+    page.fill("#seed", "50")
+    page.fill("#count", "3")
+    assert page.inner_text("#run") == "Make 3 pictures"
+    seeds: list[str] = []
+    page.on("response", lambda r: seeds.append(r.headers.get("x-stylefleet-seed", "")) if r.url.endswith("/v1/styles/tiny-t2i") else None)
+    page.click("#run")
+    _result_ready(page)
+    assert page.locator("#variant-tabs button").all_inner_texts() == ["Seed 50", "Seed 51", "Seed 52"]
+    assert sorted(seeds) == ["50", "51", "52"]
+    page.locator("#variant-tabs button").nth(2).click()
+    assert page.inner_text("#result-seed") == "52"
+
+
+def test_a_list_of_prompts_runs_as_a_job_with_live_progress(genai_page: Any) -> None:
+    page = genai_page
+    _pick(page, "tiny-t2i")
+    page.fill("#prompt", "a red kite\na green boat\na blue house")
+    assert page.inner_text("#run") == "Make 3 pictures"
+    with page.expect_response(lambda r: r.url.endswith("/v1/jobs") and r.request.method == "POST") as created:
+        page.click("#run")
+    assert created.value.status == 202, created.value.text()
+    assert b'name="prompts"' in (created.value.request.post_data_buffer or b"")
+    page.wait_for_function("document.getElementById('batch-count').textContent === '3/3'", timeout=RESULT_TIMEOUT_MS)
+    assert page.get_attribute("#batch", "data-mode") == "job"
+    assert page.locator(".item[data-status='ok'] .item-name").all_inner_texts() == ["a red kite", "a green boat", "a blue house"]
+    page.wait_for_selector("#batch-download:not([hidden])")
+    assert page.get_attribute("#batch-download", "href") == created.value.json()["urls"]["result"]
+    _shot(page, "prompt-batch")
+
+
+def test_an_img2img_style_takes_a_picture_and_a_prompt(genai_page: Any, tmp_path: Path) -> None:
+    page = genai_page
+    _pick(page, "tiny-img2img")
+    assert page.locator("#inputs .drop").count() == 1 and page.is_visible("#prompt")
+    assert page.is_hidden("#count-row")  # one picture per picture given
+    page.set_input_files("#file-image", str(_write(tmp_path / "cat.jpg", _small(samples.cat(), 96))))
+    page.fill("#prompt", "a watercolour cat")
+    with _posted(page, "tiny-img2img") as answer:
+        page.click("#run")
+    assert answer.value.status == 200
+    body = answer.value.request.post_data_buffer or b""
+    assert b'name="image"' in body and b"a watercolour cat" in body
+    _result_ready(page)
+    assert page.get_attribute("#compare", "data-before") is None  # before and after, as for any picture
+    _shot(page, "img2img")

@@ -122,7 +122,7 @@ def test_duplicate_fields_are_refused(api: TestClient) -> None:
 
 def test_styles_describe_params_without_fixed_ones(api: TestClient) -> None:
     styles = {s["name"]: s for s in api.get("/v1/styles").json()["styles"]}
-    assert [p["name"] for p in styles["remove-background"]["params"]] == ["bg_color", "max_side", "only_mask", "format", "quality"]
+    assert [p["name"] for p in styles["remove-background"]["params"]] == ["alpha_matting", "threshold", "erode_px", "feather_px", "bg_color", "max_side", "only_mask", "format", "quality"]
     assert all(s["task"] for s in styles.values())
     assert np.all([("style" not in {p["name"] for p in s["params"]}) for s in styles.values()])
 

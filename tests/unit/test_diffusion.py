@@ -283,3 +283,37 @@ def test_the_checksum_names_the_weights(sd, folders, tmp_path: Path) -> None:
     assert len(sd.checksum) == 64
     other = DiffusionModel.load(DiffusionSource(model=str(folders[0])), RuntimeOptions())
     assert other.checksum != sd.checksum  # the ControlNet's files are part of the first one's
+
+
+class Checker(Spy):
+    """A pipeline with a stand-in safety checker: flags seed 13 and blacks its image out, as diffusers does."""
+
+    def __call__(self, **kwargs: Any) -> Any:
+        out = self.pipe(**kwargs)
+        flags = [g.initial_seed() == 13 for g in kwargs["generator"]]
+        for i, flagged in enumerate(flags):
+            if flagged:
+                out.images[i] = np.zeros_like(out.images[i])
+        out.nsfw_content_detected = flags
+        return out
+
+
+def test_the_safety_checkers_verdict_reaches_the_encoded_image(clean) -> None:
+    from deployments.batching import OutputSpec, encode_outcomes
+
+    originals = dict(clean.pipelines)
+    clean.pipelines = {k: Checker(v) for k, v in originals.items()}
+    try:
+        requests = [ModelRequest({}, {**PRESET, "seed": s}, OutputSpec("png")) for s in (12, 13)]
+        clean_one, flagged = encode_outcomes(requests, run_batch(clean, requests), "x")
+    finally:
+        clean.pipelines = originals
+    assert (clean_one.nsfw, flagged.nsfw) == (False, True)  # type: ignore[union-attr]
+
+
+def test_without_a_safety_checker_the_verdict_is_none(clean) -> None:
+    from deployments.batching import OutputSpec, encode_outcomes
+
+    request = ModelRequest({}, {**PRESET, "seed": 13}, OutputSpec("png"))
+    [reply] = encode_outcomes([request], run_batch(clean, [request]), "x")
+    assert reply.nsfw is None  # type: ignore[union-attr]

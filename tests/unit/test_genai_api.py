@@ -61,6 +61,13 @@ def test_seed_and_steps_can_be_set(api: TestClient, backend: FakeBackend, kwargs
     assert (backend.calls[0][1].params["seed"], backend.calls[0][1].params["steps"]) == (77, 12)
 
 
+def test_a_preset_with_a_default_negative_prompt_lets_clients_replace_it(api: TestClient, backend: FakeBackend) -> None:
+    assert api.post("/v1/styles/concept-art", json={"negative_prompt": "fog"}).status_code == 200
+    assert backend.calls[0][1].params["negative_prompt"] == "fog"
+    api.post("/v1/styles/concept-art", json={})
+    assert backend.calls[1][1].params["negative_prompt"] == "photo, blurry, low quality, text, watermark"
+
+
 def test_an_empty_body_uses_the_preset_defaults(api: TestClient, backend: FakeBackend) -> None:
     r = api.post("/v1/styles/concept-art")
     assert r.status_code == 200 and r.headers["x-stylefleet-seed"] == "7"
@@ -134,3 +141,22 @@ def test_styles_list_the_preset_params_with_its_defaults_and_bounds(api: TestCli
     assert params["seed"]["default"] == 1234 and params["n"]["maximum"] == 4
     assert styles["watercolor"]["inputs"] == ["image"]
     assert {p["name"] for p in styles["anime-portrait"]["params"]} == {"face_crop", "max_side", "format", "quality"}
+
+
+class FlaggingBackend(FakeBackend):
+    """The safety checker flags odd seeds."""
+
+    async def run(self, deployment: str, request: ModelRequest) -> Reply:
+        seed = request.params.get("seed", 0)
+        return EncodedImage(f"PNG-{seed}".encode(), "image/png", 64, 64, "f" * 64, nsfw=seed % 2 == 1)
+
+
+def test_a_flagged_image_says_so_in_a_header() -> None:
+    api = api_client(FlaggingBackend(), "serve_config.genai.yaml", Limits(max_upload_bytes=1_000_000, max_images_per_request=4))
+    assert api.post("/v1/styles/product-shot", json={"prompt": "a lamp", "seed": 3}).headers["x-stylefleet-nsfw"] == "true"
+    assert api.post("/v1/styles/product-shot", json={"prompt": "a lamp", "seed": 4}).headers["x-stylefleet-nsfw"] == "false"
+    assert api.post("/v1/styles/product-shot", json={"prompt": "a lamp", "seed": 4, "n": 2}).headers["x-stylefleet-nsfw"] == "false,true"
+
+
+def test_no_safety_checker_no_header(api: TestClient) -> None:
+    assert "x-stylefleet-nsfw" not in api.post("/v1/styles/product-shot", json={"prompt": "a lamp"}).headers

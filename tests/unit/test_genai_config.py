@@ -25,7 +25,8 @@ def test_the_genai_example_is_valid_without_any_weights() -> None:
     assert {s.task for s in styles.values()} == {"text-to-image", "img2img", "controlnet-canny", "anime"}
     assert styles["product-shot"].image_fields == ()
     assert styles["watercolor"].image_fields == ("image",)
-    assert styles["product-shot"].client_params == {"prompt", "seed", "steps"}
+    assert styles["product-shot"].client_params == {"prompt", "seed", "steps"}  # it fixes its negative prompt
+    assert styles["concept-art"].client_params == {"prompt", "seed", "steps", "negative_prompt"}  # a default: open
 
 
 def test_the_default_app_has_no_generative_style() -> None:

@@ -292,3 +292,27 @@ def test_max_kb_that_no_quality_reaches_is_a_422() -> None:
 def test_frame_shares_are_the_middle_of_the_ranges() -> None:
     f = Frame(400, 500, 300, (0.6, 0.8), (0.05, 0.15))
     assert (f.head_px, f.top_px) == pytest.approx((350, 50))
+
+
+# --- the matte's edges ------------------------------------------------------------------------
+
+
+def test_the_matte_call_carries_the_edge_controls() -> None:
+    from deployments.batching import ModelRequest
+    from deployments.idphoto import IdPhotoModel
+
+    model = IdPhotoModel()
+    prepared = model.prepare(ModelRequest({"image": samples.astronaut()}, {"alpha_matting": "true", "erode_px": "1"}))
+    matte = model.calls(prepared)["matte"].params
+    assert (matte["alpha_matting"], matte["erode_px"], matte["threshold"], matte["feather_px"]) == (True, 1, None, 0.0)
+
+
+def test_the_default_matte_call_asks_for_no_edge_work() -> None:
+    from deployments.background import EdgeParams, RemoveBackgroundParams
+    from deployments.batching import ModelRequest
+    from deployments.idphoto import IdPhotoModel
+
+    model = IdPhotoModel()
+    matte = model.calls(model.prepare(ModelRequest({"image": samples.astronaut()}, {})))["matte"].params
+    checked = RemoveBackgroundParams.model_validate(matte)
+    assert checked.edges() == EdgeParams().edges()

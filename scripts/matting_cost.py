@@ -1,0 +1,31 @@
+"""Seconds per remove-background call with and without alpha matting, at 512-4096 px (README "Remove background: edges").
+
+A measurement, not a test: run it by hand on an idle machine (PYTHONPATH=. .venv/bin/python scripts/matting_cost.py).
+"""
+
+from __future__ import annotations
+
+import time
+
+import cv2
+
+from deployments.background import U2NetModel
+from deployments.batching import ModelRequest, run_batch
+from deployments.onnx_session import RuntimeOptions
+from deployments.registry import resolve
+from tests import samples
+
+
+def main() -> None:
+    model = U2NetModel(resolve("u2netp"), RuntimeOptions(device="cpu", threads=1))
+    run_batch(model, [ModelRequest({"image": samples.astronaut()}, {"alpha_matting": True})])  # numba compiles here
+    for side in (512, 1024, 2048, 4096):
+        pixels = cv2.resize(samples.astronaut(), (side, side), interpolation=cv2.INTER_CUBIC)
+        for matting in (False, True):
+            started = time.perf_counter()
+            run_batch(model, [ModelRequest({"image": pixels}, {"alpha_matting": matting})])
+            print(f"{side}x{side} alpha_matting={matting}: {time.perf_counter() - started:.2f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
