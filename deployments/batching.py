@@ -164,19 +164,40 @@ def request_pixels(model: Any, request: ModelRequest) -> int:
     return total
 
 
-def run_batch(model: BatchModel[Any], requests: Sequence[ModelRequest]) -> list[Outcome]:
-    """Run a batch; the i-th outcome is the i-th request's image or its own error."""
+@dataclass
+class PreparedBatch:
+    """A batch after decoding and ``prepare``: errors so far, and the groups that share a call."""
+
+    outcomes: list[Outcome | None]
+    groups: dict[Hashable, list[tuple[int, Any]]]
+    release_arena: bool = False  # one image over the pixel budget: give the arena back after it
+
+
+def prepare_batch(model: BatchModel[Any], requests: Sequence[ModelRequest]) -> PreparedBatch:
+    """Decode and ``prepare`` every request (each failure is that request's own outcome)."""
     outcomes: list[Outcome | None] = [None] * len(requests)
     groups: dict[Hashable, list[tuple[int, Any]]] = {}
     for i, request in enumerate(requests):
-        try:
-            prepared = model.prepare(decoded(model, request))
-        except Exception as exc:  # noqa: BLE001 - isolation is the point
-            outcomes[i] = as_error(exc)
-            continue
-        groups.setdefault(prepared.key, []).append((i, prepared))
+        prepared = prepare_one(model, request)
+        if isinstance(prepared, StylefleetError):
+            outcomes[i] = prepared
+        else:
+            groups.setdefault(prepared.key, []).append((i, prepared))
+    return PreparedBatch(outcomes, groups)
 
-    for members in groups.values():
+
+def infer_batch(model: BatchModel[Any], batch: PreparedBatch) -> list[Outcome]:
+    """One network call per group, then ``finish``; a group whose call raises is retried one
+    request at a time, so a poisoned input fails alone."""
+    if batch.release_arena:
+        with releasing_arena():
+            return _infer_groups(model, batch)
+    return _infer_groups(model, batch)
+
+
+def _infer_groups(model: BatchModel[Any], batch: PreparedBatch) -> list[Outcome]:
+    outcomes = list(batch.outcomes)
+    for members in batch.groups.values():
         try:
             raws = list(model.infer([p for _, p in members]))
         except Exception as exc:  # noqa: BLE001
@@ -201,23 +222,46 @@ def run_batch(model: BatchModel[Any], requests: Sequence[ModelRequest]) -> list[
     return [o if o is not None else InternalError("no result was produced") for o in outcomes]
 
 
+def run_batch(model: BatchModel[Any], requests: Sequence[ModelRequest]) -> list[Outcome]:
+    """Run a batch; the i-th outcome is the i-th request's image or its own error."""
+    return infer_batch(model, prepare_batch(model, requests))
+
+
+def prepare_one(model: BatchModel[Any], request: ModelRequest) -> Any:
+    """Decode and ``prepare`` one request: its prepared form, or its own error (returned)."""
+    try:
+        return model.prepare(decoded(model, request))
+    except Exception as exc:  # noqa: BLE001 - isolation is the point
+        return as_error(exc)
+
+
+def infer_prepared(
+    model: BatchModel[Any], prepared: Sequence[Any], pixels: Sequence[int], budget: int | None
+) -> list[Outcome]:
+    """Run prepared requests (a ``prepare_one`` error passes through as that request's outcome)
+    in consecutive chunks of at most ``budget`` pixels: one chunk, when the queue formed the batch
+    under the same budget. An image over the whole budget is a chunk alone, and its call gives the
+    arena back when it ends, so a replica's memory stays at what the budget needs."""
+    outcomes: list[Outcome] = [InternalError("no result was produced")] * len(prepared)
+    indexed = list(enumerate(pixels))
+    for chunk in chunks(indexed, budget, lambda x: x[1]) if budget else [indexed]:
+        batch = PreparedBatch([None] * len(chunk), {})
+        for j, (i, _) in enumerate(chunk):
+            if isinstance(prepared[i], StylefleetError):
+                batch.outcomes[j] = prepared[i]
+            else:
+                batch.groups.setdefault(prepared[i].key, []).append((j, prepared[i]))
+        batch.release_arena = bool(budget) and sum(p for _, p in chunk) > budget  # type: ignore[operator]
+        for (i, _), outcome in zip(chunk, infer_batch(model, batch)):
+            outcomes[i] = outcome
+    return outcomes
+
+
 def run_under_budget(
     model: BatchModel[Any], requests: Sequence[ModelRequest], pixels: Sequence[int], budget: int | None
 ) -> list[Outcome]:
-    """``run_batch`` in consecutive chunks of at most ``budget`` pixels (one chunk when the queue
-    formed the batch under the same budget). An image over the whole budget runs alone, inside
-    ``releasing_arena()``: the memory it took goes back when it is done, so a replica's memory
-    stays at what the budget needs."""
-    indexed = list(zip(requests, pixels))
-    outcomes: list[Outcome] = []
-    for chunk in chunks(indexed, budget, lambda x: x[1]) if budget else [indexed]:
-        batch = [request for request, _ in chunk]
-        if budget and sum(p for _, p in chunk) > budget:
-            with releasing_arena():
-                outcomes += run_batch(model, batch)
-        else:
-            outcomes += run_batch(model, batch)
-    return outcomes
+    """``run_batch`` under the pixel budget: ``prepare_one`` each, then ``infer_prepared``."""
+    return infer_prepared(model, [prepare_one(model, r) for r in requests], pixels, budget)
 
 
 def as_error(exc: Exception) -> StylefleetError:

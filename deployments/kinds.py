@@ -53,6 +53,9 @@ class ModelKind:
     # The default pixel budget per batch (README "Pixel budget"): most image pixels, after
     # max_side, that one batch may hold; None: no budget (Stable Diffusion weighs its requests).
     max_batch_pixels: int | None = None
+    # Its network may run several calls at once from several threads (ONNX Runtime sessions may):
+    # a replica's model_calls then defaults to the cores over its threads.
+    parallel_calls: bool = False
 
     @property
     def composed(self) -> bool:
@@ -101,6 +104,7 @@ KINDS: dict[str, ModelKind] = {
             files=("multistyle26",),
             image_fields=("image",),
             factory=lambda files, rt, _: MultiStyleModel(files[0], rt),
+            parallel_calls=True,
             max_batch_pixels=8 * 512 * 512,  # the network runs at full size: ~1.1 GiB of arena per megapixel
         ),
         ModelKind(
@@ -110,6 +114,7 @@ KINDS: dict[str, ModelKind] = {
             files=("arbitrary_predict", "arbitrary_transform"),
             image_fields=("image", "style_image"),
             factory=lambda files, rt, _: ArbitraryStyleModel(files[0], files[1], rt),
+            parallel_calls=True,
             max_batch_pixels=8 * 1024 * 1024,  # fixed 384 px network; the budget bounds pre/post-processing
         ),
         ModelKind(
@@ -119,6 +124,7 @@ KINDS: dict[str, ModelKind] = {
             files=("u2netp",),
             image_fields=("image",),
             factory=lambda files, rt, _: U2NetModel(files[0], rt),
+            parallel_calls=True,
             max_batch_pixels=8 * 2048 * 2048,  # fixed 320 px network; the budget bounds pre/post-processing
         ),
         ModelKind(

@@ -15,23 +15,32 @@ import asyncio
 import logging
 import math
 import os
+import threading
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from deployments.batching import ModelRequest, Reply, encode_outcomes, request_pixels, run_under_budget
+from deployments.batching import (
+    ModelRequest,
+    Outcome,
+    Reply,
+    encode_outcomes,
+    infer_prepared,
+    prepare_one,
+    request_pixels,
+)
 from deployments.composed import StageClock, run_composed
 from deployments.kinds import KINDS, ModelKind
 from deployments.memory import BatchLimiter
 from deployments.metrics import GpuSampler, ReplicaMetrics
-from deployments.onnx_session import RuntimeOptions
+from deployments.onnx_session import RuntimeOptions, available_cores
 from deployments.queue import BacklogQueue, QueueLimits
 from deployments.registry import resolve
 from stylefleet.config import BatchingConfig, check_batch_fits
@@ -39,6 +48,8 @@ from stylefleet.errors import ModelUnavailable, Overloaded, StylefleetError
 from stylefleet.gpu import Nvml, memory_cap_bytes, torch_memory_fraction
 
 logger = logging.getLogger("ray.serve")
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -57,6 +68,7 @@ class _Queued:
     cost: int  # weight against max_batch_size: 1, or what the model's weigh() says
     pixels: int  # weight against the pixel budget
     cap: _Cap
+    prepared: Any = None  # ModelServer: the request already decoded and prepared
 
     @property
     def weight(self) -> int:
@@ -190,7 +202,15 @@ class _Batched:
 
 
 class ModelServer(_Batched):
-    """Loads one model at start (a missing or corrupt file fails the replica with a clear message)."""
+    """Loads one model at start (a missing or corrupt file fails the replica with a clear message).
+
+    A request is decoded and prepared in a worker thread as it arrives, queues prepared, runs
+    its network call (and ``finish``) in a batch, and is encoded in a worker thread after its
+    batch: pre/post-processing overlaps the network calls instead of adding to them. Up to
+    ``model_calls`` batches run their network at once, each on ``threads`` threads: several
+    one-thread calls use the cores better than one call on several threads (README
+    "Performance"), and no more run than the cores were sized for.
+    """
 
     def __init__(
         self,
@@ -202,7 +222,9 @@ class ModelServer(_Batched):
         num_gpus: float = 0.0,
         model_sha256s: dict[str, str | None] | None = None,
         options: Mapping[str, Any] | None = None,
+        model_calls: int | None = None,
     ) -> None:
+        self.concurrent_batches = default_model_calls(KINDS[kind], runtime) if model_calls is None else model_calls
         nvml = Nvml.open(runtime.gpu_device_id) if runtime.device == "cuda" else None
         super().__init__(KINDS[kind], gpu=nvml is not None)
         started = time.perf_counter()
@@ -234,6 +256,7 @@ class ModelServer(_Batched):
         pid = os.getpid()
         self.gpu_sampler = GpuSampler(self.metrics, lambda: nvml.read(pid)) if nvml is not None else None
         self.rss_start_bytes = rss_bytes()
+        self._seconds_lock = threading.Lock()
         logger.info("loaded %s (%s) in %.2fs", kind, self.model_sha256[:12], self.load_seconds)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -243,25 +266,51 @@ class ModelServer(_Batched):
             self._limiter.configured = self.batching.max_batch_size
             self._record_memory()
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0, batch_size_fn=batch_weight)
-    async def handle_batch(self, items: list[_Queued]) -> list[Reply]:
+    async def __call__(self, request: ModelRequest) -> Reply:
+        """Weigh (headers), decode and prepare now, in a worker thread, while earlier batches run
+        the network; queue the prepared request; encode its result after its batch."""
+        try:
+            pixels = request_pixels(self.model, request)
+            weigh = getattr(self.model, "weigh", None)
+            cost = weigh(request) if weigh is not None else 1
+        except StylefleetError as exc:
+            return exc
+        prepared = await asyncio.to_thread(self._timed, prepare_one, self.model, request)
+        if isinstance(prepared, StylefleetError):
+            return prepared
+        item = _Queued(time.monotonic(), request, cost, pixels, self._cap, prepared)
+        if self.batching.queue == "serve-batch":
+            outcome = await self.handle_batch(item)
+        else:
+            outcome = await self._queue.submit(item, pixels=pixels, size=cost)
+        [reply] = await asyncio.to_thread(self._timed, encode_outcomes, [request], [outcome], self.model_sha256)
+        return reply
+
+    # Two batches at once, as model_calls gives the ONNX models on the 2-core default (the
+    # decorator's concurrency is fixed at definition): the comparison differs in the queue only.
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0, batch_size_fn=batch_weight, max_concurrent_batches=2)
+    async def handle_batch(self, items: list[_Queued]) -> list[Outcome]:
         return await self._run_items(items)
 
-    async def _run_items(self, items: list[_Queued]) -> list[Reply]:
-        requests = self._batch_started(items)
-        return await asyncio.to_thread(self._compute, requests, [item.pixels for item in items])
+    async def _run_items(self, items: list[_Queued]) -> list[Outcome]:  # type: ignore[override]
+        self._batch_started(items)
+        return await asyncio.to_thread(self._timed, self._infer, [item.prepared for item in items], [item.pixels for item in items])
 
-    def _compute(self, requests: list[ModelRequest], pixels: list[int]) -> list[Reply]:
-        """Run the batch in chunks under the pixel budget (one chunk, when the queue formed it);
-        a single image over the budget runs alone and gives the arena back after it."""
-        started = time.perf_counter()
+    def _infer(self, prepared: list[Any], pixels: list[int]) -> list[Outcome]:
         try:
-            outcomes = run_under_budget(self.model, requests, pixels, self.pixel_budget)
-            return encode_outcomes(requests, outcomes, self.model_sha256)
+            return infer_prepared(self.model, prepared, pixels, self.pixel_budget)
         finally:
-            self.compute_seconds += time.perf_counter() - started
             if self._limiter is not None:
                 self._record_memory()
+
+    def _timed(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` and add its time to ``compute_seconds`` (the replica's own work)."""
+        started = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            with self._seconds_lock:  # two batches' threads add at once
+                self.compute_seconds += time.perf_counter() - started
 
     def _record_memory(self) -> None:
         assert self._limiter is not None and self._memory_metrics is not None
@@ -325,6 +374,15 @@ class ComposedServer(_Batched):
             "stages": self.stages.snapshot(),
             **self._batch_info(),
         }
+
+
+def default_model_calls(kind: ModelKind, runtime: RuntimeOptions) -> int:
+    """Network calls a replica runs at once when the config leaves it open: for an ONNX model
+    on CPU, as many ``threads``-thread calls as fit the cores; otherwise one (torch keeps its own
+    threads, a GPU its own queue, and OpenCV's cascades are not shared between threads)."""
+    if kind.parallel_calls and runtime.device == "cpu":
+        return max(1, available_cores() // runtime.intra_op_threads)
+    return 1
 
 
 def _cap_torch(fraction: float, device_id: int) -> None:

@@ -189,7 +189,7 @@ def model_deployment(name: str, dep: DeploymentConfig, config: AppConfig, bound:
         if dep.diffusion is not None:
             options = {"diffusion": dep.diffusion.model_dump(), "setting": f"deployments.{name}.diffusion"}
         server, init_args = ModelServer, (
-            dep.model, runtime, paths, config.model_dir, config.allow_download, dep.num_gpus, sha256s, options
+            dep.model, runtime, paths, config.model_dir, config.allow_download, dep.num_gpus, sha256s, options, dep.model_calls
         )
     return (
         serve.deployment(server)

@@ -387,7 +387,7 @@ def summarise_stack(stack: str) -> str | None:
     """The stage of one collapsed py-spy stack (outermost;...;innermost). py-spy leaves idle
     threads out; a busy thread outside the batch (the event loop, Ray's own threads) is 'serve'."""
     frames = stack.split(";")
-    if not any("._compute (serving.py" in f or "run_composed (" in f for f in frames):
+    if not any("._timed (serving.py" in f or "run_composed (" in f for f in frames):
         return "serve"
     for frame in reversed(frames):
         for stage, marker in PROFILE_STAGES:

@@ -35,6 +35,7 @@ class SessionConfig:
     runtime: RuntimeOptions
     shrink_every_call: bool = False
     same_as_requested: bool = False
+    parallel_calls: int = 1  # calls run at once, from as many threads (model_calls)
 
 
 def configurations() -> list[SessionConfig]:
@@ -49,6 +50,7 @@ def configurations() -> list[SessionConfig]:
         ),
         SessionConfig("  arena off, patterns off", replace(SHIPPED, arena=False, mem_pattern=False)),
         SessionConfig("  1 thread", replace(SHIPPED, threads=1)),
+        SessionConfig(f"  {cores} calls at once, 1 thread each", replace(SHIPPED, threads=1), parallel_calls=cores),
         SessionConfig("before: arena off, patterns off, 1 thread", RuntimeOptions(threads=1, arena=False, mem_pattern=False)),
     ]
 
@@ -82,6 +84,15 @@ def _register_same_as_requested_arena() -> None:
 
 
 def _infer_fn(model: Any, prepared: list[Any], config: SessionConfig) -> Callable[[], None]:
+    if config.parallel_calls > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(config.parallel_calls)
+
+        def parallel() -> None:
+            list(pool.map(lambda _: model.infer(prepared), range(config.parallel_calls)))
+
+        return parallel
     if config.shrink_every_call:
 
         def call() -> None:
@@ -121,7 +132,8 @@ def _sweep_one(
             times[i].append(time.perf_counter() - t0)
         if time.monotonic() > deadline:
             break
-    medians = [statistics.median(t) for t in times]
+    # seconds per image: a parallel row does batch x parallel_calls images per call
+    medians = [statistics.median(t) / c.parallel_calls for t, c in zip(times, configs)]
     best = min(medians)
     rows = []
     for config, median, samples in zip(configs, medians, times):

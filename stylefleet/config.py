@@ -140,13 +140,20 @@ class DeploymentConfig(_Strict):
         64, ge=-1, description="requests waiting for a replica before callers get 503 overloaded (-1: no bound)"
     )
     num_cpus: float = Field(1.0, ge=0.0, description="Ray CPUs reserved per replica (0: it only waits on others)")
-    threads: PositiveInt | None = Field(
-        None,
-        description="ONNX Runtime intra-op threads per replica; default: every core the replica may use. Idle threads "
-        "sleep (spinning: false), so replicas of several models share the cores",
+    threads: PositiveInt = Field(
+        1,
+        description="ONNX Runtime intra-op threads per network call (OpenCV's for haar-face, torch's for torch models). "
+        "Idle threads sleep (spinning: false), so replicas of several models share the cores",
     )
     spinning: bool = Field(
         False, description="let idle ONNX Runtime threads spin-wait: a little faster for one model alone, costly beside others"
+    )
+    model_calls: PositiveInt | None = Field(
+        None,
+        le=64,
+        description="batches one replica runs through its network at once, each on `threads` threads; default: for "
+        "the ONNX models on CPU, the replica's cores over threads (several one-thread calls beat one call on "
+        "several threads here), else 1. Memory grows with it: each call in flight holds its batch's arena",
     )
     device: Device = Field("cpu", description="cpu or cuda")
     num_gpus: float = Field(0.0, ge=0.0, le=8.0, description="Ray GPU share per replica (logical only)")
@@ -178,8 +185,7 @@ class DeploymentConfig(_Strict):
         return self
 
     @property
-    def effective_threads(self) -> int | None:
-        """The configured threads; None: every core the replica may use (decided in the replica)."""
+    def effective_threads(self) -> int:
         return self.threads
 
 

@@ -48,6 +48,8 @@ def test_config(port: int) -> dict[str, Any]:
     restyle.update(max_ongoing_requests=8, max_queued_requests=1)
     restyle["autoscaling"] = {"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 4}
     args["deployments"]["stylize"]["autoscaling"]["max_replicas"] = 1
+    # One network call at a time, so a single large photo makes the model busy (test_batching).
+    args["deployments"]["stylize"]["model_calls"] = 1
     args["deployments"]["autoscale-probe"] = {
         "model": "multistyle26",
         "num_cpus": 0.25,
