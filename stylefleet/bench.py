@@ -196,42 +196,63 @@ def _alternating_rates(fns: list[Callable[[], None]], images: int, repeats: int 
 
 
 def bare(case: Case, dep: dict[str, Any], samples: dict[str, bytes], batch_sizes: list[int], threads: int | None) -> list[dict[str, Any]]:
-    """Model only at the fastest session options, and end to end with the shipped ones."""
+    """Model only at the fastest of three session setups (one call on every core, the same with
+    spinning, and one one-thread call per core at once: what the replica runs), and end to end
+    (decode, pre/post-processing, PNG encode) with one-thread calls, one per core at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from deployments.onnx_session import available_cores
+
     kind = KINDS[dep["model"]]
     files = [resolve(f) for f in kind.files]
-    shipped = RuntimeOptions(threads=threads)
-    model = kind.factory(files, shipped, {})
-    spinning = kind.factory(files, replace(shipped, spinning=True), {})
+    cores = available_cores()
+    wide = RuntimeOptions(threads=threads)
+    models = {
+        "one_call_all_threads": kind.factory(files, wide, {}),
+        "one_call_all_threads_spinning": kind.factory(files, replace(wide, spinning=True), {}),
+        "parallel_one_thread_calls": kind.factory(files, RuntimeOptions(threads=1), {}),
+    }
+    pool = ThreadPoolExecutor(cores)
     fixed = case.params
     rows = []
     for b in batch_sizes:
         requests = [ModelRequest({}, dict(fixed), files={f: samples[f] for f in case.files}) for _ in range(b)]
-        requests = [ModelRequest(decoded(model, r).images, dict(fixed)) for r in requests]
-        prepared = [model.prepare(r) for r in requests]
-        prepared_spin = [spinning.prepare(r) for r in requests]
+        requests = [decoded(models["parallel_one_thread_calls"], r) for r in requests]
+        prepared = {name: [m.prepare(r) for r in requests] for name, m in models.items()}
+        narrow = models["parallel_one_thread_calls"]
 
         def end_to_end() -> None:
             reqs = [ModelRequest({}, dict(fixed), OutputSpec("png"), files={f: samples[f] for f in case.files}) for _ in range(b)]
-            encode_outcomes(reqs, run_batch(model, reqs), "")
+            encode_outcomes(reqs, run_batch(narrow, reqs), "")
 
-        plain, spin, e2e = _alternating_rates(
-            [lambda: model.infer(prepared), lambda: spinning.infer(prepared_spin), end_to_end], b
-        )
-        fastest = max(plain, spin)
+        def parallel(fn: Callable[[], None]) -> Callable[[], None]:
+            return lambda: list(pool.map(lambda _: fn(), range(cores)))
+
+        fns = [
+            lambda: models["one_call_all_threads"].infer(prepared["one_call_all_threads"]),
+            lambda: models["one_call_all_threads_spinning"].infer(prepared["one_call_all_threads_spinning"]),
+            parallel(lambda: narrow.infer(prepared["parallel_one_thread_calls"])),
+            parallel(end_to_end),
+        ]
+        one, spin, par, e2e = _alternating_rates(fns, b)
+        par, e2e = par * cores, e2e * cores  # each of those calls did b images, cores times over
+        fastest = max(one, spin, par)
         rows.append(
             {
                 "batch_size": b,
-                "model_only_ips": round(plain, 2),
-                "model_only_spinning_ips": round(spin, 2),
+                "model_only_one_call_ips": round(one, 2),
+                "model_only_one_call_spinning_ips": round(spin, 2),
+                "model_only_parallel_calls_ips": round(par, 2),
                 "fastest_model_only_ips": round(fastest, 2),
                 "end_to_end_ips": round(e2e, 2),
             }
         )
         print(
-            f"  bare {case.deployment:<18} batch {b}: model {plain:6.2f} img/s (spinning {spin:6.2f}), "
-            f"end-to-end {e2e:6.2f} img/s",
+            f"  bare {case.deployment:<18} batch {b}: model {one:6.2f} img/s one call on {threads or cores} threads "
+            f"(spinning {spin:6.2f}), {par:6.2f} as {cores} one-thread calls; end to end {e2e:6.2f} img/s",
             flush=True,
         )
+    pool.shutdown()
     return rows
 
 

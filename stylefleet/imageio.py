@@ -26,6 +26,9 @@ SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO
 OutputFormat = Literal["png", "jpeg", "webp"]
 CONTENT_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 PNG_COMPRESS_LEVEL = 1
+# zlib's run-length strategy: a 512 px photo encodes in ~2/3 of the time of the default strategy
+# at level 1, and a little smaller (README "Performance"); PNG is lossless either way.
+PNG_COMPRESS_TYPE = 3  # Z_RLE
 
 # Magic numbers of common non-image uploads, so they get a 415 rather than a 400.
 _OTHER_MEDIA = (
@@ -221,7 +224,7 @@ def encode(pixels: np.ndarray, fmt: OutputFormat = "png", quality: int = 90,
     if dpi:
         extra["dpi"] = (dpi, dpi)
     if fmt == "png":
-        img.save(buf, "PNG", compress_level=PNG_COMPRESS_LEVEL, **extra)
+        img.save(buf, "PNG", compress_level=PNG_COMPRESS_LEVEL, compress_type=PNG_COMPRESS_TYPE, **extra)
     elif fmt == "jpeg":
         img.save(buf, "JPEG", quality=quality, optimize=False, **extra)
     else:

@@ -22,7 +22,8 @@ from tests.integration.conftest import deployment_info, redeploy
 
 pytestmark = pytest.mark.integration
 
-SHIPPED = {"max_batch_size": 8, "batch_wait_timeout_s": 0.0}
+SHIPPED = {"max_batch_size": 4, "batch_wait_timeout_s": 0.0}  # serve_config.yaml's
+TESTED = {"max_batch_size": 8, "batch_wait_timeout_s": 0.0}
 BLOCKER = samples.encoded(samples.scaled(samples.astronaut(), 3.0), "JPEG")  # 1536 x 1536: 2.4 MP, over the 2 MiP budget
 SMALL = samples.encoded(np.ascontiguousarray(samples.astronaut()[::8, ::8]), "PNG")  # 64 x 64
 
@@ -38,7 +39,7 @@ def _until(condition: Callable[[], bool], what: str, timeout_s: float = 120) -> 
 @pytest.fixture()
 def stylize_batching(serve_app: dict[str, Any]) -> Iterator[Callable[[dict[str, Any]], None]]:
     def apply(user_config: dict[str, Any]) -> None:
-        redeploy(serve_app, {"stylize": {**SHIPPED, **user_config}})
+        redeploy(serve_app, {"stylize": {**TESTED, **user_config}})
 
     yield apply
     redeploy(serve_app, {"stylize": SHIPPED})

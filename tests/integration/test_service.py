@@ -142,7 +142,7 @@ def test_same_bytes_alone_and_in_a_batch_of_8(serve_app: dict[str, Any], client:
         assert _info("stylize")["batch_sizes"].get(8, 0) == before + 1  # they really ran as one batch of 8
         assert together[0].content == alone.content
     finally:
-        _set_batching(serve_app, "stylize", {"max_batch_size": 8, "batch_wait_timeout_s": 0.0})
+        _set_batching(serve_app, "stylize", {"max_batch_size": 4, "batch_wait_timeout_s": 0.0})
 
 
 def test_reconfigure_changes_batching_without_restarting_the_replica(serve_app: dict[str, Any], client: httpx.Client) -> None:
@@ -154,13 +154,13 @@ def test_reconfigure_changes_batching_without_restarting_the_replica(serve_app: 
         assert (after["max_batch_size"], after["batch_wait_timeout_s"]) == (3, 0.05)
         assert _post(client, "remove-background", {"image": samples.encoded(samples.cat())}).status_code == 200
     finally:
-        _set_batching(serve_app, "remove-background", {"max_batch_size": 8, "batch_wait_timeout_s": 0.0})
+        _set_batching(serve_app, "remove-background", {"max_batch_size": 4, "batch_wait_timeout_s": 0.0})
 
 
 def test_a_bad_user_config_fails_the_deploy_with_the_field_named(serve_app: dict[str, Any]) -> None:
     with pytest.raises(RuntimeError, match="max_batch_size"):
         _set_batching(serve_app, "remove-background", {"max_batch_size": 64, "batch_wait_timeout_s": 0.0})
-    _set_batching(serve_app, "remove-background", {"max_batch_size": 8, "batch_wait_timeout_s": 0.0})
+    _set_batching(serve_app, "remove-background", {"max_batch_size": 4, "batch_wait_timeout_s": 0.0})
 
 
 def test_one_bad_image_in_a_batch_harms_no_other(base_url: str) -> None:
