@@ -141,8 +141,8 @@ def create_api(
         return error_response(InternalError("unexpected server error; it was logged"))
 
     @app.get("/v1/styles", responses=errors())
-    async def list_styles() -> dict[str, Any]:
-        return {"styles": core.describe_styles()}
+    async def list_styles() -> Response:
+        return Response(core.styles_json(), media_type="application/json")
 
     @app.get("/v1/styles/{style_name}/preview", response_class=Response, responses={200: PREVIEW_RESPONSE, **errors(404, 503)})
     async def style_preview(style_name: str) -> Response:

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
@@ -174,6 +175,7 @@ class RouterCore:
         self.recorder = recorder or NullRecorder()
         self.rng = rng or random.Random()
         self.traffic = build_traffic(catalog, RouterSettings())
+        self._styles_json: tuple[Traffic, bytes] | None = None
         self.shadow_report = ShadowReport()
         self.max_shadow_tasks = max_shadow_tasks
         self._shadow_tasks: set[asyncio.Task[None]] = set()
@@ -181,6 +183,16 @@ class RouterCore:
     def apply(self, settings: RouterSettings) -> None:
         """Swap in new weights atomically; a bad setting raises and leaves the old ones in place."""
         self.traffic = build_traffic(self.catalog, settings)
+
+    def styles_json(self) -> bytes:
+        """``{"styles": describe_styles()}`` as JSON, encoded once per traffic split: every client
+        reads it first, and the split only changes through reconfigure."""
+        traffic = self.traffic
+        cached = self._styles_json
+        if cached is None or cached[0] is not traffic:
+            cached = (traffic, json.dumps({"styles": self.describe_styles()}).encode())
+            self._styles_json = cached
+        return cached[1]
 
     def describe_styles(self) -> list[dict[str, Any]]:
         traffic = self.traffic

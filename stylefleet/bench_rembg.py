@@ -44,7 +44,7 @@ def _start(rembg: str, home: Path) -> tuple[subprocess.Popen[bytes], str]:
         if proc.poll() is not None:
             raise RuntimeError(f"`{rembg} s` exited with status {proc.returncode}")
         try:
-            if httpx.get(f"{url}/docs", timeout=2).status_code == 200:
+            if httpx.get(f"{url}/openapi.json", timeout=2).status_code == 200:
                 return proc, url
         except httpx.HTTPError:
             pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 
 import numpy as np
@@ -133,3 +134,12 @@ def test_style_descriptions_are_built_once_and_callers_cannot_change_them() -> N
     style = next(iter(core.catalog))
     assert style.describe() is not style.describe()
     assert style.describe()["params"] is style.describe()["params"], "built once: the schema walk is not redone per request"
+
+
+def test_styles_json_is_reencoded_when_the_split_changes() -> None:
+    core = RouterCore(Catalog(AppConfig.model_validate(apps.shipped_args())), ShadowBackend(), max_pixels=10**8)
+    before = core.styles_json()
+    assert core.styles_json() is before, "encoded once while the split stays"
+    core.apply(RouterSettings(splits={"oil-paint": {"a": 0, "b": 100}}))
+    oil = next(s for s in json.loads(core.styles_json())["styles"] if s["name"] == "oil-paint")
+    assert {v["name"]: v["weight"] for v in oil["variants"]} == {"a": 0, "b": 100}
