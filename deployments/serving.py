@@ -165,15 +165,22 @@ class _Batched:
         weight; every other model weighs 1 per request.
         """
         try:
-            pixels = request_pixels(self.model, request)
-            weigh = getattr(self.model, "weigh", None)
-            cost = weigh(request) if weigh is not None else 1
+            pixels, cost = self._weigh(request)
         except StylefleetError as exc:
             return exc
-        item = _Queued(time.monotonic(), request, cost, pixels, self._cap)
+        return await self._enqueue(_Queued(time.monotonic(), request, cost, pixels, self._cap))
+
+    def _weigh(self, request: ModelRequest) -> tuple[int, int]:
+        """(pixels against the budget, weight against max_batch_size), from the upload's header;
+        a bad file or param raises its typed error."""
+        weigh = getattr(self.model, "weigh", None)
+        return request_pixels(self.model, request), (weigh(request) if weigh is not None else 1)
+
+    async def _enqueue(self, item: _Queued) -> Any:
+        """Through the backlog queue, or through @serve.batch (``queue: serve-batch``)."""
         if self.batching.queue == "serve-batch":
             return await self.handle_batch(item)
-        return await self._queue.submit(item, pixels=pixels, size=cost)
+        return await self._queue.submit(item, pixels=item.pixels, size=item.cost)
 
     async def _run_items(self, items: list[_Queued]) -> list[Reply]:
         raise NotImplementedError
@@ -270,19 +277,13 @@ class ModelServer(_Batched):
         """Weigh (headers), decode and prepare now, in a worker thread, while earlier batches run
         the network; queue the prepared request; encode its result after its batch."""
         try:
-            pixels = request_pixels(self.model, request)
-            weigh = getattr(self.model, "weigh", None)
-            cost = weigh(request) if weigh is not None else 1
+            pixels, cost = self._weigh(request)
         except StylefleetError as exc:
             return exc
         prepared = await asyncio.to_thread(self._timed, prepare_one, self.model, request)
         if isinstance(prepared, StylefleetError):
             return prepared
-        item = _Queued(time.monotonic(), request, cost, pixels, self._cap, prepared)
-        if self.batching.queue == "serve-batch":
-            outcome = await self.handle_batch(item)
-        else:
-            outcome = await self._queue.submit(item, pixels=pixels, size=cost)
+        outcome = await self._enqueue(_Queued(time.monotonic(), request, cost, pixels, self._cap, prepared))
         [reply] = await asyncio.to_thread(self._timed, encode_outcomes, [request], [outcome], self.model_sha256)
         return reply
 
