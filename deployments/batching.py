@@ -173,19 +173,6 @@ class PreparedBatch:
     release_arena: bool = False  # one image over the pixel budget: give the arena back after it
 
 
-def prepare_batch(model: BatchModel[Any], requests: Sequence[ModelRequest]) -> PreparedBatch:
-    """Decode and ``prepare`` every request (each failure is that request's own outcome)."""
-    outcomes: list[Outcome | None] = [None] * len(requests)
-    groups: dict[Hashable, list[tuple[int, Any]]] = {}
-    for i, request in enumerate(requests):
-        prepared = prepare_one(model, request)
-        if isinstance(prepared, StylefleetError):
-            outcomes[i] = prepared
-        else:
-            groups.setdefault(prepared.key, []).append((i, prepared))
-    return PreparedBatch(outcomes, groups)
-
-
 def infer_batch(model: BatchModel[Any], batch: PreparedBatch) -> list[Outcome]:
     """One network call per group, then ``finish``; a group whose call raises is retried one
     request at a time, so a poisoned input fails alone."""
@@ -224,7 +211,7 @@ def _infer_groups(model: BatchModel[Any], batch: PreparedBatch) -> list[Outcome]
 
 def run_batch(model: BatchModel[Any], requests: Sequence[ModelRequest]) -> list[Outcome]:
     """Run a batch; the i-th outcome is the i-th request's image or its own error."""
-    return infer_batch(model, prepare_batch(model, requests))
+    return infer_prepared(model, [prepare_one(model, r) for r in requests], [0] * len(requests), None)
 
 
 def prepare_one(model: BatchModel[Any], request: ModelRequest) -> Any:
@@ -255,13 +242,6 @@ def infer_prepared(
         for (i, _), outcome in zip(chunk, infer_batch(model, batch)):
             outcomes[i] = outcome
     return outcomes
-
-
-def run_under_budget(
-    model: BatchModel[Any], requests: Sequence[ModelRequest], pixels: Sequence[int], budget: int | None
-) -> list[Outcome]:
-    """``run_batch`` under the pixel budget: ``prepare_one`` each, then ``infer_prepared``."""
-    return infer_prepared(model, [prepare_one(model, r) for r in requests], pixels, budget)
 
 
 def as_error(exc: Exception) -> StylefleetError:

@@ -181,18 +181,9 @@ def _shares(before: dict[str, float], after: dict[str, float]) -> dict[str, floa
 
 def _alternating_rates(fns: list[Callable[[], None]], images: int, repeats: int = 5, budget_s: float = 30.0) -> list[float]:
     """Images/s of each function, timed in turns (A B A B ...): drift hits them alike."""
-    for fn in fns:
-        fn()  # warm-up: first-call allocation and plan
-    times: list[list[float]] = [[] for _ in fns]
-    deadline = time.monotonic() + budget_s
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            fn()
-            times[i].append(time.perf_counter() - t0)
-        if time.monotonic() > deadline:
-            break
-    return [images / statistics.median(t) for t in times]
+    from stylefleet.bench_sessions import alternating_times
+
+    return [images / statistics.median(t) for t in alternating_times(fns, repeats, budget_s)]
 
 
 def bare(case: Case, dep: dict[str, Any], samples: dict[str, bytes], batch_sizes: list[int], threads: int | None) -> list[dict[str, Any]]:

@@ -103,6 +103,23 @@ def _infer_fn(model: Any, prepared: list[Any], config: SessionConfig) -> Callabl
     return lambda: model.infer(prepared)
 
 
+def alternating_times(fns: list[Callable[[], None]], rounds: int, budget_s: float) -> list[list[float]]:
+    """Seconds per call of each function after one warm-up call each, timed in turns (A B A B
+    ...) so the machine's drift hits them alike; at most ``rounds`` rounds or ``budget_s``."""
+    for fn in fns:
+        fn()  # warm-up: first-call allocation and plan
+    times: list[list[float]] = [[] for _ in fns]
+    deadline = time.monotonic() + budget_s
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            times[i].append(time.perf_counter() - t0)
+        if time.monotonic() > deadline:
+            break
+    return times
+
+
 def sweep(photo: np.ndarray, batch_sizes: list[int], rounds: int, budget_s: float) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for kind, (task, params) in MODELS.items():
@@ -121,17 +138,8 @@ def _sweep_one(
         model = _build(kind, config)
         prepared = [model.prepare(ModelRequest(dict(images), dict(params))) for _ in range(batch)]
         call = _infer_fn(model, prepared, config)
-        call()  # warm-up: first-call allocation and plan
         calls.append(call)
-    times: list[list[float]] = [[] for _ in configs]
-    deadline = time.monotonic() + budget_s
-    for _ in range(rounds):
-        for i, call in enumerate(calls):
-            t0 = time.perf_counter()
-            call()
-            times[i].append(time.perf_counter() - t0)
-        if time.monotonic() > deadline:
-            break
+    times = alternating_times(calls, rounds, budget_s)
     # seconds per image: a parallel row does batch x parallel_calls images per call
     medians = [statistics.median(t) / c.parallel_calls for t, c in zip(times, configs)]
     best = min(medians)

@@ -184,9 +184,6 @@ class DeploymentConfig(_Strict):
             raise ValueError("diffusion: needed by model stable-diffusion (diffusion.model names the weights), and only by it")
         return self
 
-    @property
-    def effective_threads(self) -> int:
-        return self.threads
 
 
 def check_batch_fits(batching: BatchingConfig, max_ongoing_requests: int) -> None:

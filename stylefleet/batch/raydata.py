@@ -170,7 +170,7 @@ def _run_pipeline(
     ds = ds.map_batches(
         StyleActor,
         fn_constructor_kwargs={
-            "kind": dep.model, "device": dep.device, "threads": dep.effective_threads, "num_gpus": dep.num_gpus,
+            "kind": dep.model, "device": dep.device, "threads": dep.threads, "num_gpus": dep.num_gpus,
             "model_paths": {f: (config.models[f].path if f in config.models else None) for f in _kind_files(dep.model)},
             "model_dir": config.model_dir, "allow_download": config.allow_download,
             # as router.app gives ModelServer: where a diffusion deployment's weights are

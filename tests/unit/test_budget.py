@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from deployments.batching import ModelRequest, request_pixels, run_under_budget, validate_params
+from deployments.batching import ModelRequest, infer_prepared, prepare_one, request_pixels, validate_params
 from deployments.kinds import KINDS
 from deployments.memory import arena_release_requested
 from stylefleet.errors import InvalidImage, InvalidParams
@@ -52,6 +52,11 @@ class RecordingModel:
 
 def _named(*names: str) -> list[ModelRequest]:
     return [ModelRequest({}, {"name": n}) for n in names]
+
+
+def run_under_budget(model: RecordingModel, requests: list[ModelRequest], pixels: list[int], budget: int | None) -> list:
+    """What a replica does: each request prepared on arrival, the batch run under the budget."""
+    return infer_prepared(model, [prepare_one(model, r) for r in requests], pixels, budget)
 
 
 def test_batch_is_split_into_chunks_under_the_budget() -> None:
