@@ -6,32 +6,16 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from deployments.batching import EncodedImage, ModelRequest, Reply
 from router.health import DeploymentState
 from stylefleet.errors import FaceTooSmall, InternalError, MaxKbTooSmall, MultipleFaces, NoFace, Overloaded
 from tests import samples
 from tests.unit.apps import api_client
-
-
-class FakeBackend:
-    """Records what the API sent; answers with a tiny PNG, or with a canned error."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, ModelRequest]] = []
-        self.reply: Reply | None = None
-        self.statuses = {"stylize": DeploymentState("HEALTHY", 1), "router": DeploymentState("HEALTHY", 1)}
-
-    async def run(self, deployment: str, request: ModelRequest) -> Reply:
-        self.calls.append((deployment, request))
-        return self.reply or EncodedImage(b"\x89PNG...", "image/png", 4, 3, "abc")
-
-    async def health(self) -> dict[str, DeploymentState]:
-        return self.statuses
+from tests.unit.fakes import FakeBackend
 
 
 @pytest.fixture()
 def backend() -> FakeBackend:
-    return FakeBackend()
+    return FakeBackend(statuses={"stylize": DeploymentState("HEALTHY", 1), "router": DeploymentState("HEALTHY", 1)})
 
 
 @pytest.fixture()

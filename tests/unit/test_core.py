@@ -6,40 +6,17 @@ import asyncio
 import json
 import random
 
-import numpy as np
 import pytest
 import yaml
 
-from deployments.batching import EncodedImage, ModelRequest, Reply, decode_files
 from router.catalog import Catalog
 from router.core import RouterCore
 from stylefleet.config import AppConfig, RouterSettings
-from stylefleet.errors import InvalidParams, ModelUnavailable
+from stylefleet.errors import InvalidParams
 from tests import samples
 from tests.samples import ROOT
 from tests.unit import apps
-
-
-class ShadowBackend:
-    """Primary calls answer at once; shadow calls wait for ``release`` (or fail)."""
-
-    def __init__(self, shadow_fails: bool = False) -> None:
-        self.release = asyncio.Event()
-        self.shadow_fails = shadow_fails
-        self.calls: list[ModelRequest] = []
-
-    async def run(self, deployment: str, request: ModelRequest) -> Reply:
-        self.calls.append(request)
-        pixels = decode_files(request).images["image"]  # as the model's replica does
-        if request.output is None:  # the shadow asks for the array
-            await self.release.wait()
-            if self.shadow_fails:
-                raise ModelUnavailable("shadow deployment down")
-            return np.clip(pixels.astype(int) + 8, 0, 255).astype(np.uint8)
-        return EncodedImage(b"png", "image/png", pixels.shape[1], pixels.shape[0], "sha", pixels if request.keep_pixels else None)
-
-    async def health(self) -> dict[str, str]:
-        return {}
+from tests.unit.fakes import FakeBackend, HeldShadow
 
 
 class ListRecorder:
@@ -66,11 +43,12 @@ PHOTO = {"image": samples.encoded(samples.cat())}
 
 def test_shadow_work_neither_delays_nor_fails_the_user_and_records_drift() -> None:
     async def scenario() -> None:
-        backend, recorder = ShadowBackend(), ListRecorder()
+        shadow = HeldShadow()
+        backend, recorder = FakeBackend(shadow), ListRecorder()
         core = _core(backend, recorder, {"splits": {"oil-paint": {"a": 1}}, "shadows": {"oil-paint": {"b": 100}}})
         result = await asyncio.wait_for(core.handle("oil-paint", PHOTO, {}), timeout=30)  # the shadow is still blocked
         assert result.variant == "a" and result.image.pixels is None
-        backend.release.set()
+        shadow.release.set()
         await core.drain_shadows()
         [report] = core.shadow_report.describe()
         assert (report["primary"], report["shadow"], report["comparisons"]) == ("a", "b", 1)
@@ -82,10 +60,11 @@ def test_shadow_work_neither_delays_nor_fails_the_user_and_records_drift() -> No
 
 def test_a_failing_shadow_is_counted_and_harms_nothing() -> None:
     async def scenario() -> None:
-        backend = ShadowBackend(shadow_fails=True)
+        shadow = HeldShadow(fails=True)
+        backend = FakeBackend(shadow)
         core = _core(backend, ListRecorder(), {"splits": {"oil-paint": {"a": 1}}, "shadows": {"oil-paint": {"b": 100}}})
         result = await core.handle("oil-paint", PHOTO, {})
-        backend.release.set()
+        shadow.release.set()
         await core.drain_shadows()
         assert result.variant == "a"
         assert core.shadow_report.describe()[0]["failed"] == 1
@@ -95,23 +74,23 @@ def test_a_failing_shadow_is_counted_and_harms_nothing() -> None:
 
 def test_without_shadows_no_pixels_travel_back() -> None:
     async def scenario() -> None:
-        backend = ShadowBackend()
+        backend = FakeBackend(HeldShadow())
         core = _core(backend, ListRecorder(), {"splits": {"oil-paint": {"a": 1, "b": 1}}})
         await core.handle("oil-paint", PHOTO, {})
-        assert [c.keep_pixels for c in backend.calls] == [False]
+        assert [c.keep_pixels for c in backend.requests] == [False]
 
     asyncio.run(scenario())
 
 
 def test_variants_get_their_own_fixed_params_and_figures() -> None:
     async def scenario() -> None:
-        backend, recorder = ShadowBackend(), ListRecorder()
+        backend, recorder = FakeBackend(HeldShadow()), ListRecorder()
         core = _core(backend, recorder, {"splits": {"oil-paint": {"a": 1, "b": 1}}})
         await core.handle("oil-paint", PHOTO, {"variant": "b"})
         await core.handle("oil-paint", PHOTO, {"variant": "a"})
         with pytest.raises(InvalidParams):
             await core.handle("oil-paint", PHOTO, {"variant": "b", "strength": "0.2"})  # fixed by variant b
-        assert backend.calls[0].params["strength"] == 0.7 and backend.calls[1].params["strength"] == 1.0
+        assert backend.requests[0].params["strength"] == 0.7 and backend.requests[1].params["strength"] == 1.0
         assert recorder.requests == [("oil-paint", "b", "ok"), ("oil-paint", "a", "ok"), ("oil-paint", "b", "invalid_params")]
 
     asyncio.run(scenario())
@@ -119,7 +98,7 @@ def test_variants_get_their_own_fixed_params_and_figures() -> None:
 
 def test_client_id_field_makes_assignment_sticky() -> None:
     async def scenario() -> None:
-        core = _core(ShadowBackend(), ListRecorder(), {"splits": {"oil-paint": {"a": 1, "b": 1}}})
+        core = _core(FakeBackend(HeldShadow()), ListRecorder(), {"splits": {"oil-paint": {"a": 1, "b": 1}}})
         seen = {(await core.handle("oil-paint", PHOTO, {}, client_key="alice")).variant for _ in range(6)}
         assert len(seen) == 1
 
@@ -127,7 +106,7 @@ def test_client_id_field_makes_assignment_sticky() -> None:
 
 
 def test_style_descriptions_are_built_once_and_callers_cannot_change_them() -> None:
-    core = RouterCore(Catalog(AppConfig.model_validate(apps.shipped_args())), ShadowBackend(), max_pixels=10**8)
+    core = RouterCore(Catalog(AppConfig.model_validate(apps.shipped_args())), FakeBackend(HeldShadow()), max_pixels=10**8)
     first = core.describe_styles()
     first[0]["name"] = "changed"
     assert core.describe_styles()[0]["name"] != "changed"
@@ -137,7 +116,7 @@ def test_style_descriptions_are_built_once_and_callers_cannot_change_them() -> N
 
 
 def test_styles_json_is_reencoded_when_the_split_changes() -> None:
-    core = RouterCore(Catalog(AppConfig.model_validate(apps.shipped_args())), ShadowBackend(), max_pixels=10**8)
+    core = RouterCore(Catalog(AppConfig.model_validate(apps.shipped_args())), FakeBackend(HeldShadow()), max_pixels=10**8)
     before = core.styles_json()
     assert core.styles_json() is before, "encoded once while the split stays"
     core.apply(RouterSettings(splits={"oil-paint": {"a": 0, "b": 100}}))

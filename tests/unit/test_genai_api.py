@@ -9,30 +9,16 @@ import zipfile
 import pytest
 from fastapi.testclient import TestClient
 
-from deployments.batching import EncodedImage, ModelRequest, Reply
 from stylefleet.config import Limits
 from stylefleet.errors import ModelUnavailable
 from tests import samples
 from tests.unit.apps import api_client
-
-
-class FakeBackend:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, ModelRequest]] = []
-        self.reply: Reply | None = None
-
-    async def run(self, deployment: str, request: ModelRequest) -> Reply:
-        self.calls.append((deployment, request))
-        seed = request.params.get("seed", 0)
-        return self.reply or EncodedImage(f"PNG-{seed}".encode(), "image/png", 64, 64, "f" * 64)
-
-    async def health(self) -> dict[str, str]:
-        return {}
+from tests.unit.fakes import FakeBackend, flag_odd_seeds, seeded_png
 
 
 @pytest.fixture()
 def backend() -> FakeBackend:
-    return FakeBackend()
+    return FakeBackend(seeded_png)
 
 
 @pytest.fixture()
@@ -143,16 +129,8 @@ def test_styles_list_the_preset_params_with_its_defaults_and_bounds(api: TestCli
     assert {p["name"] for p in styles["anime-portrait"]["params"]} == {"face_crop", "max_side", "format", "quality"}
 
 
-class FlaggingBackend(FakeBackend):
-    """The safety checker flags odd seeds."""
-
-    async def run(self, deployment: str, request: ModelRequest) -> Reply:
-        seed = request.params.get("seed", 0)
-        return EncodedImage(f"PNG-{seed}".encode(), "image/png", 64, 64, "f" * 64, nsfw=seed % 2 == 1)
-
-
 def test_a_flagged_image_says_so_in_a_header() -> None:
-    api = api_client(FlaggingBackend(), "serve_config.genai.yaml", Limits(max_upload_bytes=1_000_000, max_images_per_request=4))
+    api = api_client(FakeBackend(flag_odd_seeds), "serve_config.genai.yaml", Limits(max_upload_bytes=1_000_000, max_images_per_request=4))
     assert api.post("/v1/styles/product-shot", json={"prompt": "a lamp", "seed": 3}).headers["x-stylefleet-nsfw"] == "true"
     assert api.post("/v1/styles/product-shot", json={"prompt": "a lamp", "seed": 4}).headers["x-stylefleet-nsfw"] == "false"
     assert api.post("/v1/styles/product-shot", json={"prompt": "a lamp", "seed": 4, "n": 2}).headers["x-stylefleet-nsfw"] == "false,true"

@@ -15,7 +15,7 @@ from router.core import RouterCore
 from stylefleet.config import AppConfig, Limits
 from stylefleet.errors import InvalidParams
 from tests.samples import ROOT
-from tests.unit.test_genai_api import FakeBackend
+from tests.unit.fakes import FakeBackend, seeded_png
 
 GENAI = yaml.safe_load((ROOT / "serve_config.genai.yaml").read_text())["applications"][0]["args"]
 
@@ -35,7 +35,7 @@ def _api(args: dict[str, Any], backend: FakeBackend) -> tuple[TestClient, Router
 
 
 def test_a_variant_brings_its_own_defaults_and_is_named_in_the_answer() -> None:
-    backend = FakeBackend()
+    backend = FakeBackend(seeded_png)
     api, _ = _api(_with_variants({"defaults": {"prompt": "a teapot", "seed": 9, "steps": 20}}), backend)
     r = api.post("/v1/styles/product-shot?variant=b", json={})
     assert r.status_code == 200 and r.headers["x-stylefleet-variant"] == "b"
@@ -51,7 +51,7 @@ def test_variants_of_one_style_must_fix_the_same_pipeline() -> None:
 
 
 def test_a_generative_style_has_no_preview_but_an_image_style_does() -> None:
-    backend = FakeBackend()
+    backend = FakeBackend(seeded_png)
     api, _ = _api(copy.deepcopy(GENAI), backend)
     r = api.get("/v1/styles/product-shot/preview")
     assert r.status_code == 404 and r.json()["error"]["code"] == "no_preview"
@@ -62,7 +62,7 @@ def test_a_generative_style_has_no_preview_but_an_image_style_does() -> None:
 
 
 def test_jobs_refuse_n_and_prompt_only_styles_before_accepting() -> None:
-    _, core = _api(copy.deepcopy(GENAI), FakeBackend())
+    _, core = _api(copy.deepcopy(GENAI), FakeBackend(seeded_png))
     with pytest.raises(InvalidParams, match="one image per input"):
         core.check("watercolor", {"n": "2"}, ["image"])
     with pytest.raises(InvalidParams, match="takes no file"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import io
 import json
 import threading
@@ -18,7 +17,6 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from deployments.batching import EncodedImage, ModelRequest, Reply, decode_files
 from router.api import create_api
 from router.catalog import Catalog
 from router.core import RouterCore
@@ -27,29 +25,10 @@ from stylefleet.config import AppConfig, JobsConfig, Limits
 from stylefleet.storage import Storage
 from tests import samples
 from tests.samples import ROOT
+from tests.unit.fakes import FakeBackend, from_pixels
 from tests.unit.test_archive import make_zip
 
 CONFIG = AppConfig.model_validate(yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"])
-
-
-class FakeBackend:
-    """Answers each image with bytes derived from its pixels and counts calls per input.
-    ``gate`` (when set) lets a call through only with a permit the test releases."""
-
-    def __init__(self) -> None:
-        self.calls: Counter[str] = Counter()
-        self.gate: threading.Semaphore | None = None
-
-    async def run(self, deployment: str, request: ModelRequest) -> Reply:
-        pixels = decode_files(request).images["image"]  # as the model's replica does
-        digest = hashlib.sha256(pixels.tobytes()).hexdigest()
-        self.calls[digest] += 1
-        if self.gate is not None:
-            await asyncio.to_thread(self.gate.acquire, True, 30)
-        return EncodedImage(f"OUT-{digest}".encode(), "image/png", pixels.shape[1], pixels.shape[0], "model-sha")
-
-    async def health(self) -> dict[str, str]:
-        return {}
 
 
 def _images(n: int, corrupt: int = 0) -> list[bytes]:
@@ -70,7 +49,7 @@ def storage(tmp_path: Path) -> Storage:
 
 @pytest.fixture()
 def backend() -> FakeBackend:
-    return FakeBackend()
+    return FakeBackend(from_pixels)
 
 
 @pytest.fixture()
@@ -231,9 +210,9 @@ def test_a_restarted_manager_resumes_without_redoing_or_losing_items(backend: Fa
         gate = backend.gate = threading.Semaphore(0)
         files = [(f"p{i}.png", io.BytesIO(d)) for i, d in enumerate(images)]
         job = await first.create("frost", {}, client_key=None, images=files, archive=None, shared={})
-        await _until(lambda: sum(backend.calls.values()) >= 2)  # two items in flight, held
+        await _until(lambda: len(backend.calls) >= 2)  # two items in flight, held
         gate.release(2)  # those two finish; the next two go in flight and are held
-        await _until(lambda: len(storage.listdir(f"{job['id']}/results")) >= 2 and sum(backend.calls.values()) >= 4)
+        await _until(lambda: len(storage.listdir(f"{job['id']}/results")) >= 2 and len(backend.calls) >= 4)
         first.stop()  # as Serve's graceful shutdown does: in-flight items dropped, lease released
         done_before = len(storage.listdir(f"{job['id']}/results"))
         assert done_before == 2
@@ -243,7 +222,7 @@ def test_a_restarted_manager_resumes_without_redoing_or_losing_items(backend: Fa
         second.ensure_started()
         await _until(lambda: _status(storage, job["id"]) == "succeeded")
         second.stop()
-        return json.loads(storage.read_text(f"{job['id']}/state.json")), backend.calls
+        return json.loads(storage.read_text(f"{job['id']}/state.json")), backend.calls_per_image()
 
     state, calls = asyncio.run(scenario())
     assert state["done"] == 8 and state["succeeded"] == 8
@@ -259,7 +238,7 @@ def test_a_job_leased_by_a_live_replica_is_left_alone(backend: FakeBackend, stor
         storage.write_text(f"{job['id']}/lease.json", json.dumps({"owner": "someone-else", "expires_at": time.time() + 60}))
         other = _manager(backend, storage)
         await other._schedule_once()
-        assert other._jobs == {} and sum(backend.calls.values()) == 0
+        assert other._jobs == {} and len(backend.calls) == 0
 
     asyncio.run(scenario())
 
@@ -325,7 +304,7 @@ def test_progress_never_goes_backwards_across_a_router_death(backend: FakeBacken
         job = await first.create("frost", {}, client_key=None, images=files, archive=None, shared={})
         stop = asyncio.Event()
         watcher = asyncio.create_task(watch(first, job["id"], stop))
-        await _until(lambda: sum(backend.calls.values()) >= 4)
+        await _until(lambda: len(backend.calls) >= 4)
         gate.release(4)
         await _until(lambda: len(storage.listdir(f"{job['id']}/results")) >= 4)
         first._scheduler.cancel()  # dies: nothing released, nothing more written

@@ -18,7 +18,8 @@ from schemathesis import checks
 from router.api import create_api
 from stylefleet.config import Limits
 from stylefleet.storage import Storage
-from tests.unit.test_jobs import FakeBackend, _manager
+from tests.unit.fakes import FakeBackend, from_pixels
+from tests.unit.test_jobs import _manager
 
 CHECKS = [
     checks.not_a_server_error,
@@ -31,7 +32,7 @@ CHECKS = [
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FastAPI]:
-    manager = _manager(FakeBackend(), Storage(str(tmp_path_factory.mktemp("jobs"))))
+    manager = _manager(FakeBackend(from_pixels), Storage(str(tmp_path_factory.mktemp("jobs"))))
     yield create_api(manager.core, Limits(max_upload_bytes=1_000_000, max_pixels=10_000_000), jobs=manager)
     manager.stop()
 

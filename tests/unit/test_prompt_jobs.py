@@ -14,7 +14,6 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from deployments.batching import EncodedImage, ModelRequest, Reply
 from router.api import create_api
 from router.catalog import Catalog
 from router.core import RouterCore
@@ -23,33 +22,18 @@ from stylefleet.config import AppConfig, JobsConfig, Limits
 from stylefleet.storage import Storage
 from tests import samples
 from tests.samples import ROOT
+from tests.unit.fakes import FakeBackend, echo_prompt
 
 GENAI = AppConfig.model_validate(yaml.safe_load((ROOT / "serve_config.genai.yaml").read_text())["applications"][0]["args"])
 
 
-class DiffusionBackend:
-    """Answers with the params it got; the safety checker 'flags' prompts containing 'nsfw'."""
-
-    def __init__(self) -> None:
-        self.requests: list[ModelRequest] = []
-
-    async def run(self, deployment: str, request: ModelRequest) -> Reply:
-        self.requests.append(request)
-        p = request.params
-        body = json.dumps({k: p[k] for k in ("prompt", "seed", "steps", "negative_prompt")}).encode()
-        return EncodedImage(body, "image/png", 64, 64, "sd-sha", nsfw="nsfw" in p["prompt"])
-
-    async def health(self) -> dict[str, str]:
-        return {}
+@pytest.fixture()
+def backend() -> FakeBackend:
+    return FakeBackend(echo_prompt)
 
 
 @pytest.fixture()
-def backend() -> DiffusionBackend:
-    return DiffusionBackend()
-
-
-@pytest.fixture()
-def api(backend: DiffusionBackend, tmp_path: Path) -> Iterator[TestClient]:
+def api(backend: FakeBackend, tmp_path: Path) -> Iterator[TestClient]:
     storage = Storage(str(tmp_path / "jobs"))
     core = RouterCore(Catalog(GENAI), backend, max_pixels=10_000_000)
     manager = JobManager(core, storage, JobsConfig(storage=storage.uri, lease_timeout_s=3.0), max_item_bytes=1_000_000)
@@ -133,7 +117,7 @@ def test_wrong_inputs_are_422(api: TestClient, style: str, prompts: str | None, 
     assert r.status_code == 422 and needle in r.json()["error"]["message"]
 
 
-def test_a_text_to_image_job_without_prompts_is_422(backend: DiffusionBackend, tmp_path: Path) -> None:
+def test_a_text_to_image_job_without_prompts_is_422(backend: FakeBackend, tmp_path: Path) -> None:
     import asyncio
 
     from stylefleet.errors import InvalidParams
@@ -144,7 +128,7 @@ def test_a_text_to_image_job_without_prompts_is_422(backend: DiffusionBackend, t
         asyncio.run(manager.create("product-shot", {}, client_key=None, images=[], archive=None, shared={}))
 
 
-def test_an_img2img_job_takes_images_and_a_prompt(api: TestClient, backend: DiffusionBackend) -> None:
+def test_an_img2img_job_takes_images_and_a_prompt(api: TestClient, backend: FakeBackend) -> None:
     files = [("images", (f"p{i}.png", samples.encoded(samples.cat()), "image/png")) for i in range(2)]
     r = _post(api, "watercolor", files=files, prompt="a harbour")
     assert _finished(api, r.json()["id"])["succeeded"] == 2

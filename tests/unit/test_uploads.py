@@ -15,7 +15,7 @@ from router.catalog import Catalog
 from router.core import RouterCore
 from stylefleet.config import AppConfig, Limits
 from tests.unit.apps import shipped_args
-from tests.unit.test_api import FakeBackend
+from tests.unit.fakes import FakeBackend
 
 IDLE_S = 0.2
 

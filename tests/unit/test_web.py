@@ -9,7 +9,6 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from deployments.batching import EncodedImage, ModelRequest, Reply
 from router.api import WEB_DIR
 from router.catalog import Catalog
 from router.previews import PreviewCache, load_samples
@@ -18,26 +17,12 @@ from stylefleet.errors import ModelUnavailable
 from tests import samples
 from tests.samples import ROOT
 from tests.unit.apps import api_client
-
-
-class FakeBackend:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, ModelRequest]] = []
-        self.replies: list[Reply] = []
-
-    async def run(self, deployment: str, request: ModelRequest) -> Reply:
-        self.calls.append((deployment, request))
-        if self.replies:
-            return self.replies.pop(0)
-        return EncodedImage(b"RIFF....WEBP", "image/webp", 160, 160, "abc")
-
-    async def health(self) -> dict[str, str]:
-        return {}
+from tests.unit.fakes import FakeBackend, preview_webp
 
 
 @pytest.fixture()
 def backend() -> FakeBackend:
-    return FakeBackend()
+    return FakeBackend(preview_webp)
 
 
 @pytest.fixture()
