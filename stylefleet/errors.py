@@ -2,9 +2,13 @@
 
 One renderer (``router.api``) turns any of them into
 ``{"error": {"code": ..., "message": ...}}``; nothing else in the code base builds error bodies.
+Each class also says whether trying again later can help (``retryable``): the one retry policy
+(``stylefleet.retry``) and the web page (through ``GET /v1/errors``) read it from here.
 """
 
 from __future__ import annotations
+
+from typing import Any, ClassVar
 
 
 ECHO_MAX_CHARS = 80
@@ -20,10 +24,13 @@ def clip(value: object, max_chars: int = ECHO_MAX_CHARS) -> str:
 
 
 class StylefleetError(Exception):
-    """Base class. ``status`` and ``code`` are part of the public API: clients match on ``code``."""
+    """Base class. ``status`` and ``code`` are part of the public API: clients match on ``code``.
+    ``retryable``: the same request may succeed later (the service was busy or not ready), so a
+    client should retry it with backoff; the others fail the same way every time."""
 
     status: int = 500
     code: str = "internal_error"
+    retryable: ClassVar[bool] = False
 
     def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -73,6 +80,7 @@ class RequestTimeout(StylefleetError):
 
     status = 408
     code = "request_timeout"
+    retryable = True
 
 
 class TooManyUploads(StylefleetError):
@@ -80,6 +88,7 @@ class TooManyUploads(StylefleetError):
 
     status = 429
     code = "too_many_uploads"
+    retryable = True
 
     def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
         super().__init__(message, headers={"Retry-After": str(retry_after_s)})
@@ -132,6 +141,7 @@ class MaxKbTooSmall(UnusablePhoto):
 class Overloaded(StylefleetError):
     status = 503
     code = "overloaded"
+    retryable = True
 
     def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
         super().__init__(message, headers={"Retry-After": str(retry_after_s)})
@@ -145,6 +155,7 @@ class ModelUnavailable(StylefleetError):
 
     status = 503
     code = "model_unavailable"
+    retryable = True
 
     def __init__(self, message: str, *, headers: dict[str, str] | None = None, retry_after_s: int = 1) -> None:
         super().__init__(message, headers={"Retry-After": str(retry_after_s), **(headers or {})})
@@ -186,3 +197,24 @@ class UnknownJob(StylefleetError):
 class JobNotFinished(StylefleetError):
     status = 409
     code = "job_not_finished"
+
+
+def _classes(root: type[StylefleetError]) -> list[type[StylefleetError]]:
+    return [root, *(c for sub in root.__subclasses__() for c in _classes(sub))]
+
+
+# Every error class lives in this module, so the tables below are complete once it is imported.
+ERROR_CLASSES: dict[str, type[StylefleetError]] = {c.code: c for c in _classes(StylefleetError)}  # a subclass wins a shared code
+"""code -> class: an error that came over HTTP is judged by its class through its code."""
+
+RETRYABLE_CODES: frozenset[str] = frozenset(code for code, cls in ERROR_CLASSES.items() if cls.retryable)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """True for a stylefleet error whose class says trying again later can help."""
+    return isinstance(exc, StylefleetError) and exc.retryable
+
+
+def describe_codes() -> list[dict[str, Any]]:
+    """Every code with its HTTP status and whether to retry it, sorted by code (``GET /v1/errors``)."""
+    return [{"code": code, "status": cls.status, "retryable": cls.retryable} for code, cls in sorted(ERROR_CLASSES.items())]

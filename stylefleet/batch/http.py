@@ -1,8 +1,10 @@
 """Sending one image to the service, with retries where retrying can help.
 
-Retried, with exponential backoff and jitter: 429 and 502/503/504 (honouring ``Retry-After``)
-and connection errors. Never retried: other 4xx (the input or the params are wrong, and will be
-wrong again) and 500 (the model failed on this input).
+Retried, by the one policy (``stylefleet.retry``): connection errors, and the answers whose error
+code's class is ``retryable`` (overloaded, model_unavailable, too_many_uploads, request_timeout)
+or, without a stylefleet code, whose status is 429/502/503/504; ``Retry-After`` is honoured.
+Never retried: the other 4xx (the input or the params are wrong, and will be wrong again) and 500
+(the model failed on this input).
 """
 
 from __future__ import annotations
@@ -14,24 +16,22 @@ from dataclasses import dataclass
 
 import httpx
 
-RETRY_STATUSES = frozenset({429, 502, 503, 504})
+from stylefleet.retry import RetryPolicy, retryable_answer
+
+__all__ = ["Outcome", "RetryPolicy", "StyleClient"]
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    retries: int = 5  # attempts after the first
-    base_s: float = 0.5
-    cap_s: float = 30.0
+class _RetryableAnswer(Exception):
+    """An error answer the policy may retry; the last one becomes the item's outcome."""
 
-    def delay_s(self, attempt: int, retry_after: str | None, rng: random.Random) -> float:
-        """Seconds before retry number ``attempt`` (0-based): the server's Retry-After when it
-        gives one (delta-seconds), else full-jitter exponential backoff."""
-        if retry_after is not None:
-            try:
-                return min(self.cap_s, max(0.0, float(retry_after))) + rng.uniform(0, 0.1)
-            except ValueError:
-                pass  # an HTTP date: fall back to our own backoff
-        return rng.uniform(0.5, 1.0) * min(self.cap_s, self.base_s * 2**attempt)
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(f"HTTP {response.status_code}")
+        self.response = response
+        self.headers = {"Retry-After": response.headers["retry-after"]} if "retry-after" in response.headers else {}
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, (httpx.TransportError, _RetryableAnswer))
 
 
 @dataclass(frozen=True)
@@ -81,21 +81,23 @@ class StyleClient:
         return await self._post(files or None, {**self.fields, **fields})
 
     async def _post(self, files: dict[str, tuple[str, bytes, str]] | None, fields: dict[str, str]) -> Outcome:
-        attempt = 0
-        while True:
-            try:
-                r = await self.client.post(f"/v1/styles/{self.style}", files=files, data=fields)
-            except httpx.TransportError as exc:
-                if attempt >= self.policy.retries:
-                    return Outcome(False, error_code="connection_error", error_message=f"{type(exc).__name__}: {exc}", attempts=attempt + 1)
-                await self.sleep(self.policy.delay_s(attempt, None, self.rng))
-                attempt += 1
-                continue
-            if r.status_code in RETRY_STATUSES and attempt < self.policy.retries:
-                await self.sleep(self.policy.delay_s(attempt, r.headers.get("retry-after"), self.rng))
-                attempt += 1
-                continue
-            return _outcome(r, attempt + 1)
+        attempts = 0
+
+        async def once() -> httpx.Response:
+            nonlocal attempts
+            attempts += 1
+            r = await self.client.post(f"/v1/styles/{self.style}", files=files, data=fields)
+            if r.status_code != 200 and retryable_answer(r.status_code, _error(r)[0]):
+                raise _RetryableAnswer(r)
+            return r
+
+        try:
+            r = await self.policy.run(once, retryable=_retryable, sleep=self.sleep, rng=self.rng)
+        except httpx.TransportError as exc:
+            return Outcome(False, error_code="connection_error", error_message=f"{type(exc).__name__}: {exc}", attempts=attempts)
+        except _RetryableAnswer as exc:
+            r = exc.response  # retries spent: the service's last word is the outcome
+        return _outcome(r, attempts)
 
 
 def _outcome(r: httpx.Response, attempts: int) -> Outcome:
@@ -109,9 +111,14 @@ def _outcome(r: httpx.Response, attempts: int) -> Outcome:
             nsfw={"true": True, "false": False}.get(r.headers.get("x-stylefleet-nsfw", "")),
             attempts=attempts,
         )
+    code, message = _error(r)
+    return Outcome(False, variant=r.headers.get("x-stylefleet-variant"), error_code=code or f"http_{r.status_code}", error_message=message, attempts=attempts)
+
+
+def _error(r: httpx.Response) -> tuple[str | None, str]:
+    """(code, message) of an error answer; no code when the body is not a stylefleet error (a proxy's page)."""
     try:
         error = r.json()["error"]
-        code, message = str(error["code"]), str(error["message"])
+        return str(error["code"]), str(error["message"])
     except (ValueError, KeyError, TypeError):
-        code, message = f"http_{r.status_code}", r.text[:200]
-    return Outcome(False, variant=r.headers.get("x-stylefleet-variant"), error_code=code, error_message=message, attempts=attempts)
+        return None, r.text[:200]

@@ -179,6 +179,40 @@ def test_retries_give_up_with_the_servers_code() -> None:
     assert (outcome.ok, outcome.error_code, outcome.attempts) == (False, "overloaded", 3)
 
 
+def _answers(*responses: httpx.Response) -> tuple[StyleClient, list[float], list[httpx.Request]]:
+    """A client over a service that gives these answers in turn (then 200)."""
+    queue, seen, sleeps = list(responses), [], []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return queue.pop(0) if queue else httpx.Response(200, content=b"OUT")
+
+    async def sleep(s: float) -> None:
+        sleeps.append(s)
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url="http://svc")
+    return StyleClient(http, "frost", {}, policy=RetryPolicy(retries=3), sleep=sleep, rng=random.Random(1)), sleeps, seen
+
+
+def test_a_proxys_502_page_is_retried_by_its_status() -> None:
+    client, sleeps, seen = _answers(httpx.Response(502, text="<html>Bad Gateway</html>"))
+    outcome = asyncio.run(client.apply("a.png", b"img"))
+    assert outcome.ok and len(seen) == 2 and len(sleeps) == 1
+
+
+def test_a_500_internal_error_is_not_retried() -> None:
+    client, sleeps, seen = _answers(httpx.Response(500, json={"error": {"code": "internal_error", "message": "the model failed"}}))
+    outcome = asyncio.run(client.apply("a.png", b"img"))
+    assert (outcome.ok, outcome.error_code, outcome.attempts) == (False, "internal_error", 1) and sleeps == []
+
+
+def test_a_retryable_code_is_retried_whatever_its_status() -> None:
+    """request_timeout (408) is retryable by its class, though 408 is no retry status of its own."""
+    client, sleeps, seen = _answers(httpx.Response(408, json={"error": {"code": "request_timeout", "message": "slow body"}}))
+    outcome = asyncio.run(client.apply("a.png", b"img"))
+    assert outcome.ok and outcome.attempts == 2
+
+
 # -- the whole command against the mock service ------------------------------------------------
 
 
