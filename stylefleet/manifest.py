@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
 
+from stylefleet.errors import RETRYABLE_CODES
+from stylefleet.retry import RETRYABLE_STATUSES
 from stylefleet.storage import Storage
 
 logger = logging.getLogger(__name__)
@@ -28,10 +30,9 @@ logger = logging.getLogger(__name__)
 MANIFEST = "manifest.jsonl"
 FAILURES = "failures.jsonl"
 
-# Errors that say nothing about the input: the next run tries the item again.
-TRANSIENT_CODES = frozenset(
-    {"overloaded", "model_unavailable", "connection_error", "http_429", "http_502", "http_503", "http_504"}
-)
+# Errors that say nothing about the input: the next run tries the item again. The same verdict
+# as the retry policy's, for the codes a record can carry (``stylefleet.batch.http``'s included).
+TRANSIENT_CODES = RETRYABLE_CODES | {"connection_error"} | {f"http_{status}" for status in RETRYABLE_STATUSES}
 
 OUTPUT_EXTENSIONS: dict[str, str] = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 

@@ -22,6 +22,7 @@ from router.catalog import Catalog
 from router.core import RouterCore
 from router.jobs import JobManager
 from stylefleet.config import AppConfig, JobsConfig, Limits
+from stylefleet.errors import InvalidImage, ModelUnavailable, Overloaded
 from stylefleet.storage import Storage
 from tests import samples
 from tests.samples import ROOT
@@ -329,6 +330,41 @@ def test_progress_never_goes_backwards_across_a_router_death(backend: FakeBacken
     asyncio.run(scenario())
     assert seen == sorted(seen) and seen[-1] == 8, [(i, a, b) for i, (a, b) in enumerate(zip(seen, seen[1:])) if b < a]
     assert written == sorted(written)
+
+
+@pytest.mark.parametrize(("reply", "calls", "status", "code"), [
+    (Overloaded("queue full", retry_after_s=0), 2, "ok", None),  # retryable: tried again, and it worked
+    (ModelUnavailable("no replica", retry_after_s=0), 2, "ok", None),
+    (InvalidImage("not a picture"), 1, "failed", "invalid_image"),  # not retryable: fails at once
+], ids=["overloaded", "model_unavailable", "invalid_image"])
+def test_an_item_is_retried_only_when_its_error_is_retryable(
+    backend: FakeBackend, storage: Storage, reply: Exception, calls: int, status: str, code: str | None
+) -> None:
+    backend.replies = [reply]  # the first call's answer; then the pixels' own
+
+    async def scenario() -> dict[str, Any]:
+        manager = _manager(backend, storage)
+        job = await manager.create("frost", {}, client_key=None, images=[("p.png", io.BytesIO(_images(1)[0]))], archive=None, shared={})
+        await _until(lambda: _status(storage, job["id"]) in ("succeeded", "failed"))
+        manager.stop()
+        return json.loads(storage.read_text(f"{job['id']}/results/000000.json"))
+
+    record = asyncio.run(scenario())
+    assert len(backend.calls) == calls and record["status"] == status and (record["error"] or {}).get("code") == code
+
+
+def test_an_item_gives_up_after_item_retries(backend: FakeBackend, storage: Storage) -> None:
+    backend.reply = Overloaded("queue full", retry_after_s=0)
+
+    async def scenario() -> dict[str, Any]:
+        manager = _manager(backend, storage, item_retries=1)
+        job = await manager.create("frost", {}, client_key=None, images=[("p.png", io.BytesIO(_images(1)[0]))], archive=None, shared={})
+        await _until(lambda: _status(storage, job["id"]) == "failed")
+        manager.stop()
+        return json.loads(storage.read_text(f"{job['id']}/results/000000.json"))
+
+    record = asyncio.run(scenario())
+    assert len(backend.calls) == 2 and record["error"]["code"] == "overloaded"
 
 
 def _status(storage: Storage, job_id: str) -> str:
