@@ -23,6 +23,18 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
+class ErrorCode(BaseModel):
+    code: str
+    status: int = Field(description="the HTTP status it comes with")
+    retryable: bool = Field(description="the same request may succeed later: retry with backoff, honouring Retry-After")
+
+
+class ErrorCodes(BaseModel):
+    """``GET /v1/errors``: every code the service answers, from its error classes."""
+
+    errors: list[ErrorCode]
+
+
 class DeploymentReadiness(BaseModel):
     status: str = Field(description="Serve's: HEALTHY, UPSCALING, DOWNSCALING, UPDATING, UNHEALTHY, DEPLOY_FAILED")
     running_replicas: int

@@ -7,7 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from router.health import DeploymentState
-from stylefleet.errors import FaceTooSmall, InternalError, MaxKbTooSmall, MultipleFaces, NoFace, Overloaded
+from stylefleet.errors import RETRYABLE_CODES, FaceTooSmall, InternalError, MaxKbTooSmall, MultipleFaces, NoFace, Overloaded
 from tests import samples
 from tests.unit.apps import api_client
 from tests.unit.fakes import FakeBackend
@@ -159,3 +159,13 @@ def test_a_long_style_name_is_not_echoed_whole(api: TestClient, method: str, pat
     r = getattr(api, method)(url)
     assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_style"
     assert len(r.text) < 300 and "5000 characters" in r.json()["error"]["message"]
+
+
+def test_the_error_codes_say_which_to_retry_from_the_classes(api: TestClient) -> None:
+    """The web page decides what to retry from this table, so it keeps no list of its own."""
+    r = api.get("/v1/errors")
+    assert r.status_code == 200
+    table = {row["code"]: row for row in r.json()["errors"]}
+    assert {code for code, row in table.items() if row["retryable"]} == RETRYABLE_CODES
+    assert table["overloaded"] == {"code": "overloaded", "status": 503, "retryable": True}
+    assert table["invalid_image"] == {"code": "invalid_image", "status": 400, "retryable": False}

@@ -73,6 +73,7 @@ OPERATIONS = [
     ("/v1/styles", "GET"),
     ("/v1/styles/{style_name}/preview", "GET"),
     ("/v1/shadow", "GET"),
+    ("/v1/errors", "GET"),
     ("/v1/styles/{style_name}", "POST"),
     ("/healthz/live", "GET"),
     ("/healthz/ready", "GET"),

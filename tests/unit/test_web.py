@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 from fastapi.testclient import TestClient
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
 from router.api import WEB_DIR
+from router.api.web import PageFiles
 from router.catalog import Catalog
 from router.previews import PreviewCache, load_samples
 from stylefleet.config import AppConfig
@@ -56,6 +60,24 @@ def test_every_module_the_page_imports_is_served(api: TestClient) -> None:
 def test_only_page_files_are_served(api: TestClient, path: str) -> None:
     r = api.get(path)
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize("path", ["/", "/static/app.js", "/static/samples/coffee-160.jpg"])
+def test_page_files_are_revalidated_not_cached(api: TestClient, path: str) -> None:
+    """no-cache: a new release is picked up at the next page load; an unchanged file is a 304."""
+    r = api.get(path)
+    assert r.status_code == 200 and r.headers["cache-control"] == "no-cache" and r.headers["etag"]
+    if path != "/":
+        again = api.get(path, headers={"if-none-match": r.headers["etag"]})
+        assert again.status_code == 304 and again.content == b""
+
+
+def test_only_the_pages_kinds_of_file_are_served(tmp_path: Path) -> None:
+    (tmp_path / "secret.py").write_text("TOKEN = 1")
+    (tmp_path / "page.js").write_text("export {}")
+    client = TestClient(Starlette(routes=[Mount("/", PageFiles(directory=tmp_path))]))
+    assert client.get("/secret.py").status_code == 404
+    assert client.get("/page.js").headers["content-type"] == "text/javascript; charset=utf-8"
 
 
 def test_the_page_loads_nothing_from_elsewhere() -> None:

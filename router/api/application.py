@@ -1,0 +1,64 @@
+"""The HTTP API as a plain FastAPI app over an injected backend, so it is testable without Ray:
+one router per area (styles, jobs, health, errors, the web page), the error renderer, the OpenAPI
+document without FastAPI's validation shape, and the body limits around it all."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+
+from router.api import errors, health, styles
+from router.api import jobs as jobs_routes
+from router.api.errors import add_error_handlers, error_response
+from router.api.limits import BodyLimit
+from router.api.state import Services
+from router.api.web import add_web_page
+from router.core import RouterCore
+from router.jobs import JobManager
+from router.openapi import without_validation_errors
+from router.previews import PreviewCache
+from router.uploads import UploadGuard
+from stylefleet.config import Limits
+
+
+def create_api(
+    core: RouterCore, limits: Limits, previews: PreviewCache | None = None, jobs: JobManager | None = None
+) -> FastAPI:
+    """The app; the ``/v1/jobs`` routes only with a job manager."""
+    app = FastAPI(
+        title="stylefleet",
+        description="Image AI styles served on Ray Serve. Errors are {'error': {'code', 'message'}}.",
+        version="0.1.0",
+    )
+    app.state.services = Services(core, limits, previews or PreviewCache(core.catalog, core.backend), jobs)
+    add_error_handlers(app)
+    app.include_router(styles.router)
+    app.include_router(health.router)
+    app.include_router(errors.router)
+    add_web_page(app)
+    overrides = {}
+    if jobs is not None:
+        app.include_router(jobs_routes.router)
+        overrides[("POST", "/v1/jobs")] = (jobs.config.max_upload_bytes, "jobs.max_upload_bytes")
+    _document(app)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_upload_bytes, overrides=overrides)
+    app.add_middleware(
+        UploadGuard,
+        render=error_response,
+        body_idle_timeout_s=limits.body_idle_timeout_s,
+        max_uploads_per_client=limits.max_uploads_per_client,
+    )
+    return app
+
+
+def _document(app: FastAPI) -> None:
+    """The OpenAPI document, built once, without FastAPI's validation error shape (ours is ErrorBody)."""
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = without_validation_errors(default_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,41 @@
+"""``/healthz``: liveness and readiness probes (the readiness rules are ``router.health``'s)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from router.api.state import services
+from router.health import NOT_READY_RETRY_AFTER_S, readiness
+from router.openapi import Liveness, Readiness
+
+_READINESS: dict[int | str, dict[str, Any]] = {
+    200: {"model": Readiness, "description": "ready"},
+    503: {"model": Readiness, "description": "not ready", "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
+}
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz/live", response_model=Liveness)
+async def healthz_live() -> dict[str, str]:
+    """Liveness: the proxy and a router replica answer (the models are not asked). For a
+    Kubernetes livenessProbe."""
+    return {"status": "alive"}
+
+
+@router.get("/healthz/ready", responses=_READINESS)
+async def healthz_ready(request: Request) -> JSONResponse:
+    """Readiness: 200 while every deployment has a running replica (busy and scaling up
+    included), 503 with Retry-After otherwise. For a Kubernetes readinessProbe."""
+    ready, body = readiness(await services(request).core.backend.health())
+    headers = {} if ready else {"Retry-After": str(NOT_READY_RETRY_AFTER_S)}
+    return JSONResponse(body, status_code=200 if ready else 503, headers=headers)
+
+
+@router.get("/healthz", responses=_READINESS)
+async def healthz(request: Request) -> JSONResponse:
+    """The same as ``/healthz/ready`` (kept for existing checks)."""
+    return await healthz_ready(request)
