@@ -156,6 +156,23 @@ export async function getJson(url) {
   return response.json();
 }
 
+let retryable = null;
+
+/**
+ * The error codes worth retrying, as the service's error classes say (GET /v1/errors): a
+ * Set of codes. Read once per page; when it cannot be read, nothing is retried (and it is asked
+ * again next time).
+ */
+export function retryableCodes() {
+  retryable ??= getJson("/v1/errors")
+    .then((body) => new Set(body.errors.filter((e) => e.retryable).map((e) => e.code)))
+    .catch(() => {
+      retryable = null;
+      return new Set();
+    });
+  return retryable;
+}
+
 export async function deleteUrl(url) {
   const response = await send(url, { method: "DELETE" });
   if (!response.ok && response.status !== 404) throw await errorFrom(response);

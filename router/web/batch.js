@@ -6,12 +6,12 @@
 // Progress is reported through onUpdate({status, total, done, succeeded, failed, items}), items
 // being [{name, status: pending|running|ok|failed|canceled, error}], the shape of GET /v1/jobs/{id}.
 
-import { ApiError, applyStyle, createJob, deleteUrl, getJson } from "./api.js";
+import { ApiError, applyStyle, createJob, deleteUrl, getJson, retryableCodes } from "./api.js";
 import { makeZip } from "./zip.js";
 
 const TERMINAL = new Set(["succeeded", "failed", "canceled"]);
 const CONCURRENCY = 3; // pictures in flight from this page: enough to fill a batch, not to flood the queue
-const OVERLOAD_RETRIES = 3;
+const RETRIES = 3; // of a picture the service answers with a retryable error (GET /v1/errors)
 const POLL_MS = 1000;
 
 const sleep = (ms, signal) => new Promise((resolve) => {
@@ -119,12 +119,13 @@ function zipName(stem, style, contentType, taken) {
   return name;
 }
 
-async function withOverloadRetry(send, cancel) {
+/** Sends again, after the service's Retry-After (or a second), while its error is retryable. */
+async function withRetry(send, retryable, cancel) {
   for (let attempt = 0; ; attempt++) {
     try {
       return await send();
     } catch (err) {
-      if (!(err instanceof ApiError) || err.code !== "overloaded" || attempt >= OVERLOAD_RETRIES || cancel.aborted) throw err;
+      if (!(err instanceof ApiError) || !retryable.has(err.code) || attempt >= RETRIES || cancel.aborted) throw err;
       await sleep(1000 * (err.retryAfterS || 1), cancel);
     }
   }
@@ -134,6 +135,7 @@ async function sendOneByOne({ style, units, onUpdate, cancel }) {
   const items = units.map((unit) => ({ name: unit.name, status: "pending", error: null }));
   const results = new Array(units.length);
   const taken = new Set(); // file names already used in the zip
+  const retryable = await retryableCodes();
   const state = () => ({ status: "running", total: units.length, ...counts(items), items });
   onUpdate(state());
   let next = 0;
@@ -143,7 +145,7 @@ async function sendOneByOne({ style, units, onUpdate, cancel }) {
       items[i].status = "running";
       onUpdate(state());
       try {
-        results[i] = await withOverloadRetry(() => applyStyle(style, units[i].files, units[i].fields), cancel);
+        results[i] = await withRetry(() => applyStyle(style, units[i].files, units[i].fields), retryable, cancel);
         items[i].url = URL.createObjectURL(results[i].blob);
         items[i].fileName = zipName(units[i].stem, style, results[i].contentType, taken);
         items[i].status = "ok";

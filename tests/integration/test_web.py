@@ -252,6 +252,40 @@ def test_the_page_follows_a_job_through_the_jobs_api_contract(page_for: Any, bas
     # test_five_pictures_... against the real jobs API once it is there.)
 
 
+def test_the_page_retries_what_the_service_says_is_retryable(page_for: Any, base_url: str, tmp_path: Path) -> None:
+    """Sending pictures itself (no jobs API), the page retries an answer whose code GET /v1/errors
+    marks retryable (model_unavailable: the page kept its own list, which had only 'overloaded'),
+    and not one that is not (invalid_params)."""
+    page = page_for()
+    answers = {"a.jpg": [503], "b.jpg": [422]}  # each picture's scripted first answers, then the real service
+    sent: list[str] = []
+
+    def styles_api(route: Any) -> None:
+        body = route.request.post_data_buffer or b""
+        name = next(n for n in answers if f'filename="{n}"'.encode() in body)
+        sent.append(name)
+        if not answers[name]:
+            route.continue_()
+        elif answers[name].pop(0) == 503:
+            route.fulfill(status=503, headers={"Retry-After": "1"}, json={"error": {"code": "model_unavailable", "message": "loading"}})
+        else:
+            route.fulfill(status=422, json={"error": {"code": "invalid_params", "message": "strength: too big"}})
+
+    page.route(f"{base_url}/v1/jobs", lambda route: route.fulfill(status=404, json={"error": {"code": "not_found", "message": "Not Found"}}))
+    page.route(f"{base_url}/v1/styles/frost", styles_api)
+    _open(page, base_url)
+    _pick(page, "frost")
+    page.set_input_files("#file-image", [str(_write(tmp_path / n, _small(samples.cat(), 64))) for n in answers])
+    with page.expect_response(lambda r: r.url.endswith("/v1/errors")) as table:
+        page.click("#run")
+    assert table.value.status == 200
+    page.wait_for_function("document.getElementById('batch-count').textContent === '2/2'", timeout=RESULT_TIMEOUT_MS)
+    assert page.get_attribute("#batch", "data-mode") == "page"
+    assert sorted(sent) == ["a.jpg", "a.jpg", "b.jpg"]
+    assert page.locator(".item[data-status='ok'] .item-name").inner_text() == "a.jpg"
+    assert page.locator(".item[data-status='failed'] .item-name").inner_text() == "b.jpg"
+
+
 def test_a_corrupt_file_gets_a_plain_sentence(page_for: Any, base_url: str, tmp_path: Path) -> None:
     page = page_for()
     _open(page, base_url)
