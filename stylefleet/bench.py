@@ -39,18 +39,10 @@ import psutil
 
 from deployments.batching import ModelRequest, OutputSpec, decoded, encode_outcomes, run_batch
 from deployments.loader import load_model
+from stylefleet.bench_load import Case, Load
 from stylefleet.config import BatchingConfig, ModelSpec
-from stylefleet.spec import AppSpec, load_serve_file
 from stylefleet.imageio import decode, encode
-
-
-@dataclass(frozen=True)
-class Case:
-    style: str  # served style name
-    deployment: str
-    params: dict[str, Any]  # the style's fixed params: what the bare runs pass the model
-    files: tuple[str, ...]
-    fields: tuple[tuple[str, str], ...] = ()  # what a client sends (a style's fixed params are not its to send)
+from stylefleet.spec import AppSpec, load_serve_file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -235,47 +227,6 @@ def bare(case: Case, model: ModelSpec, samples: dict[str, bytes], batch_sizes: l
         )
     pool.shutdown()
     return rows
-
-
-class Load:
-    """A bounded closed-loop load: ``concurrency`` clients, ``total`` requests, ``cap_s`` seconds."""
-
-    def __init__(self, url: str, path: str, files: dict[str, tuple[str, bytes, str]], data: dict[str, Any]) -> None:
-        self.url, self.path, self.files, self.data = url, path, files, data
-
-    async def run(self, concurrency: int, total: int, cap_s: float) -> dict[str, Any]:
-        sem = asyncio.Semaphore(concurrency)
-        latencies: list[float] = []
-        errors = 0
-        deadline = time.monotonic() + cap_s
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        async with httpx.AsyncClient(base_url=self.url, timeout=300, limits=limits) as client:
-
-            async def one() -> None:
-                nonlocal errors
-                async with sem:
-                    if time.monotonic() > deadline:
-                        return
-                    t0 = time.perf_counter()
-                    r = await client.post(self.path, files=self.files, data=self.data)
-                    if r.status_code == 200:
-                        latencies.append(time.perf_counter() - t0)
-                    else:
-                        errors += 1
-
-            t0 = time.perf_counter()
-            await asyncio.gather(*(one() for _ in range(total)))
-            wall = time.perf_counter() - t0
-        q = np.percentile(latencies, [50, 95]) if latencies else [float("nan")] * 2
-        return {
-            "concurrency": concurrency,
-            "requests": len(latencies) + errors,
-            "errors": errors,
-            "wall_s": round(wall, 2),
-            "ips": round(len(latencies) / wall, 2),
-            "p50_ms": round(float(q[0]) * 1000, 1),
-            "p95_ms": round(float(q[1]) * 1000, 1),
-        }
 
 
 def _case_load(url: str, case: Case, samples: dict[str, bytes]) -> Load:
