@@ -98,11 +98,12 @@ def load_model(spec: ModelSpec, *, runtime: RuntimeOptions | None = None) -> Loa
 
 def model_sha256(spec: ModelSpec, files: list[ResolvedModel], model: Any) -> str:
     """What a reply names as its weights: the files' checksums; for a composed kind, those the
-    deployments it uses are pinned to in the registry; else the model's own (diffusers folders)."""
+    deployments it uses are pinned to in the registry, in the order of the kind's roles (not of
+    the config's mapping, which a YAML dump may sort); else the model's own (diffusers folders)."""
     if files:
         return "+".join(f.sha256 for f in files)
     if spec.uses:
-        return "+".join(KINDS[used.model].expected_sha256() for used in spec.uses.values())
+        return "+".join(KINDS[spec.uses[role].model].expected_sha256() for role in KINDS[spec.model].needs)
     return model.checksum if isinstance(model, Checksummed) else ""
 
 
