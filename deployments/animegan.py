@@ -22,11 +22,11 @@ from typing import Any
 import cv2
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
 
 from deployments.batching import ModelRequest, validate_params
 from deployments.memory import BatchLimiter, run_halving
 from deployments.onnx_session import RuntimeOptions
+from deployments.params import AnimeParams
 from deployments.registry import ResolvedModel
 from deployments.stylize import check_min_side, join_alpha, split_alpha
 from stylefleet.errors import InvalidParams, ModelUnavailable
@@ -37,15 +37,6 @@ logger = logging.getLogger("ray.serve")
 STRIDE = 4
 FACE_SIDE = 512
 FACE_MARGIN = 2.0  # crop side = this x the detected face box (forehead to chin), as in aligned face crops
-
-
-class AnimeParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    face_crop: bool | None = Field(
-        None, description="crop the largest face, centred, to 512x512 (default: on for the face models)"
-    )
-    max_side: int = Field(1024, ge=32, le=4096, description="longer side of the output, in pixels (no face crop)")
 
 
 def find_face(rgb: np.ndarray) -> tuple[int, int, int, int] | None:

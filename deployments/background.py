@@ -24,10 +24,10 @@ from typing import Any
 import cv2
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from deployments.batching import ModelRequest, validate_params
 from deployments.onnx_session import RuntimeOptions, make_session, run, with_symbolic_batch
+from deployments.params import EdgeParams, RemoveBackgroundParams
 from deployments.registry import ResolvedModel
 from stylefleet.errors import InvalidParams
 from stylefleet.imageio import flatten, parse_color, resize_to_max_side
@@ -44,42 +44,6 @@ TRIMAP_BAND_PX = 10
 # its cost grows faster than the pixel count: larger images are matted at this longer side and
 # the result scaled back up (README "Remove background: edges" has the figures).
 MATTING_MAX_SIDE = 640
-
-
-class EdgeParams(BaseModel):
-    """The matte's edge controls; id-photo passes its own to the matte it asks for."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    alpha_matting: bool = Field(
-        False, description="refine the edge (hair, fur, soft outlines) by closed-form matting on a trimap from the matte; slower"
-    )
-    threshold: int | None = Field(
-        None, ge=1, le=255, description="hard edge: opaque where the matte is at least this (0-255), transparent elsewhere"
-    )
-    erode_px: int = Field(0, ge=0, le=64, description="shrink the subject by this many pixels (drops a fringe of old background)")
-    feather_px: float = Field(0.0, ge=0.0, le=64.0, description="soften the edge: Gaussian blur of the alpha, sigma in pixels")
-
-    def edges(self) -> dict[str, object]:
-        """Just the edge controls (a subclass's other params left out)."""
-        return {name: getattr(self, name) for name in EdgeParams.model_fields}
-
-
-class RemoveBackgroundParams(EdgeParams):
-
-    bg_color: str | None = Field(
-        None, description="flatten onto this colour (#rrggbb, 'white' or 'black'); default: transparent"
-    )
-    max_side: int = Field(4096, ge=8, le=8192, description="longer side of the output, in pixels")
-    only_mask: bool = Field(False, description="return the matte itself (white = subject) instead of the cutout")
-
-    @field_validator("bg_color")
-    @classmethod
-    def _colour(cls, value: str | None) -> str | None:
-        if value is not None and value.strip():
-            parse_color(value)
-            return value
-        return None
 
 
 def preprocess(rgb: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 from pydantic import BaseModel, ValidationError
@@ -127,11 +127,18 @@ def describe_validation_error(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+@runtime_checkable
+class DecodesSmaller(Protocol):
+    """An optional capability (``deployments.capabilities`` has the others): the longer side the
+    model scales its ``image`` down to first (None: full size), so uploads decode no larger."""
+
+    def decode_side(self, params: dict[str, Any]) -> int | None: ...
+
+
 def output_side(model: Any, params: dict[str, Any]) -> int | None:
     """The longer side a model scales its ``image`` down to before anything else, for these
-    params (its optional ``decode_side(params)``), or None: the size decoding may aim at."""
-    decode_side = getattr(model, "decode_side", None)
-    return decode_side(params) if decode_side is not None else None
+    params, or None: the size decoding may aim at."""
+    return model.decode_side(params) if isinstance(model, DecodesSmaller) else None
 
 
 def decoded(model: Any, request: ModelRequest) -> ModelRequest:

@@ -27,16 +27,16 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import cv2
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from deployments.batching import ModelRequest, safety_checked, validate_params
 from deployments.memory import BatchLimiter, probe_largest_batch, run_halving, weight_of
 from deployments.onnx_session import RuntimeOptions
+from deployments.params import SIZE_MULTIPLE, DiffusionParams
 from deployments.stylize import check_min_side
 from stylefleet.config import DiffusionSource
 from stylefleet.errors import InvalidParams, ModelUnavailable
@@ -44,46 +44,8 @@ from stylefleet.imageio import flatten
 
 logger = logging.getLogger("ray.serve")
 
-PipelineKind = Literal["text-to-image", "img2img", "controlnet-canny"]
-MAX_SEED = 2**32 - 1
-SIZE_MULTIPLE = 8  # diffusers needs width and height divisible by 8
 PROBE_SIDE = 512
 PROBE_MAX_IMAGES = 32
-
-
-class DiffusionParams(BaseModel):
-    """A preset (fixed by the style) plus what a request may set: ``prompt``, ``seed``, ``steps``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    pipeline: PipelineKind = Field("text-to-image", description="which diffusers pipeline the preset runs")
-    prompt_template: str = Field("{prompt}", max_length=2000, description="the prompt; {prompt} is replaced by the subject")
-    negative_prompt: str = Field("", max_length=2000, description="what the image should not show")
-    prompt: str = Field("", max_length=1000, description="the subject, put into the preset's prompt template")
-    seed: int = Field(0, ge=0, le=MAX_SEED, description="noise seed: the same seed, prompt and preset give the same image")
-    steps: int = Field(25, ge=1, le=200, description="denoising steps, within the preset's min_steps..max_steps")
-    min_steps: int = Field(1, ge=1, le=200, description="fewest steps a request may ask for")
-    max_steps: int = Field(50, ge=1, le=200, description="most steps a request may ask for")
-    guidance_scale: float = Field(7.5, ge=0.0, le=30.0, description="classifier-free guidance")
-    strength: float = Field(0.75, gt=0.0, le=1.0, description="img2img: how far from the input image")
-    controlnet_scale: float = Field(1.0, ge=0.0, le=2.0, description="controlnet-canny: weight of the edges")
-    canny_low: int = Field(100, ge=0, le=1000, description="controlnet-canny: Canny's lower hysteresis threshold")
-    canny_high: int = Field(200, ge=0, le=1000, description="controlnet-canny: Canny's upper hysteresis threshold")
-    width: int = Field(512, ge=64, le=2048, multiple_of=SIZE_MULTIPLE, description="output width; with an input image, the box it is fitted into")
-    height: int = Field(512, ge=64, le=2048, multiple_of=SIZE_MULTIPLE, description="output height; with an input image, the box it is fitted into")
-
-    @model_validator(mode="after")
-    def _steps_within_bounds(self) -> DiffusionParams:
-        if self.min_steps > self.max_steps:
-            raise ValueError(f"min_steps ({self.min_steps}) is above max_steps ({self.max_steps})")
-        if not self.min_steps <= self.steps <= self.max_steps:
-            raise ValueError(f"steps: {self.steps} is outside this style's bounds {self.min_steps}..{self.max_steps}")
-        if self.canny_low > self.canny_high:
-            raise ValueError("canny_low is above canny_high")
-        return self
-
-    def full_prompt(self) -> str:
-        return self.prompt_template.replace("{prompt}", self.prompt.strip())
 
 
 def fit_size(height: int, width: int, box_width: int, box_height: int) -> tuple[int, int]:

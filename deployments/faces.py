@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from deployments.batching import ModelRequest, validate_params
 from deployments.onnx_session import RuntimeOptions
+from deployments.params import FaceDetectParams
 from deployments.registry import ResolvedModel
 from stylefleet.errors import InvalidParams
 from stylefleet.imageio import flatten
@@ -29,13 +29,6 @@ from stylefleet.imageio import flatten
 COLUMNS = ("x", "y", "width", "height", "neighbours", "profile")
 SCALE_FACTOR = 1.1
 MIN_FACE_PX = 24  # the cascades' own window is 20-24 px
-
-
-class FaceDetectParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    max_side: int = Field(512, ge=128, le=2048, description="longer side the photo is scaled down to before detection")
-    min_neighbors: int = Field(8, ge=1, le=64, description="overlapping detections a face needs (higher: fewer false faces)")
 
 
 @dataclass(frozen=True)

@@ -18,30 +18,23 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import cv2
 import numpy as np
-from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from deployments.background import EdgeParams
 from deployments.batching import EncodedImage, ModelRequest, OutputSpec, validate_params
 from deployments.faces import Face, faces_from_array
-from deployments.presets import Frame, SizeName, frame_for
+from deployments.kinds import KINDS
+from deployments.params import IdPhotoParams, background
+from deployments.presets import Frame
 from deployments.stylize import check_min_side
 from stylefleet.errors import FaceTooSmall, InvalidParams, MaxKbTooSmall, MultipleFaces, NoFace
-from stylefleet.imageio import CONTENT_TYPES, encode, parse_color, resize_to_max_side
+from stylefleet.imageio import CONTENT_TYPES, encode, resize_to_max_side
 
-# Named backgrounds. Blue and red are the usual ID-photo backdrops (Chinese ID and visa photos).
-BG_COLORS: dict[str, tuple[int, int, int]] = {
-    "white": (255, 255, 255),
-    "blue": (67, 142, 219),  # #438edb
-    "red": (255, 0, 0),  # #ff0000
-}
 WORK_MAX_SIDE = 2048  # photos are scaled down to this before matting and detection
 MAX_UPSCALE = 4.0  # a head enlarged more than this is too blurry for an ID photo: face_too_small
 MIN_JPEG_QUALITY = 20  # below this, JPEG blocking shows on faces; max_kb never goes lower
-FRAME_PX_LIMITS = (64, 4096)
 
 # Where the chin is, in face-box heights below the box's top (calibrated on scikit-image's
 # astronaut, frontal, and camera man, profile).
@@ -57,60 +50,6 @@ SHEET_INCHES = (4, 6)
 SHEET_DPI = 300
 SHEET_GAP_PX = 12
 GUIDE_RGB = (170, 170, 170)
-
-
-class IdPhotoParams(EdgeParams):
-    """The photo's size, background and layout; the matte's edge controls come from ``EdgeParams``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    size: SizeName = Field("passport", description="size preset (README lists them with their standards), or custom")
-    width_mm: float | None = Field(None, ge=5, le=300, description="size=custom: photo width in mm (with height_mm)")
-    height_mm: float | None = Field(None, ge=5, le=300, description="size=custom: photo height in mm (with width_mm)")
-    width_px: int | None = Field(None, ge=FRAME_PX_LIMITS[0], le=FRAME_PX_LIMITS[1], description="size=custom: width in pixels (with height_px)")
-    height_px: int | None = Field(None, ge=FRAME_PX_LIMITS[0], le=FRAME_PX_LIMITS[1], description="size=custom: height in pixels (with width_px)")
-    bg_color: str = Field("white", description="white (255,255,255), blue (67,142,219), red (255,0,0), or #rrggbb")
-    dpi: int = Field(300, ge=72, le=1200, description="print resolution: sets the pixel size of mm presets, written in the file")
-    max_kb: int | None = Field(None, ge=1, le=20480, description="largest file in KiB (format=jpeg): the quality is lowered to fit")
-    layout: Literal["none", "4r"] = Field("none", description="4r: as many copies as fit on a 4x6 in sheet at 300 dpi, with cut guides")
-    face: Literal["single", "largest"] = Field("single", description="single: several faces is an error; largest: use the largest")
-
-    @field_validator("bg_color")
-    @classmethod
-    def _colour(cls, value: str) -> str:
-        background(value)
-        return value
-
-    @model_validator(mode="after")
-    def _size(self) -> IdPhotoParams:
-        sizes = {"width_mm": self.width_mm, "height_mm": self.height_mm, "width_px": self.width_px, "height_px": self.height_px}
-        given = [name for name, value in sizes.items() if value is not None]
-        if self.size != "custom":
-            if given:
-                raise ValueError(f"{', '.join(given)} only go with size=custom")
-            return self
-        if given not in (["width_mm", "height_mm"], ["width_px", "height_px"]):
-            raise ValueError("size=custom needs width_mm and height_mm, or width_px and height_px (one pair)")
-        frame = self.frame()
-        lo, hi = FRAME_PX_LIMITS
-        if not (lo <= frame.width_px <= hi and lo <= frame.height_px <= hi):
-            raise ValueError(f"the custom size is {frame.width_px}x{frame.height_px} px at {self.dpi} dpi; each side must be {lo}-{hi} px")
-        return self
-
-    def frame(self) -> Frame:
-        return frame_for(
-            self.size, self.dpi, width_mm=self.width_mm, height_mm=self.height_mm, width_px=self.width_px, height_px=self.height_px
-        )
-
-
-def background(value: str) -> tuple[int, int, int]:
-    named = BG_COLORS.get(value.strip().lower())
-    if named is not None:
-        return named
-    try:
-        return parse_color(value)
-    except InvalidParams:
-        raise InvalidParams(f"bg_color {value!r} is not a colour; use white, blue, red or #rrggbb") from None
 
 
 # --- geometry ---------------------------------------------------------------------------------
@@ -335,7 +274,7 @@ class IdPhotoModel:
     """The ``id-photo`` kind: what to ask the other deployments, and how to put the answers together."""
 
     params_model = IdPhotoParams
-    needs: Mapping[str, str] = {"matte": "remove-background", "faces": "detect-faces"}
+    needs: Mapping[str, str] = KINDS["id-photo"].needs
 
     def decode_side(self, params: dict[str, Any]) -> int:
         return WORK_MAX_SIDE

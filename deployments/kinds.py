@@ -2,29 +2,30 @@
 
 A kind with ``needs`` is composed: its deployment loads no weights, it calls the deployments
 that the config names for each role (``deployments.<name>.uses``) through deployment handles.
+
+Data only (params models and registry entries, no ONNX Runtime or torch): the app spec checks a
+config against this table without loading a runtime. How each kind's model is built is
+``deployments.loader``'s.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel
 
-from deployments.animegan import AnimeGANModel, AnimeParams
-from deployments.background import RemoveBackgroundParams, U2NetModel
-from deployments.diffusion import DiffusionModel, DiffusionParams
-from deployments.faces import FaceDetectParams, HaarFaceModel
-from deployments.idphoto import IdPhotoModel, IdPhotoParams
-from deployments.onnx_session import RuntimeOptions
-from deployments.registry import MODELS, ResolvedModel
-from deployments.restyle import ArbitraryStyleModel, RestyleParams
-from deployments.stylize import MultiStyleModel, StylizeParams
-from stylefleet.config import DiffusionSource
-
-# factory(files resolved from the registry, runtime, kind-specific options from the config)
-Factory = Callable[[list[ResolvedModel], RuntimeOptions, Mapping[str, Any]], Any]  # a BatchModel, or a ComposedModel
+from deployments.params import (
+    AnimeParams,
+    DiffusionParams,
+    FaceDetectParams,
+    IdPhotoParams,
+    RemoveBackgroundParams,
+    RestyleParams,
+    StylizeParams,
+)
+from deployments.registry import MODELS
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,6 @@ class ModelKind:
     params_model: type[BaseModel]
     files: tuple[str, ...]
     image_fields: tuple[str, ...]
-    factory: Factory  # a BatchModel, or a ComposedModel
     needs: Mapping[str, str] = field(default_factory=dict)  # role -> task of the deployment playing it
     returns_image: bool = True  # False: its answer is data for other deployments (no style may use it)
     variant_param: str | None = None
@@ -65,6 +65,14 @@ class ModelKind:
         """The registry's checksums of this kind's files (each verified when a replica loads it)."""
         return "+".join(MODELS[f].sha256 or "unpinned" for f in self.files)
 
+    def client_params_given(self, fixed: set[str]) -> set[str]:
+        """Params a client may send to a style that fixes ``fixed``: the kind's (all, or its
+        ``client_params``) less the fixed ones."""
+        names = set(self.params_model.model_fields)
+        if self.client_params is not None:
+            names &= self.client_params
+        return names - fixed
+
     def shape(self, fixed_params: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:
         """(task, image fields) of a style of this kind with these fixed params."""
         if self.variant_param is None:
@@ -72,23 +80,13 @@ class ModelKind:
         return self.variants[fixed_params[self.variant_param]]
 
 
-def _diffusion(files: list[ResolvedModel], runtime: RuntimeOptions, options: Mapping[str, Any]) -> DiffusionModel:
-    return DiffusionModel.load(
-        DiffusionSource.model_validate(options["diffusion"]),
-        runtime,
-        allow_download=bool(options.get("allow_download", False)),
-        setting=str(options.get("setting", "diffusion")),
-    )
-
-
-def _animegan(name: str, face_model: bool) -> ModelKind:
+def _animegan(name: str) -> ModelKind:
     return ModelKind(
         name=name,
         task="anime",
         params_model=AnimeParams,
         files=(name,),
         image_fields=("image",),
-        factory=lambda files, rt, _: AnimeGANModel(files[0], rt, face_model=face_model),
         torch=True,
         max_batch_pixels=8 * 512 * 512,
     )
@@ -103,7 +101,6 @@ KINDS: dict[str, ModelKind] = {
             params_model=StylizeParams,
             files=("multistyle26",),
             image_fields=("image",),
-            factory=lambda files, rt, _: MultiStyleModel(files[0], rt),
             parallel_calls=True,
             max_batch_pixels=8 * 512 * 512,  # the network runs at full size: ~1.1 GiB of arena per megapixel
         ),
@@ -113,7 +110,6 @@ KINDS: dict[str, ModelKind] = {
             params_model=RestyleParams,
             files=("arbitrary_predict", "arbitrary_transform"),
             image_fields=("image", "style_image"),
-            factory=lambda files, rt, _: ArbitraryStyleModel(files[0], files[1], rt),
             parallel_calls=True,
             max_batch_pixels=8 * 1024 * 1024,  # fixed 384 px network; the budget bounds pre/post-processing
         ),
@@ -123,7 +119,6 @@ KINDS: dict[str, ModelKind] = {
             params_model=RemoveBackgroundParams,
             files=("u2netp",),
             image_fields=("image",),
-            factory=lambda files, rt, _: U2NetModel(files[0], rt),
             parallel_calls=True,
             max_batch_pixels=8 * 2048 * 2048,  # fixed 320 px network; the budget bounds pre/post-processing
         ),
@@ -133,7 +128,6 @@ KINDS: dict[str, ModelKind] = {
             params_model=FaceDetectParams,
             files=("haarcascade_frontalface_default", "haarcascade_profileface"),
             image_fields=("image",),
-            factory=lambda files, rt, _: HaarFaceModel(files[0], files[1], rt),
             returns_image=False,
             max_batch_pixels=8 * 2048 * 2048,
         ),
@@ -143,8 +137,7 @@ KINDS: dict[str, ModelKind] = {
             params_model=IdPhotoParams,
             files=(),
             image_fields=("image",),
-            factory=lambda files, rt, _: IdPhotoModel(),
-            needs=IdPhotoModel.needs,
+            needs={"matte": "remove-background", "faces": "detect-faces"},
             max_batch_pixels=8 * 2048 * 2048,
         ),
         ModelKind(
@@ -153,7 +146,6 @@ KINDS: dict[str, ModelKind] = {
             params_model=DiffusionParams,
             files=(),
             image_fields=(),
-            factory=_diffusion,
             variant_param="pipeline",
             variants={
                 "text-to-image": ("text-to-image", ()),
@@ -164,9 +156,9 @@ KINDS: dict[str, ModelKind] = {
             seeded=True,
             torch=True,
         ),
-        _animegan("animeganv2_face_paint_512_v2", face_model=True),
-        _animegan("animeganv2_face_paint_512_v1", face_model=True),
-        _animegan("animeganv2_celeba_distill", face_model=False),
-        _animegan("animeganv2_paprika", face_model=False),
+        _animegan("animeganv2_face_paint_512_v2"),
+        _animegan("animeganv2_face_paint_512_v1"),
+        _animegan("animeganv2_celeba_distill"),
+        _animegan("animeganv2_paprika"),
     )
 }

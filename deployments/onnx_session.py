@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import onnx
@@ -27,8 +26,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from deployments.memory import arena_release_requested
-
-Device = Literal["cpu", "cuda"]
+from stylefleet.config import Device
 
 
 @dataclass(frozen=True)

@@ -16,25 +16,17 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
 
 from deployments.batching import ModelRequest, validate_params
 from deployments.onnx_session import RuntimeOptions, input_names, make_session, run, with_symbolic_batch
+from deployments.params import RestyleParams
 from deployments.registry import ResolvedModel
-from deployments.stylize import MIN_SIDE, check_min_side, join_alpha, keep_color, split_alpha, to_uint8
+from deployments.stylize import check_min_side, join_alpha, keep_color, split_alpha, to_uint8
 from stylefleet.errors import InvalidParams
 from stylefleet.imageio import resize_to_max_side
 
 TRANSFORM_SIDE = 384
 STYLE_SIDE = 256
-
-
-class RestyleParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    strength: float = Field(1.0, ge=0.0, le=1.0, description="1 = the style image's style, 0 = the photo's own")
-    max_side: int = Field(1024, ge=MIN_SIDE, le=4096, description="longer side of the output, in pixels")
-    preserve_color: bool = Field(False, description="keep the photo's colours, take the style's brushwork")
 
 
 @dataclass

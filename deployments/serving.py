@@ -18,8 +18,8 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import psutil
@@ -36,16 +36,16 @@ from deployments.batching import (
     prepare_one,
     request_pixels,
 )
+from deployments.capabilities import Describing, MemoryLimited, Weighing
 from deployments.composed import StageClock, run_composed
 from deployments.kinds import KINDS, ModelKind
+from deployments.loader import load_model, runtime_options
 from deployments.memory import BatchLimiter
 from deployments.metrics import GpuSampler, ReplicaMetrics
 from deployments.onnx_session import RuntimeOptions, available_cores
 from deployments.queue import BacklogQueue, QueueLimits
-from deployments.registry import resolve
-from stylefleet.config import BatchingConfig, check_batch_fits
+from stylefleet.config import BatchingConfig, ModelSpec
 from stylefleet.errors import ModelUnavailable, Overloaded, StylefleetError
-from stylefleet.gpu import Nvml, memory_cap_bytes, torch_memory_fraction
 
 logger = logging.getLogger("ray.serve")
 
@@ -149,7 +149,7 @@ class _Batched:
         A bad value raises here, which fails the deploy with the field named in the message.
         """
         config = BatchingConfig.model_validate(user_config)
-        check_batch_fits(config, self._max_ongoing_requests())
+        config.check_fits(self._max_ongoing_requests())
         self.batching = config
         self._cap.value = config.max_batch_size
         self.handle_batch.set_max_batch_size(config.max_batch_size)
@@ -173,8 +173,7 @@ class _Batched:
     def _weigh(self, request: ModelRequest) -> tuple[int, int]:
         """(pixels against the budget, weight against max_batch_size), from the upload's header;
         a bad file or param raises its typed error."""
-        weigh = getattr(self.model, "weigh", None)
-        return request_pixels(self.model, request), (weigh(request) if weigh is not None else 1)
+        return request_pixels(self.model, request), (self.model.weigh(request) if isinstance(self.model, Weighing) else 1)
 
     async def _enqueue(self, item: _Queued) -> Any:
         """Through the backlog queue, or through @serve.batch (``queue: serve-batch``)."""
@@ -219,52 +218,23 @@ class ModelServer(_Batched):
     "Performance"), and no more run than the cores were sized for.
     """
 
-    def __init__(
-        self,
-        kind: str,
-        runtime: RuntimeOptions,
-        model_paths: dict[str, str | None],
-        model_dir: str | None = None,
-        allow_download: bool = False,
-        num_gpus: float = 0.0,
-        model_sha256s: dict[str, str | None] | None = None,
-        options: Mapping[str, Any] | None = None,
-        model_calls: int | None = None,
-    ) -> None:
-        self.concurrent_batches = default_model_calls(KINDS[kind], runtime) if model_calls is None else model_calls
-        nvml = Nvml.open(runtime.gpu_device_id) if runtime.device == "cuda" else None
-        super().__init__(KINDS[kind], gpu=nvml is not None)
-        started = time.perf_counter()
-        if nvml is not None and num_gpus > 0:
-            cap = memory_cap_bytes(num_gpus, nvml.total_memory_bytes())
-            if self.kind.torch:
-                _cap_torch(torch_memory_fraction(num_gpus), runtime.gpu_device_id)
-                logger.info("GPU share %.2f: torch capped at that fraction of the card", num_gpus)
-            else:
-                runtime = replace(runtime, gpu_mem_limit_bytes=cap)
-                logger.info("GPU share %.2f: ONNX Runtime capped at %.2f GiB", num_gpus, cap / 2**30)
-        pinned = model_sha256s or {}
-        files = [
-            resolve(
-                name,
-                path=model_paths.get(name),
-                model_dir=model_dir,
-                allow_download=allow_download,
-                sha256=pinned.get(name),
-            )
-            for name in self.kind.files
-        ]
-        self.model = self.kind.factory(files, runtime, {**(options or {}), "allow_download": allow_download})
-        self.model_sha256 = "+".join(f.sha256 for f in files) if files else str(getattr(self.model, "checksum", ""))
-        self.load_seconds = time.perf_counter() - started
-        self._limiter: BatchLimiter | None = getattr(self.model, "limiter", None)
+    def __init__(self, spec: ModelSpec) -> None:
+        kind = KINDS[spec.model]
+        self.concurrent_batches = default_model_calls(kind, runtime_options(spec)) if spec.model_calls is None else spec.model_calls
+        loaded = load_model(spec)
+        nvml = loaded.nvml
+        super().__init__(kind, gpu=nvml is not None)
+        self.model = loaded.model
+        self.model_sha256 = loaded.model_sha256
+        self.load_seconds = loaded.load_seconds
+        self._limiter: BatchLimiter | None = self.model.limiter if isinstance(self.model, MemoryLimited) else None
         self._memory_metrics = _MemoryMetrics() if self._limiter is not None else None
         self.metrics.model_loaded(self.kind.name, self.load_seconds)
         pid = os.getpid()
         self.gpu_sampler = GpuSampler(self.metrics, lambda: nvml.read(pid)) if nvml is not None else None
         self.rss_start_bytes = rss_bytes()
         self._seconds_lock = threading.Lock()
-        logger.info("loaded %s (%s) in %.2fs", kind, self.model_sha256[:12], self.load_seconds)
+        logger.info("loaded %s (%s) in %.2fs", kind.name, self.model_sha256[:12], self.load_seconds)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Batching as in ``_Batched``, plus the memory limiter's configured size."""
@@ -318,37 +288,37 @@ class ModelServer(_Batched):
         self._memory_metrics.record(self._limiter)
 
     def info(self) -> dict[str, Any]:
-        model_info = getattr(self.model, "info", None)
         return {
             "model": self.kind.name,
             "task": self.kind.task,
             "model_sha256": self.model_sha256,
             "load_seconds": round(self.load_seconds, 3),
             **self._batch_info(),
-            **(model_info() if model_info is not None else {}),
+            **(self.model.info() if isinstance(self.model, Describing) else {}),
         }
 
 
 class ComposedServer(_Batched):
     """A composed kind: no weights of its own; each role is a handle to another deployment.
 
-    ``uses`` maps each role to the deployment name (for messages); ``handles`` the same roles to
-    their handles. ``model_sha256`` names the weights the used deployments load.
+    ``spec.uses`` maps each role to the used deployment's spec (its name, for messages);
+    ``handles`` the same roles to their handles.
     """
 
     # A composed batch mostly waits on the deployments it uses; a second batch in flight keeps
     # them fed while the first one composes. max_ongoing_requests (16) holds both (2 x 8).
     concurrent_batches = 2
 
-    def __init__(self, kind: str, handles: dict[str, DeploymentHandle], uses: dict[str, str], model_sha256: str) -> None:
-        super().__init__(KINDS[kind])
+    def __init__(self, spec: ModelSpec, handles: dict[str, DeploymentHandle]) -> None:
+        super().__init__(KINDS[spec.model])
         missing = set(self.kind.needs) - set(handles)
         if missing:
-            raise ValueError(f"the {kind} model needs handles for {sorted(missing)}")
-        self.model = self.kind.factory([], RuntimeOptions(), {})
+            raise ValueError(f"the {spec.model} model needs handles for {sorted(missing)}")
+        loaded = load_model(spec)
+        self.model = loaded.model
         self._handles = handles
-        self._uses = uses
-        self.model_sha256 = model_sha256
+        self._uses = {role: used.deployment for role, used in spec.uses.items()}
+        self.model_sha256 = loaded.model_sha256
         self.stages = StageClock()
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0, max_concurrent_batches=2)
@@ -384,15 +354,6 @@ def default_model_calls(kind: ModelKind, runtime: RuntimeOptions) -> int:
     if kind.parallel_calls and runtime.device == "cpu":
         return max(1, available_cores() // runtime.intra_op_threads)
     return 1
-
-
-def _cap_torch(fraction: float, device_id: int) -> None:
-    """torch's caching allocator raises out-of-memory past this share of the GPU (the memory-aware
-    batching then splits the batch), as ONNX Runtime's arena stops at gpu_mem_limit."""
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.set_per_process_memory_fraction(fraction, device_id)
 
 
 class _MemoryMetrics:

@@ -16,59 +16,14 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from deployments.batching import ModelRequest, validate_params
 from deployments.onnx_session import RuntimeOptions, make_session, run, with_symbolic_batch
+from deployments.params import MIN_SIDE, StylizeParams, style_weights
 from deployments.registry import ResolvedModel
 from stylefleet.errors import InvalidImage, InvalidParams
 from stylefleet.imageio import flatten, resize_to_max_side
 
-NUM_STYLES = 26
-MIN_SIDE = 32
-
-
-class StylizeParams(BaseModel):
-    """Parameters of the built-in styles. ``style`` is fixed by each style in the config."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    style: str = Field(
-        "0",
-        description="style index 0-25, or a blend such as '3:0.5,12:0.5' (fixed per style)",
-    )
-    strength: float = Field(1.0, ge=0.0, le=1.0, description="1 = full style, 0 = the original photo")
-    max_side: int = Field(1024, ge=MIN_SIDE, le=4096, description="longer side of the output, in pixels")
-    preserve_color: bool = Field(False, description="keep the photo's colours, take the style's brushwork")
-
-    @field_validator("style", mode="before")
-    @classmethod
-    def _style_text(cls, value: object) -> str:
-        return str(value)
-
-    @field_validator("style")
-    @classmethod
-    def _style_parses(cls, value: str) -> str:
-        style_weights(value)
-        return value
-
-
-def style_weights(spec: str) -> np.ndarray:
-    """'7' or '3:0.5,12:0.5' -> a normalised float32 vector of 26 weights."""
-    weights = np.zeros(NUM_STYLES, dtype=np.float32)
-    for part in spec.split(","):
-        index_text, _, weight_text = part.strip().partition(":")
-        try:
-            index = int(index_text)
-            weight = float(weight_text) if weight_text else 1.0
-        except ValueError:
-            raise ValueError(f"bad style {spec!r}; use e.g. '7' or '3:0.5,12:0.5'") from None
-        if not 0 <= index < NUM_STYLES:
-            raise ValueError(f"style index must be 0 to {NUM_STYLES - 1}, got {index}")
-        weights[index] += weight
-    if (weights < 0).any() or weights.sum() <= 0:
-        raise ValueError("style weights must be non-negative and not all zero")
-    return weights / weights.sum()
 
 
 def check_min_side(pixels: np.ndarray) -> None:

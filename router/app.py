@@ -15,8 +15,6 @@ from ray._private import state as ray_state
 from ray.serve.handle import DeploymentHandle
 
 from deployments.batching import ModelRequest, Reply
-from deployments.kinds import KINDS
-from deployments.onnx_session import RuntimeOptions
 from deployments.serving import ComposedServer, ModelServer, call_deployment
 from router.api import create_api
 from router.catalog import Catalog
@@ -24,8 +22,9 @@ from router.core import RouterCore
 from router.health import DeploymentState
 from router.jobs import JobManager
 from router.metrics import RayRecorder
-from stylefleet.config import AppConfig, BatchingConfig, DeploymentConfig, RouterSettings, dependency_order
+from stylefleet.config import AppConfig
 from stylefleet.errors import ModelUnavailable
+from stylefleet.spec import AppSpec
 from stylefleet.storage import Storage
 
 logger = logging.getLogger("ray.serve")
@@ -133,10 +132,11 @@ class Router:
     the running router through ``reconfigure``, without restarting any replica.
     """
 
-    def __init__(self, config: AppConfig, handles: dict[str, DeploymentHandle]) -> None:
-        self._config = config
+    def __init__(self, spec: AppSpec, handles: dict[str, DeploymentHandle]) -> None:
+        self._spec = spec
+        config = spec.args
         backend = ServeBackend(handles, serve.get_replica_context().app_name, model_timeout_s=config.router.model_timeout_s)
-        self.core = RouterCore(Catalog(config), backend, max_pixels=config.limits.max_pixels, recorder=RayRecorder())
+        self.core = RouterCore(Catalog(spec), backend, max_pixels=config.limits.max_pixels, recorder=RayRecorder())
         self.core.describe_styles()  # each style's description is built once, here, not on the first GET /v1/styles
         self.jobs = JobManager(
             self.core,
@@ -161,36 +161,28 @@ class Router:
             jobs.stop()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        self.core.apply(RouterSettings.model_validate(user_config or {}))
+        self.core.apply(self._spec.traffic_settings(user_config))
         logger.info("traffic now %s (shadows %s)", self.core.traffic.weights, self.core.traffic.shadows)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_api(self.core, self._config.limits, jobs=self.jobs)
+        return create_api(self.core, self._spec.args.limits, jobs=self.jobs)
 
 
-def model_deployment(name: str, dep: DeploymentConfig, config: AppConfig, bound: dict[str, Any]) -> Any:
+def model_deployment(name: str, spec: AppSpec, bound: dict[str, Any]) -> Any:
     """One bound deployment, with its batching as ``user_config`` (changeable live).
 
     A composed kind gets, for each role, the already bound deployment the config names in
-    ``uses``; Serve turns it into a handle in the replica. ``bound`` must hold those.
+    ``uses``; Serve turns it into a handle in the replica. ``bound`` must hold those. Either
+    server builds its model from the deployment's ``ModelSpec`` (``deployments.loader``).
     """
-    kind = KINDS[dep.model]
+    dep = spec.deployments[name]
     server: type[Any]
     init_args: tuple[Any, ...]
-    if kind.composed:
+    if spec.kind_of(name).composed:
         handles = {role: bound[target] for role, target in dep.uses.items()}
-        checksum = "+".join(KINDS[config.deployments[t].model].expected_sha256() for t in dep.uses.values())
-        server, init_args = ComposedServer, (dep.model, handles, dict(dep.uses), checksum)
+        server, init_args = ComposedServer, (spec.model_spec(name), handles)
     else:
-        runtime = RuntimeOptions(device=dep.device, threads=dep.threads, spinning=dep.spinning)
-        paths = {f: (config.models[f].path if f in config.models else None) for f in kind.files}
-        sha256s = {f: (config.models[f].sha256 if f in config.models else None) for f in kind.files}
-        options: dict[str, Any] = {}
-        if dep.diffusion is not None:
-            options = {"diffusion": dep.diffusion.model_dump(), "setting": f"deployments.{name}.diffusion"}
-        server, init_args = ModelServer, (
-            dep.model, runtime, paths, config.model_dir, config.allow_download, dep.num_gpus, sha256s, options, dep.model_calls
-        )
+        server, init_args = ModelServer, (spec.model_spec(name),)
     return (
         serve.deployment(server)
         .options(
@@ -200,21 +192,21 @@ def model_deployment(name: str, dep: DeploymentConfig, config: AppConfig, bound:
             max_queued_requests=dep.max_queued_requests,
             ray_actor_options={"num_cpus": dep.num_cpus, "num_gpus": dep.num_gpus},
             backpressure_config={"status_code": 503, "retry_after_s": 1},
-            user_config=BatchingConfig().model_dump(),  # serve_config.yaml's deployments[] overrides it
+            user_config=spec.batching_of(name).model_dump(),  # serve_config.yaml's deployments[] overrides it
         )
         .bind(*init_args)
     )
 
 
-def build_app(args: AppConfig) -> Any:
-    """Serve's app builder: validates the whole config (styles, params, batching) before deploying."""
-    config = args if isinstance(args, AppConfig) else AppConfig.model_validate(args)
-    config = absolute_storage(config)
-    Catalog(config)  # fixed style params are checked against their models here, at deploy time
+def build_app(args: AppConfig | AppSpec | dict[str, Any]) -> Any:
+    """Serve's app builder: the app spec checks the whole config (styles, params, uses, batching)
+    before anything is deployed."""
+    spec = args if isinstance(args, AppSpec) else AppSpec.from_args(args)
+    spec = spec.model_copy(update={"args": absolute_storage(spec.args)})
     handles: dict[str, Any] = {}
-    for name in dependency_order(config.deployments):  # a used deployment is bound before its users
-        handles[name] = model_deployment(name, config.deployments[name], config, handles)
-    router = config.router
+    for name in spec.order():  # a used deployment is bound before its users
+        handles[name] = model_deployment(name, spec, handles)
+    router = spec.args.router
     return (
         serve.deployment(Router)
         .options(
@@ -222,9 +214,9 @@ def build_app(args: AppConfig) -> Any:
             num_replicas=router.num_replicas,
             max_ongoing_requests=router.max_ongoing_requests,
             ray_actor_options={"num_cpus": router.num_cpus, **({"resources": router.resources} if router.resources else {})},
-            user_config=RouterSettings().model_dump(),  # serve_config.yaml's deployments[] overrides it
+            user_config=spec.traffic.model_dump(),  # serve_config.yaml's deployments[] overrides it
         )
-        .bind(config, handles)
+        .bind(spec, handles)
     )
 
 

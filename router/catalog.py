@@ -11,9 +11,9 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field
 
 from deployments.batching import OutputSpec, validate_params
-from deployments.diffusion import MAX_SEED
-from deployments.kinds import KINDS, ModelKind
-from stylefleet.config import AppConfig
+from deployments.params import MAX_SEED
+from deployments.kinds import ModelKind
+from stylefleet.spec import AppSpec
 from stylefleet.errors import InvalidParams, UnknownStyle, clip
 
 
@@ -48,7 +48,7 @@ class Style:
 
     @property
     def task(self) -> str:
-        # Every variant fixes the kind's variant_param (a diffusion pipeline) alike: checked by Catalog.
+        # Every variant fixes the kind's variant_param (a diffusion pipeline) alike: checked by the spec.
         return self.kind.shape(self._first.fixed_params)[0]
 
     @property
@@ -63,10 +63,7 @@ class Style:
     @property
     def client_params(self) -> set[str]:
         """Params a client may send: the kind's (all, or its client_params) less the fixed ones."""
-        names = set(self.kind.params_model.model_fields)
-        if self.kind.client_params is not None:
-            names &= self.kind.client_params
-        return names - self.fixed_names
+        return self.kind.client_params_given(self.fixed_names)
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -143,30 +140,18 @@ def describe_params(model: type[BaseModel], hide: set[str] = frozenset()) -> lis
 
 
 class Catalog:
-    """Every style and variant, checked against its deployment's model at construction (deploy time)."""
+    """Every style and variant of a checked app spec (``stylefleet.spec`` checked them against
+    their models), ready for requests."""
 
-    def __init__(self, config: AppConfig) -> None:
+    def __init__(self, spec: AppSpec) -> None:
+        config = spec.args
         self._styles: dict[str, Style] = {}
         for name, style in config.styles.items():
-            variants = {}
-            kind = KINDS[config.deployments[style.variant_list()[0].deployment].model]
-            for v in style.variant_list():
-                where = f"styles.{name}" if style.variants is None else f"styles.{name}.variants.{v.name}"
-                if kind.variant_param is not None and v.params.get(kind.variant_param) not in kind.variants:
-                    raise ValueError(
-                        f"{where}.params.{kind.variant_param}: every {kind.name} style fixes it to one of {sorted(kind.variants)}"
-                    )
-                try:
-                    validate_params(kind.params_model, {**v.defaults, **v.params})
-                except InvalidParams as exc:
-                    raise ValueError(f"{where}.params: {exc.message}") from None
-                variants[v.name] = Variant(
-                    name=v.name, deployment=v.deployment, fixed_params=dict(v.params), defaults=dict(v.defaults)
-                )
-            if kind.variant_param is not None and len({v.fixed_params[kind.variant_param] for v in variants.values()}) > 1:
-                raise ValueError(
-                    f"styles.{name}.variants: all variants must fix the same {kind.variant_param} (they take the same inputs)"
-                )
+            variants = {
+                v.name: Variant(name=v.name, deployment=v.deployment, fixed_params=dict(v.params), defaults=dict(v.defaults))
+                for v in style.variant_list()
+            }
+            kind = spec.kind_of(style.variant_list()[0].deployment)
             self._styles[name] = Style(
                 name=name,
                 kind=kind,
@@ -174,12 +159,6 @@ class Catalog:
                 variants=variants,
                 max_images=config.limits.max_images_per_request if kind.seeded else 1,
             )
-            client = self._styles[name].client_params
-            for v in variants.values():
-                unsettable = set(v.defaults) - client
-                if unsettable:
-                    where = f"styles.{name}" if style.variants is None else f"styles.{name}.variants.{v.name}"
-                    raise ValueError(f"{where}.defaults: {', '.join(sorted(unsettable))} cannot be set by clients; fix it in params")
 
     def __iter__(self) -> Iterator[Style]:
         return iter(self._styles.values())

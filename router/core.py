@@ -25,7 +25,7 @@ import numpy as np
 from deployments.batching import EncodedImage, ModelRequest, OutputSpec, Reply
 from router.catalog import Catalog, Style, seeded_params, split_count, split_params
 from router.health import DeploymentState
-from router.variants import choose_variant, validate_weights
+from router.variants import choose_variant
 from stylefleet.compare import drift
 from stylefleet.config import RouterSettings
 from stylefleet.errors import InternalError, InvalidParams, StylefleetError
@@ -67,26 +67,15 @@ class Traffic:
 
 
 def build_traffic(catalog: Catalog, settings: RouterSettings) -> Traffic:
-    """Resolve ``RouterSettings`` against the catalogue; any bad field raises ValueError naming it."""
-    styles = {s.name: s for s in catalog}
-    for section, table in (("splits", settings.splits), ("shadows", settings.shadows)):
-        for name in table:
-            if name not in styles:
-                raise ValueError(f"user_config.{section}.{name}: unknown style")
+    """Resolve ``RouterSettings`` against the catalogue. The settings come checked against the
+    styles (``AppSpec.traffic_settings``, or the spec's own)."""
     weights: dict[str, dict[str, float]] = {}
     shadows: dict[str, dict[str, float]] = {}
-    for name, style in styles.items():
-        known = set(style.variants)
+    for style in catalog:
+        name, known = style.name, set(style.variants)
         shadow = dict(settings.shadows.get(name, {}))
-        for variant, percent in shadow.items():
-            if variant not in known:
-                raise ValueError(f"user_config.shadows.{name}.{variant}: unknown variant; known: {', '.join(sorted(known))}")
-            if not 0 <= percent <= 100:
-                raise ValueError(f"user_config.shadows.{name}.{variant}: {percent} is not a percentage (0-100)")
         if name in settings.splits:
-            split = dict(settings.splits[name])
-            validate_weights(f"user_config.splits.{name}", split, known)
-            split = {v: split.get(v, 0.0) for v in known}
+            split = {v: settings.splits[name].get(v, 0.0) for v in known}
         else:
             live = [v for v in known if v not in shadow] or sorted(known)
             split = {v: (1.0 if v in live else 0.0) for v in known}
@@ -181,7 +170,7 @@ class RouterCore:
         self._shadow_tasks: set[asyncio.Task[None]] = set()
 
     def apply(self, settings: RouterSettings) -> None:
-        """Swap in new weights atomically; a bad setting raises and leaves the old ones in place."""
+        """Swap in new weights atomically (checked ones: ``AppSpec.traffic_settings``)."""
         self.traffic = build_traffic(self.catalog, settings)
 
     def styles_json(self) -> bytes:

@@ -58,13 +58,3 @@ def choose_variant(
         return pick(key_point(style, client_key), weights)
     return pick((rng or random).random(), weights)
 
-
-def validate_weights(where: str, weights: Mapping[str, float], known: set[str]) -> None:
-    """Non-negative, not all zero, only known variants; the message names the bad field."""
-    for name, weight in weights.items():
-        if name not in known:
-            raise ValueError(f"{where}.{name}: unknown variant; known: {', '.join(sorted(known))}")
-        if weight < 0:
-            raise ValueError(f"{where}.{name}: weight {weight} is negative")
-    if not any(w > 0 for w in weights.values()):
-        raise ValueError(f"{where}: weights are all zero; at least one variant needs traffic")

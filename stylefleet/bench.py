@@ -23,34 +23,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import json
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import psutil
-import yaml
 
 from deployments.batching import ModelRequest, OutputSpec, decoded, encode_outcomes, run_batch
-from deployments.kinds import KINDS
-from deployments.onnx_session import RuntimeOptions
-from deployments.registry import resolve
+from deployments.loader import load_model
+from stylefleet.bench_load import Case, Load
+from stylefleet.config import BatchingConfig, ModelSpec
 from stylefleet.imageio import decode, encode
-
-
-@dataclass(frozen=True)
-class Case:
-    style: str  # served style name
-    deployment: str
-    params: dict[str, Any]  # the style's fixed params: what the bare runs pass the model
-    files: tuple[str, ...]
-    fields: tuple[tuple[str, str], ...] = ()  # what a client sends (a style's fixed params are not its to send)
+from stylefleet.spec import AppSpec, load_serve_file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,42 +77,35 @@ def _samples() -> dict[str, bytes]:
     }
 
 
-def _cases(config: dict[str, Any]) -> list[Case]:
+def _cases(spec: AppSpec) -> list[Case]:
     """One case per deployment: its first single-variant style, with that style's fixed params."""
-    args = config["applications"][0]["args"]
     cases = []
-    for name, dep in args["deployments"].items():
-        kind = KINDS[dep["model"]]
-        style = next((s for s, c in args["styles"].items() if c.get("deployment") == name), None)
+    for name in spec.deployments:
+        kind = spec.kind_of(name)
+        style = next((s for s, c in spec.args.styles.items() if c.deployment == name), None)
         if style is not None and not kind.composed:
-            cases.append(Case(style=style, deployment=name, params=args["styles"][style].get("params", {}), files=kind.image_fields))
+            cases.append(Case(style=style, deployment=name, params=spec.args.styles[style].params, files=kind.image_fields))
     return cases
 
 
 IDPHOTO_PARAMS = {"size": "passport", "format": "jpeg"}
 
 
-def _idphoto_cases(config: dict[str, Any]) -> list[Case]:
-    args = config["applications"][0]["args"]
+def _idphoto_cases(spec: AppSpec) -> list[Case]:
     return [
-        Case(style=style, deployment=c["deployment"], params=IDPHOTO_PARAMS, files=("image",), fields=tuple(IDPHOTO_PARAMS.items()))
-        for style, c in args["styles"].items()
-        if c.get("deployment") and args["deployments"][c["deployment"]]["model"] == "id-photo"
+        Case(style=style, deployment=c.deployment, params=IDPHOTO_PARAMS, files=("image",), fields=tuple(IDPHOTO_PARAMS.items()))
+        for style, c in spec.args.styles.items()
+        if c.deployment and spec.deployments[c.deployment].model == "id-photo"
     ]
 
 
-def idphoto_bare(case: Case, app_args: dict[str, Any], samples: dict[str, bytes], threads: int | None, repeats: int = 5) -> dict[str, Any]:
+def idphoto_bare(case: Case, spec: AppSpec, samples: dict[str, bytes], threads: int | None, repeats: int = 5) -> dict[str, Any]:
     """Each stage of the pipeline on one photo, in this process: median seconds and shares."""
-    from deployments.idphoto import IdPhotoModel
-
-    uses = app_args["deployments"][case.deployment]["uses"]
+    model = spec.model_spec(case.deployment)
     roles = {}
-    for role, target in uses.items():
-        dep = app_args["deployments"][target]
-        kind = KINDS[dep["model"]]
-        runtime = RuntimeOptions(threads=threads or dep.get("threads"))
-        roles[role] = kind.factory([resolve(f) for f in kind.files], runtime, {})
-    pipeline = IdPhotoModel()
+    for role, used in model.uses.items():
+        roles[role] = load_model(used.model_copy(update={"threads": threads or used.threads})).model
+    pipeline = load_model(model).model
     output = OutputSpec(IDPHOTO_PARAMS["format"])  # type: ignore[arg-type]
     params = {k: v for k, v in IDPHOTO_PARAMS.items() if k != "format"}
     times: dict[str, list[float]] = {"decode": [], "matte": [], "face": [], "compose": [], "encode": []}
@@ -159,11 +144,11 @@ def idphoto_bare(case: Case, app_args: dict[str, Any], samples: dict[str, bytes]
     }
 
 
-def _idphoto_counters(case: Case, app_args: dict[str, Any]) -> dict[str, float]:
+def _idphoto_counters(case: Case, spec: AppSpec) -> dict[str, float]:
     """Seconds spent so far per stage, from the replicas: the used deployments' batches, the composer's stages."""
     from ray import serve
 
-    uses = app_args["deployments"][case.deployment]["uses"]
+    uses = spec.deployments[case.deployment].uses
     out = {}
     for role, stage in (("matte", "matte"), ("faces", "face")):
         out[stage] = float(serve.get_deployment_handle(uses[role], "stylefleet").info.remote().result()["compute_seconds"])
@@ -186,7 +171,7 @@ def _alternating_rates(fns: list[Callable[[], None]], images: int, repeats: int 
     return [images / statistics.median(t) for t in alternating_times(fns, repeats, budget_s)]
 
 
-def bare(case: Case, dep: dict[str, Any], samples: dict[str, bytes], batch_sizes: list[int], threads: int | None) -> list[dict[str, Any]]:
+def bare(case: Case, model: ModelSpec, samples: dict[str, bytes], batch_sizes: list[int], threads: int | None) -> list[dict[str, Any]]:
     """Model only at the fastest of three session setups (one call on every core, the same with
     spinning, and one one-thread call per core at once: what the replica runs), and end to end
     (decode, pre/post-processing, PNG encode) with one-thread calls, one per core at once."""
@@ -194,14 +179,11 @@ def bare(case: Case, dep: dict[str, Any], samples: dict[str, bytes], batch_sizes
 
     from deployments.onnx_session import available_cores
 
-    kind = KINDS[dep["model"]]
-    files = [resolve(f) for f in kind.files]
     cores = available_cores()
-    wide = RuntimeOptions(threads=threads)
-    models = {
-        "one_call_all_threads": kind.factory(files, wide, {}),
-        "one_call_all_threads_spinning": kind.factory(files, replace(wide, spinning=True), {}),
-        "parallel_one_thread_calls": kind.factory(files, RuntimeOptions(threads=1), {}),
+    models = {  # the deployment's own model (files, checksums, options), at three session setups
+        "one_call_all_threads": load_model(model.model_copy(update={"threads": threads, "spinning": False})).model,
+        "one_call_all_threads_spinning": load_model(model.model_copy(update={"threads": threads, "spinning": True})).model,
+        "parallel_one_thread_calls": load_model(model.model_copy(update={"threads": 1, "spinning": False})).model,
     }
     pool = ThreadPoolExecutor(cores)
     fixed = case.params
@@ -245,47 +227,6 @@ def bare(case: Case, dep: dict[str, Any], samples: dict[str, bytes], batch_sizes
         )
     pool.shutdown()
     return rows
-
-
-class Load:
-    """A bounded closed-loop load: ``concurrency`` clients, ``total`` requests, ``cap_s`` seconds."""
-
-    def __init__(self, url: str, path: str, files: dict[str, tuple[str, bytes, str]], data: dict[str, Any]) -> None:
-        self.url, self.path, self.files, self.data = url, path, files, data
-
-    async def run(self, concurrency: int, total: int, cap_s: float) -> dict[str, Any]:
-        sem = asyncio.Semaphore(concurrency)
-        latencies: list[float] = []
-        errors = 0
-        deadline = time.monotonic() + cap_s
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        async with httpx.AsyncClient(base_url=self.url, timeout=300, limits=limits) as client:
-
-            async def one() -> None:
-                nonlocal errors
-                async with sem:
-                    if time.monotonic() > deadline:
-                        return
-                    t0 = time.perf_counter()
-                    r = await client.post(self.path, files=self.files, data=self.data)
-                    if r.status_code == 200:
-                        latencies.append(time.perf_counter() - t0)
-                    else:
-                        errors += 1
-
-            t0 = time.perf_counter()
-            await asyncio.gather(*(one() for _ in range(total)))
-            wall = time.perf_counter() - t0
-        q = np.percentile(latencies, [50, 95]) if latencies else [float("nan")] * 2
-        return {
-            "concurrency": concurrency,
-            "requests": len(latencies) + errors,
-            "errors": errors,
-            "wall_s": round(wall, 2),
-            "ips": round(len(latencies) / wall, 2),
-            "p50_ms": round(float(q[0]) * 1000, 1),
-            "p95_ms": round(float(q[1]) * 1000, 1),
-        }
 
 
 def _case_load(url: str, case: Case, samples: dict[str, bytes]) -> Load:
@@ -494,20 +435,21 @@ def main(args: argparse.Namespace) -> int:
         _write(out, results)
         return 0
 
-    config = yaml.safe_load(Path(args.config).read_text())
-    app_args = config["applications"][0]["args"]
+    serve_file = load_serve_file(args.config)
+    spec = serve_file.app
+    config = copy.deepcopy(serve_file.document)  # deployed, with the benchmark's port and live batching changes
     only = {s for s in args.only.split(",") if s}
-    cases = [c for c in _cases(config) if not only or c.deployment in only]
-    idphoto_cases = [c for c in _idphoto_cases(config) if not only or c.deployment in only]
+    cases = [c for c in _cases(spec) if not only or c.deployment in only]
+    idphoto_cases = [c for c in _idphoto_cases(spec) if not only or c.deployment in only]
     idphoto_levels = [int(x) for x in args.idphoto_concurrency.split(",") if x]
     batch_sizes = [int(x) for x in args.batch_sizes.split(",")]
     levels = [int(x) for x in args.concurrency.split(",")]
 
     print(f"== bare, in-process, {args.threads or 'all'} threads (astronaut 512x512 JPEG; restyle uses the cat as style)", flush=True)
     for case in cases:
-        results["models"][case.deployment] = {"style": case.style, "bare": bare(case, app_args["deployments"][case.deployment], samples, batch_sizes, args.threads)}
+        results["models"][case.deployment] = {"style": case.style, "bare": bare(case, spec.model_spec(case.deployment), samples, batch_sizes, args.threads)}
     for case in idphoto_cases:
-        results["models"][case.deployment] = {"style": case.style, "params": case.params, "bare": idphoto_bare(case, app_args, samples, args.threads)}
+        results["models"][case.deployment] = {"style": case.style, "params": case.params, "bare": idphoto_bare(case, spec, samples, args.threads)}
 
     port = free_port()
     config["http_options"]["port"] = port
@@ -544,9 +486,9 @@ def main(args: argparse.Namespace) -> int:
         for case in idphoto_cases:
             rows = []
             for c in idphoto_levels:
-                before = _idphoto_counters(case, app_args)
+                before = _idphoto_counters(case, spec)
                 row = asyncio.run(_served_level(url, case, samples, c, max(args.requests, 2 * c), args.seconds))
-                row["stage_share"] = _shares(before, _idphoto_counters(case, app_args))
+                row["stage_share"] = _shares(before, _idphoto_counters(case, spec))
                 rows.append(row)
                 print(
                     f"  served {case.deployment:<18} conc {c:>2}: {row['ips']:6.2f} photos/s  p50 {row['p50_ms']:7.1f} ms  "
@@ -558,10 +500,10 @@ def main(args: argparse.Namespace) -> int:
         if args.rembg:
             from stylefleet import bench_rembg
 
-            case = next(c for c in _cases(config) if c.deployment == "remove-background")
+            case = next(c for c in _cases(spec) if c.deployment == "remove-background")
             results["rembg"] = bench_rembg.compare(args.rembg, url, case, samples, args.rembg_rounds, args.seconds)
         if args.soak_minutes > 0:
-            results["soak"] = soak(url, config, args.soak_style, samples, args.soak_minutes)
+            results["soak"] = soak(url, spec, args.soak_style, samples, args.soak_minutes)
     finally:
         cluster.stop()
     _write(out, results)
@@ -593,7 +535,7 @@ def compare_queues(
         if entry is None:
             continue
         shipped = dict(entry.get("user_config", {}))
-        for queue, wait in (("serve-batch", 0.0), ("serve-batch", 0.02), ("backlog", shipped.get("batch_wait_timeout_s", 0.0))):
+        for queue, wait in (("serve-batch", 0.0), ("serve-batch", 0.02), ("backlog", BatchingConfig.model_validate(shipped).batch_wait_timeout_s)):
             _set_batching(cluster, config, case.deployment, queue=queue, batch_wait_timeout_s=wait)
             row = measured_level(url, case, samples, concurrency, max(args.requests, 2 * concurrency), args.seconds)
             row.update(deployment=case.deployment, queue=queue, batch_wait_timeout_s=wait)
@@ -629,10 +571,9 @@ def two_styles(url: str, cases: list[Case], samples: dict[str, bytes], concurren
     return out
 
 
-def soak(url: str, config: dict[str, Any], style: str, samples: dict[str, bytes], minutes: float) -> list[dict[str, Any]]:
+def soak(url: str, spec: AppSpec, style: str, samples: dict[str, bytes], minutes: float) -> list[dict[str, Any]]:
     """Sustained saturating load on one style; every 30 s, each replica's RSS."""
-    args = config["applications"][0]["args"]
-    deployment = args["styles"][style]["deployment"]
+    deployment = spec.args.styles[style].variant_list()[0].deployment
     print(f"== soak: {minutes:g} min of concurrency 32 on {style} ({deployment}); RSS every 30 s", flush=True)
     load = _case_load(url, Case(style, deployment, {}, ("image",)), samples)
     samples_out: list[dict[str, Any]] = []

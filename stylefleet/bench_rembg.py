@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 
 from deployments.registry import resolve
-from stylefleet.bench import Case, Load
+from stylefleet.bench_load import Case, Load
 from stylefleet.local import LOOPBACK, free_port
 
 

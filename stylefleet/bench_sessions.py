@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 
 from deployments.batching import ModelRequest
-from deployments.kinds import KINDS
+from deployments.loader import load_model
 from deployments.memory import releasing_arena
 from deployments.onnx_session import RuntimeOptions, available_cores
-from deployments.registry import resolve
+from stylefleet.config import ModelSpec
 
 SHIPPED = RuntimeOptions(threads=None)  # what the CPU default runs: arena and patterns on, no spinning
 
@@ -66,8 +66,7 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
 def _build(kind: str, config: SessionConfig) -> Any:
     if config.same_as_requested:
         _register_same_as_requested_arena()
-    spec = KINDS[kind]
-    return spec.factory([resolve(f) for f in spec.files], config.runtime, {})
+    return load_model(ModelSpec(deployment=kind, model=kind), runtime=config.runtime).model
 
 
 def _register_same_as_requested_arena() -> None:

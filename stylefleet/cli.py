@@ -11,27 +11,29 @@ from pathlib import Path
 
 import yaml
 
+from stylefleet.spec import ConfigError, ServeFile, load_serve_file
+
 logger = logging.getLogger("stylefleet")
 
 
-def _load(path: str) -> dict:
+def _load(path: str, profile: str | None = None) -> ServeFile:
+    """The config file, checked as a whole (``stylefleet.spec``) before anything starts."""
     try:
-        return yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise SystemExit(f"stylefleet: no such config file: {path}") from None
+        return load_serve_file(path, profile)
+    except ConfigError as exc:
+        raise SystemExit(f"stylefleet: invalid config {path}: {exc}") from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from stylefleet.local import AlreadyRunning, LocalCluster
 
     config = _load(args.config)
-    http = config.get("http_options", {})
     cluster = LocalCluster(
         num_cpus=args.num_cpus,
         metrics_export_port=args.metrics_port,
         include_dashboard=args.dashboard,
         state_dir=Path(args.state_dir),
-        http_port=int(http.get("port", 8000)),
+        http_port=config.http_port,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -42,10 +44,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"stylefleet: {exc}", file=sys.stderr)
         return 1
     try:
-        for failure in cluster.deploy(config, timeout_s=args.timeout, allow_degraded=True):
+        for failure in cluster.deploy(config.document, timeout_s=args.timeout, allow_degraded=True):
             logger.warning("serving without a failed deployment (its styles answer 503 model_unavailable): %s", failure)
         print(
-            f"stylefleet is serving on http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)} "
+            f"stylefleet is serving on http://{config.http_host}:{config.http_port} "
             f"(metrics: http://127.0.0.1:{args.metrics_port}/metrics). Ctrl-C stops it.",
             flush=True,
         )
@@ -107,15 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from stylefleet import profiles
-
-    merged = profiles.load(args.config, args.profile)
     try:
-        profiles.validate(merged)
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        merged = load_serve_file(args.config, args.profile)
+    except ConfigError as exc:
         print(f"invalid config: {exc}", file=sys.stderr)
         return 1
-    print(yaml.safe_dump(merged, sort_keys=False), end="")
+    print(yaml.safe_dump(merged.document, sort_keys=False), end="")
     return 0
 
 

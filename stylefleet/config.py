@@ -1,8 +1,10 @@
-"""The typed application config: the ``args`` of ``serve_config.yaml``, validated at deploy time.
+"""The typed application config: the ``args`` of ``serve_config.yaml``, field by field.
 
-Every knob has a default and a description here; the README's knob table is written from this
-file. A bad value fails ``serve run``/``serve deploy`` with a message naming the field, never at
-the first request.
+Every knob has a default and a description here, the one place that knows them; the README's
+knob table is written from this file. This is the schema only: what a field holds on its own.
+What needs the model kinds (styles against their models, ``uses``, the deployment order, batching
+against ``max_ongoing_requests``, A/B weights against the variants) is checked once, in
+``stylefleet.spec``, which every caller goes through. Imports no model and no runtime.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 
-from deployments.onnx_session import Device
+Device = Literal["cpu", "cuda"]
 
 
 class _Strict(BaseModel):
@@ -45,6 +47,15 @@ class BatchingConfig(_Strict):
         description="backlog: the next batch is taken from the requests queued when the model is free; "
         "serve-batch: Ray Serve's @serve.batch (kept for comparison, README 'Performance')",
     )
+
+    def check_fits(self, max_ongoing_requests: int) -> None:
+        """A replica never holds more than max_ongoing_requests, so a bigger batch could never form.
+        The app spec checks the config's user_configs with it; a replica, a live change."""
+        if self.max_batch_size > max_ongoing_requests:
+            raise ValueError(
+                f"user_config.max_batch_size ({self.max_batch_size}) is above this deployment's "
+                f"max_ongoing_requests ({max_ongoing_requests}): batches could never fill"
+            )
 
 
 class AutoscalingConfig(_Strict):
@@ -184,15 +195,6 @@ class DeploymentConfig(_Strict):
             raise ValueError("diffusion: needed by model stable-diffusion (diffusion.model names the weights), and only by it")
         return self
 
-
-
-def check_batch_fits(batching: BatchingConfig, max_ongoing_requests: int) -> None:
-    """A replica never holds more than max_ongoing_requests, so a bigger batch could never form."""
-    if batching.max_batch_size > max_ongoing_requests:
-        raise ValueError(
-            f"user_config.max_batch_size ({batching.max_batch_size}) is above this deployment's "
-            f"max_ongoing_requests ({max_ongoing_requests}): batches could never fill"
-        )
 
 
 class ModelSource(_Strict):
@@ -359,79 +361,43 @@ class AppConfig(_Strict):
             )
         return self
 
-    @model_validator(mode="after")
-    def _references(self) -> AppConfig:
-        from deployments.kinds import KINDS
-
-        for name, style in self.styles.items():
-            models = set()
-            for i, variant in enumerate(style.variant_list()):
-                where = f"styles.{name}.deployment" if style.variants is None else f"styles.{name}.variants[{i}].deployment"
-                if variant.deployment not in self.deployments:
-                    raise ValueError(
-                        f"{where}: {variant.deployment!r} is not one of deployments {sorted(self.deployments)}"
-                    )
-                models.add(self.deployments[variant.deployment].model)
-            if len(models) > 1:
-                raise ValueError(
-                    f"styles.{name}.variants: all variants of a style must serve the same kind of model "
-                    f"(they take the same inputs and params); got {sorted(models)}"
-                )
-            for variant in style.variant_list():
-                kind = KINDS[self.deployments[variant.deployment].model]
-                if not kind.returns_image:
-                    raise ValueError(
-                        f"styles.{name}: deployment {variant.deployment!r} serves {kind.task}, whose answer is not "
-                        "an image; it is only for composed deployments (uses)"
-                    )
-        for name, dep in self.deployments.items():
-            check_uses(name, dep, self.deployments)
-        dependency_order(self.deployments)  # raises on a cycle
-        from deployments.registry import MODELS
-
-        for name in self.models:
-            if name not in MODELS:
-                raise ValueError(f"models.{name}: unknown model; known: {sorted(MODELS)}")
-        if not self.styles:
-            raise ValueError("styles: at least one style is needed")
-        return self
+    def model_spec(self, name: str) -> ModelSpec:
+        """What building deployment ``name``'s model takes (``deployments.loader.load_model``)."""
+        dep = self.deployments[name]
+        return ModelSpec(
+            deployment=name,
+            model=dep.model,
+            device=dep.device,
+            threads=dep.threads,
+            spinning=dep.spinning,
+            num_gpus=dep.num_gpus,
+            model_calls=dep.model_calls,
+            models=self.models,
+            model_dir=self.model_dir,
+            allow_download=self.allow_download,
+            diffusion=dep.diffusion,
+            uses={role: self.model_spec(target) for role, target in dep.uses.items()},
+        )
 
 
-def check_uses(name: str, dep: DeploymentConfig, deployments: dict[str, DeploymentConfig]) -> None:
-    """A composed deployment names a deployment for each role its kind needs, of the right task."""
-    from deployments.kinds import KINDS
+class ModelSpec(_Strict):
+    """One deployment's model as the loader builds it, wherever it runs (a Serve replica, a Ray
+    Data actor, the benchmark): plain data, so it travels to actors as it is."""
 
-    needs = KINDS[dep.model].needs
-    if set(dep.uses) != set(needs):
-        wanted = ", ".join(f"{role} (a {task} deployment)" for role, task in needs.items()) or "nothing"
-        raise ValueError(f"deployments.{name}.uses: the {dep.model} model needs {wanted}; got {sorted(dep.uses) or 'nothing'}")
-    for role, target in dep.uses.items():
-        if target not in deployments:
-            raise ValueError(f"deployments.{name}.uses.{role}: {target!r} is not one of deployments {sorted(deployments)}")
-        task = KINDS[deployments[target].model].task
-        if task != needs[role]:
-            raise ValueError(
-                f"deployments.{name}.uses.{role}: {target!r} serves {task}; {role} needs a {needs[role]} deployment"
-            )
+    deployment: str = Field(description="the deployment's name (messages name its settings by it)")
+    model: ModelName
+    device: Device = "cpu"
+    threads: PositiveInt | None = Field(1, description="intra-op threads per network call; None: every core")
+    spinning: bool = False
+    num_gpus: float = Field(0.0, ge=0.0)
+    model_calls: PositiveInt | None = None
+    models: dict[str, ModelSource] = Field(default_factory=dict, description="pinned paths and checksums, by file")
+    model_dir: str | None = None
+    allow_download: bool = False
+    diffusion: DiffusionSource | None = None
+    uses: dict[str, ModelSpec] = Field(default_factory=dict, description="composed kinds: each role's deployment")
 
-
-def dependency_order(deployments: dict[str, DeploymentConfig]) -> list[str]:
-    """Deployment names, each after every deployment it uses; a cycle is a config error."""
-    order: list[str] = []
-    state: dict[str, str] = {}
-
-    def visit(name: str, path: tuple[str, ...]) -> None:
-        if state.get(name) == "done":
-            return
-        if state.get(name) == "visiting":
-            raise ValueError(f"deployments: {' -> '.join(path + (name,))} is a cycle of uses")
-        state[name] = "visiting"
-        for target in deployments[name].uses.values():
-            if target in deployments:
-                visit(target, path + (name,))
-        state[name] = "done"
-        order.append(name)
-
-    for name in deployments:
-        visit(name, ())
-    return order
+    @property
+    def setting(self) -> str:
+        """Where this model's weights are set in serve_config.yaml (a diffusion deployment's messages)."""
+        return f"deployments.{self.deployment}.diffusion"

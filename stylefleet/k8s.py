@@ -11,12 +11,14 @@ import argparse
 import copy
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from stylefleet import profiles
+from stylefleet.config import DeploymentConfig
+from stylefleet.spec import ConfigError, ServeFile, load_serve_file
 
 RAY_VERSION = "2.60.0"
 DEFAULT_IMAGE = "ghcr.io/stylefleet/stylefleet:0.1.0-gpu"
@@ -36,20 +38,20 @@ def serve_config_for_cluster(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _model_deployments(config: dict[str, Any]) -> list[dict[str, Any]]:
-    return [d for app in config["applications"] for d in app.get("args", {}).get("deployments", {}).values()]
+def _model_deployments(serve: ServeFile) -> list[DeploymentConfig]:
+    return [d for app in serve.apps.values() for d in app.deployments.values()]
 
 
-def worker_shape(config: dict[str, Any]) -> dict[str, Any]:
+def worker_shape(serve: ServeFile) -> dict[str, Any]:
     """One GPU worker pod holds one replica of every deployment (the GPU shares sum to <= 1; the
     head runs no models); the group's ceiling covers every deployment at its max_replicas."""
-    deployments = _model_deployments(config)
-    gpu = [d for d in deployments if d.get("num_gpus", 0) > 0]
-    share = sum(d["num_gpus"] for d in gpu)
+    deployments = _model_deployments(serve)
+    gpu = [d for d in deployments if d.num_gpus > 0]
+    share = sum(d.num_gpus for d in gpu)
     if share > 1:
         raise ValueError(f"one replica of each GPU deployment needs {share:g} GPUs; keep shares summing to <= 1")
-    cpus = sum(float(d.get("num_cpus", 1.0)) for d in deployments) + 1  # +1: the Serve proxy and router
-    gpus_at_max = sum(d["num_gpus"] * d.get("autoscaling", {}).get("max_replicas", 1) for d in gpu)
+    cpus = sum(d.num_cpus for d in deployments) + 1  # +1: the Serve proxy and router
+    gpus_at_max = sum(d.num_gpus * d.autoscaling.max_replicas for d in gpu)
     return {
         "cpu": str(math.ceil(cpus)),
         "memory": f"{4 * math.ceil(cpus)}Gi",  # 4 GiB per CPU: decoded batches plus ONNX/torch workspaces
@@ -85,9 +87,9 @@ HEAD_PROBES = {
 WORKER_PROBES = {"readinessProbe": _probe("/healthz/ready", period_s=5, failures=3)}
 
 
-def rayservice(config: dict[str, Any], *, image: str = DEFAULT_IMAGE, name: str = "stylefleet") -> dict[str, Any]:
-    serve = serve_config_for_cluster(config)
-    shape = worker_shape(config)
+def rayservice(spec: ServeFile, *, image: str = DEFAULT_IMAGE, name: str = "stylefleet") -> dict[str, Any]:
+    serve = serve_config_for_cluster(spec.document)
+    shape = worker_shape(spec)
     volumes = [{"name": "model-cache", "persistentVolumeClaim": {"claimName": "stylefleet-model-cache"}}]
     metrics_port = {"containerPort": METRICS_PORT, "name": "metrics"}
     head_ports = [
@@ -238,7 +240,7 @@ def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _BlockDumper.add_representer(str, _str)
 
 
-def render(config: dict[str, Any], image: str = DEFAULT_IMAGE) -> dict[str, str]:
+def render(config: ServeFile, image: str = DEFAULT_IMAGE) -> dict[str, str]:
     """File name -> text, for everything under k8s/."""
 
     def dump(doc: dict[str, Any]) -> str:
@@ -260,8 +262,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    config = profiles.load(args.config, args.profile)
-    profiles.validate(config)
+    try:
+        config = load_serve_file(args.config, args.profile)
+    except ConfigError as exc:
+        print(f"stylefleet k8s: invalid config: {exc}", file=sys.stderr)
+        return 1
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name, text in render(config, args.image).items():

@@ -1,7 +1,7 @@
 """Config profiles: a serve config plus overrides (e.g. profiles/gpu.yaml), merged as data.
 
 Mappings merge key by key; lists of named items (``applications``, ``deployments``) merge item
-by item on ``name``; anything else is replaced. The result is validated like any serve config.
+by item on ``name``; anything else is replaced. ``stylefleet.spec`` checks the result like any serve config.
 """
 
 from __future__ import annotations
@@ -44,26 +44,10 @@ def apply_profile(config: dict[str, Any], profile: dict[str, Any]) -> dict[str, 
 
 
 def load(config_path: str | Path, profile_path: str | Path | None = None) -> dict[str, Any]:
+    """The serve config merged with the profile, as data; ``stylefleet.spec.load_serve_file``
+    checks it (every reader goes through that)."""
     config = yaml.safe_load(Path(config_path).read_text())
     if profile_path:
         config = apply_profile(config, yaml.safe_load(Path(profile_path).read_text()))
     return config
 
-
-def validate(config: dict[str, Any]) -> None:
-    """Everything a deploy would check, without a cluster: Serve's schema, our args, user_configs."""
-    from ray.serve.schema import ServeDeploySchema
-
-    from router.catalog import Catalog
-    from router.core import build_traffic
-    from stylefleet.config import AppConfig, BatchingConfig, RouterSettings, check_batch_fits
-
-    ServeDeploySchema.model_validate(config)
-    for app in config["applications"]:
-        args = AppConfig.model_validate(app.get("args", {}))
-        catalog = Catalog(args)
-        for entry in app.get("deployments", []):
-            if entry["name"] == "router":
-                build_traffic(catalog, RouterSettings.model_validate(entry.get("user_config") or {}))
-            elif entry["name"] in args.deployments and "user_config" in entry:
-                check_batch_fits(BatchingConfig.model_validate(entry["user_config"]), args.deployments[entry["name"]].max_ongoing_requests)

@@ -5,115 +5,112 @@ Two stages, ``map_batches`` both:
 1. ``read_and_check`` (light tasks): read each input (local path or URI), hash it, and turn the
    items the manifest already lists as done into pass-through rows;
 2. ``StyleActor`` (an actor pool sized like the style's deployment: its ``num_cpus``,
-   ``num_gpus``, ONNX threads, ``min``/``max_replicas``, ``max_batch_size``): decode as the router
-   does (``stylefleet.imageio.decode``), check params as the router does (``split_params``), then
-   ``run_batch`` + ``encode_outcomes``, the very functions the deployments call, and write each
-   output atomically. Models give the same bytes alone or in a batch, so the outputs equal the
-   HTTP engine's byte for byte.
+   ``num_gpus``, ``min``/``max_replicas``, ``max_batch_size``): loads the deployment's model with
+   the loader every Serve replica uses (``deployments.loader``: pinned checksums, options,
+   threads, GPU caps), checks params as the router does (``split_params``), sends the uploads
+   as the router does (encoded, decoded by the model's own ``decoded``), then runs the very
+   functions the deployments run: ``run_batch`` + ``encode_outcomes``, or for a composed kind
+   (id-photo) ``run_composed`` with the deployments it uses loaded in the same actor. Each
+   output is written atomically. Models give the same bytes alone or in a batch, so the outputs
+   equal the HTTP engine's byte for byte, and the records carry the same seeds.
 
 Prompt lists (text-to-image styles) take the same path: a row carries the line's completed
 params instead of a file (``stylefleet.prompts``), and the actor sends no image.
 
-The driver writes the manifest as rows come back, so an interrupted run resumes like an HTTP one.
-Ray: the running one if this process already joined it, else ``RAY_ADDRESS``, else a local
+The config is read once, through the app spec (``stylefleet.spec``), as ``stylefleet run`` reads
+it. The driver writes the manifest as rows come back, so an interrupted run resumes like an HTTP
+one. Ray: the running one if this process already joined it, else ``RAY_ADDRESS``, else a local
 loopback-only Ray (as ``stylefleet run`` starts) that is stopped at the end.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
 import os
 import random
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
-import yaml
+import ray
+import ray.data
 
+from deployments.batching import EncodedImage, ModelRequest, Reply, encode_outcomes, run_batch
+from deployments.composed import StageClock, run_composed
+from deployments.loader import load_model
+from router.catalog import Catalog, Style, split_params
+from router.core import build_traffic
+from router.variants import choose_variant
 from stylefleet.batch.inputs import read_source
-from stylefleet.batch.run import Plan, Tally, UsageError
-from stylefleet.errors import InvalidPromptLine
+from stylefleet.batch.plan import Plan, Tally, UsageError
+from stylefleet.config import ModelSpec
+from stylefleet.errors import InvalidParams, InvalidPromptLine, StylefleetError
+from stylefleet.imageio import probe
+from stylefleet.local import LocalCluster
 from stylefleet.manifest import ManifestIndex, Record, sha256_hex
+from stylefleet.spec import AppSpec, ConfigError, load_serve_file
 from stylefleet.storage import Storage
 
 logger = logging.getLogger("stylefleet.batch")
 
 
-def load_app(config_path: str) -> tuple[Any, dict[str, dict[str, Any]]]:
-    """The serve config's AppConfig and each deployment's ``user_config`` (batching, A/B split)."""
-    from stylefleet.config import AppConfig
-
+def load_app(config_path: str) -> AppSpec:
+    """The config's app spec (checked as a whole); a bad or missing file is a usage error."""
     try:
-        with open(config_path, encoding="utf-8") as fh:
-            doc = yaml.safe_load(fh)
-    except OSError as exc:
-        raise UsageError(f"--config: {exc}") from None
-    app = doc["applications"][0]
-    user_configs = {d["name"]: d.get("user_config") or {} for d in app.get("deployments", [])}
-    return AppConfig.model_validate(app.get("args", {})), user_configs
+        return load_serve_file(config_path).app
+    except ConfigError as exc:
+        raise UsageError(f"--config {config_path}: {exc}") from None
 
 
 def describe_style(config_path: str, style: str) -> dict[str, Any]:
     """The style as the service's GET /v1/styles would describe it, from the config alone."""
-    from router.catalog import Catalog
-    from stylefleet.errors import StylefleetError
-
-    config, _ = load_app(config_path)
     try:
-        return Catalog(config).get(style).describe()
+        return Catalog(load_app(config_path)).get(style).describe()
     except StylefleetError as exc:
         raise UsageError(f"{exc.code}: {exc.message}") from None
 
 
 def run_ray_data(plan: Plan, out: Storage, index: ManifestIndex, tally: Tally, *, config_path: str) -> None:
-    import ray
-
-    from router.catalog import Catalog
-    from router.core import build_traffic
-    from router.variants import choose_variant
-    from stylefleet.config import BatchingConfig, RouterSettings
-    from stylefleet.errors import StylefleetError
-
-    config, user_configs = load_app(config_path)
-    catalog = Catalog(config)
-    try:
-        style = catalog.get(plan.style)
-        traffic = build_traffic(catalog, RouterSettings.model_validate(user_configs.get("router", {})))
-        fields = dict(plan.fields)
-        forced, client_key = fields.pop("variant", None), fields.pop("client_id", None)
-        rng = random.Random()
-        chosen = [choose_variant(style.name, traffic.weights[style.name], client_key=client_key, forced=forced, rng=rng) for _ in plan.items]
-        from router.catalog import split_params
-
-        for v in set(chosen):
-            split_params(style, style.variant(v), dict(fields))
-        unexpected = set(plan.extra_files) - set(style.image_fields)
-        if unexpected or set(style.image_fields) - {"image"} - set(plan.extra_files):
-            raise UsageError(f"style {style.name!r} takes the files {', '.join(style.image_fields)}")
-    except StylefleetError as exc:
-        raise UsageError(f"{exc.code}: {exc.message}") from None
-
+    spec = load_app(config_path)
+    style, chosen, fields = _choose_variants(spec, plan)
     done = _done_records(plan, out, index)
-    started_here = _connect(ray)
+    started_here = _connect()
     try:
-        from ray.data import DataContext
-
-        ctx = DataContext.get_current()
+        ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
         by_deployment: dict[str, list[int]] = {}
         for i, v in enumerate(chosen):
             by_deployment.setdefault(style.variant(v).deployment, []).append(i)
         for deployment, members in by_deployment.items():
-            dep = config.deployments[deployment]
-            batching = BatchingConfig.model_validate(user_configs.get(deployment, {}))
             rows = [_row(plan, plan.items[i], chosen[i]) for i in members]
-            _run_pipeline(ray, rows, plan, out, done, style.name, fields, config, deployment, dep, batching.max_batch_size, tally)
+            _run_pipeline(rows, plan, out, done, style.name, fields, spec, deployment, tally)
     finally:
         if started_here is not None:
             started_here.stop()
+
+
+def _choose_variants(spec: AppSpec, plan: Plan) -> tuple[Style, list[str], dict[str, str]]:
+    """The style, each item's variant (as the router picks it: the live split of the config),
+    and the run's fields without ``variant``/``client_id``; bad params are usage errors here."""
+    catalog = Catalog(spec)
+    try:
+        style = catalog.get(plan.style)
+        traffic = build_traffic(catalog, spec.traffic)
+        fields = dict(plan.fields)
+        forced, client_key = fields.pop("variant", None), fields.pop("client_id", None)
+        rng = random.Random()
+        chosen = [choose_variant(style.name, traffic.weights[style.name], client_key=client_key, forced=forced, rng=rng) for _ in plan.items]
+        for v in set(chosen):
+            split_params(style, style.variant(v), dict(fields))
+    except StylefleetError as exc:
+        raise UsageError(f"{exc.code}: {exc.message}") from None
+    unexpected = set(plan.extra_files) - set(style.image_fields)
+    if unexpected or set(style.image_fields) - {"image"} - set(plan.extra_files):
+        raise UsageError(f"style {style.name!r} takes the files {', '.join(style.image_fields)}")
+    return style, chosen, fields
 
 
 def _row(plan: Plan, item: Any, variant: str) -> dict[str, Any]:
@@ -143,25 +140,31 @@ def _done_records(plan: Plan, out: Storage, index: ManifestIndex) -> dict[str, s
     return done
 
 
-def _connect(ray: Any) -> Any:
+def _connect() -> LocalCluster | None:
     if ray.is_initialized():
         return None
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
         return None
-    from stylefleet.local import LocalCluster
-
     cluster = LocalCluster(include_dashboard=False, log_to_driver=False)
     cluster.start()
     return cluster
 
 
-def _run_pipeline(
-    ray: Any, rows: list[dict[str, Any]], plan: Plan, out: Storage, done: dict[str, str], style: str,
-    fields: dict[str, str], config: Any, deployment: str, dep: Any, batch_size: int, tally: Tally,
-) -> None:
-    import ray.data
+def actor_resources(spec: AppSpec, deployment: str) -> tuple[float, float]:
+    """(CPUs, GPUs) one actor reserves: the deployment's share, plus those of the deployments a
+    composed kind uses (the actor runs their models itself)."""
+    deps = [spec.deployments[deployment], *(spec.deployments[t] for t in spec.deployments[deployment].uses.values())]
+    return sum(d.num_cpus for d in deps), sum(d.num_gpus for d in deps)
 
+
+def _run_pipeline(
+    rows: list[dict[str, Any]], plan: Plan, out: Storage, done: dict[str, str], style: str,
+    fields: dict[str, str], spec: AppSpec, deployment: str, tally: Tally,
+) -> None:
+    dep = spec.deployments[deployment]
+    batch_size = spec.batching_of(deployment).max_batch_size
+    num_cpus, num_gpus = actor_resources(spec, deployment)
     base = {"style": plan.style}
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), math.ceil(len(rows) / batch_size))))
     ds = ds.map_batches(
@@ -170,33 +173,22 @@ def _run_pipeline(
     ds = ds.map_batches(
         StyleActor,
         fn_constructor_kwargs={
-            "kind": dep.model, "device": dep.device, "threads": dep.threads, "num_gpus": dep.num_gpus,
-            "model_paths": {f: (config.models[f].path if f in config.models else None) for f in _kind_files(dep.model)},
-            "model_dir": config.model_dir, "allow_download": config.allow_download,
-            # as router.app gives ModelServer: where a diffusion deployment's weights are
-            "options": {"diffusion": dep.diffusion.model_dump(), "setting": f"deployments.{deployment}.diffusion"} if dep.diffusion else {},
-            "app_config": config.model_dump(), "style": style, "fields": fields, "extra_files": plan.extra_files,
-            "out_uri": out.uri, "base": base,
+            "model": spec.model_spec(deployment), "app": spec, "style": style, "fields": fields,
+            "extra_files": plan.extra_files, "out_uri": out.uri, "base": base,
         },
         batch_size=batch_size,
         batch_format="numpy",
-        num_cpus=dep.num_cpus,
-        num_gpus=dep.num_gpus or None,
+        num_cpus=num_cpus,
+        num_gpus=num_gpus or None,
         concurrency=(max(1, dep.autoscaling.min_replicas), max(1, dep.autoscaling.max_replicas)),
     )
-    logger.info("ray-data: %d items on %s (batch %d, %g CPU per actor)", len(rows), deployment, batch_size, dep.num_cpus)
+    logger.info("ray-data: %d items on %s (batch %d, %g CPU per actor)", len(rows), deployment, batch_size, num_cpus)
     for row in ds.iter_rows():
         record = Record.from_dict(json.loads(row["record"]))
         if bool(row["skipped"]):
             tally.skipped(record)
         else:
             tally.finished(record)
-
-
-def _kind_files(kind: str) -> tuple[str, ...]:
-    from deployments.kinds import KINDS
-
-    return KINDS[kind].files
 
 
 def read_and_check(batch: dict[str, np.ndarray], *, done: dict[str, str], base: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -236,73 +228,74 @@ def _seed(params: dict[str, Any]) -> str | None:
 
 
 class StyleActor:
-    """One model per actor, loaded once; each call is one batch through the deployments' own
-    pure functions (``run_batch``, ``encode_outcomes``)."""
+    """One model per actor, loaded once by the deployments' loader; each call is one batch
+    through the deployments' own pure functions."""
 
     def __init__(
-        self, *, kind: str, device: str, threads: int, num_gpus: float, model_paths: dict[str, str | None],
-        model_dir: str | None, allow_download: bool, app_config: dict[str, Any], style: str, fields: dict[str, str],
-        extra_files: dict[str, bytes], out_uri: str, base: dict[str, Any], options: dict[str, Any] | None = None,
+        self, *, model: ModelSpec, app: AppSpec, style: str, fields: dict[str, str],
+        extra_files: dict[str, bytes], out_uri: str, base: dict[str, Any],
     ) -> None:
-        from deployments.kinds import KINDS
-        from deployments.onnx_session import RuntimeOptions
-        from deployments.registry import resolve
-        from router.catalog import Catalog
-        from stylefleet.config import AppConfig
-
-        runtime = RuntimeOptions(device=device, threads=threads)  # type: ignore[arg-type]
-        if device == "cuda" and num_gpus > 0:
-            from stylefleet.gpu import Nvml, memory_cap_bytes
-
-            nvml = Nvml.open(runtime.gpu_device_id)
-            if nvml is not None:  # as ModelServer: without NVML, ONNX Runtime's own arena limits apply
-                runtime = replace(runtime, gpu_mem_limit_bytes=memory_cap_bytes(num_gpus, nvml.total_memory_bytes()))
-        self.kind = KINDS[kind]
-        files = [resolve(n, path=model_paths.get(n), model_dir=model_dir, allow_download=allow_download) for n in self.kind.files]
-        self.model = self.kind.factory(files, runtime, {**(options or {}), "allow_download": allow_download})
-        # as ModelServer reports it: the files' checksums, or the model's own (diffusion folders)
-        self.model_sha256 = "+".join(f.sha256 for f in files) if files else str(getattr(self.model, "checksum", ""))
-        config = AppConfig.model_validate(app_config)
-        self.max_pixels = config.limits.max_pixels
-        self.style = Catalog(config).get(style)
+        loaded = load_model(model)
+        self.model = loaded.model
+        self.model_sha256 = loaded.model_sha256
+        # a composed kind's roles: the models of the deployments it uses, in this actor
+        self.used = {role: load_model(used).model for role, used in model.uses.items()}
+        self.max_pixels = app.args.limits.max_pixels
+        self.style = Catalog(app).get(style)
         self.fields = fields
         self.extra_files = extra_files
         self.out = Storage(out_uri)
         self.base = base
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from deployments.batching import EncodedImage, ModelRequest, encode_outcomes, run_batch
-        from router.catalog import split_params
-        from stylefleet.errors import StylefleetError
-        from stylefleet.imageio import decode
-
         n = len(batch["rel"])
         records = list(batch["record"])
         todo: list[tuple[int, ModelRequest]] = []
         for j in range(n):
             if records[j]:
                 continue
-            own = json.loads(str(batch["prompt_fields"][j])) if batch["prompt_fields"][j] else None
             try:
-                files = {**({} if own is not None else {"image": bytes(batch["data"][j])}), **self.extra_files}
-                images = {name: decode(blob, max_pixels=self.max_pixels, field=name).pixels for name, blob in files.items()}
-                params, output = split_params(self.style, self.style.variant(str(batch["variant"][j])), {**self.fields, **(own or {})})
+                todo.append((j, self._request(batch, j)))
             except StylefleetError as exc:
                 records[j] = self._record(batch, j, status="failed", error={"code": exc.code, "message": exc.message})
-                continue
-            todo.append((j, ModelRequest(images, params, output)))
         requests = [r for _, r in todo]
-        for (j, request), reply in zip(todo, encode_outcomes(requests, run_batch(self.model, requests), self.model_sha256)):
-            if isinstance(reply, EncodedImage):
-                target = str(batch["output"][j])
-                self.out.write_bytes(target, reply.data)
-                records[j] = self._record(batch, j, status="ok", output=target, model_sha256=reply.model_sha256,
-                                          seed=_seed(request.params), nsfw=reply.nsfw)
-            else:
-                err = reply if isinstance(reply, StylefleetError) else None
-                records[j] = self._record(batch, j, status="failed",
-                                          error={"code": err.code if err else "internal_error", "message": err.message if err else str(reply)})
+        for (j, request), reply in zip(todo, self._run(requests)):
+            records[j] = self._finished(batch, j, request, reply)
         return {"record": np.array(records, dtype=object), "skipped": batch["skipped"]}
+
+    def _request(self, batch: dict[str, np.ndarray], j: int) -> ModelRequest:
+        """The request the router would send for row ``j``: params checked, uploads as they came."""
+        own = json.loads(str(batch["prompt_fields"][j])) if batch["prompt_fields"][j] else None
+        files = {**({} if own is not None else {"image": bytes(batch["data"][j])}), **self.extra_files}
+        params, output = split_params(self.style, self.style.variant(str(batch["variant"][j])), {**self.fields, **(own or {})})
+        missing = [f for f in self.style.image_fields if f not in files]
+        if missing:
+            raise InvalidParams(f"the '{missing[0]}' file is required (multipart/form-data)")
+        for name, data in files.items():
+            probe(data, max_pixels=self.max_pixels, field=name)
+        return ModelRequest({}, params, output, files=files, max_pixels=self.max_pixels)
+
+    def _run(self, requests: list[ModelRequest]) -> list[Reply]:
+        if not requests:
+            return []
+        if self.used:
+            return asyncio.run(run_composed(self.model, requests, self._call, StageClock(), self.model_sha256))
+        return encode_outcomes(requests, run_batch(self.model, requests), self.model_sha256)
+
+    async def _call(self, role: str, request: ModelRequest) -> Reply:
+        """A composed kind's sub-request, run by the role's model here as its deployment runs it."""
+        [reply] = encode_outcomes([request], run_batch(self.used[role], [request]), "")
+        return reply
+
+    def _finished(self, batch: dict[str, np.ndarray], j: int, request: ModelRequest, reply: Reply) -> str:
+        if isinstance(reply, EncodedImage):
+            target = str(batch["output"][j])
+            self.out.write_bytes(target, reply.data)
+            return self._record(batch, j, status="ok", output=target, model_sha256=reply.model_sha256,
+                                seed=_seed(request.params), nsfw=reply.nsfw)
+        err = reply if isinstance(reply, StylefleetError) else None
+        return self._record(batch, j, status="failed",
+                            error={"code": err.code if err else "internal_error", "message": err.message if err else str(reply)})
 
     def _record(self, batch: dict[str, np.ndarray], j: int, **kwargs: Any) -> str:
         return Record(input=str(batch["rel"][j]), input_sha256=str(batch["sha256"][j]), variant=str(batch["variant"][j]),

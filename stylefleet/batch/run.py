@@ -19,14 +19,15 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
 from stylefleet.batch.http import RetryPolicy, StyleClient
 from stylefleet.batch.inputs import InputError, Item, find_inputs, prompt_items, read_source
+from stylefleet.batch.plan import Plan, Tally, UsageError
 from stylefleet.batch.progress import Progress
+from stylefleet.batch.raydata import describe_style, run_ray_data
 from stylefleet.errors import InvalidPromptLine
 from stylefleet.manifest import (
     FAILURES,
@@ -35,7 +36,6 @@ from stylefleet.manifest import (
     ManifestWriter,
     Record,
     failures_text,
-    item_key,
     OUTPUT_EXTENSIONS,
     output_names,
     sha256_hex,
@@ -47,53 +47,6 @@ logger = logging.getLogger("stylefleet.batch")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 USAGE_CODES = frozenset({"unknown_style", "invalid_params"})  # the same for every image: stop the run
-
-
-class UsageError(Exception):
-    """Stops the run with exit status 2."""
-
-
-@dataclass
-class Plan:
-    """Everything both engines need to know about the run."""
-
-    style: str
-    fields: dict[str, str]  # form fields sent with every image (params, format, variant, client_id)
-    key_params: dict[str, str]  # fields + a checksum of each extra file: the resume key's params
-    extra_files: dict[str, bytes]
-    items: list[Item]
-    outputs: dict[str, str]  # item.rel -> output path relative to the output root
-    force: bool = False
-
-    def params_of(self, item: Item) -> dict[str, str]:
-        """The resume key's and the manifest's params: the run's, and a prompt line's own."""
-        return {**self.key_params, **item.prompt.fields} if item.prompt else dict(self.key_params)
-
-    def key(self, item: Item, sha: str) -> tuple[str, str, str, str]:
-        return item_key(item.rel, sha, self.style, self.params_of(item))
-
-    def record(self, item: Item, sha: str, **kwargs: object) -> Record:
-        return Record(input=item.rel, input_sha256=sha, style=self.style, params=self.params_of(item), **kwargs)  # type: ignore[arg-type]
-
-
-@dataclass
-class Tally:
-    """The final record of every item of this run (skipped ones included), and the counts."""
-
-    progress: Progress
-    writer: ManifestWriter
-    index: ManifestIndex
-    records: dict[str, Record] = field(default_factory=dict)
-
-    def skipped(self, record: Record) -> None:
-        self.records[record.input] = record
-        self.progress.update(record.status, skipped=True)
-
-    def finished(self, record: Record) -> None:
-        self.writer.write(record)
-        self.index.add(record)
-        self.records[record.input] = record
-        self.progress.update(record.status)
 
 
 Sink = Callable[[Record], None]
@@ -138,8 +91,6 @@ def main(args: argparse.Namespace) -> int:
         if args.engine == "http":
             _run_http(plan, out, index, tally, args)
         else:
-            from stylefleet.batch.raydata import run_ray_data
-
             run_ray_data(plan, out, index, tally, config_path=args.config)
     except UsageError as exc:
         status = EXIT_USAGE
@@ -170,8 +121,6 @@ def main(args: argparse.Namespace) -> int:
 def _describe_style(args: argparse.Namespace) -> dict[str, Any]:
     """The style as GET /v1/styles describes it (ray-data: as the config's catalogue does)."""
     if args.engine == "ray-data":
-        from stylefleet.batch.raydata import describe_style
-
         return describe_style(args.config, args.style)
     return asyncio.run(_fetch_style(args.url, args.style, args.timeout))
 

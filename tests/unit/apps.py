@@ -10,7 +10,8 @@ from fastapi.testclient import TestClient
 from router.api import create_api
 from router.catalog import Catalog
 from router.core import Backend, RouterCore
-from stylefleet.config import AppConfig, Limits
+from stylefleet.config import Limits
+from stylefleet.spec import AppSpec
 from tests.samples import ROOT
 
 
@@ -21,5 +22,5 @@ def shipped_args(config_file: str = "serve_config.yaml") -> dict[str, Any]:
 def api_client(backend: Backend, config_file: str = "serve_config.yaml", limits: Limits | None = None) -> TestClient:
     """The real FastAPI app over ``backend``, for a shipped config."""
     limits = limits or Limits(max_upload_bytes=1_000_000, max_pixels=10_000_000)
-    core = RouterCore(Catalog(AppConfig.model_validate(shipped_args(config_file))), backend, max_pixels=limits.max_pixels)
+    core = RouterCore(Catalog(AppSpec.from_args(shipped_args(config_file))), backend, max_pixels=limits.max_pixels)
     return TestClient(create_api(core, limits))

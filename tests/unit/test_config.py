@@ -12,8 +12,9 @@ from pydantic import ValidationError
 from deployments.registry import ModelFile, resolve
 from router.catalog import Catalog
 from router.core import build_traffic
-from stylefleet.config import AppConfig, BatchingConfig, RouterSettings, check_batch_fits
+from stylefleet.config import BatchingConfig
 from stylefleet.errors import ModelUnavailable
+from stylefleet.spec import AppSpec
 from tests.samples import ROOT
 
 SHIPPED = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
@@ -24,7 +25,7 @@ def _args() -> dict[str, Any]:
 
 
 def test_the_shipped_config_is_valid_and_exposes_all_styles() -> None:
-    config = AppConfig.model_validate(_args())
+    config = AppSpec.from_args(_args())
     single = [s for s in Catalog(config) if list(s.variants) == ["default"]]
     painting = [s for s in single if s.task == "stylize"]
     assert len(painting) == 26
@@ -33,15 +34,19 @@ def test_the_shipped_config_is_valid_and_exposes_all_styles() -> None:
 
 
 def test_shipped_user_configs_are_valid() -> None:
-    args = _args()
-    catalog = Catalog(AppConfig.model_validate(args))
-    for entry in SHIPPED["applications"][0]["deployments"]:
-        if entry["name"] == "router":
-            traffic = build_traffic(catalog, RouterSettings.model_validate(entry["user_config"]))
-            assert traffic.weights["oil-paint"] == {"a": 50, "b": 50}
-            continue
-        batching = BatchingConfig.model_validate(entry["user_config"])
-        check_batch_fits(batching, args["deployments"][entry["name"]]["max_ongoing_requests"])
+    spec = AppSpec.from_application(SHIPPED["applications"][0])
+    assert build_traffic(Catalog(spec), spec.traffic).weights["oil-paint"] == {"a": 50, "b": 50}
+    named = [e["name"] for e in SHIPPED["applications"][0]["deployments"] if e["name"] != "router"]
+    assert sorted(spec.batching) == sorted(named)
+    for name in named:
+        assert spec.batching_of(name).max_batch_size <= spec.deployments[name].max_ongoing_requests
+
+
+def test_a_deployment_without_a_user_config_gets_the_default_batching() -> None:
+    app = copy.deepcopy(SHIPPED["applications"][0])
+    app["deployments"] = [e for e in app["deployments"] if e["name"] != "face-detect"]
+    spec = AppSpec.from_application(app)
+    assert spec.batching_of("face-detect") == BatchingConfig() and spec.batching_of("stylize").max_batch_size == 4
 
 
 @pytest.mark.parametrize(
@@ -61,19 +66,33 @@ def test_bad_config_names_the_field(mutate, field: str) -> None:
     args = _args()
     mutate(args)
     with pytest.raises(ValidationError, match=field.split(".")[-1]):
-        AppConfig.model_validate(args)
+        AppSpec.from_args(args)
 
 
 def test_bad_fixed_style_param_fails_at_deploy_time() -> None:
     args = _args()
     args["styles"]["frost"]["params"] = {"style": "99"}
     with pytest.raises(ValueError, match=r"styles\.frost\.params.*style"):
-        Catalog(AppConfig.model_validate(args))
+        Catalog(AppSpec.from_args(args))
 
 
 def test_batch_bigger_than_ongoing_requests_is_refused() -> None:
     with pytest.raises(ValueError, match="max_batch_size"):
-        check_batch_fits(BatchingConfig(max_batch_size=32), 16)
+        BatchingConfig(max_batch_size=32).check_fits(16)
+
+
+def test_a_user_config_batch_bigger_than_the_deployments_ongoing_requests_is_refused_by_the_spec() -> None:
+    app = copy.deepcopy(SHIPPED["applications"][0])
+    next(e for e in app["deployments"] if e["name"] == "stylize")["user_config"]["max_batch_size"] = 32
+    with pytest.raises(ValidationError, match=r"user_config\.max_batch_size \(32\) is above this deployment's max_ongoing_requests \(24\)"):
+        AppSpec.from_application(app)
+
+
+def test_a_user_config_for_an_unknown_deployment_is_refused() -> None:
+    app = copy.deepcopy(SHIPPED["applications"][0])
+    app["deployments"].append({"name": "stylise", "user_config": {"max_batch_size": 4}})
+    with pytest.raises(ValidationError, match=r"deployments\[stylise\]: no such model deployment"):
+        AppSpec.from_application(app)
 
 
 def test_missing_model_file_names_model_checksum_and_remedy(tmp_path) -> None:
@@ -104,18 +123,16 @@ def test_u2netp_from_the_package_is_rembgs_release() -> None:
 
 
 def test_the_shipped_app_fits_two_cpus_even_at_max_replicas() -> None:
-    config = AppConfig.model_validate(_args())
+    config = AppSpec.from_args(_args())
     at_max = sum(d.num_cpus * d.autoscaling.max_replicas for d in config.deployments.values())
-    assert at_max + config.router.num_cpus * config.router.num_replicas <= 2.0
+    assert at_max + config.args.router.num_cpus * config.args.router.num_replicas <= 2.0
 
 
 def test_the_id_photo_deployment_uses_the_matte_and_face_deployments() -> None:
-    config = AppConfig.model_validate(_args())
+    config = AppSpec.from_args(_args())
     uses = config.deployments["id-photo"].uses
     assert uses == {"matte": "remove-background", "faces": "face-detect"}
-    from stylefleet.config import dependency_order
-
-    order = dependency_order(config.deployments)
+    order = config.order()
     assert order.index("id-photo") > max(order.index("remove-background"), order.index("face-detect"))
 
 
@@ -134,16 +151,17 @@ def test_bad_composition_fails_at_deploy_time_naming_the_field(mutate, message: 
     args = _args()
     mutate(args)
     with pytest.raises(ValidationError, match=message):
-        AppConfig.model_validate(args)
+        AppSpec.from_args(args)
 
 
 def test_a_cycle_of_uses_is_refused() -> None:
-    from stylefleet.config import DeploymentConfig, dependency_order
+    from stylefleet.config import DeploymentConfig
+    from stylefleet.spec import deployment_order
 
     a = DeploymentConfig.model_construct(model="id-photo", uses={"matte": "b"})
     b = DeploymentConfig.model_construct(model="id-photo", uses={"matte": "a"})
     with pytest.raises(ValueError, match="a -> b -> a is a cycle"):
-        dependency_order({"a": a, "b": b})
+        deployment_order({"a": a, "b": b})
 
 
 def test_a_composed_deployment_declares_the_weights_of_what_it_uses() -> None:
@@ -159,4 +177,4 @@ def test_one_clients_uploads_cannot_be_allowed_every_router_slot() -> None:
     args = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"]
     args["limits"]["max_uploads_per_client"] = args["router"]["max_ongoing_requests"]
     with pytest.raises(ValueError, match="max_uploads_per_client .* must be below router.max_ongoing_requests"):
-        AppConfig.model_validate(args)
+        AppSpec.from_args(args)

@@ -11,8 +11,9 @@ import yaml
 
 from router.catalog import Catalog
 from router.core import RouterCore
-from stylefleet.config import AppConfig, RouterSettings
+from stylefleet.config import RouterSettings
 from stylefleet.errors import InvalidParams
+from stylefleet.spec import AppSpec
 from tests import samples
 from tests.samples import ROOT
 from tests.unit import apps
@@ -33,7 +34,7 @@ class ListRecorder:
 
 def _core(backend, recorder, settings: dict) -> RouterCore:
     args = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"]
-    core = RouterCore(Catalog(AppConfig.model_validate(args)), backend, max_pixels=10**8, recorder=recorder, rng=random.Random(3))
+    core = RouterCore(Catalog(AppSpec.from_args(args)), backend, max_pixels=10**8, recorder=recorder, rng=random.Random(3))
     core.apply(RouterSettings.model_validate(settings))
     return core
 
@@ -106,7 +107,7 @@ def test_client_id_field_makes_assignment_sticky() -> None:
 
 
 def test_style_descriptions_are_built_once_and_callers_cannot_change_them() -> None:
-    core = RouterCore(Catalog(AppConfig.model_validate(apps.shipped_args())), FakeBackend(HeldShadow()), max_pixels=10**8)
+    core = RouterCore(Catalog(AppSpec.from_args(apps.shipped_args())), FakeBackend(HeldShadow()), max_pixels=10**8)
     first = core.describe_styles()
     first[0]["name"] = "changed"
     assert core.describe_styles()[0]["name"] != "changed"
@@ -116,7 +117,7 @@ def test_style_descriptions_are_built_once_and_callers_cannot_change_them() -> N
 
 
 def test_styles_json_is_reencoded_when_the_split_changes() -> None:
-    core = RouterCore(Catalog(AppConfig.model_validate(apps.shipped_args())), FakeBackend(HeldShadow()), max_pixels=10**8)
+    core = RouterCore(Catalog(AppSpec.from_args(apps.shipped_args())), FakeBackend(HeldShadow()), max_pixels=10**8)
     before = core.styles_json()
     assert core.styles_json() is before, "encoded once while the split stays"
     core.apply(RouterSettings(splits={"oil-paint": {"a": 0, "b": 100}}))

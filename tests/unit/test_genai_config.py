@@ -10,7 +10,7 @@ import yaml
 from pydantic import ValidationError
 
 from router.catalog import Catalog
-from stylefleet.config import AppConfig
+from stylefleet.spec import AppSpec
 from tests.samples import ROOT
 
 GENAI = yaml.safe_load((ROOT / "serve_config.genai.yaml").read_text())
@@ -21,7 +21,7 @@ def _args() -> dict[str, Any]:
 
 
 def test_the_genai_example_is_valid_without_any_weights() -> None:
-    styles = {s.name: s for s in Catalog(AppConfig.model_validate(_args()))}
+    styles = {s.name: s for s in Catalog(AppSpec.from_args(_args()))}
     assert {s.task for s in styles.values()} == {"text-to-image", "img2img", "controlnet-canny", "anime"}
     assert styles["product-shot"].image_fields == ()
     assert styles["watercolor"].image_fields == ("image",)
@@ -31,7 +31,7 @@ def test_the_genai_example_is_valid_without_any_weights() -> None:
 
 def test_the_default_app_has_no_generative_style() -> None:
     shipped = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"]
-    assert {s.task for s in Catalog(AppConfig.model_validate(shipped))} == {"stylize", "restyle", "remove-background", "id-photo"}
+    assert {s.task for s in Catalog(AppSpec.from_args(shipped))} == {"stylize", "restyle", "remove-background", "id-photo"}
 
 
 @pytest.mark.parametrize(
@@ -50,7 +50,7 @@ def test_bad_generative_config_names_the_field(mutate, needle: str) -> None:
     args = _args()
     mutate(args)
     with pytest.raises(ValidationError, match=needle):
-        AppConfig.model_validate(args)
+        AppSpec.from_args(args)
 
 
 @pytest.mark.parametrize(
@@ -67,4 +67,4 @@ def test_bad_presets_fail_at_deploy_time(mutate, needle: str) -> None:
     args = _args()
     mutate(args["styles"]["product-shot"])
     with pytest.raises(ValueError, match=needle):
-        Catalog(AppConfig.model_validate(args))
+        Catalog(AppSpec.from_args(args))

@@ -12,8 +12,9 @@ from fastapi.testclient import TestClient
 from router.api import create_api
 from router.catalog import Catalog
 from router.core import RouterCore
-from stylefleet.config import AppConfig, Limits
+from stylefleet.config import Limits
 from stylefleet.errors import InvalidParams
+from stylefleet.spec import AppSpec
 from tests.samples import ROOT
 from tests.unit.fakes import FakeBackend, seeded_png
 
@@ -29,8 +30,8 @@ def _with_variants(second: dict[str, Any]) -> dict[str, Any]:
 
 
 def _api(args: dict[str, Any], backend: FakeBackend) -> tuple[TestClient, RouterCore]:
-    config = AppConfig.model_validate(args)
-    core = RouterCore(Catalog(config), backend, max_pixels=config.limits.max_pixels)
+    config = AppSpec.from_args(args)
+    core = RouterCore(Catalog(config), backend, max_pixels=config.args.limits.max_pixels)
     return TestClient(create_api(core, Limits(max_upload_bytes=1_000_000))), core
 
 
@@ -47,7 +48,7 @@ def test_a_variant_brings_its_own_defaults_and_is_named_in_the_answer() -> None:
 def test_variants_of_one_style_must_fix_the_same_pipeline() -> None:
     args = _with_variants({"params": {**GENAI["styles"]["product-shot"]["params"], "pipeline": "img2img"}})
     with pytest.raises(ValueError, match="same pipeline"):
-        Catalog(AppConfig.model_validate(args))
+        Catalog(AppSpec.from_args(args))
 
 
 def test_a_generative_style_has_no_preview_but_an_image_style_does() -> None:

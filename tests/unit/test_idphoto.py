@@ -13,7 +13,6 @@ from PIL import Image
 from deployments.batching import InvalidParams, OutputSpec, validate_params
 from deployments.faces import Face, merge_overlapping
 from deployments.idphoto import (
-    BG_COLORS,
     MAX_UPSCALE,
     Head,
     IdPhotoParams,
@@ -27,6 +26,7 @@ from deployments.idphoto import (
     render,
     sheet_layout,
 )
+from deployments.params import BG_COLORS
 from deployments.presets import PRESETS, Frame, PresetName, SizeName, frame_for
 from stylefleet.errors import FaceTooSmall, MaxKbTooSmall, MultipleFaces, NoFace
 from tests import samples

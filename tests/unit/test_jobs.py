@@ -21,15 +21,16 @@ from router.api import create_api
 from router.catalog import Catalog
 from router.core import RouterCore
 from router.jobs import JobManager
-from stylefleet.config import AppConfig, JobsConfig, Limits
+from stylefleet.config import JobsConfig, Limits
 from stylefleet.errors import InvalidImage, ModelUnavailable, Overloaded
 from stylefleet.storage import Storage
+from stylefleet.spec import AppSpec
 from tests import samples
 from tests.samples import ROOT
 from tests.unit.fakes import FakeBackend, from_pixels
 from tests.unit.test_archive import make_zip
 
-CONFIG = AppConfig.model_validate(yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"])
+CONFIG = AppSpec.from_args(yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"])
 
 
 def _images(n: int, corrupt: int = 0) -> list[bytes]:

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from stylefleet import k8s, profiles
+from stylefleet.spec import check_document
 from stylefleet.gpu import memory_cap_bytes, torch_memory_fraction
 from tests.samples import ROOT
 
@@ -21,7 +22,7 @@ def gpu_config() -> dict:
 
 
 def test_k8s_folder_is_what_the_generator_writes(gpu_config: dict) -> None:
-    for name, text in k8s.render(gpu_config).items():
+    for name, text in k8s.render(check_document(gpu_config)).items():
         assert (ROOT / "k8s" / name).read_text() == text, f"k8s/{name} is stale: run `.venv/bin/stylefleet k8s`"
 
 
@@ -55,7 +56,7 @@ def test_embedded_serve_config_is_valid_for_serve_and_for_stylefleet() -> None:
     manifest = yaml.safe_load((ROOT / "k8s" / "rayservice.yaml").read_text())
     serve_config = yaml.safe_load(manifest["spec"]["serveConfigV2"])
     ServeDeploySchema.model_validate(serve_config)
-    profiles.validate(serve_config)
+    check_document(serve_config)
     assert serve_config["http_options"]["host"] == "0.0.0.0"  # reachable through the pod's service
     assert serve_config["applications"][0]["args"]["model_dir"] == k8s.MODEL_CACHE_PATH
 

@@ -18,13 +18,14 @@ from router.api import create_api
 from router.catalog import Catalog
 from router.core import RouterCore
 from router.jobs import JobManager
-from stylefleet.config import AppConfig, JobsConfig, Limits
+from stylefleet.config import JobsConfig, Limits
 from stylefleet.storage import Storage
+from stylefleet.spec import AppSpec
 from tests import samples
 from tests.samples import ROOT
 from tests.unit.fakes import FakeBackend, echo_prompt
 
-GENAI = AppConfig.model_validate(yaml.safe_load((ROOT / "serve_config.genai.yaml").read_text())["applications"][0]["args"])
+GENAI = AppSpec.from_args(yaml.safe_load((ROOT / "serve_config.genai.yaml").read_text())["applications"][0]["args"])
 
 
 @pytest.fixture()

@@ -13,7 +13,8 @@ from fastapi import FastAPI
 from router.api import create_api
 from router.catalog import Catalog
 from router.core import RouterCore
-from stylefleet.config import AppConfig, Limits
+from stylefleet.config import Limits
+from stylefleet.spec import AppSpec
 from tests.unit.apps import shipped_args
 from tests.unit.fakes import FakeBackend
 
@@ -23,7 +24,7 @@ IDLE_S = 0.2
 @pytest.fixture()
 def app() -> FastAPI:
     limits = Limits(max_upload_bytes=1_000_000, max_pixels=10_000_000, body_idle_timeout_s=IDLE_S, max_uploads_per_client=2)
-    core = RouterCore(Catalog(AppConfig.model_validate(shipped_args())), FakeBackend(), max_pixels=limits.max_pixels)
+    core = RouterCore(Catalog(AppSpec.from_args(shipped_args())), FakeBackend(), max_pixels=limits.max_pixels)
     return create_api(core, limits)
 
 

@@ -13,8 +13,9 @@ import yaml
 from router.catalog import Catalog
 from router.core import build_traffic
 from router.variants import choose_variant, key_point, pick
-from stylefleet.config import AppConfig, RouterSettings
+from stylefleet.config import RouterSettings
 from stylefleet.errors import InvalidParams
+from stylefleet.spec import AppSpec
 from tests.samples import ROOT
 
 KEYS = [f"client-{i}" for i in range(10_000)]
@@ -77,9 +78,12 @@ def test_a_forced_variant_wins_and_an_unknown_one_is_422() -> None:
         choose_variant("s", {"a": 1}, forced="zz")
 
 
+def _spec() -> AppSpec:
+    return AppSpec.from_args(yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"])
+
+
 def _catalog() -> Catalog:
-    args = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"]
-    return Catalog(AppConfig.model_validate(args))
+    return Catalog(_spec())
 
 
 def test_styles_without_a_split_share_equally_and_shadows_get_no_live_traffic() -> None:
@@ -102,7 +106,7 @@ def test_styles_without_a_split_share_equally_and_shadows_get_no_live_traffic() 
 )
 def test_bad_traffic_settings_name_the_field(settings: dict, field: str) -> None:
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):
-        build_traffic(_catalog(), RouterSettings.model_validate(settings))
+        _spec().traffic_settings(settings)
 
 
 @pytest.mark.parametrize(
@@ -119,4 +123,4 @@ def test_bad_variant_config_names_the_field(style: dict, field: str) -> None:
     args = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"]
     args["styles"]["ab"] = style
     with pytest.raises(ValueError, match=field):
-        AppConfig.model_validate(args)
+        AppSpec.from_args(args)

@@ -16,8 +16,8 @@ from router.api import WEB_DIR
 from router.api.web import PageFiles
 from router.catalog import Catalog
 from router.previews import PreviewCache, load_samples
-from stylefleet.config import AppConfig
 from stylefleet.errors import ModelUnavailable
+from stylefleet.spec import AppSpec
 from tests import samples
 from tests.samples import ROOT
 from tests.unit.apps import api_client
@@ -141,7 +141,7 @@ def test_the_shipped_samples_are_the_astronaut_and_the_coffee() -> None:
 def test_preview_cache_is_shared_by_concurrent_first_requests(backend: FakeBackend) -> None:
     import asyncio
 
-    config = AppConfig.model_validate(yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"])
+    config = AppSpec.from_args(yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"])
     cache = PreviewCache(Catalog(config), backend)
 
     async def both() -> None:

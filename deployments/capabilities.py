@@ -1,0 +1,43 @@
+"""What some models offer beyond ``BatchModel``'s three steps, declared as protocols.
+
+Whoever drives a model (a Serve replica, the Ray Data actor, the benchmark) asks
+``isinstance(model, Weighing)`` rather than probing attributes by name, so a typo or a renamed
+method shows up as a type error rather than as a capability silently off. ``DecodesSmaller``
+lives beside ``BatchModel`` in ``deployments.batching``, which asks it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+from deployments.batching import ModelRequest
+from deployments.memory import BatchLimiter
+
+
+@runtime_checkable
+class Weighing(Protocol):
+    """Requests weigh more than 1 against ``max_batch_size`` (Stable Diffusion: pixels x steps)."""
+
+    def weigh(self, request: ModelRequest) -> int: ...
+
+
+@runtime_checkable
+class Checksummed(Protocol):
+    """The model knows the checksum of what it loaded (a diffusers folder has no registry entry)."""
+
+    checksum: str
+
+
+@runtime_checkable
+class MemoryLimited(Protocol):
+    """The model lowers its batch limit after an out-of-memory (the replica exports its figures)."""
+
+    limiter: BatchLimiter
+
+
+@runtime_checkable
+class Describing(Protocol):
+    """The model adds its own figures to the replica's ``info()``."""
+
+    def info(self) -> dict[str, Any]: ...
+

@@ -1,0 +1,126 @@
+"""The model loader: one deployment's ``ModelSpec`` in, its model out, whatever runs it.
+
+A Serve replica (``deployments.serving``), a Ray Data actor (``stylefleet.batch.raydata``) and
+the benchmark's bare runs all call ``load_model``, so they load the same files (pinned checksums
+verified), with the same options, threads and GPU memory caps.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from deployments.animegan import AnimeGANModel
+from deployments.background import U2NetModel
+from deployments.capabilities import Checksummed
+from deployments.diffusion import DiffusionModel
+from deployments.faces import HaarFaceModel
+from deployments.idphoto import IdPhotoModel
+from deployments.kinds import KINDS
+from deployments.onnx_session import RuntimeOptions
+from deployments.registry import ResolvedModel, resolve
+from deployments.restyle import ArbitraryStyleModel
+from deployments.stylize import MultiStyleModel
+from stylefleet.config import ModelSpec
+from stylefleet.gpu import Nvml, memory_cap_bytes, torch_memory_fraction
+
+logger = logging.getLogger(__name__)
+
+# kind -> build(files resolved from the registry, runtime, spec): a BatchModel, or a ComposedModel
+Builder = Callable[[list[ResolvedModel], RuntimeOptions, ModelSpec], Any]
+
+
+def _diffusion(files: list[ResolvedModel], runtime: RuntimeOptions, spec: ModelSpec) -> DiffusionModel:
+    if spec.diffusion is None:
+        raise ValueError(f"{spec.setting}: needed by model stable-diffusion")
+    return DiffusionModel.load(spec.diffusion, runtime, allow_download=spec.allow_download, setting=spec.setting)
+
+
+def _animegan(face_model: bool) -> Builder:
+    return lambda files, runtime, _: AnimeGANModel(files[0], runtime, face_model=face_model)
+
+
+BUILDERS: dict[str, Builder] = {
+    "multistyle26": lambda files, runtime, _: MultiStyleModel(files[0], runtime),
+    "arbitrary": lambda files, runtime, _: ArbitraryStyleModel(files[0], files[1], runtime),
+    "u2netp": lambda files, runtime, _: U2NetModel(files[0], runtime),
+    "haar-face": lambda files, runtime, _: HaarFaceModel(files[0], files[1], runtime),
+    "id-photo": lambda files, runtime, _: IdPhotoModel(),
+    "stable-diffusion": _diffusion,
+    "animeganv2_face_paint_512_v2": _animegan(face_model=True),
+    "animeganv2_face_paint_512_v1": _animegan(face_model=True),
+    "animeganv2_celeba_distill": _animegan(face_model=False),
+    "animeganv2_paprika": _animegan(face_model=False),
+}
+
+
+@dataclass
+class LoadedModel:
+    """A built model and what its runners report: the checksum of its weights, how long it took,
+    the runtime it got (GPU caps applied) and NVML where it runs on a GPU."""
+
+    model: Any  # a BatchModel, or a ComposedModel (id-photo)
+    model_sha256: str
+    load_seconds: float
+    runtime: RuntimeOptions
+    nvml: Nvml | None = None
+
+
+def runtime_options(spec: ModelSpec) -> RuntimeOptions:
+    return RuntimeOptions(device=spec.device, threads=spec.threads, spinning=spec.spinning)
+
+
+def load_model(spec: ModelSpec, *, runtime: RuntimeOptions | None = None) -> LoadedModel:
+    """Build the model of ``spec``; a missing or corrupt file raises ModelUnavailable saying how
+    to fix it. ``runtime`` replaces the spec's own (the benchmark's session options)."""
+    kind = KINDS[spec.model]
+    runtime = runtime or runtime_options(spec)
+    nvml = Nvml.open(runtime.gpu_device_id) if runtime.device == "cuda" else None
+    started = time.perf_counter()
+    if nvml is not None and spec.num_gpus > 0:
+        runtime = _gpu_capped(runtime, spec.num_gpus, nvml, torch=kind.torch)
+    files = [
+        resolve(
+            name,
+            path=spec.models[name].path if name in spec.models else None,
+            model_dir=spec.model_dir,
+            allow_download=spec.allow_download,
+            sha256=spec.models[name].sha256 if name in spec.models else None,
+        )
+        for name in kind.files
+    ]
+    model = BUILDERS[kind.name](files, runtime, spec)
+    return LoadedModel(model, model_sha256(spec, files, model), time.perf_counter() - started, runtime, nvml)
+
+
+def model_sha256(spec: ModelSpec, files: list[ResolvedModel], model: Any) -> str:
+    """What a reply names as its weights: the files' checksums; for a composed kind, those the
+    deployments it uses are pinned to in the registry, in the order of the kind's roles (not of
+    the config's mapping, which a YAML dump may sort); else the model's own (diffusers folders)."""
+    if files:
+        return "+".join(f.sha256 for f in files)
+    if spec.uses:
+        return "+".join(KINDS[spec.uses[role].model].expected_sha256() for role in KINDS[spec.model].needs)
+    return model.checksum if isinstance(model, Checksummed) else ""
+
+
+def _gpu_capped(runtime: RuntimeOptions, num_gpus: float, nvml: Nvml, *, torch: bool) -> RuntimeOptions:
+    """A GPU share caps the model's memory: torch's allocator at that fraction of the card (the
+    memory-aware batching then splits a batch that overflows), ONNX Runtime's arena at gpu_mem_limit."""
+    if torch:
+        _cap_torch(torch_memory_fraction(num_gpus), runtime.gpu_device_id)
+        logger.info("GPU share %.2f: torch capped at that fraction of the card", num_gpus)
+        return runtime
+    cap = memory_cap_bytes(num_gpus, nvml.total_memory_bytes())
+    logger.info("GPU share %.2f: ONNX Runtime capped at %.2f GiB", num_gpus, cap / 2**30)
+    return replace(runtime, gpu_mem_limit_bytes=cap)
+
+
+def _cap_torch(fraction: float, device_id: int) -> None:
+    import torch  # the torch kinds load it anyway; the ONNX kinds never need it
+
+    if torch.cuda.is_available():
+        torch.cuda.set_per_process_memory_fraction(fraction, device_id)

@@ -1,0 +1,65 @@
+"""What the benchmarks share: a case (a style on its deployment) and a bounded HTTP load.
+
+Apart from ``stylefleet.bench`` so that ``bench_rembg`` can use them without importing the
+benchmark that drives it (an import circle).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Case:
+    style: str  # served style name
+    deployment: str
+    params: dict[str, Any]  # the style's fixed params: what the bare runs pass the model
+    files: tuple[str, ...]
+    fields: tuple[tuple[str, str], ...] = ()  # what a client sends (a style's fixed params are not its to send)
+
+
+class Load:
+    """A bounded closed-loop load: ``concurrency`` clients, ``total`` requests, ``cap_s`` seconds."""
+
+    def __init__(self, url: str, path: str, files: dict[str, tuple[str, bytes, str]], data: dict[str, Any]) -> None:
+        self.url, self.path, self.files, self.data = url, path, files, data
+
+    async def run(self, concurrency: int, total: int, cap_s: float) -> dict[str, Any]:
+        sem = asyncio.Semaphore(concurrency)
+        latencies: list[float] = []
+        errors = 0
+        deadline = time.monotonic() + cap_s
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(base_url=self.url, timeout=300, limits=limits) as client:
+
+            async def one() -> None:
+                nonlocal errors
+                async with sem:
+                    if time.monotonic() > deadline:
+                        return
+                    t0 = time.perf_counter()
+                    r = await client.post(self.path, files=self.files, data=self.data)
+                    if r.status_code == 200:
+                        latencies.append(time.perf_counter() - t0)
+                    else:
+                        errors += 1
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(one() for _ in range(total)))
+            wall = time.perf_counter() - t0
+        q = np.percentile(latencies, [50, 95]) if latencies else [float("nan")] * 2
+        return {
+            "concurrency": concurrency,
+            "requests": len(latencies) + errors,
+            "errors": errors,
+            "wall_s": round(wall, 2),
+            "ips": round(len(latencies) / wall, 2),
+            "p50_ms": round(float(q[0]) * 1000, 1),
+            "p95_ms": round(float(q[1]) * 1000, 1),
+        }
