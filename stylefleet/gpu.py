@@ -55,6 +55,17 @@ class Nvml:
     def total_memory_bytes(self) -> int:
         return int(self._nvml.nvmlDeviceGetMemoryInfo(self._handle).total)  # type: ignore[attr-defined]
 
+    def device_memory_used_bytes(self) -> int:
+        """Memory in use on the whole card, by every process (the benchmark's served replicas)."""
+        return int(self._nvml.nvmlDeviceGetMemoryInfo(self._handle).used)  # type: ignore[attr-defined]
+
+    def utilization_ratio(self) -> float:
+        return float(self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu) / 100.0  # type: ignore[attr-defined]
+
+    def name(self) -> str:
+        name = self._nvml.nvmlDeviceGetName(self._handle)  # type: ignore[attr-defined]
+        return name.decode() if isinstance(name, bytes) else str(name)
+
     def read(self, pid: int) -> GpuReading:
         nvml = self._nvml
         util = nvml.nvmlDeviceGetUtilizationRates(self._handle)  # type: ignore[attr-defined]
