@@ -238,8 +238,9 @@ class ModelServer(_Batched):
         if nvml is not None and num_gpus > 0:
             cap = memory_cap_bytes(num_gpus, nvml.total_memory_bytes())
             if self.kind.torch:
-                _cap_torch(torch_memory_fraction(num_gpus), runtime.gpu_device_id)
-                logger.info("GPU share %.2f: torch capped at that fraction of the card", num_gpus)
+                fraction = torch_memory_fraction(num_gpus, nvml.total_memory_bytes())
+                _cap_torch(fraction, runtime.gpu_device_id)
+                logger.info("GPU share %.2f: torch capped at %.3f of the card (the share less the CUDA context's headroom)", num_gpus, fraction)
             else:
                 runtime = replace(runtime, gpu_mem_limit_bytes=cap)
                 logger.info("GPU share %.2f: ONNX Runtime capped at %.2f GiB", num_gpus, cap / 2**30)

@@ -46,6 +46,7 @@ TARGETS = {
     "served_batched_over_per_image": {"onnx": 3.0, "torch-sd": 1.5},
     "served_over_bare_same_batch": 0.9,
 }
+REQUEST_TIMEOUT_S = 600  # both configs alike: Serve keeps the HTTP options of the first one deployed
 SERVED_SUBJECTS = {  # subject -> (application file, style, deployment)
     "stylize": ("onnx", None, "stylize"),
     "restyle": ("onnx", None, "restyle"),
@@ -116,7 +117,7 @@ def onnx_config(device: str, port: int) -> dict[str, Any]:
     from stylefleet import profiles
 
     config = profiles.load("serve_config.yaml", "profiles/gpu.yaml" if device == "cuda" else None)
-    config["http_options"]["port"] = port
+    config["http_options"].update(port=port, request_timeout_s=REQUEST_TIMEOUT_S)
     return config
 
 
@@ -126,7 +127,7 @@ def genai_config(settings: bench_table.Settings, models_dir: Path, port: int) ->
     cuda = settings.device == "cuda"
     base, controlnet = bench_models.save_sd(models_dir, settings.arch, half=cuda)
     config = yaml.safe_load(Path("serve_config.genai.yaml").read_text())
-    config["http_options"]["port"] = port
+    config["http_options"].update(port=port, request_timeout_s=REQUEST_TIMEOUT_S)
     app = config["applications"][0]
     app["name"], app["route_prefix"] = "stylefleet", "/"  # the name the served measurement asks replicas under
     args = app["args"]
