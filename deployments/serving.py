@@ -235,8 +235,10 @@ class ModelServer(_Batched):
         nvml = Nvml.open(runtime.gpu_device_id) if runtime.device == "cuda" else None
         super().__init__(KINDS[kind], gpu=nvml is not None)
         started = time.perf_counter()
+        self.gpu_memory_cap_bytes: int | None = None  # what this replica may take of its card (info())
         if nvml is not None and num_gpus > 0:
             cap = memory_cap_bytes(num_gpus, nvml.total_memory_bytes())
+            self.gpu_memory_cap_bytes = cap
             if self.kind.torch:
                 fraction = torch_memory_fraction(num_gpus, nvml.total_memory_bytes())
                 _cap_torch(fraction, runtime.gpu_device_id)
@@ -325,6 +327,7 @@ class ModelServer(_Batched):
             "task": self.kind.task,
             "model_sha256": self.model_sha256,
             "load_seconds": round(self.load_seconds, 3),
+            "gpu_memory_cap_bytes": self.gpu_memory_cap_bytes,
             **self._batch_info(),
             **(model_info() if model_info is not None else {}),
         }
