@@ -424,6 +424,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=None, help="--models/--gpu: image side in px (default 512; --tiny 64)")
     parser.add_argument("--steps", type=int, default=None, help="--models/--gpu: Stable Diffusion steps (default 25; --tiny 2)")
     parser.add_argument("--sd-arch", choices=sorted(bench_models.ARCHS), default=None, help="Stable Diffusion size (default sd15; --tiny: tiny)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="--models: where to run (auto: CUDA where torch sees it)")
     parser.add_argument("--repeats", type=int, default=3, help="--models/--gpu: timed calls per row, after one warm-up call")
     parser.add_argument("--row-seconds", type=float, default=60.0, help="--models/--gpu: no new timed call after this")
 
@@ -486,7 +487,12 @@ def main(args: argparse.Namespace) -> int:
     if unknown:
         print(f"stylefleet bench: unknown --subjects {unknown}; known: {', '.join(SUBJECTS)}")
         return 2
-    settings = settings_from(args)
+    device = args.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    settings = settings_from(args, device=device)
     with tempfile.TemporaryDirectory(prefix="stylefleet-bench-models-") as workdir:
         results = run_table(names, settings, Path(workdir))
     print(markdown(results), flush=True)
