@@ -443,7 +443,7 @@ def settings_from(args: argparse.Namespace, *, device: str = "cpu", tiny: bool =
     )
 
 
-def run_table(names: Sequence[str], settings: Settings, workdir: Path) -> dict[str, Any]:
+def run_table(names: Sequence[str], settings: Settings, workdir: Path, out: Path | None = None) -> dict[str, Any]:
     """Every subject's rows, with what was measured and how, ready for JSON."""
     _, photo_source = photos(settings.size)
     cpu_note = "" if settings.device == "cuda" else f"; on the CPU ({settings.runtime().intra_op_threads} threads)"
@@ -469,13 +469,16 @@ def run_table(names: Sequence[str], settings: Settings, workdir: Path) -> dict[s
         if "skipped" in entry:
             print(f"  {subject.name:<20} {entry['skipped']}", flush=True)
         results["models"][subject.name] = entry
+        if out is not None:  # after each model: a long run stopped part-way keeps what it measured
+            write(out, results, quiet=True)
     return results
 
 
-def write(out: Path, results: dict[str, Any]) -> None:
+def write(out: Path, results: dict[str, Any], *, quiet: bool = False) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {out}", flush=True)
+    if not quiet:
+        print(f"wrote {out}", flush=True)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -494,7 +497,7 @@ def main(args: argparse.Namespace) -> int:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     settings = settings_from(args, device=device)
     with tempfile.TemporaryDirectory(prefix="stylefleet-bench-models-") as workdir:
-        results = run_table(names, settings, Path(workdir))
+        results = run_table(names, settings, Path(workdir), Path(args.out))
     print(markdown(results), flush=True)
     write(Path(args.out), results)
     return 0
