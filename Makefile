@@ -8,7 +8,7 @@ PIP := $(BIN)/python -m pip
 CONSTRAINTS ?= constraints-cpu.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test bench bench-rembg bench-sessions install install-test install-gpu clean
+.PHONY: run test bench bench-rembg bench-sessions bench-models bench-gpu bench-gpu-tiny install install-test install-gpu clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,22 @@ bench: $(VENV)/.installed-bench
 # ONNX Runtime session options on the real networks (README "Performance").
 bench-sessions: $(VENV)/.installed-bench
 	$(BIN)/stylefleet bench --sessions --batch-sizes 1,8 --out bench-results/sessions.json
+
+# The model layer's table, per model and batch size (README "Model table"): images/s, p50, peak
+# memory; on CUDA where torch sees it. On a CPU, pass smaller sizes: MODELS_FLAGS='--size 256 --steps 2'.
+MODELS_FLAGS ?=
+bench-models: $(VENV)/.installed-bench
+	$(BIN)/python -m stylefleet.cli bench --models $(MODELS_FLAGS) --out bench-results/models.json
+
+# Issue 15's GPU harness (README "GPU benchmark"). It needs no Ray and no install step here: a GPU
+# machine without network installs from a wheelhouse (README), then runs this with its python.
+# Without CUDA it refuses; bench-gpu-tiny runs the whole harness on the CPU at toy sizes.
+BENCH_PYTHON ?= $(BIN)/python
+bench-gpu:
+	$(BENCH_PYTHON) -m stylefleet.cli bench --gpu --out bench-results/gpu.json
+
+bench-gpu-tiny:
+	$(BENCH_PYTHON) -m stylefleet.cli bench --gpu --tiny --out bench-results/gpu-tiny.json
 
 # remove-background against rembg's own server on the same model and photo. rembg is no
 # dependency of stylefleet: it gets a virtual environment of its own, pinned like ours.

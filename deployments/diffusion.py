@@ -294,13 +294,33 @@ def load_pipelines(
     source: DiffusionSource, runtime: RuntimeOptions, *, allow_download: bool, setting: str
 ) -> tuple[dict[str, Any], str]:
     """The three pipelines on shared modules, and a digest of every weight file they came from."""
+    from diffusers import ControlNetModel, StableDiffusionPipeline
+
+    base_dir = locate(source.model, f"{setting}.model", allow_download=allow_download, variant=source.variant)
+    extra: dict[str, Any] = {} if source.safety_checker else {"safety_checker": None, "requires_safety_checker": False}
+    try:
+        # No dtype at load (its keyword changed name across diffusers versions): cast with .to() later.
+        base = StableDiffusionPipeline.from_pretrained(base_dir, variant=source.variant, local_files_only=True, **extra)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ModelUnavailable(f"{setting}.model: {base_dir} is not a loadable Stable Diffusion folder: {exc}") from None
+    folders = [base_dir]
+    controlnet = None
+    if source.controlnet is not None:
+        cn_dir = locate(source.controlnet, f"{setting}.controlnet", allow_download=allow_download, variant=source.variant, controlnet=True)
+        try:
+            controlnet = ControlNetModel.from_pretrained(cn_dir, variant=source.variant, local_files_only=True)
+        except (OSError, ValueError, TypeError) as exc:
+            raise ModelUnavailable(f"{setting}.controlnet: {cn_dir} is not a loadable ControlNet folder: {exc}") from None
+        folders.append(cn_dir)
+    return assemble_pipelines(base, controlnet, runtime), tree_digest(folders)
+
+
+def assemble_pipelines(base: Any, controlnet: Any | None, runtime: RuntimeOptions) -> dict[str, Any]:
+    """text-to-image (``base``), img2img and, given a ControlNet, controlnet-canny over one set of
+    modules, on the runtime's device: fp16 and scaled-dot-product attention on CUDA, fp32 on CPU.
+    The loader above and the benchmark (real-size random weights, ``stylefleet.bench_models``) share it."""
     import torch
-    from diffusers import (
-        ControlNetModel,
-        StableDiffusionControlNetPipeline,
-        StableDiffusionImg2ImgPipeline,
-        StableDiffusionPipeline,
-    )
+    from diffusers import StableDiffusionControlNetPipeline, StableDiffusionImg2ImgPipeline
     from diffusers.models.attention_processor import AttnProcessor2_0
     from diffusers.utils import logging as diffusers_logging
 
@@ -313,36 +333,22 @@ def load_pipelines(
     cuda = runtime.device == "cuda"
     dtype = torch.float16 if cuda else torch.float32
     if not cuda:
-        torch.set_num_threads(max(1, runtime.threads))
-    base_dir = locate(source.model, f"{setting}.model", allow_download=allow_download, variant=source.variant)
-    extra: dict[str, Any] = {} if source.safety_checker else {"safety_checker": None, "requires_safety_checker": False}
-    try:
-        # No dtype at load (its keyword changed name across diffusers versions): cast with .to() below.
-        base = StableDiffusionPipeline.from_pretrained(base_dir, variant=source.variant, local_files_only=True, **extra)
-    except (OSError, ValueError, TypeError) as exc:
-        raise ModelUnavailable(f"{setting}.model: {base_dir} is not a loadable Stable Diffusion folder: {exc}") from None
-    folders = [base_dir]
+        torch.set_num_threads(max(1, runtime.threads or 1))
     pipelines: dict[str, Any] = {
         "text-to-image": base,
         "img2img": StableDiffusionImg2ImgPipeline.from_pipe(base),
     }
-    if source.controlnet is not None:
-        cn_dir = locate(source.controlnet, f"{setting}.controlnet", allow_download=allow_download, variant=source.variant, controlnet=True)
-        try:
-            controlnet = ControlNetModel.from_pretrained(cn_dir, variant=source.variant, local_files_only=True)
-        except (OSError, ValueError, TypeError) as exc:
-            raise ModelUnavailable(f"{setting}.controlnet: {cn_dir} is not a loadable ControlNet folder: {exc}") from None
+    if controlnet is not None:
         pipelines["controlnet-canny"] = StableDiffusionControlNetPipeline.from_pipe(base, controlnet=controlnet)
-        folders.append(cn_dir)
     device = torch.device("cuda", runtime.gpu_device_id) if cuda else torch.device("cpu")
     for pipe in pipelines.values():
         pipe.to(device=device, dtype=dtype)
         pipe.set_progress_bar_config(disable=True)
     if cuda:  # PyTorch's scaled-dot-product attention (flash / memory-efficient kernels)
         base.unet.set_attn_processor(AttnProcessor2_0())
-        if "controlnet-canny" in pipelines:
+        if controlnet is not None:
             pipelines["controlnet-canny"].controlnet.set_attn_processor(AttnProcessor2_0())
-    return pipelines, tree_digest(folders)
+    return pipelines
 
 
 def locate(ref: str, setting: str, *, allow_download: bool, variant: str | None = None, controlnet: bool = False) -> Path:

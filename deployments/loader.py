@@ -67,6 +67,7 @@ class LoadedModel:
     load_seconds: float
     runtime: RuntimeOptions
     nvml: Nvml | None = None
+    gpu_memory_cap_bytes: int | None = None  # what this replica may take of its card (info())
 
 
 def runtime_options(spec: ModelSpec) -> RuntimeOptions:
@@ -80,7 +81,9 @@ def load_model(spec: ModelSpec, *, runtime: RuntimeOptions | None = None) -> Loa
     runtime = runtime or runtime_options(spec)
     nvml = Nvml.open(runtime.gpu_device_id) if runtime.device == "cuda" else None
     started = time.perf_counter()
+    cap: int | None = None
     if nvml is not None and spec.num_gpus > 0:
+        cap = memory_cap_bytes(spec.num_gpus, nvml.total_memory_bytes())
         runtime = _gpu_capped(runtime, spec.num_gpus, nvml, torch=kind.torch)
     files = [
         resolve(
@@ -93,7 +96,7 @@ def load_model(spec: ModelSpec, *, runtime: RuntimeOptions | None = None) -> Loa
         for name in kind.files
     ]
     model = BUILDERS[kind.name](files, runtime, spec)
-    return LoadedModel(model, model_sha256(spec, files, model), time.perf_counter() - started, runtime, nvml)
+    return LoadedModel(model, model_sha256(spec, files, model), time.perf_counter() - started, runtime, nvml, cap)
 
 
 def model_sha256(spec: ModelSpec, files: list[ResolvedModel], model: Any) -> str:
@@ -111,8 +114,11 @@ def _gpu_capped(runtime: RuntimeOptions, num_gpus: float, nvml: Nvml, *, torch: 
     """A GPU share caps the model's memory: torch's allocator at that fraction of the card (the
     memory-aware batching then splits a batch that overflows), ONNX Runtime's arena at gpu_mem_limit."""
     if torch:
-        _cap_torch(torch_memory_fraction(num_gpus), runtime.gpu_device_id)
-        logger.info("GPU share %.2f: torch capped at that fraction of the card", num_gpus)
+        # The share less the CUDA context's headroom, as ONNX Runtime's cap: torch's allocator
+        # does not count the context, so two replicas at 0.5 could otherwise fill the card.
+        fraction = torch_memory_fraction(num_gpus, nvml.total_memory_bytes())
+        _cap_torch(fraction, runtime.gpu_device_id)
+        logger.info("GPU share %.2f: torch capped at %.3f of the card (the share less the CUDA context's headroom)", num_gpus, fraction)
         return runtime
     cap = memory_cap_bytes(num_gpus, nvml.total_memory_bytes())
     logger.info("GPU share %.2f: ONNX Runtime capped at %.2f GiB", num_gpus, cap / 2**30)

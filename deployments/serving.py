@@ -228,6 +228,7 @@ class ModelServer(_Batched):
         self.model_sha256 = loaded.model_sha256
         self.load_seconds = loaded.load_seconds
         self._limiter: BatchLimiter | None = self.model.limiter if isinstance(self.model, MemoryLimited) else None
+        self.gpu_memory_cap_bytes = loaded.gpu_memory_cap_bytes
         self._memory_metrics = _MemoryMetrics() if self._limiter is not None else None
         self.metrics.model_loaded(self.kind.name, self.load_seconds)
         pid = os.getpid()
@@ -293,6 +294,7 @@ class ModelServer(_Batched):
             "task": self.kind.task,
             "model_sha256": self.model_sha256,
             "load_seconds": round(self.load_seconds, 3),
+            "gpu_memory_cap_bytes": self.gpu_memory_cap_bytes,
             **self._batch_info(),
             **(self.model.info() if isinstance(self.model, Describing) else {}),
         }

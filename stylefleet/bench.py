@@ -48,7 +48,7 @@ from stylefleet.spec import AppSpec, load_serve_file
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="serve_config.yaml")
     parser.add_argument("--out", default="bench-results/bench.json")
-    parser.add_argument("--batch-sizes", default="1,4,8")
+    parser.add_argument("--batch-sizes", default=None, help="default 1,4,8; --models/--gpu: 1,2,4,8,16 (--tiny: 1,2)")
     parser.add_argument("--concurrency", default="1,4,16,32")
     parser.add_argument("--requests", type=int, default=64, help="requests per served level (at least 2x concurrency)")
     parser.add_argument("--seconds", type=float, default=60.0, help="time cap per served level")

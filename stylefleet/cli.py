@@ -59,8 +59,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from stylefleet import bench
+    """The served benchmark, or ``--models`` (the model layer's table) or ``--gpu`` (issue 15's harness)."""
+    from stylefleet import bench, bench_gpu, bench_table
 
+    if args.gpu:
+        return bench_gpu.main(args)
+    if args.models:
+        return bench_table.main(args)
+    args.batch_sizes = args.batch_sizes or "1,4,8"
     return bench.main(args)
 
 
@@ -81,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     from stylefleet import bench as bench_mod
+    from stylefleet import bench_gpu as bench_gpu_mod
     from stylefleet.batch import run as batch_mod
 
     batch = sub.add_parser(
@@ -95,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="measure bare and served throughput; print and write JSON")
     bench_mod.add_arguments(bench)
+    bench_gpu_mod.add_arguments(bench)  # --models and --gpu: their own modules
     bench.set_defaults(func=cmd_bench)
 
     k8s = sub.add_parser("k8s", help="regenerate k8s/ (RayService, PodMonitor, Grafana dashboard) from the config")

@@ -22,9 +22,20 @@ def memory_cap_bytes(num_gpus: float, total_bytes: int, headroom_bytes: int = DE
     return max(0, int(total_bytes * share) - headroom_bytes)
 
 
-def torch_memory_fraction(num_gpus: float) -> float:
-    """For ``torch.cuda.set_per_process_memory_fraction``: the share itself, at most 1."""
-    return min(max(num_gpus, 0.0), 1.0)
+def torch_memory_fraction(
+    num_gpus: float, total_bytes: int | None = None, headroom_bytes: int = DEFAULT_HEADROOM_BYTES
+) -> float:
+    """For ``torch.cuda.set_per_process_memory_fraction``: the share, at most 1.
+
+    Given the card's memory, the same cap as ONNX Runtime's (``memory_cap_bytes``): the share
+    less the headroom for the CUDA context, which torch's allocator does not count. Without it,
+    two replicas at 0.5 would let their allocators take the whole card, and the second CUDA
+    context would push one of them over.
+    """
+    share = min(max(num_gpus, 0.0), 1.0)
+    if total_bytes is None or share == 0.0:
+        return share
+    return memory_cap_bytes(share, total_bytes, headroom_bytes) / total_bytes
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,17 @@ class Nvml:
 
     def total_memory_bytes(self) -> int:
         return int(self._nvml.nvmlDeviceGetMemoryInfo(self._handle).total)  # type: ignore[attr-defined]
+
+    def device_memory_used_bytes(self) -> int:
+        """Memory in use on the whole card, by every process (the benchmark's served replicas)."""
+        return int(self._nvml.nvmlDeviceGetMemoryInfo(self._handle).used)  # type: ignore[attr-defined]
+
+    def utilization_ratio(self) -> float:
+        return float(self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu) / 100.0  # type: ignore[attr-defined]
+
+    def name(self) -> str:
+        name = self._nvml.nvmlDeviceGetName(self._handle)  # type: ignore[attr-defined]
+        return name.decode() if isinstance(name, bytes) else str(name)
 
     def read(self, pid: int) -> GpuReading:
         nvml = self._nvml
