@@ -1,6 +1,6 @@
 # stylefleet: two commands.
 #   make run   - create .venv, install, serve the default CPU app on 127.0.0.1:8000 (Ctrl-C stops it)
-#   make test  - create/update .venv with the test extras and run the whole suite
+#   make test  - create/update .venv with the test extras, lint (ruff, mypy), run the whole suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -8,7 +8,7 @@ PIP := $(BIN)/python -m pip
 CONSTRAINTS ?= constraints-cpu.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test bench bench-rembg bench-sessions bench-models bench-gpu bench-gpu-tiny install install-test install-gpu clean
+.PHONY: run test lint bench bench-rembg bench-sessions bench-models bench-gpu bench-gpu-tiny install install-test install-gpu clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,7 +42,12 @@ install-gpu: | $(BIN)/python
 run: install
 	$(BIN)/stylefleet run serve_config.yaml
 
-test: install-test
+# ruff (pyproject [tool.ruff]) and mypy (pyproject [tool.mypy]: strict on deployments/ and router/).
+lint: install-test
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m mypy
+
+test: lint
 	$(BIN)/python -m pytest
 
 $(VENV)/.installed-bench: $(VENV)/.installed-test

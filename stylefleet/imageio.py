@@ -249,4 +249,4 @@ def resize_to_max_side(pixels: np.ndarray, max_side: int | None) -> np.ndarray:
 
 def _resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     mode = "RGBA" if pixels.shape[2] == 4 else "RGB"
-    return np.asarray(Image.fromarray(pixels, mode).resize(size, Image.LANCZOS))
+    return np.asarray(Image.fromarray(pixels, mode).resize(size, Image.Resampling.LANCZOS))

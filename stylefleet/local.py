@@ -93,7 +93,7 @@ def loopback_token_environment(state_dir: Path) -> Path:
     """Set this process's environment so the Ray nodes it starts (one, or a head and workers on
     this machine) stay on 127.0.0.1 and share one fresh private token; its path is returned."""
     from ray._private import ray_constants
-    from ray._raylet import Config
+    from ray._raylet import Config  # type: ignore[attr-defined]  # compiled module, no stub
 
     # Single-machine mode: the node address stays 127.0.0.1. Children read the variable at
     # import; this process already imported Ray, so its constant is set too.
