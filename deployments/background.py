@@ -42,7 +42,7 @@ TRIMAP_BACKGROUND = 10
 TRIMAP_BAND_PX = 10
 # Closed-form matting solves a sparse system over every pixel of the band's bounding box, and
 # its cost grows faster than the pixel count: larger images are matted at this longer side and
-# the result scaled back up (README "Remove background: edges" has the figures).
+# the result scaled back up (docs/api.md "Remove background: edges" has the figures).
 MATTING_MAX_SIDE = 640
 
 

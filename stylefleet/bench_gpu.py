@@ -292,7 +292,7 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 def refusal(why: str) -> str:
     return (
-        f'stylefleet bench --gpu: no CUDA here ({why}). Run it on a CUDA machine (README "GPU"), '
+        f'stylefleet bench --gpu: no CUDA here ({why}). Run it on a CUDA machine (docs/gpu.md "GPU"), '
         "or `stylefleet bench --gpu --tiny` to run the whole harness on the CPU at toy sizes."
     )
 

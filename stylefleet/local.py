@@ -14,7 +14,7 @@ Safe by default:
   worker that cluster starts later (autoscaling, a replaced replica) still reads the right token.
 
 What still listens beyond loopback (Serve's replica-to-replica gRPC port, hard-coded to ``[::]``
-in Ray Serve 2.60 and token-protected) is listed in the README ("What listens where"); the
+in Ray Serve 2.60 and token-protected) is listed in the docs/operations.md ("What listens where"); the
 integration tests fail on any other socket.
 """
 

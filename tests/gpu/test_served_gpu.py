@@ -2,7 +2,7 @@
 ``num_gpus: 0.5``, each capped to its share, one running out of memory without harming the other.
 
 Skipped without CUDA (the whole tier) and without Ray (the GPU machine this was planned for has
-none; bring its wheels as README "GPU benchmark" says to run these).
+none; bring its wheels as docs/gpu.md "GPU benchmark" says to run these).
 """
 
 from __future__ import annotations
