@@ -1,6 +1,6 @@
 # stylefleet: two commands.
 #   make run   - create .venv, install, serve the default CPU app on 127.0.0.1:8000 (Ctrl-C stops it)
-#   make test  - create/update .venv with the test extras and run the whole suite
+#   make test  - create/update .venv with the test extras, lint (ruff, mypy), run the whole suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -8,14 +8,14 @@ PIP := $(BIN)/python -m pip
 CONSTRAINTS ?= constraints-cpu.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test bench bench-rembg bench-sessions bench-models bench-gpu bench-gpu-tiny install install-test install-gpu clean
+.PHONY: run test lint bench bench-rembg bench-sessions bench-models bench-gpu bench-gpu-tiny install install-test install-gpu clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # Re-install only when the dependency list or the constraints change.
 # The .pth line keeps every Ray started from this venv (`serve run` included) on 127.0.0.1:
-# see README "What listens where". Remove the file to let this venv join multi-node clusters.
+# see docs/operations.md "What listens where". Remove the file to let this venv join multi-node clusters.
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 	$(PIP) install -q -c $(CONSTRAINTS) -e .
 	echo 'import os; os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")' \
@@ -42,7 +42,12 @@ install-gpu: | $(BIN)/python
 run: install
 	$(BIN)/stylefleet run serve_config.yaml
 
-test: install-test
+# ruff (pyproject [tool.ruff]) and mypy (pyproject [tool.mypy]: strict on deployments/ and router/).
+lint: install-test
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m mypy
+
+test: lint
 	$(BIN)/python -m pytest
 
 $(VENV)/.installed-bench: $(VENV)/.installed-test
@@ -52,17 +57,17 @@ $(VENV)/.installed-bench: $(VENV)/.installed-test
 bench: $(VENV)/.installed-bench
 	$(BIN)/stylefleet bench --profile-seconds 20 --config serve_config.yaml --out bench-results/bench.json
 
-# ONNX Runtime session options on the real networks (README "Performance").
+# ONNX Runtime session options on the real networks (docs/performance.md "Performance").
 bench-sessions: $(VENV)/.installed-bench
 	$(BIN)/stylefleet bench --sessions --batch-sizes 1,8 --out bench-results/sessions.json
 
-# The model layer's table, per model and batch size (README "Model table"): images/s, p50, peak
+# The model layer's table, per model and batch size (docs/performance.md "Model table"): images/s, p50, peak
 # memory; on CUDA where torch sees it. On a CPU, pass smaller sizes: MODELS_FLAGS='--size 256 --steps 2'.
 MODELS_FLAGS ?=
 bench-models: $(VENV)/.installed-bench
 	$(BIN)/python -m stylefleet.cli bench --models $(MODELS_FLAGS) --out bench-results/models.json
 
-# Issue 15's GPU harness (README "GPU benchmark"). It needs no Ray and no install step here: a GPU
+# Issue 15's GPU harness (docs/gpu.md "GPU benchmark"). It needs no Ray and no install step here: a GPU
 # machine without network installs from a wheelhouse (README), then runs this with its python.
 # Without CUDA it refuses; bench-gpu-tiny runs the whole harness on the CPU at toy sizes.
 BENCH_PYTHON ?= $(BIN)/python

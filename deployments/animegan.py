@@ -13,7 +13,6 @@ and resized to 512; without a face the centre square is used.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -24,15 +23,16 @@ import numpy as np
 from PIL import Image
 
 from deployments.batching import ModelRequest, validate_params
+from deployments.log import serve_logger
 from deployments.memory import BatchLimiter, run_halving
-from deployments.onnx_session import RuntimeOptions
+from deployments.onnx_session import RuntimeOptions, available_cores
 from deployments.params import AnimeParams
 from deployments.registry import ResolvedModel
 from deployments.stylize import check_min_side, join_alpha, split_alpha
 from stylefleet.errors import InvalidParams, ModelUnavailable
 from stylefleet.imageio import resize_to_max_side
 
-logger = logging.getLogger("ray.serve")
+logger = serve_logger(__name__)
 
 STRIDE = 4
 FACE_SIDE = 512
@@ -52,7 +52,7 @@ def find_face(rgb: np.ndarray) -> tuple[int, int, int, int] | None:
 
 @cache
 def _face_cascade() -> cv2.CascadeClassifier:
-    return cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+    return cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")  # type: ignore[attr-defined]
 
 
 def face_square(height: int, width: int, face: tuple[int, int, int, int] | None) -> tuple[int, int, int]:
@@ -73,7 +73,7 @@ def crop_face(pixels: np.ndarray) -> np.ndarray:
     top, left, side = face_square(pixels.shape[0], pixels.shape[1], find_face(np.ascontiguousarray(pixels[:, :, :3])))
     square = np.ascontiguousarray(pixels[top : top + side, left : left + side])
     mode = "RGBA" if square.shape[2] == 4 else "RGB"
-    return np.asarray(Image.fromarray(square, mode).resize((FACE_SIDE, FACE_SIDE), Image.LANCZOS))
+    return np.asarray(Image.fromarray(square, mode).resize((FACE_SIDE, FACE_SIDE), Image.Resampling.LANCZOS))
 
 
 def to_input(rgb: np.ndarray) -> np.ndarray:
@@ -117,7 +117,7 @@ class AnimeGANModel:
         self._device = torch.device("cuda" if runtime.device == "cuda" else "cpu")
         self._dtype = torch.float16 if runtime.device == "cuda" else torch.float32
         if runtime.device == "cpu":
-            torch.set_num_threads(max(1, runtime.threads))
+            torch.set_num_threads(max(1, runtime.threads or available_cores()))
         generator = Generator()
         try:
             state = torch.load(model.path, map_location="cpu", weights_only=True)

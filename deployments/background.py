@@ -42,13 +42,13 @@ TRIMAP_BACKGROUND = 10
 TRIMAP_BAND_PX = 10
 # Closed-form matting solves a sparse system over every pixel of the band's bounding box, and
 # its cost grows faster than the pixel count: larger images are matted at this longer side and
-# the result scaled back up (README "Remove background: edges" has the figures).
+# the result scaled back up (docs/api.md "Remove background: edges" has the figures).
 MATTING_MAX_SIDE = 640
 
 
 def preprocess(rgb: np.ndarray) -> np.ndarray:
     """One image to the 3x320x320 float32 tensor rembg feeds the network."""
-    small = np.asarray(Image.fromarray(rgb, "RGB").resize((NET_SIDE, NET_SIDE), Image.LANCZOS), dtype=np.float64)
+    small = np.asarray(Image.fromarray(rgb, "RGB").resize((NET_SIDE, NET_SIDE), Image.Resampling.LANCZOS), dtype=np.float64)
     peak = small.max()
     small = small / (peak if peak > 0 else 1.0)
     return ((small - MEAN) / STD).transpose(2, 0, 1).astype(np.float32)
@@ -59,7 +59,7 @@ def postprocess(pred: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     lo, hi = float(pred.min()), float(pred.max())
     norm = (pred - lo) / (hi - lo) if hi > lo else np.zeros_like(pred)
     mask = Image.fromarray((norm * 255).astype(np.uint8), "L")
-    return np.asarray(mask.resize(size, Image.LANCZOS))
+    return np.asarray(mask.resize(size, Image.Resampling.LANCZOS))
 
 
 def refine_edges(rgb: np.ndarray, alpha: np.ndarray, params: EdgeParams) -> np.ndarray:

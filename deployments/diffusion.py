@@ -22,7 +22,6 @@ imports the params from here.
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -34,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from deployments.batching import ModelRequest, safety_checked, validate_params
+from deployments.log import serve_logger
 from deployments.memory import BatchLimiter, probe_largest_batch, run_halving, weight_of
 from deployments.onnx_session import RuntimeOptions
 from deployments.params import SIZE_MULTIPLE, DiffusionParams
@@ -42,7 +42,7 @@ from stylefleet.config import DiffusionSource
 from stylefleet.errors import InvalidParams, ModelUnavailable
 from stylefleet.imageio import flatten
 
-logger = logging.getLogger("ray.serve")
+logger = serve_logger(__name__)
 
 PROBE_SIDE = 512
 PROBE_MAX_IMAGES = 32
@@ -166,7 +166,7 @@ class DiffusionModel:
                 raise InvalidParams("the 'image' file is required")
             check_min_side(pixels)
             width, height = self._output_size(params, pixels)
-            rgb = np.asarray(Image.fromarray(flatten(pixels), "RGB").resize((width, height), Image.LANCZOS))
+            rgb = np.asarray(Image.fromarray(flatten(pixels), "RGB").resize((width, height), Image.Resampling.LANCZOS))
             if params.pipeline == "controlnet-canny":
                 rgb = canny_edges(rgb, params.canny_low, params.canny_high)
             image = Image.fromarray(rgb, "RGB")
@@ -323,7 +323,6 @@ def assemble_pipelines(base: Any, controlnet: Any | None, runtime: RuntimeOption
     from diffusers import StableDiffusionControlNetPipeline, StableDiffusionImg2ImgPipeline
     from diffusers.models.attention_processor import AttnProcessor2_0
     from diffusers.utils import logging as diffusers_logging
-
     from transformers.utils import logging as transformers_logging
 
     # Progress bars and deprecation chatter would fill the replica's log, once per request.

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from deployments.batching import ModelRequest, validate_params
-from deployments.onnx_session import RuntimeOptions
+from deployments.onnx_session import RuntimeOptions, available_cores
 from deployments.params import FaceDetectParams
 from deployments.registry import ResolvedModel
 from stylefleet.errors import InvalidParams
@@ -75,7 +75,7 @@ class HaarFaceModel:
 
     def __init__(self, frontal: ResolvedModel, profile: ResolvedModel, runtime: RuntimeOptions) -> None:
         self.checksum = f"{frontal.sha256}+{profile.sha256}"
-        cv2.setNumThreads(runtime.threads)  # the replica's CPU share, as for ONNX Runtime
+        cv2.setNumThreads(runtime.threads or available_cores())  # the replica's CPU share, as for ONNX Runtime
         self._frontal = cv2.CascadeClassifier(str(frontal.path))
         self._profile = cv2.CascadeClassifier(str(profile.path))
         if self._frontal.empty() or self._profile.empty():

@@ -50,7 +50,7 @@ class ModelKind:
     client_params: frozenset[str] | None = None
     seeded: bool = False
     torch: bool = False  # runs on torch, not ONNX Runtime: a GPU share caps torch's allocator instead
-    # The default pixel budget per batch (README "Pixel budget"): most image pixels, after
+    # The default pixel budget per batch (docs/batching.md "Pixel budget"): most image pixels, after
     # max_side, that one batch may hold; None: no budget (Stable Diffusion weighs its requests).
     max_batch_pixels: int | None = None
     # Its network may run several calls at once from several threads (ONNX Runtime sessions may):

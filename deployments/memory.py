@@ -11,7 +11,6 @@ becomes a ceiling.
 from __future__ import annotations
 
 import contextvars
-import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -19,9 +18,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from deployments.log import serve_logger
 from stylefleet.errors import Overloaded
 
-logger = logging.getLogger("ray.serve")
+logger = serve_logger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -6,13 +6,13 @@ Ray exports a gauge's value only for the export interval after it was set, so on
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable, Sequence
 
+from deployments.log import serve_logger
 from stylefleet.gpu import GpuReading
 
-logger = logging.getLogger("ray.serve")
+logger = serve_logger(__name__)
 
 # Ray exports a histogram's _sum from bucket midpoints, so buckets are centred on whole sizes:
 # sizes 1-4 come out exact, larger ones to within their bucket.

@@ -1,6 +1,6 @@
 """ONNX Runtime sessions sized for serving: true batches, the memory arena on, threads = cores.
 
-Session options were chosen by measurement (README "Performance", ``stylefleet bench
+Session options were chosen by measurement (docs/performance.md "Performance", ``stylefleet bench
 sessions``): the CPU memory arena and memory patterns stay on (turning the arena off cost 2.4x
 on multistyle26), and idle pool threads sleep instead of spinning, so replicas of several models
 can share the cores. Memory is bounded by the replica's pixel budget per batch instead

@@ -144,8 +144,12 @@ class IdPhotoParams(EdgeParams):
     size: SizeName = Field("passport", description="size preset (README lists them with their standards), or custom")
     width_mm: float | None = Field(None, ge=5, le=300, description="size=custom: photo width in mm (with height_mm)")
     height_mm: float | None = Field(None, ge=5, le=300, description="size=custom: photo height in mm (with width_mm)")
-    width_px: int | None = Field(None, ge=FRAME_PX_LIMITS[0], le=FRAME_PX_LIMITS[1], description="size=custom: width in pixels (with height_px)")
-    height_px: int | None = Field(None, ge=FRAME_PX_LIMITS[0], le=FRAME_PX_LIMITS[1], description="size=custom: height in pixels (with width_px)")
+    width_px: int | None = Field(
+        None, ge=FRAME_PX_LIMITS[0], le=FRAME_PX_LIMITS[1], description="size=custom: width in pixels (with height_px)"
+    )
+    height_px: int | None = Field(
+        None, ge=FRAME_PX_LIMITS[0], le=FRAME_PX_LIMITS[1], description="size=custom: height in pixels (with width_px)"
+    )
     bg_color: str = Field("white", description="white (255,255,255), blue (67,142,219), red (255,0,0), or #rrggbb")
     dpi: int = Field(300, ge=72, le=1200, description="print resolution: sets the pixel size of mm presets, written in the file")
     max_kb: int | None = Field(None, ge=1, le=20480, description="largest file in KiB (format=jpeg): the quality is lowered to fit")
@@ -215,8 +219,12 @@ class DiffusionParams(BaseModel):
     controlnet_scale: float = Field(1.0, ge=0.0, le=2.0, description="controlnet-canny: weight of the edges")
     canny_low: int = Field(100, ge=0, le=1000, description="controlnet-canny: Canny's lower hysteresis threshold")
     canny_high: int = Field(200, ge=0, le=1000, description="controlnet-canny: Canny's upper hysteresis threshold")
-    width: int = Field(512, ge=64, le=2048, multiple_of=SIZE_MULTIPLE, description="output width; with an input image, the box it is fitted into")
-    height: int = Field(512, ge=64, le=2048, multiple_of=SIZE_MULTIPLE, description="output height; with an input image, the box it is fitted into")
+    width: int = Field(
+        512, ge=64, le=2048, multiple_of=SIZE_MULTIPLE, description="output width; with an input image, the box it is fitted into"
+    )
+    height: int = Field(
+        512, ge=64, le=2048, multiple_of=SIZE_MULTIPLE, description="output height; with an input image, the box it is fitted into"
+    )
 
     @model_validator(mode="after")
     def _steps_within_bounds(self) -> DiffusionParams:
@@ -238,7 +246,5 @@ class DiffusionParams(BaseModel):
 class AnimeParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    face_crop: bool | None = Field(
-        None, description="crop the largest face, centred, to 512x512 (default: on for the face models)"
-    )
+    face_crop: bool | None = Field(None, description="crop the largest face, centred, to 512x512 (default: on for the face models)")
     max_side: int = Field(1024, ge=32, le=4096, description="longer side of the output, in pixels (no face crop)")

@@ -7,7 +7,7 @@ Head rules are shares of the photo's height, so they hold at any dpi:
 
 The photo is made at the middle of both ranges. Where a standard gives millimetres, the shares are
 those millimetres over the height; where it gives none (the Chinese studio sizes), the preset says
-which rule it borrows. README.md ("ID photos") prints this table with its sources.
+which rule it borrows. docs/id-photos.md ("ID photos") prints this table with its sources.
 """
 
 from __future__ import annotations

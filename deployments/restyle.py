@@ -46,7 +46,7 @@ def _square_style_input(rgb: np.ndarray) -> np.ndarray:
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
     img = Image.fromarray(rgb[top : top + side, left : left + side], "RGB")
-    return np.asarray(img.resize((STYLE_SIDE, STYLE_SIDE), Image.LANCZOS), dtype=np.float32) / 255.0
+    return np.asarray(img.resize((STYLE_SIDE, STYLE_SIDE), Image.Resampling.LANCZOS), dtype=np.float32) / 255.0
 
 
 def _pad_mode(small: int) -> str:
@@ -77,7 +77,7 @@ class ArbitraryStyleModel:
         h, w = rgb.shape[:2]
         scale = TRANSFORM_SIDE / max(h, w)
         sw, sh = max(1, round(w * scale)), max(1, round(h * scale))
-        small = np.asarray(Image.fromarray(rgb, "RGB").resize((sw, sh), Image.LANCZOS), dtype=np.float32) / 255.0
+        small = np.asarray(Image.fromarray(rgb, "RGB").resize((sw, sh), Image.Resampling.LANCZOS), dtype=np.float32) / 255.0
         content = np.pad(
             small,
             ((0, TRANSFORM_SIDE - sh), (0, TRANSFORM_SIDE - sw), (0, 0)),
@@ -115,7 +115,7 @@ class ArbitraryStyleModel:
         h, w = prepared.original.shape[:2]
         stylized = to_uint8(raw[:sh, :sw])
         if (sh, sw) != (h, w):
-            stylized = np.asarray(Image.fromarray(stylized, "RGB").resize((w, h), Image.LANCZOS))
+            stylized = np.asarray(Image.fromarray(stylized, "RGB").resize((w, h), Image.Resampling.LANCZOS))
         if prepared.params.preserve_color:
             stylized = keep_color(stylized, prepared.original)
         return join_alpha(stylized, prepared.alpha)

@@ -12,7 +12,6 @@ batch queue.
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import os
 import threading
@@ -40,6 +39,7 @@ from deployments.capabilities import Describing, MemoryLimited, Weighing
 from deployments.composed import StageClock, run_composed
 from deployments.kinds import KINDS, ModelKind
 from deployments.loader import load_model, runtime_options
+from deployments.log import serve_logger
 from deployments.memory import BatchLimiter
 from deployments.metrics import GpuSampler, ReplicaMetrics
 from deployments.onnx_session import RuntimeOptions, available_cores
@@ -47,7 +47,7 @@ from deployments.queue import BacklogQueue, QueueLimits
 from stylefleet.config import BatchingConfig, ModelSpec
 from stylefleet.errors import ModelUnavailable, Overloaded, StylefleetError
 
-logger = logging.getLogger("ray.serve")
+logger = serve_logger(__name__)
 
 T = TypeVar("T")
 

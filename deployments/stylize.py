@@ -25,7 +25,6 @@ from stylefleet.errors import InvalidImage, InvalidParams
 from stylefleet.imageio import flatten, resize_to_max_side
 
 
-
 def check_min_side(pixels: np.ndarray) -> None:
     h, w = pixels.shape[:2]
     if min(h, w) < MIN_SIDE:
@@ -43,7 +42,7 @@ def join_alpha(rgb: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
     if alpha is None:
         return rgb
     if alpha.shape != rgb.shape[:2]:
-        alpha = np.asarray(Image.fromarray(alpha, "L").resize(rgb.shape[1::-1], Image.LANCZOS))
+        alpha = np.asarray(Image.fromarray(alpha, "L").resize(rgb.shape[1::-1], Image.Resampling.LANCZOS))
     return np.dstack([rgb, alpha])
 
 

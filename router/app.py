@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import time
 from typing import Any
@@ -15,19 +14,20 @@ from ray._private import state as ray_state
 from ray.serve.handle import DeploymentHandle
 
 from deployments.batching import ModelRequest, Reply
+from deployments.log import serve_logger
 from deployments.serving import ComposedServer, ModelServer, call_deployment
-from router.api import create_api
+from router.api.application import create_api
 from router.catalog import Catalog
 from router.core import RouterCore
 from router.health import DeploymentState
-from router.jobs import JobManager
+from router.jobs.manager import JobManager
 from router.metrics import RayRecorder
 from stylefleet.config import AppConfig
 from stylefleet.errors import ModelUnavailable
 from stylefleet.spec import AppSpec
 from stylefleet.storage import Storage
 
-logger = logging.getLogger("ray.serve")
+logger = serve_logger(__name__)
 
 
 class ServeBackend:
@@ -184,7 +184,7 @@ def model_deployment(name: str, spec: AppSpec, bound: dict[str, Any]) -> Any:
     else:
         server, init_args = ModelServer, (spec.model_spec(name),)
     return (
-        serve.deployment(server)
+        serve.deployment(server)  # type: ignore[attr-defined]  # Ray's overloads pick the keyword form
         .options(
             name=name,
             autoscaling_config=dep.autoscaling.to_serve(),
@@ -208,7 +208,7 @@ def build_app(args: AppConfig | AppSpec | dict[str, Any]) -> Any:
         handles[name] = model_deployment(name, spec, handles)
     router = spec.args.router
     return (
-        serve.deployment(Router)
+        serve.deployment(Router)  # type: ignore[attr-defined]  # Ray's overloads pick the keyword form
         .options(
             name="router",
             num_replicas=router.num_replicas,

@@ -11,10 +11,10 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field
 
 from deployments.batching import OutputSpec, validate_params
-from deployments.params import MAX_SEED
 from deployments.kinds import ModelKind
-from stylefleet.spec import AppSpec
+from deployments.params import MAX_SEED
 from stylefleet.errors import InvalidParams, UnknownStyle, clip
+from stylefleet.spec import AppSpec
 
 
 class OutputParams(BaseModel):

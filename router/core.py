@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import random
 import time
 from collections.abc import Mapping
@@ -23,6 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from deployments.batching import EncodedImage, ModelRequest, OutputSpec, Reply
+from deployments.log import serve_logger
 from router.catalog import Catalog, Style, seeded_params, split_count, split_params
 from router.health import DeploymentState
 from router.variants import choose_variant
@@ -31,7 +31,7 @@ from stylefleet.config import RouterSettings
 from stylefleet.errors import InternalError, InvalidParams, StylefleetError
 from stylefleet.imageio import probe
 
-logger = logging.getLogger("ray.serve")
+logger = serve_logger(__name__)
 
 
 class Backend(Protocol):

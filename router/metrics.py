@@ -33,10 +33,17 @@ class RayRecorder:
             tag_keys=("style", "variant", "outcome"),
         )
         shadow_tags = ("style", "primary", "shadow")
-        self._psnr = Histogram("stylefleet_shadow_psnr_db", description="shadow vs primary PSNR", boundaries=PSNR_BUCKETS_DB, tag_keys=shadow_tags)
-        self._ssim = Histogram("stylefleet_shadow_ssim", description="shadow vs primary SSIM", boundaries=UNIT_BUCKETS, tag_keys=shadow_tags)
+        self._psnr = Histogram(
+            "stylefleet_shadow_psnr_db", description="shadow vs primary PSNR", boundaries=PSNR_BUCKETS_DB, tag_keys=shadow_tags
+        )
+        self._ssim = Histogram(
+            "stylefleet_shadow_ssim", description="shadow vs primary SSIM", boundaries=UNIT_BUCKETS, tag_keys=shadow_tags
+        )
         self._mad = Histogram(
-            "stylefleet_shadow_mean_abs_diff", description="shadow vs primary mean absolute difference (0-255)", boundaries=MAD_BUCKETS, tag_keys=shadow_tags
+            "stylefleet_shadow_mean_abs_diff",
+            description="shadow vs primary mean absolute difference (0-255)",
+            boundaries=MAD_BUCKETS,
+            tag_keys=shadow_tags,
         )
 
     def request(self, style: str, variant: str, outcome: str, seconds: float) -> None:

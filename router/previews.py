@@ -86,7 +86,7 @@ def _to_preview_width(image: EncodedImage) -> EncodedImage:
     pixels = decode(image.data, max_pixels=100_000_000).pixels
     height = max(1, round(pixels.shape[0] * PREVIEW_WIDTH / pixels.shape[1]))
     mode = "RGBA" if pixels.shape[2] == 4 else "RGB"
-    small = np.asarray(Image.fromarray(pixels, mode).resize((PREVIEW_WIDTH, height), Image.LANCZOS))
+    small = np.asarray(Image.fromarray(pixels, mode).resize((PREVIEW_WIDTH, height), Image.Resampling.LANCZOS))
     data = encode(small, PREVIEW_OUTPUT.format, PREVIEW_OUTPUT.quality)
     content_type = CONTENT_TYPES[PREVIEW_OUTPUT.format]
     return replace(image, data=data, content_type=content_type, width=PREVIEW_WIDTH, height=height, pixels=None)

@@ -1,4 +1,4 @@
-"""Seconds per remove-background call with and without alpha matting, at 512-4096 px (README "Remove background: edges").
+"""Seconds per remove-background call with and without alpha matting, at 512-4096 px (docs/api.md "Remove background: edges").
 
 A measurement, not a test: run it by hand on an idle machine (PYTHONPATH=. .venv/bin/python scripts/matting_cost.py).
 """

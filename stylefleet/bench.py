@@ -29,7 +29,6 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -188,7 +187,14 @@ def bare(case: Case, model: ModelSpec, samples: dict[str, bytes], batch_sizes: l
     pool = ThreadPoolExecutor(cores)
     fixed = case.params
     rows = []
-    for b in batch_sizes:
+    def parallel(fn: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            list(pool.map(lambda _: fn(), range(cores)))
+
+        return run
+
+    def contenders(b: int) -> list[Callable[[], None]]:
+        """The four timed functions at batch size ``b``, their inputs prepared up front."""
         requests = [ModelRequest({}, dict(fixed), files={f: samples[f] for f in case.files}) for _ in range(b)]
         requests = [decoded(models["parallel_one_thread_calls"], r) for r in requests]
         prepared = {name: [m.prepare(r) for r in requests] for name, m in models.items()}
@@ -198,15 +204,15 @@ def bare(case: Case, model: ModelSpec, samples: dict[str, bytes], batch_sizes: l
             reqs = [ModelRequest({}, dict(fixed), OutputSpec("png"), files={f: samples[f] for f in case.files}) for _ in range(b)]
             encode_outcomes(reqs, run_batch(narrow, reqs), "")
 
-        def parallel(fn: Callable[[], None]) -> Callable[[], None]:
-            return lambda: list(pool.map(lambda _: fn(), range(cores)))
-
-        fns = [
+        return [
             lambda: models["one_call_all_threads"].infer(prepared["one_call_all_threads"]),
             lambda: models["one_call_all_threads_spinning"].infer(prepared["one_call_all_threads_spinning"]),
             parallel(lambda: narrow.infer(prepared["parallel_one_thread_calls"])),
             parallel(end_to_end),
         ]
+
+    for b in batch_sizes:
+        fns = contenders(b)
         one, spin, par, e2e = _alternating_rates(fns, b)
         par, e2e = par * cores, e2e * cores  # each of those calls did b images, cores times over
         fastest = max(one, spin, par)
@@ -242,9 +248,10 @@ def replica_infos(deployment: str, app: str = "stylefleet", tries: int = 40) -> 
     """``info()`` of every running replica of a deployment: asked until each has answered once
     (the handle picks replicas itself), at most ``tries`` times."""
     from ray import serve
+    from ray.serve.schema import ReplicaState
 
     status = serve.status().applications[app].deployments[deployment]
-    running = int(status.replica_states.get("RUNNING", 1)) if getattr(status, "replica_states", None) else 1
+    running = int(status.replica_states.get(ReplicaState.RUNNING, 1)) if getattr(status, "replica_states", None) else 1
     handle = serve.get_deployment_handle(deployment, app)
     seen: dict[str, dict[str, Any]] = {}
     for _ in range(tries):
@@ -378,7 +385,8 @@ def measured_level(
     if profilers:
         row["profile"] = [p.result() for p in profilers]
         for p in row["profile"]:
-            print(f"  py-spy {case.deployment} pid {p.get('pid')}: " + ", ".join(f"{k} {v:.0%}" for k, v in p.get("shares", {}).items()), flush=True)
+            shares = ", ".join(f"{k} {v:.0%}" for k, v in p.get("shares", {}).items())
+            print(f"  py-spy {case.deployment} pid {p.get('pid')}: " + shares, flush=True)
     after = replica_infos(case.deployment)
     row["mean_batch_size"] = _mean_batch(before, after)
     seconds = sum(i["compute_seconds"] for i in after) - sum(i["compute_seconds"] for i in before)
@@ -447,9 +455,16 @@ def main(args: argparse.Namespace) -> int:
 
     print(f"== bare, in-process, {args.threads or 'all'} threads (astronaut 512x512 JPEG; restyle uses the cat as style)", flush=True)
     for case in cases:
-        results["models"][case.deployment] = {"style": case.style, "bare": bare(case, spec.model_spec(case.deployment), samples, batch_sizes, args.threads)}
+        results["models"][case.deployment] = {
+            "style": case.style,
+            "bare": bare(case, spec.model_spec(case.deployment), samples, batch_sizes, args.threads),
+        }
     for case in idphoto_cases:
-        results["models"][case.deployment] = {"style": case.style, "params": case.params, "bare": idphoto_bare(case, spec, samples, args.threads)}
+        results["models"][case.deployment] = {
+            "style": case.style,
+            "params": case.params,
+            "bare": idphoto_bare(case, spec, samples, args.threads),
+        }
 
     port = free_port()
     config["http_options"]["port"] = port
@@ -482,7 +497,9 @@ def main(args: argparse.Namespace) -> int:
         if args.compare and cases:
             results["queues"] = compare_queues(cluster, config, url, cases, samples, levels[-1], args)
             if len(cases) > 1:
-                results["two_styles"] = two_styles(url, cases[:1] + [c for c in cases if c.deployment == "remove-background"][:1], samples, levels[-1], args, results)
+                results["two_styles"] = two_styles(
+                    url, cases[:1] + [c for c in cases if c.deployment == "remove-background"][:1], samples, levels[-1], args, results
+                )
         for case in idphoto_cases:
             rows = []
             for c in idphoto_levels:
@@ -535,7 +552,11 @@ def compare_queues(
         if entry is None:
             continue
         shipped = dict(entry.get("user_config", {}))
-        for queue, wait in (("serve-batch", 0.0), ("serve-batch", 0.02), ("backlog", BatchingConfig.model_validate(shipped).batch_wait_timeout_s)):
+        for queue, wait in (
+            ("serve-batch", 0.0),
+            ("serve-batch", 0.02),
+            ("backlog", BatchingConfig.model_validate(shipped).batch_wait_timeout_s),
+        ):
             _set_batching(cluster, config, case.deployment, queue=queue, batch_wait_timeout_s=wait)
             row = measured_level(url, case, samples, concurrency, max(args.requests, 2 * concurrency), args.seconds)
             row.update(deployment=case.deployment, queue=queue, batch_wait_timeout_s=wait)
@@ -545,7 +566,9 @@ def compare_queues(
     return rows
 
 
-def two_styles(url: str, cases: list[Case], samples: dict[str, bytes], concurrency: int, args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
+def two_styles(
+    url: str, cases: list[Case], samples: dict[str, bytes], concurrency: int, args: argparse.Namespace, results: dict[str, Any]
+) -> dict[str, Any]:
     """Two styles on two models saturated at once: each one's throughput against alone."""
     names = " + ".join(c.deployment for c in cases)
     print(f"== two styles at once ({names}), concurrency {concurrency} each", flush=True)
@@ -583,7 +606,10 @@ def soak(url: str, spec: AppSpec, style: str, samples: dict[str, bytes], minutes
         infos = replica_infos(deployment)
         sample = {"minute": round((time.monotonic() - started) / 60, 2), "ips": row["ips"], "errors": row["errors"], "rss": _rss(infos)}
         samples_out.append(sample)
-        print(f"  t={sample['minute']:5.2f} min  {row['ips']:6.2f} img/s  RSS " + ", ".join(f"{r['rss_mib']} MiB" for r in sample["rss"]), flush=True)
+        print(
+            f"  t={sample['minute']:5.2f} min  {row['ips']:6.2f} img/s  RSS " + ", ".join(f"{r['rss_mib']} MiB" for r in sample["rss"]),
+            flush=True,
+        )
     return samples_out
 
 

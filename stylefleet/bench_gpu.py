@@ -23,7 +23,6 @@ Without CUDA it refuses, except with ``--tiny``: the whole harness on the CPU at
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib.util
 import os
 import platform
@@ -42,7 +41,7 @@ ANCHORS = {
     "sd15_512px_50steps_fp16_a100_s_per_image": {"sdpa": 1.6, "torch_compile_channels_last": 1.1},
     "u2netp_320px_1080ti_images_per_s_one_at_a_time": 40,
 }
-TARGETS = {
+TARGETS: dict[str, Any] = {
     "served_batched_over_per_image": {"onnx": 3.0, "torch-sd": 1.5},
     "served_over_bare_same_batch": 0.9,
 }
@@ -64,7 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tiny", action="store_true", help="with --gpu: the whole harness on the CPU at toy sizes (CI)")
     parser.add_argument("--layers", default="model,served", help="--gpu: model, served or both (served needs Ray)")
     parser.add_argument("--gpu-concurrency", default=None, help="--gpu: served concurrency levels (default 1,8,32,64; --tiny 1,4)")
-    parser.add_argument("--gpu-requests", type=int, default=None, help="--gpu: requests per served level, at least 2x concurrency (default 64; --tiny 8)")
+    parser.add_argument(
+        "--gpu-requests", type=int, default=None, help="--gpu: requests per served level, at least 2x concurrency (default 64; --tiny 8)"
+    )
 
 
 def cuda_status() -> tuple[bool, str]:
@@ -291,7 +292,7 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 def refusal(why: str) -> str:
     return (
-        f"stylefleet bench --gpu: no CUDA here ({why}). Run it on a CUDA machine (README \"GPU\"), "
+        f'stylefleet bench --gpu: no CUDA here ({why}). Run it on a CUDA machine (docs/gpu.md "GPU"), '
         "or `stylefleet bench --gpu --tiny` to run the whole harness on the CPU at toy sizes."
     )
 
@@ -324,7 +325,10 @@ def main(args: argparse.Namespace) -> int:
     }
     if args.tiny:
         results["note"] = "--tiny: the harness on the CPU at toy sizes (tiny models); the figures prove the harness, not the GPU"
-    print(f"== stylefleet bench --gpu{' --tiny' if args.tiny else ''} on {results['machine'].get('gpu', 'the CPU')}; {results['weights']}", flush=True)
+    print(
+        f"== stylefleet bench --gpu{' --tiny' if args.tiny else ''} on {results['machine'].get('gpu', 'the CPU')}; {results['weights']}",
+        flush=True,
+    )
     model_layer = None
     with tempfile.TemporaryDirectory(prefix="stylefleet-bench-gpu-") as workdir:
         if "model" in layers:

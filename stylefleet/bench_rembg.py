@@ -60,7 +60,9 @@ def compare(rembg: str, url: str, case: Case, samples: dict[str, bytes], rounds:
         proc, rembg_url = _start(rembg, Path(home))
         try:
             theirs = Load(rembg_url, "/api/remove", {"file": ("image.jpg", photo, "image/jpeg")}, {"model": "u2netp"})
-            print(f"== remove-background vs `rembg s` ({rembg_url}, u2netp, astronaut 512 px JPEG), {rounds} alternating rounds", flush=True)
+            print(
+                f"== remove-background vs `rembg s` ({rembg_url}, u2netp, astronaut 512 px JPEG), {rounds} alternating rounds", flush=True
+            )
             for load in (ours, theirs):  # warm-up: rembg builds its session on the first request
                 asyncio.run(load.run(2, 4, cap_s))
             levels = []
@@ -77,7 +79,13 @@ def compare(rembg: str, url: str, case: Case, samples: dict[str, bytes], rounds:
                         flush=True,
                     )
                 ratio = statistics.median(a["ips"] / b["ips"] for a, b in pairs if b["ips"])
-                levels.append({"concurrency": concurrency, "rounds": [{"stylefleet": a, "rembg": b} for a, b in pairs], "median_ratio": round(ratio, 2)})
+                levels.append(
+                    {
+                        "concurrency": concurrency,
+                        "rounds": [{"stylefleet": a, "rembg": b} for a, b in pairs],
+                        "median_ratio": round(ratio, 2),
+                    }
+                )
                 print(f"  => conc {concurrency}: stylefleet / rembg s = {ratio:.2f} (median of {len(pairs)} rounds)", flush=True)
         finally:
             proc.terminate()

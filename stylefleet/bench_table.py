@@ -93,7 +93,7 @@ def photos(size: int) -> tuple[dict[str, np.ndarray], str]:
         photo = np.stack([x % 256, y % 256, (x + y) % 256], axis=2).astype(np.uint8)
         style = np.ascontiguousarray(photo[::-1, :, ::-1])
         source = "a drawn gradient (scikit-image not installed)"
-    resized = np.asarray(Image.fromarray(np.ascontiguousarray(photo)).resize((size, size), Image.LANCZOS))
+    resized = np.asarray(Image.fromarray(np.ascontiguousarray(photo)).resize((size, size), Image.Resampling.LANCZOS))
     return {"image": np.ascontiguousarray(resized), "style_image": np.ascontiguousarray(style)}, source
 
 
@@ -358,7 +358,7 @@ def measure_row(subject: Subject, model: Any, batch_size: int, settings: Setting
 def _check(outcomes: Sequence[Any]) -> None:
     for outcome in outcomes:
         if isinstance(outcome, StylefleetError):
-            raise RuntimeError(f"{outcome.code}: {outcome}")  # type: ignore[attr-defined]
+            raise RuntimeError(f"{outcome.code}: {outcome}")
 
 
 def measure_subject(subject: Subject, settings: Settings) -> dict[str, Any]:
@@ -429,8 +429,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subjects", default=",".join(SUBJECTS), help=f"--models/--gpu: which models, of {','.join(SUBJECTS)}")
     parser.add_argument("--size", type=int, default=None, help="--models/--gpu: image side in px (default 512; --tiny 64)")
     parser.add_argument("--steps", type=int, default=None, help="--models/--gpu: Stable Diffusion steps (default 25; --tiny 2)")
-    parser.add_argument("--sd-arch", choices=sorted(bench_models.ARCHS), default=None, help="Stable Diffusion size (default sd15; --tiny: tiny)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="--models: where to run (auto: CUDA where torch sees it)")
+    parser.add_argument(
+        "--sd-arch", choices=sorted(bench_models.ARCHS), default=None, help="Stable Diffusion size (default sd15; --tiny: tiny)"
+    )
+    parser.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="--models: where to run (auto: CUDA where torch sees it)"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="--models/--gpu: timed calls per row, after one warm-up call")
     parser.add_argument("--row-seconds", type=float, default=60.0, help="--models/--gpu: no new timed call after this")
 
@@ -461,13 +465,18 @@ def run_table(names: Sequence[str], settings: Settings, workdir: Path, out: Path
     results: dict[str, Any] = {
         "layer": "model (run_batch: prepare, network, finish; no decode/encode; no Ray)",
         "settings": {
-            "device": settings.device, "size": settings.size, "steps": settings.steps, "sd_arch": settings.arch.name,
-            "batch_sizes": list(settings.batch_sizes), "repeats": settings.repeats,
+            "device": settings.device,
+            "size": settings.size,
+            "steps": settings.steps,
+            "sd_arch": settings.arch.name,
+            "batch_sizes": list(settings.batch_sizes),
+            "repeats": settings.repeats,
             "threads": settings.runtime().intra_op_threads if settings.device == "cpu" else None,
             "dtype_torch": "float16" if settings.device == "cuda" else "float32",
             "photos": photo_source,
         },
-        "memory": "peak RSS: kernel VmHWM reset before each batch size (weights included); CUDA: torch allocator peak and NVML per-process peak sampled every 20 ms",
+        "memory": "peak RSS: kernel VmHWM reset before each batch size (weights included); "
+        "CUDA: torch allocator peak and NVML per-process peak sampled every 20 ms",
         "models": {},
     }
     for subject in subjects(names, settings, workdir):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-
 ECHO_MAX_CHARS = 80
 
 

@@ -16,7 +16,7 @@ DEFAULT_HEADROOM_BYTES = 512 * 1024 * 1024
 
 def memory_cap_bytes(num_gpus: float, total_bytes: int, headroom_bytes: int = DEFAULT_HEADROOM_BYTES) -> int:
     """The memory one replica may take: its share of the card, less per-process headroom."""
-    if not 0 < num_gpus:
+    if not num_gpus > 0:
         raise ValueError(f"num_gpus must be positive, got {num_gpus}")
     share = min(num_gpus, 1.0)
     return max(0, int(total_bytes * share) - headroom_bytes)

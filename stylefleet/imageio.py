@@ -27,7 +27,7 @@ OutputFormat = Literal["png", "jpeg", "webp"]
 CONTENT_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 PNG_COMPRESS_LEVEL = 1
 # zlib's run-length strategy: a 512 px photo encodes in ~2/3 of the time of the default strategy
-# at level 1, and a little smaller (README "Performance"); PNG is lossless either way.
+# at level 1, and a little smaller (docs/performance.md "Performance"); PNG is lossless either way.
 PNG_COMPRESS_TYPE = 3  # Z_RLE
 
 # Magic numbers of common non-image uploads, so they get a 415 rather than a 400.
@@ -249,4 +249,4 @@ def resize_to_max_side(pixels: np.ndarray, max_side: int | None) -> np.ndarray:
 
 def _resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     mode = "RGBA" if pixels.shape[2] == 4 else "RGB"
-    return np.asarray(Image.fromarray(pixels, mode).resize(size, Image.LANCZOS))
+    return np.asarray(Image.fromarray(pixels, mode).resize(size, Image.Resampling.LANCZOS))

@@ -99,7 +99,10 @@ def rayservice(spec: ServeFile, *, image: str = DEFAULT_IMAGE, name: str = "styl
         {"containerPort": 8000, "name": "serve"},
         metrics_port,
     ]
-    worker = _container("ray-worker", image, {"cpu": shape["cpu"], "memory": shape["memory"], "nvidia.com/gpu": "1"}, [metrics_port]) | WORKER_PROBES
+    worker = (
+        _container("ray-worker", image, {"cpu": shape["cpu"], "memory": shape["memory"], "nvidia.com/gpu": "1"}, [metrics_port])
+        | WORKER_PROBES
+    )
     head = _container("ray-head", image, {"cpu": "2", "memory": "8Gi"}, head_ports) | HEAD_PROBES
     return {
         "apiVersion": "ray.io/v1",
@@ -179,14 +182,29 @@ def dashboard() -> dict[str, Any]:
     r = "[$__rate_interval]"
     latency = f"sum by (le, style) (rate(ray_stylefleet_request_latency_seconds_bucket{r}))"
     panels = [
-        _panel(0, "Latency p50 / p95 by style", "s", (f"histogram_quantile(0.5, {latency})", "p50 {{style}}"), (f"histogram_quantile(0.95, {latency})", "p95 {{style}}")),
-        _panel(1, "Throughput (images/s) by style and variant", "ops", (f'sum by (style, variant) (rate(ray_stylefleet_images_total{{outcome="ok"}}{r}))', "{{style}}/{{variant}}")),
+        _panel(
+            0,
+            "Latency p50 / p95 by style",
+            "s",
+            (f"histogram_quantile(0.5, {latency})", "p50 {{style}}"),
+            (f"histogram_quantile(0.95, {latency})", "p95 {{style}}"),
+        ),
+        _panel(
+            1,
+            "Throughput (images/s) by style and variant",
+            "ops",
+            (f'sum by (style, variant) (rate(ray_stylefleet_images_total{{outcome="ok"}}{r}))', "{{style}}/{{variant}}"),
+        ),
         _panel(2, "Errors by code", "ops", (f'sum by (outcome) (rate(ray_stylefleet_images_total{{outcome!="ok"}}{r}))', "{{outcome}}")),
         _panel(
             3,
             "Mean batch size by deployment",
             "short",
-            (f"sum by (deployment) (rate(ray_stylefleet_batch_size_sum{r})) / sum by (deployment) (rate(ray_stylefleet_batch_size_count{r}))", "{{deployment}}"),
+            (
+                f"sum by (deployment) (rate(ray_stylefleet_batch_size_sum{r}))"
+                f" / sum by (deployment) (rate(ray_stylefleet_batch_size_count{r}))",
+                "{{deployment}}",
+            ),
         ),
         _panel(
             4,
@@ -202,18 +220,28 @@ def dashboard() -> dict[str, Any]:
             ("avg by (deployment) (ray_stylefleet_gpu_utilization_ratio)", "{{deployment}}"),
             ("avg by (GpuIndex) (ray_node_gpus_utilization) / 100", "node GPU {{GpuIndex}}"),
         ),
-        _panel(7, "GPU memory in use by deployment", "bytes", ("sum by (deployment) (ray_stylefleet_gpu_memory_used_bytes)", "{{deployment}}")),
+        _panel(
+            7, "GPU memory in use by deployment", "bytes", ("sum by (deployment) (ray_stylefleet_gpu_memory_used_bytes)", "{{deployment}}")
+        ),
         _panel(
             8,
             "Shadow drift (SSIM, mean)",
             "short",
-            (f"sum by (style, primary, shadow) (rate(ray_stylefleet_shadow_ssim_sum{r})) / sum by (style, primary, shadow) (rate(ray_stylefleet_shadow_ssim_count{r}))", "{{style}} {{primary}} vs {{shadow}}"),
+            (
+                f"sum by (style, primary, shadow) (rate(ray_stylefleet_shadow_ssim_sum{r}))"
+                f" / sum by (style, primary, shadow) (rate(ray_stylefleet_shadow_ssim_count{r}))",
+                "{{style}} {{primary}} vs {{shadow}}",
+            ),
         ),
         _panel(
             9,
             "Model load time (mean per replica start)",
             "s",
-            ("sum by (deployment, model) (ray_stylefleet_model_load_seconds_sum) / sum by (deployment, model) (ray_stylefleet_model_load_seconds_count)", "{{deployment}}"),
+            (
+                "sum by (deployment, model) (ray_stylefleet_model_load_seconds_sum)"
+                " / sum by (deployment, model) (ray_stylefleet_model_load_seconds_count)",
+                "{{deployment}}",
+            ),
         ),
     ]
     return {

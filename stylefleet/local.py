@@ -14,7 +14,7 @@ Safe by default:
   worker that cluster starts later (autoscaling, a replaced replica) still reads the right token.
 
 What still listens beyond loopback (Serve's replica-to-replica gRPC port, hard-coded to ``[::]``
-in Ray Serve 2.60 and token-protected) is listed in the README ("What listens where"); the
+in Ray Serve 2.60 and token-protected) is listed in the docs/operations.md ("What listens where"); the
 integration tests fail on any other socket.
 """
 
@@ -93,7 +93,7 @@ def loopback_token_environment(state_dir: Path) -> Path:
     """Set this process's environment so the Ray nodes it starts (one, or a head and workers on
     this machine) stay on 127.0.0.1 and share one fresh private token; its path is returned."""
     from ray._private import ray_constants
-    from ray._raylet import Config
+    from ray._raylet import Config  # type: ignore[attr-defined]  # compiled module, no stub
 
     # Single-machine mode: the node address stays 127.0.0.1. Children read the variable at
     # import; this process already imported Ray, so its constant is set too.

@@ -56,7 +56,7 @@ class Record:
     status: Literal["ok", "failed"]
     output: str | None = None
     variant: str | None = None
-    seed: str | None = None
+    seed: str | int | None = None  # batch: the X-Stylefleet-Seed header's text; jobs: the int
     model_sha256: str | None = None
     nsfw: bool | None = None  # the safety checker flagged (and blacked out) the output; None: no checker ran
     error: dict[str, str] | None = None  # {"code", "message"}

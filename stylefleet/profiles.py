@@ -21,9 +21,9 @@ def merge(base: Any, override: Any) -> Any:
         return out
     if isinstance(base, list) and isinstance(override, list) and _named(base) and _named(override):
         by_name = {item["name"]: item for item in base}
-        out = [merge(item, next((o for o in override if o["name"] == item["name"]), {})) for item in base]
-        out += [copy.deepcopy(o) for o in override if o["name"] not in by_name]
-        return out
+        items = [merge(item, next((o for o in override if o["name"] == item["name"]), {})) for item in base]
+        items += [copy.deepcopy(o) for o in override if o["name"] not in by_name]
+        return items
     return copy.deepcopy(override)
 
 

@@ -70,7 +70,9 @@ class AppSpec(BaseModel):
                 traffic = entry.get("user_config") or {}
             else:
                 batching[entry["name"]] = entry.get("user_config") or {}
-        return cls.model_validate({"name": app.get("name", "stylefleet"), "args": app.get("args") or {}, "batching": batching, "traffic": traffic})
+        return cls.model_validate(
+            {"name": app.get("name", "stylefleet"), "args": app.get("args") or {}, "batching": batching, "traffic": traffic}
+        )
 
     # -- the cross-checks, once --------------------------------------------------------------
 

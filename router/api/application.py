@@ -15,7 +15,7 @@ from router.api.limits import BodyLimit
 from router.api.state import Services
 from router.api.web import add_web_page
 from router.core import RouterCore
-from router.jobs import JobManager
+from router.jobs.manager import JobManager
 from router.openapi import without_validation_errors
 from router.previews import PreviewCache
 from router.uploads import UploadGuard

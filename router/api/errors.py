@@ -5,17 +5,16 @@ so it keeps no list of its own)."""
 
 from __future__ import annotations
 
-import logging
-
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from deployments.log import serve_logger
 from router.openapi import ErrorCodes, errors
 from stylefleet.errors import InternalError, InvalidParams, StylefleetError, describe_codes
 
-logger = logging.getLogger("ray.serve")
+logger = serve_logger(__name__)
 
 _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
 

@@ -81,7 +81,10 @@ async def job_result(job_id: str, request: Request) -> StreamingResponse:
     return StreamingResponse(
         manager.results.chunks(rel),
         media_type="application/zip",
-        headers={"Content-Disposition": f'attachment; filename="stylefleet-job-{job_id}.zip"', "Content-Length": str(manager.results.size(rel))},
+        headers={
+            "Content-Disposition": f'attachment; filename="stylefleet-job-{job_id}.zip"',
+            "Content-Length": str(manager.results.size(rel)),
+        },
     )
 
 

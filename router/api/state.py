@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from router.core import RouterCore
-from router.jobs import JobManager
+from router.jobs.manager import JobManager
 from router.previews import PreviewCache
 from stylefleet.config import Limits
 

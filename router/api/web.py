@@ -33,7 +33,9 @@ NO_CACHE = {"Cache-Control": "no-cache"}
 class PageFiles(StaticFiles):
     """``StaticFiles`` over ``router/web``, serving only the page's kinds of file, uncached."""
 
-    def file_response(self, full_path: str | os.PathLike[str], stat_result: os.stat_result, scope: Scope, status_code: int = 200) -> Response:
+    def file_response(
+        self, full_path: str | os.PathLike[str], stat_result: os.stat_result, scope: Scope, status_code: int = 200
+    ) -> Response:
         media_type = PAGE_TYPES.get(Path(full_path).suffix)
         if media_type is None:
             raise HTTPException(404, f"no such file: {scope.get('path', '')}")

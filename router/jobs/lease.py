@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import socket
 import time
@@ -18,9 +17,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from deployments.log import serve_logger
 from stylefleet.storage import Storage
 
-logger = logging.getLogger("ray.serve")
+logger = serve_logger(__name__)
 
 CLAIM_SETTLE_S = 0.1  # how long a claimant waits before reading its claim back
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import posixpath
 import random
 import time
@@ -14,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import IO, Any
 
+from deployments.log import serve_logger
 from router.catalog import Style
 from router.core import RouterCore
 from router.jobs import events
@@ -28,7 +28,7 @@ from stylefleet.manifest import OUTPUT_EXTENSIONS, now_iso, output_names, sha256
 from stylefleet.prompts import PromptItem, describe_defaults, output_name, parse_prompts
 from stylefleet.storage import Storage
 
-logger = logging.getLogger("ray.serve")
+logger = serve_logger(__name__)
 
 
 class JobManager:
@@ -130,12 +130,16 @@ class JobManager:
             await asyncio.to_thread(decode, data, max_pixels=self.core.max_pixels, field=name)
         if from_text:
             if images or archive is not None or prompts is None:
-                raise InvalidParams(f"style {style.name!r} makes images from text: send a 'prompts' file (one prompt per line, or JSONL), no images")
+                raise InvalidParams(
+                    f"style {style.name!r} makes images from text: send a 'prompts' file (one prompt per line, or JSONL), no images"
+                )
             lines = _read_prompts(style, given, prompts)
             if len(lines) > self.config.max_items:
                 raise PayloadTooLarge(f"{len(lines)} prompts; a job takes at most {self.config.max_items} (jobs.max_items)")
         elif prompts is not None:
-            raise InvalidParams(f"style {style.name!r} takes images: send 'images' files or an 'archive' zip (a prompt goes in the 'prompt' field)")
+            raise InvalidParams(
+                f"style {style.name!r} takes images: send 'images' files or an 'archive' zip (a prompt goes in the 'prompt' field)"
+            )
         elif bool(images) == (archive is not None):
             raise InvalidParams("send the images as 'images' files or as one 'archive' zip (not both)")
         if len(images) > self.config.max_items:
@@ -154,7 +158,11 @@ class JobManager:
         else:
             try:
                 names, hashes, failed = await asyncio.to_thread(
-                    self.store.store_inputs, job_id, images, archive, shared,
+                    self.store.store_inputs,
+                    job_id,
+                    images,
+                    archive,
+                    shared,
                     max_items=self.config.max_items,
                     max_archive_uncompressed_bytes=self.config.max_archive_uncompressed_bytes,
                     max_item_bytes=self.max_item_bytes,
@@ -299,8 +307,13 @@ def _read_prompts(style: Style, fields: dict[str, str], prompts: tuple[str, byte
     except UnicodeDecodeError:
         raise InvalidParams("prompts: not UTF-8 text") from None
     defaults, allowed = describe_defaults(style.describe()["params"])
-    lines = parse_prompts(text, posixpath.basename((name or "prompts.txt").replace("\\", "/")) or "prompts.txt",
-                          run_fields=fields, defaults=defaults, allowed=allowed)
+    lines = parse_prompts(
+        text,
+        posixpath.basename((name or "prompts.txt").replace("\\", "/")) or "prompts.txt",
+        run_fields=fields,
+        defaults=defaults,
+        allowed=allowed,
+    )
     if not lines:
         raise InvalidParams("prompts: no prompts (one per line, or a JSONL object per line)")
     return lines

@@ -10,13 +10,13 @@ after its output, and ``state.json`` after the results, so progress never seems 
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from deployments.log import serve_logger
 from router.core import RouterCore
 from router.jobs.store import JobSpec, JobStore, describe, item_params
 from stylefleet.config import JobsConfig
@@ -24,7 +24,7 @@ from stylefleet.errors import StylefleetError
 from stylefleet.manifest import Record, now_iso
 from stylefleet.retry import RetryPolicy
 
-logger = logging.getLogger("ray.serve")
+logger = serve_logger(__name__)
 
 STATE_WRITE_INTERVAL_S = 1.0
 

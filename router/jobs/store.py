@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import posixpath
 import re
 import zipfile
@@ -28,12 +27,13 @@ from collections.abc import Container
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any
 
+from deployments.log import serve_logger
 from router.archive import check_archive, read_member
 from stylefleet.errors import InvalidImage, PayloadTooLarge, StylefleetError, UnknownJob, clip
 from stylefleet.manifest import Record, sha256_hex
 from stylefleet.storage import Storage
 
-logger = logging.getLogger("ray.serve")
+logger = serve_logger(__name__)
 
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 FINAL = frozenset({"succeeded", "failed", "canceled"})
@@ -77,7 +77,9 @@ class StoredJob:
     shared_files: dict[str, bytes]
 
 
-def describe(spec: JobSpec, results: dict[int, Record], status: str, started_at: str | None, finished_at: str | None, *, items: bool = True) -> dict[str, Any]:
+def describe(
+    spec: JobSpec, results: dict[int, Record], status: str, started_at: str | None, finished_at: str | None, *, items: bool = True
+) -> dict[str, Any]:
     """The job as ``GET /v1/jobs/{id}`` shows it."""
     ok = sum(r.status == "ok" for r in results.values())
     out: dict[str, Any] = {
@@ -94,7 +96,8 @@ def describe(spec: JobSpec, results: dict[int, Record], status: str, started_at:
     }
     if items:
         out["items"] = [
-            {"name": it.name, "status": results[i].status, "error": results[i].error} if i in results
+            {"name": it.name, "status": results[i].status, "error": results[i].error}
+            if i in results
             else {"name": it.name, "status": "pending", "error": None}
             for i, it in enumerate(spec.items)
         ]
@@ -110,8 +113,13 @@ def failed_record(spec: JobSpec, i: int, exc: StylefleetError) -> Record:
     """Item ``i``'s record when it failed before running (unreadable upload, bad prompt line)."""
     item = spec.items[i]
     return Record(
-        input=item.name, input_sha256=item.sha256, style=spec.style, params=item_params(spec, item), status="failed",
-        variant=spec.variant, error={"code": exc.code, "message": exc.message},
+        input=item.name,
+        input_sha256=item.sha256,
+        style=spec.style,
+        params=item_params(spec, item),
+        status="failed",
+        variant=spec.variant,
+        error={"code": exc.code, "message": exc.message},
     )
 
 

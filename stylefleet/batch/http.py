@@ -112,7 +112,13 @@ def _outcome(r: httpx.Response, attempts: int) -> Outcome:
             attempts=attempts,
         )
     code, message = _error(r)
-    return Outcome(False, variant=r.headers.get("x-stylefleet-variant"), error_code=code or f"http_{r.status_code}", error_message=message, attempts=attempts)
+    return Outcome(
+        False,
+        variant=r.headers.get("x-stylefleet-variant"),
+        error_code=code or f"http_{r.status_code}",
+        error_message=message,
+        attempts=attempts,
+    )
 
 
 def _error(r: httpx.Response) -> tuple[str | None, str]:

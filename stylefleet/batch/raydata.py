@@ -102,7 +102,9 @@ def _choose_variants(spec: AppSpec, plan: Plan) -> tuple[Style, list[str], dict[
         fields = dict(plan.fields)
         forced, client_key = fields.pop("variant", None), fields.pop("client_id", None)
         rng = random.Random()
-        chosen = [choose_variant(style.name, traffic.weights[style.name], client_key=client_key, forced=forced, rng=rng) for _ in plan.items]
+        chosen = [
+            choose_variant(style.name, traffic.weights[style.name], client_key=client_key, forced=forced, rng=rng) for _ in plan.items
+        ]
         for v in set(chosen):
             split_params(style, style.variant(v), dict(fields))
     except StylefleetError as exc:
@@ -159,22 +161,38 @@ def actor_resources(spec: AppSpec, deployment: str) -> tuple[float, float]:
 
 
 def _run_pipeline(
-    rows: list[dict[str, Any]], plan: Plan, out: Storage, done: dict[str, str], style: str,
-    fields: dict[str, str], spec: AppSpec, deployment: str, tally: Tally,
+    rows: list[dict[str, Any]],
+    plan: Plan,
+    out: Storage,
+    done: dict[str, str],
+    style: str,
+    fields: dict[str, str],
+    spec: AppSpec,
+    deployment: str,
+    tally: Tally,
 ) -> None:
     dep = spec.deployments[deployment]
     batch_size = spec.batching_of(deployment).max_batch_size
     num_cpus, num_gpus = actor_resources(spec, deployment)
     base = {"style": plan.style}
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), math.ceil(len(rows) / batch_size))))
+    ds: ray.data.Dataset = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), math.ceil(len(rows) / batch_size))))
     ds = ds.map_batches(
-        read_and_check, fn_kwargs={"done": done, "base": base}, batch_size=batch_size, batch_format="numpy", num_cpus=0.25,
+        read_and_check,  # type: ignore[arg-type]  # Ray's UDF type has no keyword-only arguments
+        fn_kwargs={"done": done, "base": base},
+        batch_size=batch_size,
+        batch_format="numpy",
+        num_cpus=0.25,
     )
     ds = ds.map_batches(
         StyleActor,
         fn_constructor_kwargs={
-            "model": spec.model_spec(deployment), "app": spec, "style": style, "fields": fields,
-            "extra_files": plan.extra_files, "out_uri": out.uri, "base": base,
+            "model": spec.model_spec(deployment),
+            "app": spec,
+            "style": style,
+            "fields": fields,
+            "extra_files": plan.extra_files,
+            "out_uri": out.uri,
+            "base": base,
         },
         batch_size=batch_size,
         batch_format="numpy",
@@ -208,7 +226,7 @@ def read_and_check(batch: dict[str, np.ndarray], *, done: dict[str, str], base: 
                 blob = read_source(str(batch["source"][j]))
             except OSError as exc:
                 data[j], shas[j] = b"", ""
-                records[j] = Record(input_sha256="", **record, error={"code": "unreadable_input", "message": str(exc)}).to_json()  # type: ignore[arg-type]
+                records[j] = Record(input_sha256="", **record, error={"code": "unreadable_input", "message": str(exc)}).to_json()
                 continue
             shas[j] = sha256_hex(blob)
         data[j] = blob
@@ -218,7 +236,7 @@ def read_and_check(batch: dict[str, np.ndarray], *, done: dict[str, str], base: 
             data[j] = b""
         elif batch["prompt_error"][j]:
             error = {"code": InvalidPromptLine.code, "message": str(batch["prompt_error"][j])}
-            records[j] = Record(input_sha256=shas[j], **record, error=error).to_json()  # type: ignore[arg-type]
+            records[j] = Record(input_sha256=shas[j], **record, error=error).to_json()
     return {**batch, "data": data, "sha256": shas, "record": records, "skipped": skipped}
 
 
@@ -232,8 +250,15 @@ class StyleActor:
     through the deployments' own pure functions."""
 
     def __init__(
-        self, *, model: ModelSpec, app: AppSpec, style: str, fields: dict[str, str],
-        extra_files: dict[str, bytes], out_uri: str, base: dict[str, Any],
+        self,
+        *,
+        model: ModelSpec,
+        app: AppSpec,
+        style: str,
+        fields: dict[str, str],
+        extra_files: dict[str, bytes],
+        out_uri: str,
+        base: dict[str, Any],
     ) -> None:
         loaded = load_model(model)
         self.model = loaded.model
@@ -291,12 +316,20 @@ class StyleActor:
         if isinstance(reply, EncodedImage):
             target = str(batch["output"][j])
             self.out.write_bytes(target, reply.data)
-            return self._record(batch, j, status="ok", output=target, model_sha256=reply.model_sha256,
-                                seed=_seed(request.params), nsfw=reply.nsfw)
+            return self._record(
+                batch, j, status="ok", output=target, model_sha256=reply.model_sha256, seed=_seed(request.params), nsfw=reply.nsfw
+            )
         err = reply if isinstance(reply, StylefleetError) else None
-        return self._record(batch, j, status="failed",
-                            error={"code": err.code if err else "internal_error", "message": err.message if err else str(reply)})
+        return self._record(
+            batch, j, status="failed", error={"code": err.code if err else "internal_error", "message": err.message if err else str(reply)}
+        )
 
     def _record(self, batch: dict[str, np.ndarray], j: int, **kwargs: Any) -> str:
-        return Record(input=str(batch["rel"][j]), input_sha256=str(batch["sha256"][j]), variant=str(batch["variant"][j]),
-                      params=json.loads(str(batch["params"][j])), **self.base, **kwargs).to_json()
+        return Record(
+            input=str(batch["rel"][j]),
+            input_sha256=str(batch["sha256"][j]),
+            variant=str(batch["variant"][j]),
+            params=json.loads(str(batch["params"][j])),
+            **self.base,
+            **kwargs,
+        ).to_json()

@@ -32,11 +32,11 @@ from stylefleet.errors import InvalidPromptLine
 from stylefleet.manifest import (
     FAILURES,
     MANIFEST,
+    OUTPUT_EXTENSIONS,
     ManifestIndex,
     ManifestWriter,
     Record,
     failures_text,
-    OUTPUT_EXTENSIONS,
     output_names,
     sha256_hex,
 )
@@ -61,7 +61,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, help="output folder or URI; mirrors the input tree")
     p.add_argument("--style", required=True, help="a style name (GET /v1/styles lists them)")
     p.add_argument("--param", action="append", default=[], metavar="K=V", help="a style param, repeatable")
-    p.add_argument("--file", action="append", default=[], metavar="FIELD=PATH", help="an extra file sent with every image (restyle: style_image=painting.jpg)")
+    p.add_argument(
+        "--file",
+        action="append",
+        default=[],
+        metavar="FIELD=PATH",
+        help="an extra file sent with every image (restyle: style_image=painting.jpg)",
+    )
     p.add_argument("--format", choices=("png", "jpeg", "webp"), default="png", help="output format (default png)")
     p.add_argument("--variant", default=None, help="force an A/B variant")
     p.add_argument("--client-id", default=None, help="sticky A/B key sent with every image")
@@ -71,7 +77,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per HTTP request")
     p.add_argument("--force", action="store_true", help="redo every item, even those the manifest lists as done")
     p.add_argument("--engine", choices=("http", "ray-data"), default="http")
-    p.add_argument("--config", default="serve_config.yaml", help="ray-data engine: the serve config whose models and deployments it mirrors")
+    p.add_argument(
+        "--config", default="serve_config.yaml", help="ray-data engine: the serve config whose models and deployments it mirrors"
+    )
     p.add_argument("--progress-interval", type=float, default=10.0, help="seconds between plain progress lines (not on a terminal)")
 
 
@@ -283,14 +291,25 @@ async def _one(plan: Plan, out: Storage, index: ManifestIndex, on_skip: Sink, st
     seconds = round(time.perf_counter() - started, 4)
     if not outcome.ok:
         return plan.record(
-            item, sha, status="failed", variant=outcome.variant, seconds=seconds,
+            item,
+            sha,
+            status="failed",
+            variant=outcome.variant,
+            seconds=seconds,
             error={"code": outcome.error_code or "error", "message": outcome.error_message or ""},
         )
     output = plan.outputs[item.rel]
     await asyncio.to_thread(out.write_bytes, output, outcome.content)
     return plan.record(
-        item, sha, status="ok", output=output, variant=outcome.variant, seed=outcome.seed,
-        model_sha256=outcome.model_sha256, nsfw=outcome.nsfw, seconds=seconds,
+        item,
+        sha,
+        status="ok",
+        output=output,
+        variant=outcome.variant,
+        seed=outcome.seed,
+        model_sha256=outcome.model_sha256,
+        nsfw=outcome.nsfw,
+        seconds=seconds,
     )
 
 

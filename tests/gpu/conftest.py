@@ -1,6 +1,6 @@
 """GPU tier: every test here needs a CUDA device, and is skipped, saying why, where there is none.
 
-Run on a CUDA machine with ``python -m pytest tests/gpu -m gpu`` (README "GPU benchmark"). The
+Run on a CUDA machine with ``python -m pytest tests/gpu -m gpu`` (docs/gpu.md "GPU benchmark"). The
 tests that deploy on Ray Serve are also skipped where Ray is not installed (the GPU machine this
 was planned for has none); the rest need only torch, onnxruntime-gpu, diffusers and NVML.
 """

@@ -191,7 +191,8 @@ def test_fp16_stable_diffusion_seeded_alone_equals_batched(tmp_path: Path, arch:
     if alone.std() < 1:
         pytest.skip(f"{arch.name}: random fp16 weights gave a flat image (overflow), nothing to compare")
     worst, mean = _levels(alone, batched[0])
-    assert worst <= FP16_MAX_LEVELS and mean <= FP16_MEAN_LEVELS, f"{arch.name} {pipeline} alone vs batched: max {worst} levels, mean {mean:.3f}"
+    message = f"{arch.name} {pipeline} alone vs batched: max {worst} levels, mean {mean:.3f}"
+    assert worst <= FP16_MAX_LEVELS and mean <= FP16_MEAN_LEVELS, message
     assert _levels(batched[0], batched[1])[1] > 5 * FP16_MEAN_LEVELS  # other seeds, other images
 
 

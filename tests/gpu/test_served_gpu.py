@@ -2,7 +2,7 @@
 ``num_gpus: 0.5``, each capped to its share, one running out of memory without harming the other.
 
 Skipped without CUDA (the whole tier) and without Ray (the GPU machine this was planned for has
-none; bring its wheels as README "GPU benchmark" says to run these).
+none; bring its wheels as docs/gpu.md "GPU benchmark" says to run these).
 """
 
 from __future__ import annotations
@@ -42,27 +42,32 @@ def _config(port: int, models_dir: Path) -> dict[str, Any]:
     return {
         "proxy_location": "HeadOnly",
         "http_options": {"host": "127.0.0.1", "port": port, "request_timeout_s": 600},
-        "applications": [{
-            "name": "stylefleet",
-            "route_prefix": "/",
-            "import_path": "router.app:build_app",
-            "args": {
-                "limits": {"max_pixels": 40_000_000},
-                "router": {"num_replicas": 1, "num_cpus": 0, "model_timeout_s": 550},
-                "jobs": {"storage": str(models_dir / "jobs")},
-                "models": {"animeganv2_paprika": {"path": str(path), "sha256": sha}},
-                "deployments": {"anime-a": _anime("anime-a"), "anime-b": _anime("anime-b")},
-                "styles": {
-                    "a-big": {"deployment": "anime-a", "params": {"face_crop": False, "max_side": BIG_SIDE}},
-                    "b-small": {"deployment": "anime-b", "params": {"face_crop": False, "max_side": 512}},
+        "applications": [
+            {
+                "name": "stylefleet",
+                "route_prefix": "/",
+                "import_path": "router.app:build_app",
+                "args": {
+                    "limits": {"max_pixels": 40_000_000},
+                    "router": {"num_replicas": 1, "num_cpus": 0, "model_timeout_s": 550},
+                    "jobs": {"storage": str(models_dir / "jobs")},
+                    "models": {"animeganv2_paprika": {"path": str(path), "sha256": sha}},
+                    "deployments": {"anime-a": _anime("anime-a"), "anime-b": _anime("anime-b")},
+                    "styles": {
+                        "a-big": {"deployment": "anime-a", "params": {"face_crop": False, "max_side": BIG_SIDE}},
+                        "b-small": {"deployment": "anime-b", "params": {"face_crop": False, "max_side": 512}},
+                    },
                 },
-            },
-            "deployments": [
-                # a: batches of 16 huge images, no pixel budget to stop them: it must run out of memory
-                {"name": "anime-a", "user_config": {"max_batch_size": 16, "batch_wait_timeout_s": 0.5, "max_batch_pixels": 16 * BIG_SIDE**2}},
-                {"name": "anime-b", "user_config": {"max_batch_size": 8, "batch_wait_timeout_s": 0.02}},
-            ],
-        }],
+                "deployments": [
+                    # a: batches of 16 huge images, no pixel budget to stop them: it must run out of memory
+                    {
+                        "name": "anime-a",
+                        "user_config": {"max_batch_size": 16, "batch_wait_timeout_s": 0.5, "max_batch_pixels": 16 * BIG_SIDE**2},
+                    },
+                    {"name": "anime-b", "user_config": {"max_batch_size": 8, "batch_wait_timeout_s": 0.02}},
+                ],
+            }
+        ],
     }
 
 
@@ -86,7 +91,9 @@ def _info(deployment: str) -> dict[str, Any]:
 
 async def _post(url: str, style: str, image: bytes, n: int) -> list[int]:
     async with httpx.AsyncClient(base_url=url, timeout=600) as client:
-        replies = await asyncio.gather(*(client.post(f"/v1/styles/{style}", files={"image": ("a.png", image, "image/png")}) for _ in range(n)))
+        replies = await asyncio.gather(
+            *(client.post(f"/v1/styles/{style}", files={"image": ("a.png", image, "image/png")}) for _ in range(n))
+        )
     return [r.status_code for r in replies]
 
 

@@ -128,7 +128,9 @@ def deployment_info(deployment: str) -> dict[str, Any]:
 GENAI_APP = "genai"
 
 
-def genai_application(models_dir: Path, *, name: str = GENAI_APP, route_prefix: str = "/genai", sd_model: str | None = None) -> dict[str, Any]:
+def genai_application(
+    models_dir: Path, *, name: str = GENAI_APP, route_prefix: str = "/genai", sd_model: str | None = None
+) -> dict[str, Any]:
     """A second application with tiny generative models: the four kinds of style, batched and seeded."""
     base, controlnet = genai_models.build_tiny_sd(models_dir)
     anime_sha256 = genai_models.save_animegan(models_dir / "paprika.pt")

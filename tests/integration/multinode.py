@@ -155,14 +155,20 @@ async def _requests(url: str) -> dict[str, Any]:
             *(client.post("/v1/styles/bold-blocks", files={"image": ("c.jpg", photo, "image/jpeg")}) for _ in range(8))
         )
         variants = [
-            (await client.post("/v1/styles/oil-paint", files={"image": ("c.jpg", photo, "image/jpeg")}, headers={"X-Client-Id": f"user-{i}"}))
+            (
+                await client.post(
+                    "/v1/styles/oil-paint", files={"image": ("c.jpg", photo, "image/jpeg")}, headers={"X-Client-Id": f"user-{i}"}
+                )
+            )
             for i in range(12)
         ]
-        job = (await client.post(
-            "/v1/jobs",
-            files=[("images", (f"p{i}.png", samples.encoded(samples.cat()[: 60 + i, :80]), "image/png")) for i in range(3)],
-            data={"style": "ink-wash"},
-        )).json()
+        job = (
+            await client.post(
+                "/v1/jobs",
+                files=[("images", (f"p{i}.png", samples.encoded(samples.cat()[: 60 + i, :80]), "image/png")) for i in range(3)],
+                data={"style": "ink-wash"},
+            )
+        ).json()
         state: dict[str, Any] = {}
         for _ in range(240):  # bounded: 120 s
             state = (await client.get(f"/v1/jobs/{job['id']}")).json()
@@ -170,7 +176,11 @@ async def _requests(url: str) -> dict[str, Any]:
                 break
             await asyncio.sleep(0.5)
         result = await client.get(f"/v1/jobs/{job['id']}/result")
-        outputs = sorted(n for n in zipfile.ZipFile(io.BytesIO(result.content)).namelist() if n.endswith(".png")) if result.status_code == 200 else []
+        outputs = (
+            sorted(n for n in zipfile.ZipFile(io.BytesIO(result.content)).namelist() if n.endswith(".png"))
+            if result.status_code == 200
+            else []
+        )
         ready = await client.get("/healthz/ready")
     return {
         "single": single.status_code,

@@ -43,7 +43,10 @@ def _both_engines(tmp_path: Path, src: Path, url: str, config: dict[str, Any], a
     config_file.write_text(yaml.safe_dump(config))
     expected_status = 0 if ok == len(list(src.iterdir())) else 1
     assert cli.main(["batch", str(src), "-o", str(tmp_path / "http"), "--url", url, "--concurrency", "2", *args]) == expected_status
-    assert cli.main(["batch", str(src), "-o", str(tmp_path / "ray"), "--engine", "ray-data", "--config", str(config_file), *args]) == expected_status
+    assert (
+        cli.main(["batch", str(src), "-o", str(tmp_path / "ray"), "--engine", "ray-data", "--config", str(config_file), *args])
+        == expected_status
+    )
     written = sorted(p.name for p in (tmp_path / "http").iterdir() if p.suffix in (".png", ".jpg", ".webp"))
     assert len(written) == ok
     assert written == sorted(p.name for p in (tmp_path / "ray").iterdir() if p.suffix in (".png", ".jpg", ".webp"))
@@ -113,7 +116,9 @@ def genai_config(genai_app: dict[str, Any]) -> dict[str, Any]:
 def test_generative_image_kinds_give_the_same_bytes_and_seeds_through_both_engines(
     genai_app: dict[str, Any], genai_config: dict[str, Any], tmp_path: Path, style: str, seed: str | None
 ) -> None:
-    src = _inputs(tmp_path / "in", {k: samples.encoded(_small(samples.astronaut(), 64)) if "astronaut" in k else v for k, v in PHOTOS.items()})
+    src = _inputs(
+        tmp_path / "in", {k: samples.encoded(_small(samples.astronaut(), 64)) if "astronaut" in k else v for k, v in PHOTOS.items()}
+    )
     records = _both_engines(tmp_path, src, genai_app["url"], genai_config, ["--style", style], ok=2)
     assert [r["seed"] for r in records] == [seed, seed]
 
@@ -127,7 +132,23 @@ def test_a_prompt_list_records_each_lines_seed_through_both_engines(
     config_file = tmp_path / "config.yaml"
     config_file.write_text(yaml.safe_dump(genai_config))
     assert cli.main(["batch", str(prompts), "-o", str(tmp_path / "http"), "--url", genai_app["url"], "--style", "tiny-t2i-wide"]) == 0
-    assert cli.main(["batch", str(prompts), "-o", str(tmp_path / "ray"), "--engine", "ray-data", "--config", str(config_file), "--style", "tiny-t2i-wide"]) == 0
+    assert (
+        cli.main(
+            [
+                "batch",
+                str(prompts),
+                "-o",
+                str(tmp_path / "ray"),
+                "--engine",
+                "ray-data",
+                "--config",
+                str(config_file),
+                "--style",
+                "tiny-t2i-wide",
+            ]
+        )
+        == 0
+    )
     http = _manifest(tmp_path / "http")
     assert _manifest(tmp_path / "ray") == http
     assert [r["seed"] for r in http] == ["7", "6", "31"]  # a line's own seed, else the style's default (5) + its index

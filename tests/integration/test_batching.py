@@ -57,7 +57,7 @@ def _backlog_behind_a_blocker(base_url: str, smalls: int) -> tuple[dict[int, int
         _until(lambda: deployment_info("stylize")["running_batches"] == 1, "the blocker to start")
         for i in range(smalls):
             futures.append(pool.submit(post, SMALL))
-            _until(lambda: deployment_info("stylize")["queued"] == i + 1, f"small request {i + 1} to queue")
+            _until(lambda i=i: deployment_info("stylize")["queued"] == i + 1, f"small request {i + 1} to queue")
         assert deployment_info("stylize")["running_batches"] == 1, "the blocker ended before the backlog was in place"
         responses = [f.result() for f in futures]
     after = deployment_info("stylize")["batch_sizes"]

@@ -89,7 +89,10 @@ def test_restyle_without_style_image_is_422(client: httpx.Client) -> None:
 
 def test_full_queue_is_503_overloaded_with_retry_after(base_url: str) -> None:
     """The test config lets restyle hold one request and queue one more; a burst overflows it."""
-    files = {"image": ("a.png", samples.encoded(samples.astronaut()), "image/png"), "style_image": ("c.png", samples.encoded(samples.cat()), "image/png")}
+    files = {
+        "image": ("a.png", samples.encoded(samples.astronaut()), "image/png"),
+        "style_image": ("c.png", samples.encoded(samples.cat()), "image/png"),
+    }
 
     async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=base_url, timeout=120) as c:

@@ -166,7 +166,8 @@ def _wait_for(app: str, wanted: dict[str, set[str]], timeout_s: float = 300) -> 
 def test_a_missing_model_path_is_503_while_other_styles_keep_working(
     serve_app: dict[str, Any], genai_app: dict[str, Any], client: httpx.Client, genai: httpx.Client
 ) -> None:
-    broken = genai_application(genai_app["models_dir"], name="broken", route_prefix="/broken", sd_model=str(genai_app["models_dir"] / "absent"))
+    absent = str(genai_app["models_dir"] / "absent")
+    broken = genai_application(genai_app["models_dir"], name="broken", route_prefix="/broken", sd_model=absent)
     config = copy.deepcopy(serve_app["config"])
     config["applications"].append(broken)
     serve_app["cluster"].deploy(config, wait=False)

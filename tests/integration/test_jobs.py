@@ -202,16 +202,21 @@ def test_the_ray_data_engine_writes_the_same_bytes_and_manifest_as_the_http_path
     config = tmp_path / "serve_config.yaml"
     config.write_text(yaml.safe_dump(serve_app["config"]))
     assert cli.main(["batch", str(src), "-o", str(tmp_path / "http"), "--style", STYLE, "--url", serve_app["url"]]) == 0
-    assert cli.main(["batch", str(src), "-o", str(tmp_path / "ray"), "--style", STYLE, "--engine", "ray-data", "--config", str(config)]) == 0
+    args = ["batch", str(src), "-o", str(tmp_path / "ray"), "--style", STYLE, "--engine", "ray-data", "--config", str(config)]
+    assert cli.main(args) == 0
     http_files = sorted(p.relative_to(tmp_path / "http").as_posix() for p in (tmp_path / "http").rglob("*.png"))
     assert len(http_files) == 20
     for rel in http_files:
         assert (tmp_path / "ray" / rel).read_bytes() == (tmp_path / "http" / rel).read_bytes(), rel
 
     def comparable(out: Path) -> list[dict[str, Any]]:
-        return sorted(({k: v for k, v in r.items() if k not in ("seconds", "finished_at")} for r in _manifest(out)), key=lambda r: r["input"])
+        return sorted(
+            ({k: v for k, v in r.items() if k not in ("seconds", "finished_at")} for r in _manifest(out)), key=lambda r: r["input"]
+        )
 
     assert comparable(tmp_path / "ray") == comparable(tmp_path / "http")
     # and the ray-data engine resumes like the http one: nothing left to do
-    assert cli.main(["batch", str(src), "-o", str(tmp_path / "ray"), "--style", STYLE, "--engine", "ray-data", "--config", str(config)]) == 0
+    assert (
+        cli.main(["batch", str(src), "-o", str(tmp_path / "ray"), "--style", STYLE, "--engine", "ray-data", "--config", str(config)]) == 0
+    )
     assert len(_manifest(tmp_path / "ray")) == 20

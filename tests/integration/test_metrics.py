@@ -33,7 +33,7 @@ def scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
 
 
 def total(series: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str) -> float:
-    return sum(v for l, v in series.get(name, []) if all(l.get(k) == want for k, want in labels.items()))
+    return sum(v for tags, v in series.get(name, []) if all(tags.get(k) == want for k, want in labels.items()))
 
 
 def wait_for(url: str, ready: Callable[[dict[str, Any]], bool], timeout_s: float = 90) -> dict[str, Any]:

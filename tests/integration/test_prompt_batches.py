@@ -44,20 +44,28 @@ def test_a_prompt_list_through_both_engines_gives_the_same_images_and_manifest(g
     config = tmp_path / "genai.yaml"
     config.write_text(yaml.safe_dump({"applications": [genai_application(genai_app["models_dir"])]}))
     assert cli.main(["batch", str(prompts), "-o", str(tmp_path / "http"), "--style", STYLE, "--url", genai_app["url"]]) == 0
-    assert cli.main(["batch", str(prompts), "-o", str(tmp_path / "ray"), "--style", STYLE, "--engine", "ray-data", "--config", str(config)]) == 0
+    assert (
+        cli.main(["batch", str(prompts), "-o", str(tmp_path / "ray"), "--style", STYLE, "--engine", "ray-data", "--config", str(config)])
+        == 0
+    )
     names = sorted(p.name for p in (tmp_path / "http").glob("*.png"))
     assert names == ["0001-a-red-bicycle.png", "0002-a-lighthouse-at-night.png", "0003-a-bowl-of-fruit.png"]
     for name in names:
         assert _close(_pixels((tmp_path / "ray" / name).read_bytes()), _pixels((tmp_path / "http" / name).read_bytes())), name
 
     def comparable(out: Path) -> list[dict[str, Any]]:
-        return sorted(({k: v for k, v in r.items() if k not in ("seconds", "finished_at")} for r in _manifest(out)), key=lambda r: r["input"])
+        return sorted(
+            ({k: v for k, v in r.items() if k not in ("seconds", "finished_at")} for r in _manifest(out)), key=lambda r: r["input"]
+        )
 
     http = comparable(tmp_path / "http")
     assert comparable(tmp_path / "ray") == http
     assert [r["params"]["seed"] for r in http] == ["1234", "1235", "1236"] and http[0]["model_sha256"]
     # a re-run skips every line, on either engine
-    assert cli.main(["batch", str(prompts), "-o", str(tmp_path / "ray"), "--style", STYLE, "--engine", "ray-data", "--config", str(config)]) == 0
+    assert (
+        cli.main(["batch", str(prompts), "-o", str(tmp_path / "ray"), "--style", STYLE, "--engine", "ray-data", "--config", str(config)])
+        == 0
+    )
     assert len(_manifest(tmp_path / "ray")) == 3
 
 
@@ -85,6 +93,8 @@ def test_a_prompt_list_job_runs_with_its_manifest(genai_app: dict[str, Any]) -> 
         zf = zipfile.ZipFile(io.BytesIO(client.get(f"/v1/jobs/{r.json()['id']}/result").content))
         manifest = [json.loads(line) for line in zf.read("manifest.jsonl").decode().splitlines()]
         assert [(m["input"], m["status"], m["params"].get("seed")) for m in manifest] == [
-            ("p.jsonl:1", "ok", "7"), ("p.jsonl:2", "failed", None), ("p.jsonl:3", "ok", "1236"),
+            ("p.jsonl:1", "ok", "7"),
+            ("p.jsonl:2", "failed", None),
+            ("p.jsonl:3", "ok", "1236"),
         ]
         assert _pixels(zf.read(manifest[0]["output"])).shape == (64, 64, 3)

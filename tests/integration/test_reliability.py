@@ -75,7 +75,9 @@ def test_idle_uploads_do_not_lock_anyone_out(base_url: str) -> None:
 def _replica_actor(deployment: str) -> Any:
     import ray
 
-    [name] = [a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(f"SERVE_REPLICA::stylefleet#{deployment}#")]
+    [name] = [
+        a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(f"SERVE_REPLICA::stylefleet#{deployment}#")
+    ]
     return ray.get_actor(name["name"], namespace=name["namespace"])
 
 

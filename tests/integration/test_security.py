@@ -36,7 +36,7 @@ def _listening(proc: psutil.Process) -> list[tuple[str, int, str]]:
 
 
 def _documented_exception(ip: str, cmdline: str, replica_wildcards: dict[str, int]) -> bool:
-    """README "What listens where": each Serve replica's inter-deployment gRPC port binds [::]
+    """docs/operations.md "What listens where": each Serve replica's inter-deployment gRPC port binds [::]
     (hard-coded in Ray Serve 2.60, token-authenticated). One such socket per replica, no more."""
     if ip in WILDCARD and cmdline.startswith("ray::ServeReplica"):
         replica_wildcards[cmdline] = replica_wildcards.get(cmdline, 0) + 1

@@ -71,7 +71,9 @@ def test_each_painting_style_returns_a_changed_image_of_the_same_size(client: ht
 
 
 def test_restyle_takes_a_style_image(client: httpx.Client) -> None:
-    r = _post(client, "restyle", {"image": samples.encoded(samples.astronaut()), "style_image": samples.encoded(samples.cat())}, format="webp")
+    r = _post(
+        client, "restyle", {"image": samples.encoded(samples.astronaut()), "style_image": samples.encoded(samples.cat())}, format="webp"
+    )
     assert r.headers["content-type"] == "image/webp"
     out = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB"))
     assert out.shape == (512, 512, 3)

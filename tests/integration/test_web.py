@@ -271,7 +271,8 @@ def test_the_page_retries_what_the_service_says_is_retryable(page_for: Any, base
         else:
             route.fulfill(status=422, json={"error": {"code": "invalid_params", "message": "strength: too big"}})
 
-    page.route(f"{base_url}/v1/jobs", lambda route: route.fulfill(status=404, json={"error": {"code": "not_found", "message": "Not Found"}}))
+    not_found = {"error": {"code": "not_found", "message": "Not Found"}}
+    page.route(f"{base_url}/v1/jobs", lambda route: route.fulfill(status=404, json=not_found))
     page.route(f"{base_url}/v1/styles/frost", styles_api)
     _open(page, base_url)
     _pick(page, "frost")

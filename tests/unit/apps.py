@@ -7,7 +7,7 @@ from typing import Any
 import yaml
 from fastapi.testclient import TestClient
 
-from router.api import create_api
+from router.api.application import create_api
 from router.catalog import Catalog
 from router.core import Backend, RouterCore
 from stylefleet.config import Limits

@@ -76,7 +76,9 @@ def test_content_length_over_the_limit_is_refused_before_reading(api: TestClient
     ids=["healthy", "upscaling", "updating", "scaled-to-zero", "starting", "unhealthy", "failed"],
 )
 @pytest.mark.parametrize("path", ["/healthz/ready", "/healthz"])
-def test_ready_while_every_deployment_has_a_running_replica(api: TestClient, backend: FakeBackend, path: str, stylize: DeploymentState, ready: bool) -> None:
+def test_ready_while_every_deployment_has_a_running_replica(
+    api: TestClient, backend: FakeBackend, path: str, stylize: DeploymentState, ready: bool
+) -> None:
     backend.statuses["stylize"] = stylize
     r = api.get(path)
     assert r.status_code == (200 if ready else 503)
@@ -99,14 +101,27 @@ def test_live_does_not_ask_the_deployments(api: TestClient, backend: FakeBackend
 def test_duplicate_fields_are_refused(api: TestClient) -> None:
     r = api.post(
         "/v1/styles/frost",
-        files=[("image", ("a.png", samples.encoded(samples.cat()), "image/png")), ("image", ("b.png", samples.encoded(samples.cat()), "image/png"))],
+        files=[
+            ("image", ("a.png", samples.encoded(samples.cat()), "image/png")),
+            ("image", ("b.png", samples.encoded(samples.cat()), "image/png")),
+        ],
     )
     assert r.status_code == 422 and "more than once" in r.json()["error"]["message"]
 
 
 def test_styles_describe_params_without_fixed_ones(api: TestClient) -> None:
     styles = {s["name"]: s for s in api.get("/v1/styles").json()["styles"]}
-    assert [p["name"] for p in styles["remove-background"]["params"]] == ["alpha_matting", "threshold", "erode_px", "feather_px", "bg_color", "max_side", "only_mask", "format", "quality"]
+    assert [p["name"] for p in styles["remove-background"]["params"]] == [
+        "alpha_matting",
+        "threshold",
+        "erode_px",
+        "feather_px",
+        "bg_color",
+        "max_side",
+        "only_mask",
+        "format",
+        "quality",
+    ]
     assert all(s["task"] for s in styles.values())
     assert np.all([("style" not in {p["name"] for p in s["params"]}) for s in styles.values()])
 
@@ -117,7 +132,12 @@ def test_id_photo_params_reach_its_deployment_typed(api: TestClient, backend: Fa
     [(deployment, request)] = backend.calls
     assert deployment == "id-photo"
     assert {k: request.params[k] for k in ("size", "bg_color", "dpi", "max_kb", "layout", "face")} == {
-        "size": "us-passport", "bg_color": "blue", "dpi": 600, "max_kb": 80, "layout": "4r", "face": "single"
+        "size": "us-passport",
+        "bg_color": "blue",
+        "dpi": 600,
+        "max_kb": 80,
+        "layout": "4r",
+        "face": "single",
     }
 
 

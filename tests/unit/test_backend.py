@@ -67,7 +67,9 @@ def test_requests_to_a_deployment_without_a_running_replica_are_refused_at_once(
 
 
 def test_health_reports_each_deployment(monkeypatch) -> None:
-    monkeypatch.setattr(router_app.serve, "status", lambda: _status({"router": ("HEALTHY", {"RUNNING": 1}), "diffusion": ("DEPLOY_FAILED", {})}))
+    monkeypatch.setattr(
+        router_app.serve, "status", lambda: _status({"router": ("HEALTHY", {"RUNNING": 1}), "diffusion": ("DEPLOY_FAILED", {})})
+    )
     backend = ServeBackend({}, "genai")
     assert asyncio.run(backend.health()) == {"router": DeploymentState("HEALTHY", 1), "diffusion": DeploymentState("DEPLOY_FAILED", 0)}
 

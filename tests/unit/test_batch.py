@@ -131,7 +131,9 @@ class Service:
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
         if request.url.path == "/v1/styles":
-            return httpx.Response(200, json={"styles": [{"name": "frost", "inputs": ["image"], "params": [{"name": "strength"}, {"name": "format"}]}]})
+            return httpx.Response(
+                200, json={"styles": [{"name": "frost", "inputs": ["image"], "params": [{"name": "strength"}, {"name": "format"}]}]}
+            )
         body = request.read()
         if b"CORRUPT" in body:
             return httpx.Response(400, json={"error": {"code": "invalid_image", "message": "not an image"}})
@@ -141,8 +143,12 @@ class Service:
         if isinstance(answer, Exception):
             raise answer
         if answer == 200:
-            return httpx.Response(200, content=b"OUT:" + body[-40:], headers={"x-stylefleet-variant": "default", "x-stylefleet-model-sha256": "m"})
-        return httpx.Response(int(answer), json={"error": {"code": "overloaded", "message": "busy"}}, headers={"retry-after": self.retry_after})  # type: ignore[arg-type]
+            return httpx.Response(
+                200, content=b"OUT:" + body[-40:], headers={"x-stylefleet-variant": "default", "x-stylefleet-model-sha256": "m"}
+            )
+        return httpx.Response(
+            int(answer), json={"error": {"code": "overloaded", "message": "busy"}}, headers={"retry-after": self.retry_after}
+        )  # type: ignore[arg-type]
 
 
 def _client(service: Service, sleeps: list[float], retries: int = 3) -> StyleClient:

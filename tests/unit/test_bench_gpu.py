@@ -86,7 +86,9 @@ def test_summary_sets_served_against_per_image_and_the_same_batch_bare() -> None
     layer = _layer({"stylize": [(1, 10.0), (2, 18.0), (4, 30.0), (8, 40.0)], "sd-text-to-image": [(1, 0.5), (2, 0.8)]})
     served = {
         "models": {
-            "stylize": {"levels": [{"concurrency": 1, "ips": 9.0, "mean_batch_size": 1.0}, {"concurrency": 32, "ips": 33.0, "mean_batch_size": 5.2}]},
+            "stylize": {
+                "levels": [{"concurrency": 1, "ips": 9.0, "mean_batch_size": 1.0}, {"concurrency": 32, "ips": 33.0, "mean_batch_size": 5.2}]
+            },
             "sd-text-to-image": {"skipped": "skipped: diffusers not installed"},
         }
     }
@@ -103,10 +105,13 @@ def test_markdown_has_one_line_per_batch_size_and_says_what_was_skipped() -> Non
     results = {
         "settings": {"device": "cpu"},
         "models": {
-            "animeganv2": {"work": "512x512", "rows": [
-                {"batch_size": 1, "images_per_s": 0.5, "p50_ms": 2000.0, "peak_rss_mib": 700.0},
-                {"batch_size": 2, "skipped": "out of memory"},
-            ]},
+            "animeganv2": {
+                "work": "512x512",
+                "rows": [
+                    {"batch_size": 1, "images_per_s": 0.5, "p50_ms": 2000.0, "peak_rss_mib": 700.0},
+                    {"batch_size": 2, "skipped": "out of memory"},
+                ],
+            },
             "sd-img2img": {"work": "256x256", "skipped": "skipped: diffusers not installed", "rows": []},
         },
     }

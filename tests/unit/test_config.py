@@ -141,8 +141,14 @@ def test_the_id_photo_deployment_uses_the_matte_and_face_deployments() -> None:
     [
         (lambda a: a["deployments"]["id-photo"].update(uses={"matte": "remove-background"}), r"id-photo\.uses: the id-photo model needs"),
         (lambda a: a["deployments"]["id-photo"]["uses"].update(faces="nope"), r"id-photo\.uses\.faces: 'nope' is not one of"),
-        (lambda a: a["deployments"]["id-photo"]["uses"].update(matte="stylize"), r"uses\.matte: 'stylize' serves stylize; matte needs a remove-background"),
-        (lambda a: a["deployments"]["stylize"].update(uses={"matte": "remove-background"}), r"stylize\.uses: the multistyle26 model needs nothing"),
+        (
+            lambda a: a["deployments"]["id-photo"]["uses"].update(matte="stylize"),
+            r"uses\.matte: 'stylize' serves stylize; matte needs a remove-background",
+        ),
+        (
+            lambda a: a["deployments"]["stylize"].update(uses={"matte": "remove-background"}),
+            r"stylize\.uses: the multistyle26 model needs nothing",
+        ),
         (lambda a: a["styles"].update(faces={"deployment": "face-detect"}), r"styles\.faces: deployment 'face-detect' serves detect-faces"),
     ],
     ids=["missing-role", "unknown-target", "wrong-task", "uses-on-a-plain-model", "style-on-a-detector"],

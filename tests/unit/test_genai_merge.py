@@ -9,7 +9,7 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from router.api import create_api
+from router.api.application import create_api
 from router.catalog import Catalog
 from router.core import RouterCore
 from stylefleet.config import Limits

@@ -68,7 +68,10 @@ def test_presets_scale_with_dpi() -> None:
 
 
 def test_custom_size_by_mm_and_dpi_or_by_pixels() -> None:
-    assert (frame_for("custom", 300, width_mm=40, height_mm=50).width_px, frame_for("custom", 300, width_mm=40, height_mm=50).height_px) == (472, 591)
+    assert (
+        frame_for("custom", 300, width_mm=40, height_mm=50).width_px,
+        frame_for("custom", 300, width_mm=40, height_mm=50).height_px,
+    ) == (472, 591)
     by_px = frame_for("custom", 72, width_px=200, height_px=250)
     assert (by_px.width_px, by_px.height_px, by_px.dpi) == (200, 250, 72)
 
@@ -92,14 +95,29 @@ def test_custom_size_by_mm_and_dpi_or_by_pixels() -> None:
         ({"face": "all"}, "face"),
         ({"surprise": 1}, "surprise"),
     ],
-    ids=["custom-nothing", "custom-half", "custom-both", "preset-with-px", "custom-huge", "unknown-size", "bad-colour", "low-dpi", "zero-kb", "bad-layout", "bad-face", "unknown"],
+    ids=[
+        "custom-nothing",
+        "custom-half",
+        "custom-both",
+        "preset-with-px",
+        "custom-huge",
+        "unknown-size",
+        "bad-colour",
+        "low-dpi",
+        "zero-kb",
+        "bad-layout",
+        "bad-face",
+        "unknown",
+    ],
 )
 def test_bad_params_name_the_problem(params: dict, message: str) -> None:
     with pytest.raises(InvalidParams, match=message):
         validate_params(IdPhotoParams, params)
 
 
-@pytest.mark.parametrize(("name", "rgb"), [("white", (255, 255, 255)), ("blue", (67, 142, 219)), ("red", (255, 0, 0)), ("#102030", (16, 32, 48))])
+@pytest.mark.parametrize(
+    ("name", "rgb"), [("white", (255, 255, 255)), ("blue", (67, 142, 219)), ("red", (255, 0, 0)), ("#102030", (16, 32, 48))]
+)
 def test_background_colours(name: str, rgb: tuple[int, int, int]) -> None:
     from deployments.idphoto import background
 
@@ -233,7 +251,13 @@ def test_mirrored_detections_of_one_face_merge() -> None:
 
 @pytest.mark.parametrize(
     ("size", "copies", "sheet"),
-    [("1-inch", 12, (1200, 1800)), ("small-2-inch", 9, (1200, 1800)), ("2-inch", 8, (1800, 1200)), ("passport", 8, (1800, 1200)), ("us-passport", 2, (1200, 1800))],
+    [
+        ("1-inch", 12, (1200, 1800)),
+        ("small-2-inch", 9, (1200, 1800)),
+        ("2-inch", 8, (1800, 1200)),
+        ("passport", 8, (1800, 1200)),
+        ("us-passport", 2, (1200, 1800)),
+    ],
 )
 def test_sheet_layout_fits_the_most_copies(size: str, copies: int, sheet: tuple[int, int]) -> None:
     frame = frame_for(size, 300)

@@ -77,7 +77,9 @@ def test_the_graph_sees_imports_inside_functions_and_relative_ones() -> None:
         "pkg.b": "from .c import thing\n",
         "pkg.c": "import pkg.a\n",
     }
-    graph = {m: {n for node in ast.walk(ast.parse(src)) for n in _imported(node, m, False) if n in modules} - {m} for m, src in trees.items()}
+    graph = {
+        m: {n for node in ast.walk(ast.parse(src)) for n in _imported(node, m, False) if n in modules} - {m} for m, src in trees.items()
+    }
     assert graph == {"pkg.a": {"pkg.b"}, "pkg.b": {"pkg.c"}, "pkg.c": {"pkg.a"}}
     assert find_cycle(graph) is not None
 
@@ -102,7 +104,9 @@ def test_checking_a_config_loads_neither_onnxruntime_nor_torch() -> None:
     assert done.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("module", ["stylefleet.config", "stylefleet.errors", "stylefleet.imageio", "stylefleet.storage", "stylefleet.manifest"])
+@pytest.mark.parametrize(
+    "module", ["stylefleet.config", "stylefleet.errors", "stylefleet.imageio", "stylefleet.storage", "stylefleet.manifest"]
+)
 def test_the_shared_base_imports_no_model_and_no_router(module: str) -> None:
     graph = import_graph(_modules())
     assert not {d for d in graph[module] if d.startswith(("deployments", "router"))}

@@ -17,14 +17,14 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from router.api import create_api
+from router.api.application import create_api
 from router.catalog import Catalog
 from router.core import RouterCore
-from router.jobs import JobManager
+from router.jobs.manager import JobManager
 from stylefleet.config import JobsConfig, Limits
 from stylefleet.errors import InvalidImage, ModelUnavailable, Overloaded
-from stylefleet.storage import Storage
 from stylefleet.spec import AppSpec
+from stylefleet.storage import Storage
 from tests import samples
 from tests.samples import ROOT
 from tests.unit.fakes import FakeBackend, from_pixels
@@ -86,13 +86,23 @@ def test_a_job_is_accepted_with_its_urls(api: TestClient) -> None:
     body = r.json()
     assert set(body) >= {"id", "status", "style", "total", "urls"}
     assert body["style"] == "frost" and body["total"] == 3 and body["status"] in ("queued", "running")
-    assert body["urls"] == {"self": f"/v1/jobs/{body['id']}", "events": f"/v1/jobs/{body['id']}/events", "result": f"/v1/jobs/{body['id']}/result"}
+    assert body["urls"] == {
+        "self": f"/v1/jobs/{body['id']}",
+        "events": f"/v1/jobs/{body['id']}/events",
+        "result": f"/v1/jobs/{body['id']}/result",
+    }
 
 
 def test_a_job_runs_to_the_end_with_per_item_status_and_isolated_failures(api: TestClient) -> None:
     job = _post(api, _image_files(_images(5, corrupt=1))).json()
     body = _wait(api, job["id"])
-    assert {k: body[k] for k in ("status", "total", "done", "succeeded", "failed")} == {"status": "succeeded", "total": 5, "done": 5, "succeeded": 4, "failed": 1}
+    assert {k: body[k] for k in ("status", "total", "done", "succeeded", "failed")} == {
+        "status": "succeeded",
+        "total": 5,
+        "done": 5,
+        "succeeded": 4,
+        "failed": 1,
+    }
     assert body["created_at"] and body["started_at"] and body["finished_at"]
     assert [i["status"] for i in body["items"]] == ["ok"] * 4 + ["failed"]
     assert body["items"][4]["error"]["code"] == "invalid_image" and body["items"][0]["error"] is None
@@ -107,7 +117,9 @@ def test_the_result_zip_holds_outputs_manifest_and_failures(api: TestClient) -> 
     assert sorted(zf.namelist()) == ["failures.jsonl", "manifest.jsonl", "photo0.jpg", "photo1.jpg", "photo2.jpg"]
     manifest = [json.loads(line) for line in zf.read("manifest.jsonl").decode().splitlines()]
     assert [m["input"] for m in manifest] == ["photo0.png", "photo1.png", "photo2.png", "photo3.png"]
-    assert manifest[0]["model_sha256"] == "model-sha" and manifest[0]["variant"] == "default" and manifest[0]["params"] == {"format": "jpeg"}
+    assert (
+        manifest[0]["model_sha256"] == "model-sha" and manifest[0]["variant"] == "default" and manifest[0]["params"] == {"format": "jpeg"}
+    )
     assert len(zf.read("failures.jsonl").decode().splitlines()) == 1
 
 
@@ -158,7 +170,13 @@ def test_result_before_the_end_is_409_and_delete_cancels(api: TestClient, backen
 
 
 @pytest.mark.parametrize(
-    ("path", "method"), [("/v1/jobs/0123456789abcdef0123456789abcdef", "get"), ("/v1/jobs/../../etc", "get"), ("/v1/jobs/nope/result", "get"), ("/v1/jobs/nope", "delete")]
+    ("path", "method"),
+    [
+        ("/v1/jobs/0123456789abcdef0123456789abcdef", "get"),
+        ("/v1/jobs/../../etc", "get"),
+        ("/v1/jobs/nope/result", "get"),
+        ("/v1/jobs/nope", "delete"),
+    ],
 )
 def test_unknown_jobs_are_404(api: TestClient, path: str, method: str) -> None:
     r = getattr(api, method)(path)
@@ -167,9 +185,16 @@ def test_unknown_jobs_are_404(api: TestClient, path: str, method: str) -> None:
 
 @pytest.mark.parametrize(
     ("fields", "status", "code"),
-    [({"style": "no-such"}, 404, "unknown_style"), ({"strength": "9"}, 422, "invalid_params"), ({"variant": "zz"}, 422, "invalid_params"), ({"style": ""}, 422, "invalid_params")],
+    [
+        ({"style": "no-such"}, 404, "unknown_style"),
+        ({"strength": "9"}, 422, "invalid_params"),
+        ({"variant": "zz"}, 422, "invalid_params"),
+        ({"style": ""}, 422, "invalid_params"),
+    ],
 )
-def test_bad_jobs_are_refused_before_anything_is_stored(api: TestClient, storage: Storage, fields: dict[str, str], status: int, code: str) -> None:
+def test_bad_jobs_are_refused_before_anything_is_stored(
+    api: TestClient, storage: Storage, fields: dict[str, str], status: int, code: str
+) -> None:
     r = _post(api, _image_files(_images(1)), **fields)
     assert r.status_code == status and r.json()["error"]["code"] == code
     assert storage.listdir() == []
@@ -246,7 +271,9 @@ def test_a_job_leased_by_a_live_replica_is_left_alone(backend: FakeBackend, stor
 
 
 @pytest.mark.parametrize(("alive", "resumed"), [(False, True), (True, False), (None, False)], ids=["dead", "alive", "unknown"])
-def test_a_job_whose_router_is_known_dead_resumes_before_its_lease_ends(backend: FakeBackend, storage: Storage, alive: bool | None, resumed: bool) -> None:
+def test_a_job_whose_router_is_known_dead_resumes_before_its_lease_ends(
+    backend: FakeBackend, storage: Storage, alive: bool | None, resumed: bool
+) -> None:
     asked: list[str] = []
 
     def owner_alive(actor_id: str) -> bool | None:
@@ -333,11 +360,15 @@ def test_progress_never_goes_backwards_across_a_router_death(backend: FakeBacken
     assert written == sorted(written)
 
 
-@pytest.mark.parametrize(("reply", "calls", "status", "code"), [
-    (Overloaded("queue full", retry_after_s=0), 2, "ok", None),  # retryable: tried again, and it worked
-    (ModelUnavailable("no replica", retry_after_s=0), 2, "ok", None),
-    (InvalidImage("not a picture"), 1, "failed", "invalid_image"),  # not retryable: fails at once
-], ids=["overloaded", "model_unavailable", "invalid_image"])
+@pytest.mark.parametrize(
+    ("reply", "calls", "status", "code"),
+    [
+        (Overloaded("queue full", retry_after_s=0), 2, "ok", None),  # retryable: tried again, and it worked
+        (ModelUnavailable("no replica", retry_after_s=0), 2, "ok", None),
+        (InvalidImage("not a picture"), 1, "failed", "invalid_image"),  # not retryable: fails at once
+    ],
+    ids=["overloaded", "model_unavailable", "invalid_image"],
+)
 def test_an_item_is_retried_only_when_its_error_is_retryable(
     backend: FakeBackend, storage: Storage, reply: Exception, calls: int, status: str, code: str | None
 ) -> None:

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from stylefleet import k8s, profiles
-from stylefleet.spec import check_document
 from stylefleet.gpu import memory_cap_bytes, torch_memory_fraction
+from stylefleet.spec import check_document
 from tests.samples import ROOT
 
 CRDS = ROOT.parent / "shared" / "kuberay-crds"

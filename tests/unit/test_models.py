@@ -113,7 +113,11 @@ def test_same_bytes_alone_and_in_a_batch_of_8(which: str, request: pytest.Fixtur
         images["style_image"] = samples.cat()
     params = {"style": "7"} if which == "multistyle" else {}
     target = ModelRequest(images, params, OutputSpec("png"))
-    filler_images = {"image": samples.astronaut()[::-1].copy(), "style_image": samples.coffee()} if which == "arbitrary" else {"image": samples.astronaut()[:, ::-1].copy()}
+    filler_images = (
+        {"image": samples.astronaut()[::-1].copy(), "style_image": samples.coffee()}
+        if which == "arbitrary"
+        else {"image": samples.astronaut()[:, ::-1].copy()}
+    )
     filler = [ModelRequest(dict(filler_images), dict(params), OutputSpec("png")) for _ in range(7)]
     batch = _mixed_batch(target, filler)
     alone = encode_outcomes([target], run_batch(model, [target]), "x")[0]

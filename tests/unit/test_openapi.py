@@ -5,7 +5,6 @@ not declare."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import checks
 
-from router.api import create_api
+from router.api.application import create_api
 from stylefleet.config import Limits
 from stylefleet.storage import Storage
 from tests.unit.fakes import FakeBackend, from_pixels

@@ -14,13 +14,13 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from router.api import create_api
+from router.api.application import create_api
 from router.catalog import Catalog
 from router.core import RouterCore
-from router.jobs import JobManager
+from router.jobs.manager import JobManager
 from stylefleet.config import JobsConfig, Limits
-from stylefleet.storage import Storage
 from stylefleet.spec import AppSpec
+from stylefleet.storage import Storage
 from tests import samples
 from tests.samples import ROOT
 from tests.unit.fakes import FakeBackend, echo_prompt
@@ -86,7 +86,11 @@ def test_the_jobs_seed_and_a_lines_own_params(api: TestClient) -> None:
     _finished(api, r.json()["id"])
     _, manifest = _result(api, r.json()["id"])
     assert [m["seed"] for m in manifest] == [100, 5, 102]
-    assert [m["params"]["negative_prompt"] for m in manifest] == ["photo, blurry, low quality, text, watermark", "fog", "photo, blurry, low quality, text, watermark"]
+    assert [m["params"]["negative_prompt"] for m in manifest] == [
+        "photo, blurry, low quality, text, watermark",
+        "fog",
+        "photo, blurry, low quality, text, watermark",
+    ]
 
 
 def test_bad_lines_fail_alone(api: TestClient) -> None:
@@ -124,7 +128,9 @@ def test_a_text_to_image_job_without_prompts_is_422(backend: FakeBackend, tmp_pa
     from stylefleet.errors import InvalidParams
 
     storage = Storage(str(tmp_path / "jobs"))
-    manager = JobManager(RouterCore(Catalog(GENAI), backend, max_pixels=10_000_000), storage, JobsConfig(storage=storage.uri), max_item_bytes=1_000)
+    manager = JobManager(
+        RouterCore(Catalog(GENAI), backend, max_pixels=10_000_000), storage, JobsConfig(storage=storage.uri), max_item_bytes=1_000
+    )
     with pytest.raises(InvalidParams, match="send a 'prompts' file"):
         asyncio.run(manager.create("product-shot", {}, client_key=None, images=[], archive=None, shared={}))
 

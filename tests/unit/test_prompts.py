@@ -54,7 +54,12 @@ def test_negative_prompt_only_where_the_preset_leaves_it_open() -> None:
 
 @pytest.mark.parametrize(
     ("line", "needle"),
-    [("not json", "not JSON"), ('["a"]', "object"), ('{"prompt": "a", "n": 3}', "n: not a param"), ('{"prompt": {"x": 1}}', "plain values")],
+    [
+        ("not json", "not JSON"),
+        ('["a"]', "object"),
+        ('{"prompt": "a", "n": 3}', "n: not a param"),
+        ('{"prompt": {"x": 1}}', "plain values"),
+    ],
 )
 def test_a_bad_line_fails_alone(line: str, needle: str) -> None:
     items = _parse(f'{{"prompt": "fine"}}\n{line}\n{{"prompt": "also fine"}}\n', "p.jsonl")
@@ -81,11 +86,17 @@ class TextService:
         self.requests.append(request)
         if request.url.path == "/v1/styles":
             params = [{"name": k, "default": v} for k, v in DEFAULTS.items() if k != "negative_prompt"]
-            return httpx.Response(200, json={"styles": [{"name": "product-shot", "inputs": [], "params": params + [{"name": "n"}, {"name": "format"}]}]})
+            return httpx.Response(
+                200, json={"styles": [{"name": "product-shot", "inputs": [], "params": params + [{"name": "n"}, {"name": "format"}]}]}
+            )
         form = {k: v[0] for k, v in parse_qs(request.read().decode()).items()}
         if "boom" in form.get("prompt", ""):
             return httpx.Response(422, json={"error": {"code": "invalid_params", "message": "steps: too many"}})
-        headers = {"x-stylefleet-seed": form["seed"], "x-stylefleet-model-sha256": "m", "x-stylefleet-nsfw": str("nsfw" in form["prompt"]).lower()}
+        headers = {
+            "x-stylefleet-seed": form["seed"],
+            "x-stylefleet-model-sha256": "m",
+            "x-stylefleet-nsfw": str("nsfw" in form["prompt"]).lower(),
+        }
         return httpx.Response(200, content=json.dumps(form, sort_keys=True).encode(), headers=headers)
 
 
@@ -142,7 +153,12 @@ def test_an_edited_line_runs_again(tmp_path: Path) -> None:
 def test_a_refused_or_unreadable_line_fails_alone(tmp_path: Path) -> None:
     assert _run(tmp_path, TextService(), '{"prompt": "a"}\n{"prompt": "boom"}\nnot json\n{"prompt": "d"}\n', "p.jsonl") == 1
     by_input = {r["input"]: r for r in _manifest(tmp_path)}
-    assert {k: r["status"] for k, r in by_input.items()} == {"p.jsonl:1": "ok", "p.jsonl:2": "failed", "p.jsonl:3": "failed", "p.jsonl:4": "ok"}
+    assert {k: r["status"] for k, r in by_input.items()} == {
+        "p.jsonl:1": "ok",
+        "p.jsonl:2": "failed",
+        "p.jsonl:3": "failed",
+        "p.jsonl:4": "ok",
+    }
     assert (by_input["p.jsonl:2"]["error"]["code"], by_input["p.jsonl:3"]["error"]["code"]) == ("invalid_params", "invalid_prompt_line")
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 
-from router.api import create_api
+from router.api.application import create_api
 from router.catalog import Catalog
 from router.core import RouterCore
 from stylefleet.config import Limits

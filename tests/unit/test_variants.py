@@ -65,7 +65,9 @@ def test_same_assignment_in_another_process_with_another_hash_seed() -> None:
         "print(''.join(choose_variant('oil-paint', {'a': 50, 'b': 50}, client_key=f'client-{i}') for i in range(200)))"
     )
     outs = {
-        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT, env={"PYTHONHASHSEED": seed}).stdout
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT, env={"PYTHONHASHSEED": seed}
+        ).stdout
         for seed in ("1", "2")
     }
     here = "".join(choose_variant("oil-paint", {"a": 50, "b": 50}, client_key=f"client-{i}") for i in range(200))

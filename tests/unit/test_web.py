@@ -12,8 +12,7 @@ from fastapi.testclient import TestClient
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from router.api import WEB_DIR
-from router.api.web import PageFiles
+from router.api.web import WEB_DIR, PageFiles
 from router.catalog import Catalog
 from router.previews import PreviewCache, load_samples
 from stylefleet.errors import ModelUnavailable
