@@ -106,14 +106,13 @@ def test_onnx_convolutions_execute_on_cuda_not_on_the_cpu(kind: str, tmp_path: P
 @pytest.mark.parametrize("kind", ONNX_KINDS)
 def test_onnx_models_on_cuda_give_the_cpus_images(kind: str) -> None:
     from deployments.kinds import KINDS
-    from deployments.loader import load_model
-    from stylefleet.config import ModelSpec
 
+    spec = KINDS[kind]
     images = {"image": samples.astronaut(), "style_image": samples.cat()}
-    request = ModelRequest({f: images[f] for f in KINDS[kind].image_fields}, {})
-    spec = ModelSpec(deployment=f"test-{kind}", model=kind)
-    [on_gpu] = _images(run_batch(load_model(spec, runtime=CUDA).model, [request]))
-    [on_cpu] = _images(run_batch(load_model(spec, runtime=CPU).model, [request]))
+    request = ModelRequest({f: images[f] for f in spec.image_fields}, {})
+    files = [resolve(f) for f in spec.files]
+    [on_gpu] = _images(run_batch(spec.factory(files, CUDA, {}), [request]))
+    [on_cpu] = _images(run_batch(spec.factory(files, CPU, {}), [request]))
     worst, mean = _levels(on_gpu, on_cpu)
     assert worst <= 4 and mean < 0.5, f"CUDA vs CPU: max {worst} levels, mean {mean:.3f}"
 

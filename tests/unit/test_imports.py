@@ -55,9 +55,6 @@ def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
                 parts = name.split(".")
                 deps.update(".".join(parts[:i]) for i in range(1, len(parts) + 1) if ".".join(parts[:i]) in modules)
         deps.discard(module)
-        # A module's own packages are initialised before it runs (a submodule importing a
-        # sibling while its package's __init__ re-exports it is not a cycle Python trips on).
-        deps -= {".".join(module.split(".")[:i]) for i in range(1, module.count(".") + 1)}
         graph[module] = deps
     return graph
 
