@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from deployments.batching import ModelRequest, validate_params
-from deployments.onnx_session import RuntimeOptions, make_session, run, with_symbolic_batch
+from deployments.onnx_session import RuntimeOptions, make_network, run, with_symbolic_batch
 from deployments.params import EdgeParams, RemoveBackgroundParams
 from deployments.registry import ResolvedModel
 from stylefleet.errors import InvalidParams
@@ -134,8 +134,8 @@ class U2NetModel:
 
     def __init__(self, model: ResolvedModel, runtime: RuntimeOptions) -> None:
         self.checksum = model.sha256
-        self._session = make_session(with_symbolic_batch(model.path), runtime)
-        self._input = self._session.get_inputs()[0].name
+        self._network = make_network(with_symbolic_batch(model.path), runtime)
+        self._input = self._network.get_inputs()[0].name
 
     def decode_side(self, params: dict[str, Any]) -> int:
         """``image`` is scaled to ``max_side`` first: uploads decode no larger (batching.decoded)."""
@@ -150,7 +150,7 @@ class U2NetModel:
         return _Prepared(key="all", tensor=preprocess(flatten(pixels)), pixels=pixels, params=params)
 
     def infer(self, group: Sequence[_Prepared]) -> list[np.ndarray]:
-        out = run(self._session, {self._input: np.stack([p.tensor for p in group])})[0]
+        out = run(self._network, {self._input: np.stack([p.tensor for p in group])})[0]
         return [o[0] for o in out]
 
     def matte(self, prepared: _Prepared, raw: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ from deployments.diffusion import DiffusionModel
 from deployments.faces import HaarFaceModel
 from deployments.idphoto import IdPhotoModel
 from deployments.kinds import KINDS
-from deployments.onnx_session import RuntimeOptions
+from deployments.onnx_session import RuntimeOptions, available_cores
 from deployments.registry import ResolvedModel, resolve
 from deployments.restyle import ArbitraryStyleModel
 from deployments.stylize import MultiStyleModel
@@ -71,7 +71,32 @@ class LoadedModel:
 
 
 def runtime_options(spec: ModelSpec) -> RuntimeOptions:
-    return RuntimeOptions(device=spec.device, threads=spec.threads, spinning=spec.spinning)
+    runtime = RuntimeOptions(device=spec.device, threads=spec.threads, spinning=spec.spinning)
+    return replace(runtime, lone_call_threads=lone_call_threads(spec, runtime))
+
+
+def model_calls(spec: ModelSpec, runtime: RuntimeOptions | None = None) -> int:
+    """Network calls a replica runs at once: the config's ``model_calls``, or when it leaves
+    them open, for an ONNX model on CPU as many ``threads``-thread calls as fit the cores;
+    otherwise one (torch keeps its own threads, a GPU its own queue, and OpenCV's cascades are
+    not shared between threads)."""
+    if spec.model_calls is not None:
+        return spec.model_calls
+    runtime = runtime or RuntimeOptions(device=spec.device, threads=spec.threads)
+    if KINDS[spec.model].parallel_calls and runtime.device == "cpu":
+        return max(1, available_cores() // runtime.intra_op_threads)
+    return 1
+
+
+def lone_call_threads(spec: ModelSpec, runtime: RuntimeOptions) -> int | None:
+    """Threads of a call that runs while its replica is otherwise idle: the config's
+    ``lone_call_threads``, or by default the threads of every call the replica may run at once
+    (``model_calls`` x ``threads``), at most the cores. ``None`` where that is no more than one
+    call's threads, or the network is not an ONNX one on CPU: no second session then."""
+    if not KINDS[spec.model].parallel_calls or runtime.device != "cpu":
+        return None
+    wanted = spec.lone_call_threads or min(available_cores(), model_calls(spec, runtime) * runtime.intra_op_threads)
+    return wanted if wanted > runtime.intra_op_threads else None
 
 
 def load_model(spec: ModelSpec, *, runtime: RuntimeOptions | None = None) -> LoadedModel:

@@ -16,8 +16,11 @@ a batch of N gives bitwise the same outputs as N single calls (tests/unit/test_m
 
 from __future__ import annotations
 
+import contextvars
 import os
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +40,10 @@ class RuntimeOptions:
     ``spinning``: let idle pool threads spin-wait for work; a little faster for one model alone
     on a machine, but replicas of other models then lose the cores the spinners hold.
     ``arena``/``mem_pattern``: ONNX Runtime's CPU memory arena and per-shape memory plans.
+    ``lone_call_threads``: threads of a second session of the same network, used for a call
+    that runs while its replica is otherwise idle (``running_alone()``); ``None``: no second
+    session. A lone request then gets every core the replica was sized for, where ``threads``
+    alone would leave the others idle (docs/performance.md "A lone request on every core").
     """
 
     device: Device = "cpu"
@@ -47,6 +54,7 @@ class RuntimeOptions:
     arena: bool = True
     mem_pattern: bool = True
     env_allocators: bool = False  # use a process-wide allocator registered beforehand (the session benchmark)
+    lone_call_threads: int | None = None
 
     @property
     def intra_op_threads(self) -> int:
@@ -134,12 +142,57 @@ def make_session(model_bytes: bytes, options: RuntimeOptions) -> ort.InferenceSe
     return session
 
 
-def input_names(session: ort.InferenceSession) -> list[str]:
-    return [i.name for i in session.get_inputs()]
+@dataclass(frozen=True)
+class Network:
+    """One ONNX network as a model runs it: ``session`` for every call on ``threads`` threads,
+    ``lone`` (when the options ask for it) for a call that runs alone on ``lone_call_threads``.
+
+    Both are built from the same bytes with the same options but the thread count; ONNX
+    Runtime's CPU kernels split work by output, so both give the same bytes (checked for the
+    four shipped networks in tests/unit/test_lone_calls.py).
+    """
+
+    session: ort.InferenceSession
+    lone: ort.InferenceSession | None = None
+
+    def get_inputs(self) -> list[ort.NodeArg]:
+        return list(self.session.get_inputs())
 
 
-def run(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """``session.run`` that honours ``releasing_arena()``."""
+def make_network(model_bytes: bytes, options: RuntimeOptions) -> Network:
+    """``make_session``, plus the lone-call session where ``options.lone_call_threads`` exceeds
+    the call's own threads (CPU only: a GPU runs one queue whatever the threads)."""
+    session = make_session(model_bytes, options)
+    lone_threads = options.lone_call_threads
+    if options.device != "cpu" or lone_threads is None or lone_threads <= options.intra_op_threads:
+        return Network(session)
+    return Network(session, make_session(model_bytes, replace(options, threads=lone_threads)))
+
+
+# Set by the replica around a batch that starts while nothing else runs or waits (serving.py):
+# ``run`` then uses the network's lone-call session. A context variable: only the thread
+# running that batch sees it.
+_alone: contextvars.ContextVar[bool] = contextvars.ContextVar("stylefleet_running_alone", default=False)
+
+
+@contextmanager
+def running_alone(alone: bool = True) -> Iterator[None]:
+    """Within this block (when ``alone``), network calls use their lone-call session if they have one."""
+    token = _alone.set(alone)
+    try:
+        yield
+    finally:
+        _alone.reset(token)
+
+
+def input_names(network: Network) -> list[str]:
+    return [i.name for i in network.get_inputs()]
+
+
+def run(network: Network, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """One call through ``network``: its lone-call session inside ``running_alone()``, and
+    honouring ``releasing_arena()``."""
+    session = network.lone if network.lone is not None and _alone.get() else network.session
     if not arena_release_requested():
         return session.run(None, feeds)
     options = ort.RunOptions()

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from deployments.batching import ModelRequest, validate_params
-from deployments.onnx_session import RuntimeOptions, input_names, make_session, run, with_symbolic_batch
+from deployments.onnx_session import RuntimeOptions, input_names, make_network, run, with_symbolic_batch
 from deployments.params import RestyleParams
 from deployments.registry import ResolvedModel
 from deployments.stylize import check_min_side, join_alpha, keep_color, split_alpha, to_uint8
@@ -58,8 +58,8 @@ class ArbitraryStyleModel:
 
     def __init__(self, predict: ResolvedModel, transform: ResolvedModel, runtime: RuntimeOptions) -> None:
         self.checksum = f"{predict.sha256[:16]}+{transform.sha256[:16]}"
-        self._predict = make_session(with_symbolic_batch(predict.path), runtime)
-        self._transform = make_session(with_symbolic_batch(transform.path), runtime)
+        self._predict = make_network(with_symbolic_batch(predict.path), runtime)
+        self._transform = make_network(with_symbolic_batch(transform.path), runtime)
         self._transform_inputs = input_names(self._transform)
 
     def decode_side(self, params: dict[str, Any]) -> int:

@@ -38,11 +38,11 @@ from deployments.batching import (
 from deployments.capabilities import Describing, MemoryLimited, Weighing
 from deployments.composed import StageClock, run_composed
 from deployments.kinds import KINDS, ModelKind
-from deployments.loader import load_model, runtime_options
+from deployments.loader import load_model, model_calls
 from deployments.log import serve_logger
 from deployments.memory import BatchLimiter
 from deployments.metrics import GpuSampler, ReplicaMetrics
-from deployments.onnx_session import RuntimeOptions, available_cores
+from deployments.onnx_session import running_alone
 from deployments.queue import BacklogQueue, QueueLimits
 from stylefleet.config import BatchingConfig, ModelSpec
 from stylefleet.errors import ModelUnavailable, Overloaded, StylefleetError
@@ -220,8 +220,11 @@ class ModelServer(_Batched):
 
     def __init__(self, spec: ModelSpec) -> None:
         kind = KINDS[spec.model]
-        self.concurrent_batches = default_model_calls(kind, runtime_options(spec)) if spec.model_calls is None else spec.model_calls
+        self.concurrent_batches = model_calls(spec)
+        self._in_flight = 0  # batches in their network call now (either queue)
+        self.lone_batches = 0  # batches run alone on the lone-call threads (info())
         loaded = load_model(spec)
+        self.lone_call_threads = loaded.runtime.lone_call_threads
         nvml = loaded.nvml
         super().__init__(kind, gpu=nvml is not None)
         self.model = loaded.model
@@ -266,11 +269,22 @@ class ModelServer(_Batched):
 
     async def _run_items(self, items: list[_Queued]) -> list[Outcome]:  # type: ignore[override]
         self._batch_started(items)
-        return await asyncio.to_thread(self._timed, self._infer, [item.prepared for item in items], [item.pixels for item in items])
-
-    def _infer(self, prepared: list[Any], pixels: list[int]) -> list[Outcome]:
+        # Alone: no other batch in its network call and nothing queued behind this one. Its call
+        # then runs on every core the replica was sized for (RuntimeOptions.lone_call_threads);
+        # a request arriving meanwhile starts its own call as usual.
+        alone = self._in_flight == 0 and self._queue.queued == 0
+        self.lone_batches += alone and self.lone_call_threads is not None
+        self._in_flight += 1
         try:
-            return infer_prepared(self.model, prepared, pixels, self.pixel_budget)
+            prepared, pixels = [item.prepared for item in items], [item.pixels for item in items]
+            return await asyncio.to_thread(self._timed, self._infer, prepared, pixels, alone)
+        finally:
+            self._in_flight -= 1
+
+    def _infer(self, prepared: list[Any], pixels: list[int], alone: bool = False) -> list[Outcome]:
+        try:
+            with running_alone(alone):
+                return infer_prepared(self.model, prepared, pixels, self.pixel_budget)
         finally:
             if self._limiter is not None:
                 self._record_memory()
@@ -295,6 +309,9 @@ class ModelServer(_Batched):
             "model_sha256": self.model_sha256,
             "load_seconds": round(self.load_seconds, 3),
             "gpu_memory_cap_bytes": self.gpu_memory_cap_bytes,
+            "model_calls": self.concurrent_batches,
+            "lone_call_threads": self.lone_call_threads,
+            "lone_batches": self.lone_batches,
             **self._batch_info(),
             **(self.model.info() if isinstance(self.model, Describing) else {}),
         }
@@ -347,15 +364,6 @@ class ComposedServer(_Batched):
             "stages": self.stages.snapshot(),
             **self._batch_info(),
         }
-
-
-def default_model_calls(kind: ModelKind, runtime: RuntimeOptions) -> int:
-    """Network calls a replica runs at once when the config leaves it open: for an ONNX model
-    on CPU, as many ``threads``-thread calls as fit the cores; otherwise one (torch keeps its own
-    threads, a GPU its own queue, and OpenCV's cascades are not shared between threads)."""
-    if kind.parallel_calls and runtime.device == "cpu":
-        return max(1, available_cores() // runtime.intra_op_threads)
-    return 1
 
 
 class _MemoryMetrics:

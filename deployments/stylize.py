@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from deployments.batching import ModelRequest, validate_params
-from deployments.onnx_session import RuntimeOptions, make_session, run, with_symbolic_batch
+from deployments.onnx_session import RuntimeOptions, make_network, run, with_symbolic_batch
 from deployments.params import MIN_SIDE, StylizeParams, style_weights
 from deployments.registry import ResolvedModel
 from stylefleet.errors import InvalidImage, InvalidParams
@@ -82,7 +82,7 @@ class MultiStyleModel:
 
     def __init__(self, model: ResolvedModel, runtime: RuntimeOptions) -> None:
         self.checksum = model.sha256
-        self._session = make_session(with_symbolic_batch(model.path), runtime)
+        self._network = make_network(with_symbolic_batch(model.path), runtime)
 
     def decode_side(self, params: dict[str, Any]) -> int:
         """``image`` is scaled to ``max_side`` first: uploads decode no larger (batching.decoded)."""
@@ -112,7 +112,7 @@ class MultiStyleModel:
 
     def infer(self, group: Sequence[_Prepared]) -> list[np.ndarray]:
         batch = np.stack([p.tensor for p in group])
-        out = run(self._session, {"image": batch, "style_weights": group[0].weights})[0]
+        out = run(self._network, {"image": batch, "style_weights": group[0].weights})[0]
         return list(out)
 
     def finish(self, prepared: _Prepared, raw: np.ndarray) -> np.ndarray:

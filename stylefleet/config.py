@@ -166,6 +166,14 @@ class DeploymentConfig(_Strict):
         "the ONNX models on CPU, the replica's cores over threads (several one-thread calls beat one call on "
         "several threads here), else 1. Memory grows with it: each call in flight holds its batch's arena",
     )
+    lone_call_threads: PositiveInt | None = Field(
+        None,
+        le=256,
+        description="ONNX models on CPU: threads of a batch that starts while its replica is otherwise idle "
+        "(nothing queued, no other batch running), through a second session of the same network (same bytes "
+        "out). Default: model_calls x threads, at most the cores, so a lone request uses every core the "
+        "replica was sized for; set it to `threads` to turn the second session off",
+    )
     device: Device = Field("cpu", description="cpu or cuda")
     num_gpus: float = Field(0.0, ge=0.0, le=8.0, description="Ray GPU share per replica (logical only)")
     diffusion: DiffusionSource | None = Field(None, description="weights and knobs of a stable-diffusion deployment")
@@ -372,6 +380,7 @@ class AppConfig(_Strict):
             spinning=dep.spinning,
             num_gpus=dep.num_gpus,
             model_calls=dep.model_calls,
+            lone_call_threads=dep.lone_call_threads,
             models=self.models,
             model_dir=self.model_dir,
             allow_download=self.allow_download,
@@ -391,6 +400,7 @@ class ModelSpec(_Strict):
     spinning: bool = False
     num_gpus: float = Field(0.0, ge=0.0)
     model_calls: PositiveInt | None = None
+    lone_call_threads: PositiveInt | None = None
     models: dict[str, ModelSource] = Field(default_factory=dict, description="pinned paths and checksums, by file")
     model_dir: str | None = None
     allow_download: bool = False

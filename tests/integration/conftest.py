@@ -28,6 +28,8 @@ def test_config(port: int) -> dict[str, Any]:
     - the restyle deployment bounded tightly (one request at a time, one queued) so the
       tests can provoke 503 overloaded without flooding the machine;
     - a small upload limit so 413 is cheap to provoke;
+    - remove-background with two calls at once and a two-thread lone-call session, whatever
+      the machine's cores (test_batching);
     - stylize pinned to one replica (tests compare replica ids), and a small extra deployment
       with quick autoscaling (1-2 replicas, one thread each) for the scaling test;
     - jobs in a fresh temporary folder, a short lease (a restarted app resumes quickly), two items
@@ -50,6 +52,8 @@ def test_config(port: int) -> dict[str, Any]:
     args["deployments"]["stylize"]["autoscaling"]["max_replicas"] = 1
     # One network call at a time, so a single large photo makes the model busy (test_batching).
     args["deployments"]["stylize"]["model_calls"] = 1
+    # Two calls at once and the lone-call session on any machine (the CPU default on 2 cores).
+    args["deployments"]["remove-background"].update(model_calls=2, lone_call_threads=2)
     args["deployments"]["autoscale-probe"] = {
         "model": "multistyle26",
         "num_cpus": 0.25,

@@ -98,3 +98,26 @@ def _size(data: bytes) -> tuple[int, int]:
     import io
 
     return Image.open(io.BytesIO(data)).size
+
+
+def test_a_lone_request_runs_on_the_lone_call_session_and_a_busy_replicas_do_not(base_url: str) -> None:
+    """The first request reaches an idle replica: its batch runs alone (every core). A second one
+    sent while the first is still in its batch runs beside it on its own one-thread call."""
+    before = deployment_info("remove-background")
+    assert before["lone_call_threads"] == 2 and before["model_calls"] == 2
+    slow = samples.encoded(samples.scaled(samples.astronaut(), 3.0), "JPEG")  # 1536 px, matted: seconds in its batch
+    with httpx.Client(base_url=base_url, timeout=300) as client, ThreadPoolExecutor(2) as pool:
+
+        def post(data: bytes, **fields: str) -> httpx.Response:
+            return client.post("/v1/styles/remove-background", files={"image": ("p.jpg", data, "image/jpeg")}, data=fields)
+
+        first = pool.submit(post, slow, max_side="1536", alpha_matting="true")
+        _until(lambda: deployment_info("remove-background")["running_batches"] == 1, "the first request's batch to start")
+        second = post(SMALL)
+        assert deployment_info("remove-background")["running_batches"] == 1, "the first batch ended before the second ran"
+        assert second.status_code == 200, second.text
+        assert first.result().status_code == 200, first.result().text
+    after = deployment_info("remove-background")
+    batches = sum(after["batch_sizes"].values()) - sum(before["batch_sizes"].values())
+    assert batches == 2
+    assert after["lone_batches"] - before["lone_batches"] == 1
