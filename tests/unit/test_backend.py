@@ -140,3 +140,24 @@ def test_retry_after_survives_pickling_across_actors() -> None:
 
     restored = pickle.loads(pickle.dumps(ModelUnavailable("gone", retry_after_s=7)))
     assert restored.headers == {"Retry-After": "7"} and restored.message == "gone"
+
+
+@pytest.mark.parametrize(
+    ("state", "reads_after_3s"),
+    [(("HEALTHY", {"RUNNING": 1}), 1), (("UPDATING", {"STARTING": 1}), 2)],
+    ids=["all-running-kept-5s", "one-without-replica-kept-1s"],
+)
+def test_serve_status_is_read_less_often_while_every_deployment_runs(monkeypatch, state, reads_after_3s: int) -> None:
+    """serve.status() costs the router real CPU: once a second only while a deployment waits for a replica."""
+    reads: list[int] = []
+    monkeypatch.setattr(router_app.serve, "status", lambda: reads.append(1) or _status({"diffusion": state}))
+    now = [1000.0]
+    monkeypatch.setattr(router_app.time, "monotonic", lambda: now[0])
+    backend = ServeBackend({}, "genai")
+    asyncio.run(backend.health())
+    now[0] += 3.0  # past STATUS_CACHE_S, within STATUS_CACHE_HEALTHY_S
+    asyncio.run(backend.health())
+    assert len(reads) == reads_after_3s
+    now[0] += 3.0  # past both
+    asyncio.run(backend.health())
+    assert len(reads) == reads_after_3s + 1
