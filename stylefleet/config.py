@@ -16,6 +16,16 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, m
 
 Device = Literal["cpu", "cuda"]
 
+# Environment every Ray process of the service starts with (`stylefleet run` sets each one unless
+# already set; `stylefleet k8s` puts them on every pod). Serve's controller reconciles every
+# 0.1 s by default, which cost 5.9% of a core on an idle 2-core machine (1.5% at 1 s) and as
+# much as the HTTP proxy under load (docs/performance.md "Where the CPU goes"); at 0.5 s it still
+# acts on autoscaling and health well inside their own delays (seconds).
+RAY_ENVIRONMENT: dict[str, str] = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
+}
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from stylefleet.config import DeploymentConfig
+from stylefleet.config import RAY_ENVIRONMENT, DeploymentConfig
 from stylefleet.spec import ConfigError, ServeFile, load_serve_file
 
 RAY_VERSION = "2.60.0"
@@ -66,7 +66,7 @@ def _container(name: str, image: str, resources: dict[str, Any], ports: list[dic
         "image": image,
         "ports": ports,
         "resources": {"requests": resources, "limits": resources},
-        "env": [{"name": "RAY_USAGE_STATS_ENABLED", "value": "0"}],
+        "env": [{"name": name, "value": value} for name, value in RAY_ENVIRONMENT.items()],
         "volumeMounts": [{"name": "model-cache", "mountPath": MODEL_CACHE_PATH}],
     }
 

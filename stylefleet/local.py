@@ -28,8 +28,11 @@ import socket
 import stat
 import tempfile
 import time
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
+
+from stylefleet.config import RAY_ENVIRONMENT
 
 LOOPBACK = "127.0.0.1"
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -89,6 +92,13 @@ def write_private_token(directory: Path) -> Path:
     return path
 
 
+def apply_ray_environment(environ: MutableMapping[str, str]) -> None:
+    """The service's Ray environment (``stylefleet.config.RAY_ENVIRONMENT``), each variable
+    unless the caller set it already (an operator's own value wins)."""
+    for name, value in RAY_ENVIRONMENT.items():
+        environ.setdefault(name, value)
+
+
 def loopback_token_environment(state_dir: Path) -> Path:
     """Set this process's environment so the Ray nodes it starts (one, or a head and workers on
     this machine) stay on 127.0.0.1 and share one fresh private token; its path is returned."""
@@ -103,7 +113,7 @@ def loopback_token_environment(state_dir: Path) -> Path:
     # Read by ray.init and inherited by every Ray process it starts (and only by them).
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_path)
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    apply_ray_environment(os.environ)
     # Ray reads RAY_AUTH_MODE into its config when first imported; re-read it, as
     # ray._private.authentication does itself when it turns token mode on.
     Config.initialize("")

@@ -116,3 +116,15 @@ def test_probes_use_liveness_and_readiness_as_documented() -> None:
     assert head["readinessProbe"]["httpGet"]["path"] == worker["readinessProbe"]["httpGet"]["path"] == "/healthz/ready"
     assert head["livenessProbe"]["httpGet"]["path"] == head["startupProbe"]["httpGet"]["path"] == "/healthz/live"
     assert "livenessProbe" not in worker  # KubeRay's raylet check stays: a router hiccup must not restart a model worker
+
+
+def test_every_ray_pod_gets_the_services_ray_environment() -> None:
+    """The Serve tuning `stylefleet run` gives its local Ray (a slower controller loop) reaches the cluster too."""
+    manifest = yaml.safe_load((ROOT / "k8s" / "rayservice.yaml").read_text())
+    cluster = manifest["spec"]["rayClusterConfig"]
+    containers = [cluster["headGroupSpec"]["template"]["spec"]["containers"][0]]
+    containers += [group["template"]["spec"]["containers"][0] for group in cluster["workerGroupSpecs"]]
+    for container in containers:
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert env["RAY_SERVE_CONTROL_LOOP_INTERVAL_S"] == "0.5"
+        assert env["RAY_USAGE_STATS_ENABLED"] == "0"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from stylefleet import cli
-from stylefleet.local import LOOPBACK, AlreadyRunning, LocalCluster, claim_state_dir, free_port
+from stylefleet.local import LOOPBACK, AlreadyRunning, LocalCluster, apply_ray_environment, claim_state_dir, free_port
 
 LIVE_TOKEN = "the-live-clusters-token"
 
@@ -70,3 +70,12 @@ def test_the_folder_is_free_again_once_its_holder_is_gone(tmp_path: Path) -> Non
         claim_state_dir(tmp_path, {})
     cluster._unlock()
     os.close(claim_state_dir(tmp_path, {}))
+
+
+def test_the_ray_environment_is_set_unless_the_operator_set_it() -> None:
+    environ = {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "2"}
+    apply_ray_environment(environ)
+    assert environ == {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "2", "RAY_USAGE_STATS_ENABLED": "0"}
+    fresh: dict[str, str] = {}
+    apply_ray_environment(fresh)
+    assert fresh["RAY_SERVE_CONTROL_LOOP_INTERVAL_S"] == "0.5"
