@@ -185,3 +185,10 @@ class BacklogQueue(Generic[T, R]):
         finally:
             self._running -= 1
             self._slot_free.set()
+
+
+def runs_alone(batch_size: int, in_flight: int, queued: int) -> bool:
+    """Whether a batch about to start may take every core (the lone-call session): it is one
+    request, no other batch is in its network call, and nothing waits behind it. One request
+    only, so the wider session's arena holds one image's activations, never a batch's."""
+    return batch_size == 1 and in_flight == 0 and queued == 0

@@ -43,7 +43,7 @@ from deployments.log import serve_logger
 from deployments.memory import BatchLimiter
 from deployments.metrics import GpuSampler, ReplicaMetrics
 from deployments.onnx_session import running_alone
-from deployments.queue import BacklogQueue, QueueLimits
+from deployments.queue import BacklogQueue, QueueLimits, runs_alone
 from stylefleet.config import BatchingConfig, ModelSpec
 from stylefleet.errors import ModelUnavailable, Overloaded, StylefleetError
 
@@ -269,10 +269,12 @@ class ModelServer(_Batched):
 
     async def _run_items(self, items: list[_Queued]) -> list[Outcome]:  # type: ignore[override]
         self._batch_started(items)
-        # Alone: no other batch in its network call and nothing queued behind this one. Its call
-        # then runs on every core the replica was sized for (RuntimeOptions.lone_call_threads);
-        # a request arriving meanwhile starts its own call as usual.
-        alone = self._in_flight == 0 and self._queue.queued == 0
+        # Alone: one request, no other batch in its network call and nothing queued behind it.
+        # Its call then runs on every core the replica was sized for (lone_call_threads); a
+        # request arriving meanwhile starts its own call as usual. One request only: the lone
+        # session's arena then holds one image's activations, not a whole batch's
+        # (docs/performance.md "A lone request on every core": +450 MiB for u2netp, 1.1 GiB at 4).
+        alone = runs_alone(len(items), self._in_flight, self._queue.queued)
         self.lone_batches += alone and self.lone_call_threads is not None
         self._in_flight += 1
         try:

@@ -12,6 +12,7 @@ from deployments import loader
 from deployments.background import U2NetModel
 from deployments.batching import ModelRequest, OutputSpec, encode_outcomes, run_batch
 from deployments.onnx_session import Network, RuntimeOptions, make_network, run, running_alone, with_symbolic_batch
+from deployments.queue import runs_alone
 from deployments.registry import resolve
 from deployments.restyle import ArbitraryStyleModel
 from deployments.stylize import MultiStyleModel
@@ -111,3 +112,16 @@ def test_model_calls_default_is_the_cores_over_threads(monkeypatch: pytest.Monke
     assert loader.model_calls(_spec(threads=2)) == 4
     assert loader.model_calls(_spec(model_calls=3)) == 3
     assert loader.model_calls(_spec(model="haar-face")) == 1
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "in_flight", "queued", "alone"),
+    [
+        (1, 0, 0, True),
+        (2, 0, 0, False),  # a batch: its arena would be a batch's on the second session too
+        (1, 1, 0, False),  # another call holds a core
+        (1, 0, 1, False),  # a request waits: it gets the other core as its own call
+    ],
+)
+def test_only_a_lone_request_on_an_idle_replica_runs_alone(batch_size: int, in_flight: int, queued: int, alone: bool) -> None:
+    assert runs_alone(batch_size, in_flight, queued) is alone
