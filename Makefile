@@ -65,17 +65,17 @@ bench-sessions: $(VENV)/.installed-bench
 # memory; on CUDA where torch sees it. On a CPU, pass smaller sizes: MODELS_FLAGS='--size 256 --steps 2'.
 MODELS_FLAGS ?=
 bench-models: $(VENV)/.installed-bench
-	$(BIN)/python -m stylefleet.cli bench --models $(MODELS_FLAGS) --out bench-results/models.json
+	$(BIN)/python -m stylefleet.tools.cli bench --models $(MODELS_FLAGS) --out bench-results/models.json
 
 # Issue 15's GPU harness (docs/gpu.md "GPU benchmark"). It needs no Ray and no install step here: a GPU
 # machine without network installs from a wheelhouse (README), then runs this with its python.
 # Without CUDA it refuses; bench-gpu-tiny runs the whole harness on the CPU at toy sizes.
 BENCH_PYTHON ?= $(BIN)/python
 bench-gpu:
-	$(BENCH_PYTHON) -m stylefleet.cli bench --gpu --out bench-results/gpu.json
+	$(BENCH_PYTHON) -m stylefleet.tools.cli bench --gpu --out bench-results/gpu.json
 
 bench-gpu-tiny:
-	$(BENCH_PYTHON) -m stylefleet.cli bench --gpu --tiny --out bench-results/gpu-tiny.json
+	$(BENCH_PYTHON) -m stylefleet.tools.cli bench --gpu --tiny --out bench-results/gpu-tiny.json
 
 # remove-background against rembg's own server on the same model and photo. rembg is no
 # dependency of stylefleet: it gets a virtual environment of its own, pinned like ours.

@@ -22,13 +22,13 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from deployments.batching import ModelRequest, validate_params
-from deployments.log import serve_logger
-from deployments.memory import BatchLimiter, run_halving
-from deployments.onnx_session import RuntimeOptions, available_cores
-from deployments.params import AnimeParams
-from deployments.registry import ResolvedModel
-from deployments.stylize import check_min_side, join_alpha, split_alpha
+from stylefleet.deployments.batching import ModelRequest, validate_params
+from stylefleet.deployments.log import serve_logger
+from stylefleet.deployments.memory import BatchLimiter, run_halving
+from stylefleet.deployments.onnx_session import RuntimeOptions, available_cores
+from stylefleet.deployments.params import AnimeParams
+from stylefleet.deployments.registry import ResolvedModel
+from stylefleet.deployments.stylize import check_min_side, join_alpha, split_alpha
 from stylefleet.errors import InvalidParams, ModelUnavailable
 from stylefleet.imageio import resize_to_max_side
 
@@ -109,7 +109,7 @@ class AnimeGANModel:
     def __init__(self, model: ResolvedModel, runtime: RuntimeOptions, *, face_model: bool) -> None:
         import torch
 
-        from deployments.animegan_net import Generator
+        from stylefleet.deployments.animegan_net import Generator
 
         self.checksum = model.sha256
         self.face_model = face_model

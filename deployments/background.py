@@ -25,10 +25,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from deployments.batching import ModelRequest, validate_params
-from deployments.onnx_session import RuntimeOptions, make_network, run, with_symbolic_batch
-from deployments.params import EdgeParams, RemoveBackgroundParams
-from deployments.registry import ResolvedModel
+from stylefleet.deployments.batching import ModelRequest, validate_params
+from stylefleet.deployments.onnx_session import RuntimeOptions, make_network, run, with_symbolic_batch
+from stylefleet.deployments.params import EdgeParams, RemoveBackgroundParams
+from stylefleet.deployments.registry import ResolvedModel
 from stylefleet.errors import InvalidParams
 from stylefleet.imageio import flatten, parse_color, resize_to_max_side
 

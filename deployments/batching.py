@@ -27,7 +27,7 @@ from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
-from deployments.memory import chunks, releasing_arena
+from stylefleet.deployments.memory import chunks, releasing_arena
 from stylefleet.errors import InternalError, InvalidParams, StylefleetError
 from stylefleet.imageio import CONTENT_TYPES, OutputFormat, decode, encode, probe, scaled_size
 
@@ -129,7 +129,7 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 @runtime_checkable
 class DecodesSmaller(Protocol):
-    """An optional capability (``deployments.capabilities`` has the others): the longer side the
+    """An optional capability (``stylefleet.deployments.capabilities`` has the others): the longer side the
     model scales its ``image`` down to first (None: full size), so uploads decode no larger."""
 
     def decode_side(self, params: dict[str, Any]) -> int | None: ...

@@ -3,15 +3,15 @@
 Whoever drives a model (a Serve replica, the Ray Data actor, the benchmark) asks
 ``isinstance(model, Weighing)`` rather than probing attributes by name, so a typo or a renamed
 method shows up as a type error rather than as a capability silently off. ``DecodesSmaller``
-lives beside ``BatchModel`` in ``deployments.batching``, which asks it.
+lives beside ``BatchModel`` in ``stylefleet.deployments.batching``, which asks it.
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
-from deployments.batching import ModelRequest
-from deployments.memory import BatchLimiter
+from stylefleet.deployments.batching import ModelRequest
+from stylefleet.deployments.memory import BatchLimiter
 
 
 @runtime_checkable

@@ -25,7 +25,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import numpy as np
 from pydantic import BaseModel
 
-from deployments.batching import EncodedImage, ModelRequest, OutputSpec, Reply, as_error, decoded
+from stylefleet.deployments.batching import EncodedImage, ModelRequest, OutputSpec, Reply, as_error, decoded
 from stylefleet.errors import InternalError, StylefleetError
 
 P = TypeVar("P")

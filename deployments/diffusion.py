@@ -32,13 +32,13 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from deployments.batching import ModelRequest, safety_checked, validate_params
-from deployments.log import serve_logger
-from deployments.memory import BatchLimiter, probe_largest_batch, run_halving, weight_of
-from deployments.onnx_session import RuntimeOptions
-from deployments.params import SIZE_MULTIPLE, DiffusionParams
-from deployments.stylize import check_min_side
 from stylefleet.config import DiffusionSource
+from stylefleet.deployments.batching import ModelRequest, safety_checked, validate_params
+from stylefleet.deployments.log import serve_logger
+from stylefleet.deployments.memory import BatchLimiter, probe_largest_batch, run_halving, weight_of
+from stylefleet.deployments.onnx_session import RuntimeOptions
+from stylefleet.deployments.params import SIZE_MULTIPLE, DiffusionParams
+from stylefleet.deployments.stylize import check_min_side
 from stylefleet.errors import InvalidParams, ModelUnavailable
 from stylefleet.imageio import flatten
 
@@ -318,7 +318,7 @@ def load_pipelines(
 def assemble_pipelines(base: Any, controlnet: Any | None, runtime: RuntimeOptions) -> dict[str, Any]:
     """text-to-image (``base``), img2img and, given a ControlNet, controlnet-canny over one set of
     modules, on the runtime's device: fp16 and scaled-dot-product attention on CUDA, fp32 on CPU.
-    The loader above and the benchmark (real-size random weights, ``stylefleet.bench_models``) share it."""
+    The loader above and the benchmark (real-size random weights, ``stylefleet.tools.bench_models``) share it."""
     import torch
     from diffusers import StableDiffusionControlNetPipeline, StableDiffusionImg2ImgPipeline
     from diffusers.models.attention_processor import AttnProcessor2_0

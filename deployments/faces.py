@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from deployments.batching import ModelRequest, validate_params
-from deployments.onnx_session import RuntimeOptions, available_cores
-from deployments.params import FaceDetectParams
-from deployments.registry import ResolvedModel
+from stylefleet.deployments.batching import ModelRequest, validate_params
+from stylefleet.deployments.onnx_session import RuntimeOptions, available_cores
+from stylefleet.deployments.params import FaceDetectParams
+from stylefleet.deployments.registry import ResolvedModel
 from stylefleet.errors import InvalidParams
 from stylefleet.imageio import flatten
 

@@ -23,12 +23,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-from deployments.batching import EncodedImage, ModelRequest, OutputSpec, validate_params
-from deployments.faces import Face, faces_from_array
-from deployments.kinds import KINDS
-from deployments.params import IdPhotoParams, background
-from deployments.presets import Frame
-from deployments.stylize import check_min_side
+from stylefleet.deployments.batching import EncodedImage, ModelRequest, OutputSpec, validate_params
+from stylefleet.deployments.faces import Face, faces_from_array
+from stylefleet.deployments.kinds import KINDS
+from stylefleet.deployments.params import IdPhotoParams, background
+from stylefleet.deployments.presets import Frame
+from stylefleet.deployments.stylize import check_min_side
 from stylefleet.errors import FaceTooSmall, InvalidParams, MaxKbTooSmall, MultipleFaces, NoFace
 from stylefleet.imageio import CONTENT_TYPES, encode, resize_to_max_side
 

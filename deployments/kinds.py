@@ -5,7 +5,7 @@ that the config names for each role (``deployments.<name>.uses``) through deploy
 
 Data only (params models and registry entries, no ONNX Runtime or torch): the app spec checks a
 config against this table without loading a runtime. How each kind's model is built is
-``deployments.loader``'s.
+``stylefleet.deployments.loader``'s.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from deployments.params import (
+from stylefleet.deployments.params import (
     AnimeParams,
     DiffusionParams,
     FaceDetectParams,
@@ -25,7 +25,7 @@ from deployments.params import (
     RestyleParams,
     StylizeParams,
 )
-from deployments.registry import MODELS
+from stylefleet.deployments.registry import MODELS
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The model loader: one deployment's ``ModelSpec`` in, its model out, whatever runs it.
 
-A Serve replica (``deployments.serving``), a Ray Data actor (``stylefleet.batch.raydata``) and
+A Serve replica (``stylefleet.deployments.serve.serving``), a Ray Data actor (``stylefleet.tools.batch.raydata``) and
 the benchmark's bare runs all call ``load_model``, so they load the same files (pinned checksums
 verified), with the same options, threads and GPU memory caps.
 """
@@ -13,18 +13,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from deployments.animegan import AnimeGANModel
-from deployments.background import U2NetModel
-from deployments.capabilities import Checksummed
-from deployments.diffusion import DiffusionModel
-from deployments.faces import HaarFaceModel
-from deployments.idphoto import IdPhotoModel
-from deployments.kinds import KINDS
-from deployments.onnx_session import RuntimeOptions, available_cores
-from deployments.registry import ResolvedModel, resolve
-from deployments.restyle import ArbitraryStyleModel
-from deployments.stylize import MultiStyleModel
 from stylefleet.config import ModelSpec
+from stylefleet.deployments.animegan import AnimeGANModel
+from stylefleet.deployments.background import U2NetModel
+from stylefleet.deployments.capabilities import Checksummed
+from stylefleet.deployments.diffusion import DiffusionModel
+from stylefleet.deployments.faces import HaarFaceModel
+from stylefleet.deployments.idphoto import IdPhotoModel
+from stylefleet.deployments.kinds import KINDS
+from stylefleet.deployments.onnx_session import RuntimeOptions, available_cores
+from stylefleet.deployments.registry import ResolvedModel, resolve
+from stylefleet.deployments.restyle import ArbitraryStyleModel
+from stylefleet.deployments.stylize import MultiStyleModel
 from stylefleet.gpu import Nvml, memory_cap_bytes, torch_memory_fraction
 
 logger = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from deployments.log import serve_logger
+from stylefleet.deployments.log import serve_logger
 from stylefleet.errors import Overloaded
 
 logger = serve_logger(__name__)

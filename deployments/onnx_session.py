@@ -4,7 +4,7 @@ Session options were chosen by measurement (docs/performance.md "Performance", `
 sessions``): the CPU memory arena and memory patterns stay on (turning the arena off cost 2.4x
 on multistyle26), and idle pool threads sleep instead of spinning, so replicas of several models
 can share the cores. Memory is bounded by the replica's pixel budget per batch instead
-(``deployments.queue``): the arena grows to the largest batch the budget lets through and stays
+(``stylefleet.deployments.queue``): the arena grows to the largest batch the budget lets through and stays
 there. A call over the budget (one image larger than the whole budget, run alone) runs inside
 ``releasing_arena()``, which hands the arena's free chunks back when the call ends.
 
@@ -28,8 +28,8 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from deployments.memory import arena_release_requested
 from stylefleet.config import Device
+from stylefleet.deployments.memory import arena_release_requested
 
 
 @dataclass(frozen=True)

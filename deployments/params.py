@@ -2,7 +2,7 @@
 
 Pure data and validation (numpy, pydantic, the colour parser): no ONNX Runtime, no torch, so the
 app spec checks a config's fixed params against them without loading any runtime. Each model
-module re-exports its own (``deployments.stylize.StylizeParams`` is this module's).
+module re-exports its own (``stylefleet.deployments.stylize.StylizeParams`` is this module's).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from deployments.presets import Frame, SizeName, frame_for
+from stylefleet.deployments.presets import Frame, SizeName, frame_for
 from stylefleet.errors import InvalidParams
 from stylefleet.imageio import parse_color
 

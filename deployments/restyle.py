@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from deployments.batching import ModelRequest, validate_params
-from deployments.onnx_session import RuntimeOptions, input_names, make_network, run, with_symbolic_batch
-from deployments.params import RestyleParams
-from deployments.registry import ResolvedModel
-from deployments.stylize import check_min_side, join_alpha, keep_color, split_alpha, to_uint8
+from stylefleet.deployments.batching import ModelRequest, validate_params
+from stylefleet.deployments.onnx_session import RuntimeOptions, input_names, make_network, run, with_symbolic_batch
+from stylefleet.deployments.params import RestyleParams
+from stylefleet.deployments.registry import ResolvedModel
+from stylefleet.deployments.stylize import check_min_side, join_alpha, keep_color, split_alpha, to_uint8
 from stylefleet.errors import InvalidParams
 from stylefleet.imageio import resize_to_max_side
 

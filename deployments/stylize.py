@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from deployments.batching import ModelRequest, validate_params
-from deployments.onnx_session import RuntimeOptions, make_network, run, with_symbolic_batch
-from deployments.params import MIN_SIDE, StylizeParams, style_weights
-from deployments.registry import ResolvedModel
+from stylefleet.deployments.batching import ModelRequest, validate_params
+from stylefleet.deployments.onnx_session import RuntimeOptions, make_network, run, with_symbolic_batch
+from stylefleet.deployments.params import MIN_SIDE, StylizeParams, style_weights
+from stylefleet.deployments.registry import ResolvedModel
 from stylefleet.errors import InvalidImage, InvalidParams
 from stylefleet.imageio import flatten, resize_to_max_side
 

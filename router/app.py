@@ -1,4 +1,4 @@
-"""The application builder (``import_path: router.app:build_app``) and the ingress deployment."""
+"""The application builder (``import_path: stylefleet.router.app:build_app``) and the ingress deployment."""
 
 from __future__ import annotations
 
@@ -13,17 +13,17 @@ from ray import serve
 from ray._private import state as ray_state
 from ray.serve.handle import DeploymentHandle
 
-from deployments.batching import ModelRequest, Reply
-from deployments.log import serve_logger
-from deployments.serving import ComposedServer, ModelServer, call_deployment
-from router.api.application import create_api
-from router.catalog import Catalog
-from router.core import RouterCore
-from router.health import DeploymentState
-from router.jobs.manager import JobManager
-from router.metrics import RayRecorder
 from stylefleet.config import AppConfig
+from stylefleet.deployments.batching import ModelRequest, Reply
+from stylefleet.deployments.log import serve_logger
+from stylefleet.deployments.serve.serving import ComposedServer, ModelServer, call_deployment
 from stylefleet.errors import ModelUnavailable
+from stylefleet.router.api.application import create_api
+from stylefleet.router.catalog import Catalog
+from stylefleet.router.core import RouterCore
+from stylefleet.router.health import DeploymentState
+from stylefleet.router.jobs.manager import JobManager
+from stylefleet.router.metrics import RayRecorder
 from stylefleet.spec import AppSpec
 from stylefleet.storage import Storage
 
@@ -184,7 +184,7 @@ def model_deployment(name: str, spec: AppSpec, bound: dict[str, Any]) -> Any:
 
     A composed kind gets, for each role, the already bound deployment the config names in
     ``uses``; Serve turns it into a handle in the replica. ``bound`` must hold those. Either
-    server builds its model from the deployment's ``ModelSpec`` (``deployments.loader``).
+    server builds its model from the deployment's ``ModelSpec`` (``stylefleet.deployments.loader``).
     """
     dep = spec.deployments[name]
     server: type[Any]

@@ -7,7 +7,7 @@ import secrets
 import zipfile
 from collections.abc import Sequence
 
-from deployments.batching import EncodedImage
+from stylefleet.deployments.batching import EncodedImage
 
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 

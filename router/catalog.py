@@ -10,9 +10,9 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from deployments.batching import OutputSpec, validate_params
-from deployments.kinds import ModelKind
-from deployments.params import MAX_SEED
+from stylefleet.deployments.batching import OutputSpec, validate_params
+from stylefleet.deployments.kinds import ModelKind
+from stylefleet.deployments.params import MAX_SEED
 from stylefleet.errors import InvalidParams, UnknownStyle, clip
 from stylefleet.spec import AppSpec
 

@@ -1,6 +1,6 @@
 """What the router does with a request, independent of HTTP and of Ray (both are injected).
 
-- picks the variant (forced, sticky by client key, or random by weight: ``router.variants``);
+- picks the variant (forced, sticky by client key, or random by weight: ``stylefleet.router.variants``);
 - validates params and the uploads' headers, and dispatches the uploads, still encoded, to the
   variant's deployment (its replicas decode them: the data plane scales with model replicas);
 - for a sampled share of traffic, also runs each shadow variant in the background, compares its
@@ -21,15 +21,15 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from deployments.batching import EncodedImage, ModelRequest, OutputSpec, Reply
-from deployments.log import serve_logger
-from router.catalog import Catalog, Style, seeded_params, split_count, split_params
-from router.health import DeploymentState
-from router.variants import choose_variant
 from stylefleet.compare import drift
 from stylefleet.config import RouterSettings
+from stylefleet.deployments.batching import EncodedImage, ModelRequest, OutputSpec, Reply
+from stylefleet.deployments.log import serve_logger
 from stylefleet.errors import InternalError, InvalidParams, StylefleetError
 from stylefleet.imageio import probe
+from stylefleet.router.catalog import Catalog, Style, seeded_params, split_count, split_params
+from stylefleet.router.health import DeploymentState
+from stylefleet.router.variants import choose_variant
 
 logger = serve_logger(__name__)
 
@@ -329,5 +329,5 @@ def _probe_all(files: Mapping[str, bytes], max_pixels: int) -> None:
 def _request(
     files: Mapping[str, bytes], params: dict[str, Any], output: OutputSpec | None, max_pixels: int, *, keep_pixels: bool = False
 ) -> ModelRequest:
-    """The uploads go to the model's replica as they came: it decodes them (``deployments.batching``)."""
+    """The uploads go to the model's replica as they came: it decodes them (``stylefleet.deployments.batching``)."""
     return ModelRequest({}, params, output, keep_pixels=keep_pixels, files=dict(files), max_pixels=max_pixels)

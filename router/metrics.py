@@ -16,7 +16,7 @@ MAD_BUCKETS = [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]
 
 
 class RayRecorder:
-    """Implements ``router.core.Recorder``."""
+    """Implements ``stylefleet.router.core.Recorder``."""
 
     def __init__(self) -> None:
         from ray.util.metrics import Counter, Histogram

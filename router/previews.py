@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from deployments.batching import EncodedImage, ModelRequest, OutputSpec
-from router.catalog import Catalog, split_params
-from router.core import Backend
+from stylefleet.deployments.batching import EncodedImage, ModelRequest, OutputSpec
 from stylefleet.errors import InternalError, NoPreview, StylefleetError
 from stylefleet.imageio import CONTENT_TYPES, decode, encode
+from stylefleet.router.catalog import Catalog, split_params
+from stylefleet.router.core import Backend
 
 SAMPLES_DIR = Path(__file__).resolve().parent / "web" / "samples"
 SAMPLE_FILES = {"image": "astronaut-160.jpg", "style_image": "coffee-160.jpg"}

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import psutil
 
-from stylefleet.bench_load import Load
-from stylefleet.local import LocalCluster, free_port
 from stylefleet.spec import load_serve_file
+from stylefleet.tools.bench_load import Load
+from stylefleet.tools.local import LocalCluster, free_port
 
 SPIED = ("router", "ProxyActor", "ServeController")
 

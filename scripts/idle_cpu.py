@@ -12,8 +12,8 @@ import time
 
 import psutil
 
-from stylefleet.local import LocalCluster, free_port
 from stylefleet.spec import load_serve_file
+from stylefleet.tools.local import LocalCluster, free_port
 
 SECONDS = 30
 

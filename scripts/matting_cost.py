@@ -9,10 +9,10 @@ import time
 
 import cv2
 
-from deployments.background import U2NetModel
-from deployments.batching import ModelRequest, run_batch
-from deployments.onnx_session import RuntimeOptions
-from deployments.registry import resolve
+from stylefleet.deployments.background import U2NetModel
+from stylefleet.deployments.batching import ModelRequest, run_batch
+from stylefleet.deployments.onnx_session import RuntimeOptions
+from stylefleet.deployments.registry import resolve
 from tests import samples
 
 

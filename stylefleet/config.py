@@ -380,7 +380,7 @@ class AppConfig(_Strict):
         return self
 
     def model_spec(self, name: str) -> ModelSpec:
-        """What building deployment ``name``'s model takes (``deployments.loader.load_model``)."""
+        """What building deployment ``name``'s model takes (``stylefleet.deployments.loader.load_model``)."""
         dep = self.deployments[name]
         return ModelSpec(
             deployment=name,

@@ -1,6 +1,6 @@
 """The error tree: each class knows its HTTP status and a stable machine-readable code.
 
-One renderer (``router.api``) turns any of them into
+One renderer (``stylefleet.router.api``) turns any of them into
 ``{"error": {"code": ..., "message": ...}}``; nothing else in the code base builds error bodies.
 Each class also says whether trying again later can help (``retryable``): the one retry policy
 (``stylefleet.retry``) and the web page (through ``GET /v1/errors``) read it from here.

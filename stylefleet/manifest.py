@@ -31,7 +31,7 @@ MANIFEST = "manifest.jsonl"
 FAILURES = "failures.jsonl"
 
 # Errors that say nothing about the input: the next run tries the item again. The same verdict
-# as the retry policy's, for the codes a record can carry (``stylefleet.batch.http``'s included).
+# as the retry policy's, for the codes a record can carry (``stylefleet.tools.batch.http``'s included).
 TRANSIENT_CODES = RETRYABLE_CODES | {"connection_error"} | {f"http_{status}" for status in RETRYABLE_STATUSES}
 
 OUTPUT_EXTENSIONS: dict[str, str] = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}

@@ -1,5 +1,5 @@
 """One retry policy for everything that sends work to the styles: the batch CLI over HTTP
-(``stylefleet.batch.http``) and the router's job runner (``router.jobs.runner``).
+(``stylefleet.tools.batch.http``) and the router's job runner (``stylefleet.router.jobs.runner``).
 
 What is retried is decided by the error classes (``StylefleetError.retryable``: overloaded,
 model_unavailable, too_many_uploads, request_timeout); an HTTP answer is judged by its error code

@@ -25,9 +25,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from ray.serve.schema import ServeDeploySchema
 
-from deployments.batching import validate_params
-from deployments.kinds import KINDS, ModelKind
-from deployments.registry import MODELS
 from stylefleet import profiles
 from stylefleet.config import (
     AppConfig,
@@ -38,6 +35,9 @@ from stylefleet.config import (
     StyleConfig,
     VariantConfig,
 )
+from stylefleet.deployments.batching import validate_params
+from stylefleet.deployments.kinds import KINDS, ModelKind
+from stylefleet.deployments.registry import MODELS
 from stylefleet.errors import InvalidParams
 
 ROUTER = "router"  # the ingress deployment's name: its user_config is RouterSettings

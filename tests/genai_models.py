@@ -4,7 +4,7 @@ Nothing is downloaded: a Stable Diffusion folder (UNet2DConditionModel, Autoenco
 CLIPTextModel, a CLIP tokenizer over a vocabulary written here, a scheduler), a canny
 ControlNet folder, and AnimeGANv2 generator weights, all random, all a few MB. They run the
 real diffusers and torch code at 64 px in a fraction of a second per step. The builders are
-``stylefleet.bench_models``'s, which the benchmarks run at the published sizes.
+``stylefleet.tools.bench_models``'s, which the benchmarks run at the published sizes.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import ast
 from functools import cache
 from pathlib import Path
 
-from stylefleet import bench_models
+from stylefleet.tools import bench_models
 from tests.samples import ROOT
 
 KEY_TABLE = ROOT / "tests" / "data" / "animeganv2_state_dict_keys.tsv"

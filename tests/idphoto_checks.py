@@ -15,10 +15,10 @@ from functools import cache
 import numpy as np
 from PIL import Image
 
-from deployments.faces import Face, HaarFaceModel, faces_from_array
-from deployments.idphoto import CHIN_BELOW_BOX_TOP
-from deployments.onnx_session import RuntimeOptions
-from deployments.registry import resolve
+from stylefleet.deployments.faces import Face, HaarFaceModel, faces_from_array
+from stylefleet.deployments.idphoto import CHIN_BELOW_BOX_TOP
+from stylefleet.deployments.onnx_session import RuntimeOptions
+from stylefleet.deployments.registry import resolve
 
 
 @cache
@@ -27,7 +27,7 @@ def detector() -> HaarFaceModel:
 
 
 def faces_in(rgb: np.ndarray) -> list[Face]:
-    from deployments.batching import ModelRequest, run_batch
+    from stylefleet.deployments.batching import ModelRequest, run_batch
 
     [rows] = run_batch(detector(), [ModelRequest({"image": rgb})])
     assert isinstance(rows, np.ndarray), rows

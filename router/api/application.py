@@ -8,18 +8,18 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from router.api import errors, health, styles
-from router.api import jobs as jobs_routes
-from router.api.errors import add_error_handlers, error_response
-from router.api.limits import BodyLimit
-from router.api.state import Services
-from router.api.web import add_web_page
-from router.core import RouterCore
-from router.jobs.manager import JobManager
-from router.openapi import without_validation_errors
-from router.previews import PreviewCache
-from router.uploads import UploadGuard
 from stylefleet.config import Limits
+from stylefleet.router.api import errors, health, styles
+from stylefleet.router.api import jobs as jobs_routes
+from stylefleet.router.api.errors import add_error_handlers, error_response
+from stylefleet.router.api.limits import BodyLimit
+from stylefleet.router.api.state import Services
+from stylefleet.router.api.web import add_web_page
+from stylefleet.router.core import RouterCore
+from stylefleet.router.jobs.manager import JobManager
+from stylefleet.router.openapi import without_validation_errors
+from stylefleet.router.previews import PreviewCache
+from stylefleet.router.uploads import UploadGuard
 
 
 def create_api(

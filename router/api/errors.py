@@ -10,9 +10,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from deployments.log import serve_logger
-from router.openapi import ErrorCodes, errors
+from stylefleet.deployments.log import serve_logger
 from stylefleet.errors import InternalError, InvalidParams, StylefleetError, describe_codes
+from stylefleet.router.openapi import ErrorCodes, errors
 
 logger = serve_logger(__name__)
 

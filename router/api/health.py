@@ -1,4 +1,4 @@
-"""``/healthz``: liveness and readiness probes (the readiness rules are ``router.health``'s)."""
+"""``/healthz``: liveness and readiness probes (the readiness rules are ``stylefleet.router.health``'s)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from router.api.state import services
-from router.health import NOT_READY_RETRY_AFTER_S, readiness
-from router.openapi import Liveness, Readiness
+from stylefleet.router.api.state import services
+from stylefleet.router.health import NOT_READY_RETRY_AFTER_S, readiness
+from stylefleet.router.openapi import Liveness, Readiness
 
 _READINESS: dict[int | str, dict[str, Any]] = {
     200: {"model": Readiness, "description": "ready"},

@@ -1,4 +1,4 @@
-"""``/v1/jobs``: batch jobs over the same styles (see ``router.jobs``)."""
+"""``/v1/jobs``: batch jobs over the same styles (see ``stylefleet.router.jobs``)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from typing import IO, Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from router.api.forms import read_form, read_limited, require_multipart
-from router.api.state import jobs, services
-from router.openapi import EVENTS_RESPONSE, JOB_REQUEST, ZIP_RESPONSE, Job, errors
 from stylefleet.errors import InvalidParams
+from stylefleet.router.api.forms import read_form, read_limited, require_multipart
+from stylefleet.router.api.state import jobs, services
+from stylefleet.router.openapi import EVENTS_RESPONSE, JOB_REQUEST, ZIP_RESPONSE, Job, errors
 
 router = APIRouter()
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from router.api.errors import error_response
 from stylefleet.errors import PayloadTooLarge
+from stylefleet.router.api.errors import error_response
 
 
 class BodyLimit:

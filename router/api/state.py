@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from router.core import RouterCore
-from router.jobs.manager import JobManager
-from router.previews import PreviewCache
 from stylefleet.config import Limits
+from stylefleet.router.core import RouterCore
+from stylefleet.router.jobs.manager import JobManager
+from stylefleet.router.previews import PreviewCache
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from deployments.batching import EncodedImage
-from router import bundle
-from router.api.forms import read_body
-from router.api.state import services
-from router.openapi import IMAGE_RESPONSE, PREVIEW_RESPONSE, STYLE_REQUEST, errors
+from stylefleet.deployments.batching import EncodedImage
+from stylefleet.router import bundle
+from stylefleet.router.api.forms import read_body
+from stylefleet.router.api.state import services
+from stylefleet.router.openapi import IMAGE_RESPONSE, PREVIEW_RESPONSE, STYLE_REQUEST, errors
 
 PREVIEW_MAX_AGE_S = 3600
 

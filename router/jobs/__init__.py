@@ -17,6 +17,6 @@ The parts, each owning one thing:
 - ``result``: the result zip;
 - ``manager``: ``JobManager``, which creates, schedules, describes and cancels jobs with the above.
 
-Import the modules themselves (``router.jobs.manager.JobManager``): this package's ``__init__``
+Import the modules themselves (``stylefleet.router.jobs.manager.JobManager``): this package's ``__init__``
 imports none of them, or each would import itself through it (a cycle tests/unit/test_imports.py
 fails on)."""

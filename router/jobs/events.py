@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from router.jobs.store import FINAL
+from stylefleet.router.jobs.store import FINAL
 
 EVENTS_STREAM_S = 90.0
 EVENTS_KEEPALIVE_S = 15.0

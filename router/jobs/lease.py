@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from deployments.log import serve_logger
+from stylefleet.deployments.log import serve_logger
 from stylefleet.storage import Storage
 
 logger = serve_logger(__name__)

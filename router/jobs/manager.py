@@ -13,19 +13,19 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import IO, Any
 
-from deployments.log import serve_logger
-from router.catalog import Style
-from router.core import RouterCore
-from router.jobs import events
-from router.jobs.lease import Leases, default_owner
-from router.jobs.result import ResultZips
-from router.jobs.runner import STATE_WRITE_INTERVAL_S, Runner, RunningJob, save_state
-from router.jobs.store import FINAL, ItemSpec, JobSpec, JobStore, describe, failed_record
 from stylefleet.config import JobsConfig
+from stylefleet.deployments.log import serve_logger
 from stylefleet.errors import InvalidParams, InvalidPromptLine, JobNotFinished, PayloadTooLarge, StylefleetError
 from stylefleet.imageio import decode
 from stylefleet.manifest import OUTPUT_EXTENSIONS, now_iso, output_names, sha256_hex
 from stylefleet.prompts import PromptItem, describe_defaults, output_name, parse_prompts
+from stylefleet.router.catalog import Style
+from stylefleet.router.core import RouterCore
+from stylefleet.router.jobs import events
+from stylefleet.router.jobs.lease import Leases, default_owner
+from stylefleet.router.jobs.result import ResultZips
+from stylefleet.router.jobs.runner import STATE_WRITE_INTERVAL_S, Runner, RunningJob, save_state
+from stylefleet.router.jobs.store import FINAL, ItemSpec, JobSpec, JobStore, describe, failed_record
 from stylefleet.storage import Storage
 
 logger = serve_logger(__name__)
@@ -211,7 +211,7 @@ class JobManager:
         return state
 
     async def events(self, job_id: str) -> AsyncIterator[str]:
-        """Server-sent events (``router.jobs.events``); 404 before the stream starts."""
+        """Server-sent events (``stylefleet.router.jobs.events``); 404 before the stream starts."""
         state = await self.get(job_id, items=False)
 
         def changed() -> asyncio.Event | None:

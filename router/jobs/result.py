@@ -11,8 +11,8 @@ import tempfile
 import zipfile
 from collections.abc import Iterator
 
-from router.jobs.store import JobStore
 from stylefleet.manifest import FAILURES, MANIFEST, failures_text
+from stylefleet.router.jobs.store import JobStore
 
 CHUNK_BYTES = 1 << 20
 

@@ -16,13 +16,13 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from deployments.log import serve_logger
-from router.core import RouterCore
-from router.jobs.store import JobSpec, JobStore, describe, item_params
 from stylefleet.config import JobsConfig
+from stylefleet.deployments.log import serve_logger
 from stylefleet.errors import StylefleetError
 from stylefleet.manifest import Record, now_iso
 from stylefleet.retry import RetryPolicy
+from stylefleet.router.core import RouterCore
+from stylefleet.router.jobs.store import JobSpec, JobStore, describe, item_params
 
 logger = serve_logger(__name__)
 

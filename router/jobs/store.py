@@ -9,7 +9,7 @@ Layout of one job under the storage root::
     {id}/results/{i:06d}.json  item i's manifest record, written once its output is in place
     {id}/outputs/{output}    item i's result
     {id}/state.json          the job as GET shows it, rewritten by its runner (at most once a second)
-    {id}/lease.json          which router replica runs the job, until when (``router.jobs.lease``)
+    {id}/lease.json          which router replica runs the job, until when (``stylefleet.router.jobs.lease``)
     {id}/cancel              asked to stop
     {id}/result.zip          outputs + manifest.jsonl + failures.jsonl, built once the job is over
 
@@ -27,10 +27,10 @@ from collections.abc import Container
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any
 
-from deployments.log import serve_logger
-from router.archive import check_archive, read_member
+from stylefleet.deployments.log import serve_logger
 from stylefleet.errors import InvalidImage, PayloadTooLarge, StylefleetError, UnknownJob, clip
 from stylefleet.manifest import Record, sha256_hex
+from stylefleet.router.archive import check_archive, read_member
 from stylefleet.storage import Storage
 
 logger = serve_logger(__name__)

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deployments.batching import ModelRequest, run_batch
-from deployments.onnx_session import RuntimeOptions, make_session, with_symbolic_batch
-from deployments.registry import MODELS, ResolvedModel, resolve
-from stylefleet import bench_models
+from stylefleet.deployments.batching import ModelRequest, run_batch
+from stylefleet.deployments.onnx_session import RuntimeOptions, make_session, with_symbolic_batch
+from stylefleet.deployments.registry import MODELS, ResolvedModel, resolve
 from stylefleet.gpu import Nvml, memory_cap_bytes, torch_memory_fraction
+from stylefleet.tools import bench_models
 from tests import samples
 from tests.gpu.conftest import needs_diffusers
 
@@ -73,7 +73,7 @@ def torch_cap():
 
 @pytest.mark.parametrize("kind", ONNX_KINDS)
 def test_onnx_sessions_run_on_the_cuda_execution_provider(kind: str) -> None:
-    from deployments.kinds import KINDS
+    from stylefleet.deployments.kinds import KINDS
 
     for name in KINDS[kind].files:
         session = make_session(with_symbolic_batch(resolve(name).path), CUDA)
@@ -87,7 +87,7 @@ def test_onnx_convolutions_execute_on_cuda_not_on_the_cpu(kind: str, tmp_path: P
 
     import onnxruntime as ort
 
-    from deployments.kinds import KINDS
+    from stylefleet.deployments.kinds import KINDS
 
     path = resolve(KINDS[kind].files[-1]).path
     opts = ort.SessionOptions()
@@ -105,7 +105,7 @@ def test_onnx_convolutions_execute_on_cuda_not_on_the_cpu(kind: str, tmp_path: P
 
 @pytest.mark.parametrize("kind", ONNX_KINDS)
 def test_onnx_models_on_cuda_give_the_cpus_images(kind: str) -> None:
-    from deployments.kinds import KINDS
+    from stylefleet.deployments.kinds import KINDS
 
     spec = KINDS[kind]
     images = {"image": samples.astronaut(), "style_image": samples.cat()}
@@ -145,7 +145,7 @@ def test_torch_stops_at_the_shares_cap(torch_cap) -> None:
 
 
 def _animegan(tmp_path: Path) -> Any:
-    from deployments.animegan import AnimeGANModel
+    from stylefleet.deployments.animegan import AnimeGANModel
 
     path = tmp_path / "animegan.pt"
     sha = bench_models.save_animegan(path)
@@ -177,7 +177,7 @@ def test_a_real_out_of_memory_splits_the_batch_and_every_request_gets_its_image(
 @pytest.mark.parametrize(("arch", "side", "steps"), [(bench_models.TINY, 64, 2), (bench_models.SD15, 256, 4)], ids=["tiny", "sd15"])
 @pytest.mark.parametrize("pipeline", ["text-to-image", "img2img", "controlnet-canny"])
 def test_fp16_stable_diffusion_seeded_alone_equals_batched(tmp_path: Path, arch: Any, side: int, steps: int, pipeline: str) -> None:
-    from deployments.diffusion import DiffusionModel, assemble_pipelines
+    from stylefleet.deployments.diffusion import DiffusionModel, assemble_pipelines
 
     parts = bench_models.build_sd(arch, tokenizer_dir=tmp_path)
     model = DiffusionModel(assemble_pipelines(parts.pipeline, parts.controlnet, CUDA), checksum="random", device="cuda")

@@ -17,8 +17,8 @@ import httpx
 import numpy as np
 import pytest
 
-from stylefleet import bench_models, local
 from stylefleet.gpu import DEFAULT_HEADROOM_BYTES, memory_cap_bytes
+from stylefleet.tools import bench_models, local
 from tests import samples
 from tests.gpu.conftest import needs_ray
 
@@ -46,7 +46,7 @@ def _config(port: int, models_dir: Path) -> dict[str, Any]:
             {
                 "name": "stylefleet",
                 "route_prefix": "/",
-                "import_path": "router.app:build_app",
+                "import_path": "stylefleet.router.app:build_app",
                 "args": {
                     "limits": {"max_pixels": 40_000_000},
                     "router": {"num_replicas": 1, "num_cpus": 0, "model_timeout_s": 550},

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import yaml
 
-from stylefleet import local
+from stylefleet.tools import local
 from tests import genai_models
 from tests.samples import ROOT
 
@@ -143,7 +143,7 @@ def genai_application(
     return {
         "name": name,
         "route_prefix": route_prefix,
-        "import_path": "router.app:build_app",
+        "import_path": "stylefleet.router.app:build_app",
         "args": {
             "limits": {"max_images_per_request": 4},
             # its own jobs folder: never the repo's .stylefleet/jobs, nor the default app's

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import yaml
 
-from stylefleet import local
+from stylefleet.tools import local
 from tests import samples
 from tests.samples import ROOT
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from stylefleet import cli
+from stylefleet.tools import cli
 from tests import samples
 from tests.integration.conftest import genai_application
 

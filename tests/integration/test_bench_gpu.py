@@ -21,7 +21,7 @@ SUBJECTS = ["stylize", "sd-text-to-image"]
 def test_tiny_harness_measures_both_layers_and_writes_the_same_json_shape(tmp_path: Path) -> None:
     out = tmp_path / "gpu-tiny.json"
     done = subprocess.run(
-        [sys.executable, "-m", "stylefleet.cli", "bench", "--gpu", "--tiny", "--subjects", ",".join(SUBJECTS),
+        [sys.executable, "-m", "stylefleet.tools.cli", "bench", "--gpu", "--tiny", "--subjects", ",".join(SUBJECTS),
          "--batch-sizes", "1,2", "--repeats", "1", "--gpu-concurrency", "1,2", "--gpu-requests", "4", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=840, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )

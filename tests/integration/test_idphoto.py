@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-from deployments.presets import PRESETS, frame_for
+from stylefleet.deployments.presets import PRESETS, frame_for
 from tests import samples
 from tests.idphoto_checks import count_copies, crown_row, measure, read
 

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from stylefleet import cli
+from stylefleet.tools import cli
 from tests import samples
 from tests.integration.conftest import APP
 from tests.samples import ROOT
@@ -69,7 +69,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _batch_cmd(src: Path, out: Path, url: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "stylefleet.cli", "batch", str(src), "-o", str(out), "--style", STYLE, "--url", url, *extra]
+    return [sys.executable, "-m", "stylefleet.tools.cli", "batch", str(src), "-o", str(out), "--style", STYLE, "--url", url, *extra]
 
 
 def _manifest(out: Path) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from stylefleet import cli
+from stylefleet.tools import cli
 from tests.integration.conftest import genai_application
 
 pytestmark = pytest.mark.integration

@@ -7,10 +7,10 @@ from typing import Any
 import yaml
 from fastapi.testclient import TestClient
 
-from router.api.application import create_api
-from router.catalog import Catalog
-from router.core import Backend, RouterCore
 from stylefleet.config import Limits
+from stylefleet.router.api.application import create_api
+from stylefleet.router.catalog import Catalog
+from stylefleet.router.core import Backend, RouterCore
 from stylefleet.spec import AppSpec
 from tests.samples import ROOT
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from deployments.onnx_session import RuntimeOptions
+from stylefleet.deployments.onnx_session import RuntimeOptions
 
 
 @pytest.fixture(autouse=True)

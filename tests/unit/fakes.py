@@ -1,4 +1,4 @@
-"""The one stand-in for the cluster in the unit tier: a ``router.core.Backend`` without Ray.
+"""The one stand-in for the cluster in the unit tier: a ``stylefleet.router.core.Backend`` without Ray.
 
 ``FakeBackend`` records every call, answers with canned replies when a test sets them
 (``replies`` first, in order, then ``reply``), else with its ``answer`` function; ``gate`` holds
@@ -19,9 +19,9 @@ from collections.abc import Awaitable, Callable
 
 import numpy as np
 
-from deployments.batching import EncodedImage, ModelRequest, Reply, decode_files
-from router.health import DeploymentState
+from stylefleet.deployments.batching import EncodedImage, ModelRequest, Reply, decode_files
 from stylefleet.errors import ModelUnavailable
+from stylefleet.router.health import DeploymentState
 
 Answer = Callable[[str, ModelRequest], "Reply | Awaitable[Reply]"]
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from deployments.animegan import AnimeGANModel, face_square, find_face
-from deployments.animegan_net import Generator
-from deployments.batching import ModelRequest, run_batch
-from deployments.onnx_session import RuntimeOptions
-from deployments.registry import resolve
+from stylefleet.deployments.animegan import AnimeGANModel, face_square, find_face
+from stylefleet.deployments.animegan_net import Generator
+from stylefleet.deployments.batching import ModelRequest, run_batch
+from stylefleet.deployments.onnx_session import RuntimeOptions
+from stylefleet.deployments.registry import resolve
 from stylefleet.errors import InvalidImage, ModelUnavailable, StylefleetError
 from tests import genai_models, samples
 

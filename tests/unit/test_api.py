@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from router.health import DeploymentState
 from stylefleet.errors import RETRYABLE_CODES, FaceTooSmall, InternalError, MaxKbTooSmall, MultipleFaces, NoFace, Overloaded
+from stylefleet.router.health import DeploymentState
 from tests import samples
 from tests.unit.apps import api_client
 from tests.unit.fakes import FakeBackend

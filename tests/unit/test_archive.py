@@ -8,8 +8,8 @@ import zipfile
 
 import pytest
 
-from router.archive import check_archive, read_member
 from stylefleet.errors import ArchiveTooLarge, InvalidArchive, UnsafeArchive
+from stylefleet.router.archive import check_archive, read_member
 
 
 def make_zip(members: dict[str, bytes], *, symlink: str | None = None, compression: int = zipfile.ZIP_DEFLATED) -> io.BytesIO:

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from deployments.batching import ModelRequest
-from router import app as router_app
-from router.app import ServeBackend
-from router.health import DeploymentState
+from stylefleet.deployments.batching import ModelRequest
 from stylefleet.errors import ModelUnavailable
+from stylefleet.router import app as router_app
+from stylefleet.router.app import ServeBackend
+from stylefleet.router.health import DeploymentState
 
 
 def _status(deployments: dict[str, tuple[str, dict[str, int]]]) -> Any:

@@ -12,11 +12,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from stylefleet.batch import run as batch
-from stylefleet.batch.http import RetryPolicy, StyleClient
-from stylefleet.batch.inputs import InputError, find_inputs
 from stylefleet.manifest import ManifestIndex, Record, output_names, parse_lines
 from stylefleet.storage import Storage
+from stylefleet.tools.batch import run as batch
+from stylefleet.tools.batch.http import RetryPolicy, StyleClient
+from stylefleet.tools.batch.inputs import InputError, find_inputs
 from tests import samples
 
 

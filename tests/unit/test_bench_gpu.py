@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from stylefleet import bench_gpu, bench_table, cli
+from stylefleet.tools import bench_gpu, bench_table, cli
 
 CUDA = torch.cuda.is_available()
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from deployments.batching import ModelRequest, infer_prepared, prepare_one, request_pixels, validate_params
-from deployments.kinds import KINDS
-from deployments.memory import arena_release_requested
+from stylefleet.deployments.batching import ModelRequest, infer_prepared, prepare_one, request_pixels, validate_params
+from stylefleet.deployments.kinds import KINDS
+from stylefleet.deployments.memory import arena_release_requested
 from stylefleet.errors import InvalidImage, InvalidParams
 from tests import samples
 

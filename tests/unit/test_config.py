@@ -9,11 +9,11 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from deployments.registry import ModelFile, resolve
-from router.catalog import Catalog
-from router.core import build_traffic
 from stylefleet.config import BatchingConfig
+from stylefleet.deployments.registry import ModelFile, resolve
 from stylefleet.errors import ModelUnavailable
+from stylefleet.router.catalog import Catalog
+from stylefleet.router.core import build_traffic
 from stylefleet.spec import AppSpec
 from tests.samples import ROOT
 
@@ -116,7 +116,7 @@ def test_model_dir_is_searched_before_the_package(tmp_path) -> None:
 
 
 def test_u2netp_from_the_package_is_rembgs_release() -> None:
-    from deployments.registry import file_digest
+    from stylefleet.deployments.registry import file_digest
 
     assert file_digest(resolve("u2netp").path, "md5") == "8e83ca70e441ab06c318d82300c84806"
     assert isinstance(resolve("u2netp").spec, ModelFile)
@@ -171,7 +171,7 @@ def test_a_cycle_of_uses_is_refused() -> None:
 
 
 def test_a_composed_deployment_declares_the_weights_of_what_it_uses() -> None:
-    from deployments.kinds import KINDS
+    from stylefleet.deployments.kinds import KINDS
 
     assert KINDS["id-photo"].composed and not KINDS["u2netp"].composed
     assert KINDS["haar-face"].expected_sha256() == "+".join(

@@ -9,10 +9,10 @@ import random
 import pytest
 import yaml
 
-from router.catalog import Catalog
-from router.core import RouterCore
 from stylefleet.config import RouterSettings
 from stylefleet.errors import InvalidParams
+from stylefleet.router.catalog import Catalog
+from stylefleet.router.core import RouterCore
 from stylefleet.spec import AppSpec
 from tests import samples
 from tests.samples import ROOT

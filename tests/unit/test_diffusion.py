@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from deployments.batching import ModelRequest, run_batch
-from deployments.diffusion import DiffusionModel, DiffusionParams, canny_edges, fit_size
-from deployments.memory import BatchLimiter
-from deployments.onnx_session import RuntimeOptions
 from stylefleet.config import DiffusionSource
+from stylefleet.deployments.batching import ModelRequest, run_batch
+from stylefleet.deployments.diffusion import DiffusionModel, DiffusionParams, canny_edges, fit_size
+from stylefleet.deployments.memory import BatchLimiter
+from stylefleet.deployments.onnx_session import RuntimeOptions
 from stylefleet.errors import InvalidParams, ModelUnavailable, Overloaded, StylefleetError
 from tests import genai_models, samples
 
@@ -299,7 +299,7 @@ class Checker(Spy):
 
 
 def test_the_safety_checkers_verdict_reaches_the_encoded_image(clean) -> None:
-    from deployments.batching import OutputSpec, encode_outcomes
+    from stylefleet.deployments.batching import OutputSpec, encode_outcomes
 
     originals = dict(clean.pipelines)
     clean.pipelines = {k: Checker(v) for k, v in originals.items()}
@@ -312,7 +312,7 @@ def test_the_safety_checkers_verdict_reaches_the_encoded_image(clean) -> None:
 
 
 def test_without_a_safety_checker_the_verdict_is_none(clean) -> None:
-    from deployments.batching import OutputSpec, encode_outcomes
+    from stylefleet.deployments.batching import OutputSpec, encode_outcomes
 
     request = ModelRequest({}, {**PRESET, "seed": 13}, OutputSpec("png"))
     [reply] = encode_outcomes([request], run_batch(clean, [request]), "x")

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from router.catalog import Catalog
+from stylefleet.router.catalog import Catalog
 from stylefleet.spec import AppSpec
 from tests.samples import ROOT
 

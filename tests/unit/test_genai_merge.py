@@ -9,11 +9,11 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from router.api.application import create_api
-from router.catalog import Catalog
-from router.core import RouterCore
 from stylefleet.config import Limits
 from stylefleet.errors import InvalidParams
+from stylefleet.router.api.application import create_api
+from stylefleet.router.catalog import Catalog
+from stylefleet.router.core import RouterCore
 from stylefleet.spec import AppSpec
 from tests.samples import ROOT
 from tests.unit.fakes import FakeBackend, seeded_png

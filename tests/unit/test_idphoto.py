@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deployments.batching import InvalidParams, OutputSpec, validate_params
-from deployments.faces import Face, merge_overlapping
-from deployments.idphoto import (
+from stylefleet.deployments.batching import InvalidParams, OutputSpec, validate_params
+from stylefleet.deployments.faces import Face, merge_overlapping
+from stylefleet.deployments.idphoto import (
     MAX_UPSCALE,
     Head,
     IdPhotoParams,
@@ -26,8 +26,8 @@ from deployments.idphoto import (
     render,
     sheet_layout,
 )
-from deployments.params import BG_COLORS
-from deployments.presets import PRESETS, Frame, PresetName, SizeName, frame_for
+from stylefleet.deployments.params import BG_COLORS
+from stylefleet.deployments.presets import PRESETS, Frame, PresetName, SizeName, frame_for
 from stylefleet.errors import FaceTooSmall, MaxKbTooSmall, MultipleFaces, NoFace
 from tests import samples
 from tests.idphoto_checks import count_copies
@@ -119,7 +119,7 @@ def test_bad_params_name_the_problem(params: dict, message: str) -> None:
     ("name", "rgb"), [("white", (255, 255, 255)), ("blue", (67, 142, 219)), ("red", (255, 0, 0)), ("#102030", (16, 32, 48))]
 )
 def test_background_colours(name: str, rgb: tuple[int, int, int]) -> None:
-    from deployments.idphoto import background
+    from stylefleet.deployments.idphoto import background
 
     assert background(name) == rgb
     assert name in BG_COLORS or name.startswith("#")
@@ -322,8 +322,8 @@ def test_frame_shares_are_the_middle_of_the_ranges() -> None:
 
 
 def test_the_matte_call_carries_the_edge_controls() -> None:
-    from deployments.batching import ModelRequest
-    from deployments.idphoto import IdPhotoModel
+    from stylefleet.deployments.batching import ModelRequest
+    from stylefleet.deployments.idphoto import IdPhotoModel
 
     model = IdPhotoModel()
     prepared = model.prepare(ModelRequest({"image": samples.astronaut()}, {"alpha_matting": "true", "erode_px": "1"}))
@@ -332,9 +332,9 @@ def test_the_matte_call_carries_the_edge_controls() -> None:
 
 
 def test_the_default_matte_call_asks_for_no_edge_work() -> None:
-    from deployments.background import EdgeParams, RemoveBackgroundParams
-    from deployments.batching import ModelRequest
-    from deployments.idphoto import IdPhotoModel
+    from stylefleet.deployments.background import EdgeParams, RemoveBackgroundParams
+    from stylefleet.deployments.batching import ModelRequest
+    from stylefleet.deployments.idphoto import IdPhotoModel
 
     model = IdPhotoModel()
     matte = model.calls(model.prepare(ModelRequest({"image": samples.astronaut()}, {})))["matte"].params

@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from deployments.background import U2NetModel
-from deployments.batching import EncodedImage, ModelRequest, OutputSpec, Reply, run_batch
-from deployments.composed import StageClock, run_composed
-from deployments.faces import HaarFaceModel
-from deployments.idphoto import IdPhotoModel, alpha_from_matte, choose_face, estimate_head, place
-from deployments.presets import PRESETS, frame_for
+from stylefleet.deployments.background import U2NetModel
+from stylefleet.deployments.batching import EncodedImage, ModelRequest, OutputSpec, Reply, run_batch
+from stylefleet.deployments.composed import StageClock, run_composed
+from stylefleet.deployments.faces import HaarFaceModel
+from stylefleet.deployments.idphoto import IdPhotoModel, alpha_from_matte, choose_face, estimate_head, place
+from stylefleet.deployments.presets import PRESETS, frame_for
 from stylefleet.errors import FaceTooSmall, InvalidImage, InvalidParams, ModelUnavailable, MultipleFaces, NoFace, StylefleetError
 from stylefleet.imageio import decode
 from tests import samples
@@ -54,7 +54,7 @@ def _digest(pixels: np.ndarray) -> str:
 
 @pytest.fixture(scope="module")
 def roles(runtime) -> InProcess:
-    from deployments.registry import resolve
+    from stylefleet.deployments.registry import resolve
 
     return InProcess(
         {
@@ -105,7 +105,7 @@ def test_the_marked_head_lands_inside_the_presets_rules(roles: InProcess, name: 
     pixels = portrait.pixels
     matte = asyncio.run(roles("matte", ModelRequest({"image": pixels}, {"only_mask": True, "max_side": 2048})))
     faces = asyncio.run(roles("faces", ModelRequest({"image": pixels}, {})))
-    from deployments.faces import faces_from_array
+    from stylefleet.deployments.faces import faces_from_array
 
     alpha = alpha_from_matte(matte)  # type: ignore[arg-type]
     face = choose_face(faces_from_array(faces), alpha, "single")  # type: ignore[arg-type]

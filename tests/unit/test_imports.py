@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import graphlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,8 @@ import pytest
 
 from tests.samples import ROOT
 
-PACKAGES = ("stylefleet", "deployments", "router")
+# The one installed package; its deployments/ and router/ are links to the fixed top-level folders.
+PACKAGE = "stylefleet"
 
 
 def _module_name(path: Path) -> str:
@@ -28,7 +30,12 @@ def _module_name(path: Path) -> str:
 
 
 def _modules() -> dict[str, Path]:
-    return {_module_name(p): p for package in PACKAGES for p in sorted((ROOT / package).rglob("*.py"))}
+    found: dict[str, Path] = {}
+    for folder, _, names in os.walk(ROOT / PACKAGE, followlinks=True):
+        for name in sorted(names):
+            if name.endswith(".py"):
+                found[_module_name(Path(folder) / name)] = Path(folder) / name
+    return found
 
 
 def _imported(node: ast.AST, module: str, is_package: bool) -> list[str]:
@@ -106,4 +113,93 @@ def test_checking_a_config_loads_neither_onnxruntime_nor_torch() -> None:
 )
 def test_the_shared_base_imports_no_model_and_no_router(module: str) -> None:
     graph = import_graph(_modules())
-    assert not {d for d in graph[module] if d.startswith(("deployments", "router"))}
+    assert not {d for d in graph[module] if d.startswith(("stylefleet.deployments", "stylefleet.router"))}
+
+
+# The layers the folders name (docs/architecture.md), lowest first, and what each may import.
+LAYERS = {
+    "base": {"base"},  # stylefleet/*.py: errors, config, imageio, storage, manifest, retry, ...
+    "compute": {"base", "compute"},  # deployments/ (not serve/): the models and their kind table, pure
+    # stylefleet/spec.py: the one validated app spec. It cross-checks the config against the
+    # models' kind table (params, files), so it sits above the models and below what runs them.
+    "spec": {"base", "compute", "spec"},
+    "glue": {"base", "compute", "spec", "glue"},  # deployments/serve/: the Ray Serve wrappers
+    "router": {"base", "compute", "spec", "glue", "router"},  # router/: the HTTP ingress
+    "tools": {"base", "compute", "spec", "glue", "router", "tools"},  # stylefleet/tools/: CLI, bench, batch, k8s
+}
+
+
+def layer(module: str) -> str:
+    parts = module.split(".")
+    sub = parts[1] if len(parts) > 1 else ""
+    if sub == "tools":
+        return "tools"
+    if sub == "router":
+        return "router"
+    if sub == "deployments":
+        return "glue" if len(parts) > 2 and parts[2] == "serve" else "compute"
+    return "spec" if sub == "spec" else "base"
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(
+        f"{module} ({layer(module)}) imports {dep} ({layer(dep)})"
+        for module, deps in graph.items()
+        for dep in deps
+        if layer(dep) not in LAYERS[layer(module)]
+    )
+
+
+def test_the_layer_check_catches_an_upward_import() -> None:
+    graph = {
+        "stylefleet.config": {"stylefleet.tools.cli"},
+        "stylefleet.deployments.stylize": {"stylefleet.deployments.serve.serving"},
+        "stylefleet.deployments.serve.serving": {"stylefleet.deployments.stylize", "stylefleet.config"},
+        "stylefleet.router.app": {"stylefleet.deployments.serve.serving"},
+    }
+    assert layer_violations(graph) == [
+        "stylefleet.config (base) imports stylefleet.tools.cli (tools)",
+        "stylefleet.deployments.stylize (compute) imports stylefleet.deployments.serve.serving (glue)",
+    ]
+
+
+def test_every_import_goes_down_the_layers() -> None:
+    graph = import_graph(_modules())
+    assert {layer(m) for m in graph} == set(LAYERS)  # every layer was found
+    assert layer_violations(graph) == []
+
+
+def test_pure_compute_imports_no_ray() -> None:
+    modules = _modules()
+    using_ray = sorted(
+        module
+        for module, path in modules.items()
+        if layer(module) == "compute"
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        for name in _imported(node, module, path.name == "__init__.py")
+        if name == "ray" or name.startswith("ray.")
+    )
+    assert using_ray == []
+
+
+def test_nothing_imports_the_top_level_folders_by_their_bare_names() -> None:
+    """deployments/ and router/ are stylefleet.deployments and stylefleet.router: a bare `import
+    router` would work from the source tree only, and load a second copy of every module."""
+    files = [p for top in ("stylefleet", "tests", "scripts") for p in (ROOT / top).rglob("*.py")]
+    bare = sorted(
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in files
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        for name in _imported(node, "x", False)
+        if name.split(".")[0] in ("deployments", "router")
+    )
+    assert bare == []
+
+
+def test_the_distribution_installs_one_top_level_package() -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    assert find["include"] == ["stylefleet*"]
+    for folder in ("deployments", "router"):
+        link = ROOT / "stylefleet" / folder
+        assert link.is_symlink() and link.resolve() == (ROOT / folder).resolve()

@@ -8,9 +8,10 @@ import math
 import pytest
 import yaml
 
-from stylefleet import k8s, profiles
+from stylefleet import profiles
 from stylefleet.gpu import memory_cap_bytes, torch_memory_fraction
 from stylefleet.spec import check_document
+from stylefleet.tools import k8s
 from tests.samples import ROOT
 
 CRDS = ROOT.parent / "shared" / "kuberay-crds"

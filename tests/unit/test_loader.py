@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deployments.batching import DecodesSmaller
-from deployments.capabilities import Checksummed, Describing, MemoryLimited, Weighing
-from deployments.kinds import KINDS
-from deployments.loader import BUILDERS, load_model
-from deployments.registry import resolve
 from stylefleet.config import ModelSource
+from stylefleet.deployments.batching import DecodesSmaller
+from stylefleet.deployments.capabilities import Checksummed, Describing, MemoryLimited, Weighing
+from stylefleet.deployments.kinds import KINDS
+from stylefleet.deployments.loader import BUILDERS, load_model
+from stylefleet.deployments.registry import resolve
 from stylefleet.errors import ModelUnavailable
 from stylefleet.spec import AppSpec
 from tests import genai_models

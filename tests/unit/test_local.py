@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from stylefleet import cli
-from stylefleet.local import LOOPBACK, AlreadyRunning, LocalCluster, apply_ray_environment, claim_state_dir, free_port
+from stylefleet.tools import cli
+from stylefleet.tools.local import LOOPBACK, AlreadyRunning, LocalCluster, apply_ray_environment, claim_state_dir, free_port
 
 LIVE_TOKEN = "the-live-clusters-token"
 
@@ -25,7 +25,7 @@ def live_service(tmp_path: Path) -> Path:
     (state / "ray-auth-token").write_text(LIVE_TOKEN)
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys; from pathlib import Path; from stylefleet.local import claim_state_dir; "
+         "import sys; from pathlib import Path; from stylefleet.tools.local import claim_state_dir; "
          "claim_state_dir(Path(sys.argv[1]), {'HTTP': '127.0.0.1:8000'}); print('held', flush=True); sys.stdin.read()",
          str(state)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,

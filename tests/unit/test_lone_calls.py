@@ -8,15 +8,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from deployments import loader
-from deployments.background import U2NetModel
-from deployments.batching import ModelRequest, OutputSpec, encode_outcomes, run_batch
-from deployments.onnx_session import Network, RuntimeOptions, make_network, run, running_alone, with_symbolic_batch
-from deployments.queue import runs_alone
-from deployments.registry import resolve
-from deployments.restyle import ArbitraryStyleModel
-from deployments.stylize import MultiStyleModel
 from stylefleet.config import ModelSpec
+from stylefleet.deployments import loader
+from stylefleet.deployments.background import U2NetModel
+from stylefleet.deployments.batching import ModelRequest, OutputSpec, encode_outcomes, run_batch
+from stylefleet.deployments.onnx_session import Network, RuntimeOptions, make_network, run, running_alone, with_symbolic_batch
+from stylefleet.deployments.queue import runs_alone
+from stylefleet.deployments.registry import resolve
+from stylefleet.deployments.restyle import ArbitraryStyleModel
+from stylefleet.deployments.stylize import MultiStyleModel
 from tests import samples
 
 WIDE = RuntimeOptions(device="cpu", threads=1, lone_call_threads=2)

@@ -6,10 +6,10 @@ import cv2
 import numpy as np
 import pytest
 
-from deployments import background
-from deployments.background import MATTING_MAX_SIDE, TRIMAP_BAND_PX, EdgeParams, U2NetModel, alpha_matte, refine_edges
-from deployments.batching import ModelRequest, run_batch
-from deployments.registry import resolve
+from stylefleet.deployments import background
+from stylefleet.deployments.background import MATTING_MAX_SIDE, TRIMAP_BAND_PX, EdgeParams, U2NetModel, alpha_matte, refine_edges
+from stylefleet.deployments.batching import ModelRequest, run_batch
+from stylefleet.deployments.registry import resolve
 from stylefleet.errors import StylefleetError
 from tests import samples
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deployments.memory import BatchLimiter, chunks, is_out_of_memory, probe_largest_batch, run_halving, weight_of
+from stylefleet.deployments.memory import BatchLimiter, chunks, is_out_of_memory, probe_largest_batch, run_halving, weight_of
 from stylefleet.errors import Overloaded
 
 

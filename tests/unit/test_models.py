@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deployments.background import U2NetModel
-from deployments.batching import ModelRequest, OutputSpec, encode_outcomes, run_batch
-from deployments.registry import resolve
-from deployments.restyle import ArbitraryStyleModel
-from deployments.stylize import MultiStyleModel
+from stylefleet.deployments.background import U2NetModel
+from stylefleet.deployments.batching import ModelRequest, OutputSpec, encode_outcomes, run_batch
+from stylefleet.deployments.registry import resolve
+from stylefleet.deployments.restyle import ArbitraryStyleModel
+from stylefleet.deployments.stylize import MultiStyleModel
 from stylefleet.errors import InvalidImage, InvalidParams, StylefleetError
 from tests import samples
 

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import checks
 
-from router.api.application import create_api
 from stylefleet.config import Limits
+from stylefleet.router.api.application import create_api
 from stylefleet.storage import Storage
 from tests.unit.fakes import FakeBackend, from_pixels
 from tests.unit.test_jobs import _manager

@@ -14,11 +14,11 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from router.api.application import create_api
-from router.catalog import Catalog
-from router.core import RouterCore
-from router.jobs.manager import JobManager
 from stylefleet.config import JobsConfig, Limits
+from stylefleet.router.api.application import create_api
+from stylefleet.router.catalog import Catalog
+from stylefleet.router.core import RouterCore
+from stylefleet.router.jobs.manager import JobManager
 from stylefleet.spec import AppSpec
 from stylefleet.storage import Storage
 from tests import samples

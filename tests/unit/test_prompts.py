@@ -11,8 +11,8 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 
-from stylefleet.batch import run as batch
 from stylefleet.prompts import output_name, parse_prompts
+from stylefleet.tools.batch import run as batch
 
 DEFAULTS = {"prompt": "a mug", "seed": 1234, "steps": 25, "negative_prompt": "blurry"}
 ALLOWED = {"prompt", "seed", "steps"}

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from deployments.queue import BacklogQueue, QueueLimits
+from stylefleet.deployments.queue import BacklogQueue, QueueLimits
 
 
 class GatedModel:

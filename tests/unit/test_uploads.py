@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 
-from router.api.application import create_api
-from router.catalog import Catalog
-from router.core import RouterCore
 from stylefleet.config import Limits
+from stylefleet.router.api.application import create_api
+from stylefleet.router.catalog import Catalog
+from stylefleet.router.core import RouterCore
 from stylefleet.spec import AppSpec
 from tests.unit.apps import shipped_args
 from tests.unit.fakes import FakeBackend

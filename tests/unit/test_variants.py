@@ -10,11 +10,11 @@ from collections import Counter
 import pytest
 import yaml
 
-from router.catalog import Catalog
-from router.core import build_traffic
-from router.variants import choose_variant, key_point, pick
 from stylefleet.config import RouterSettings
 from stylefleet.errors import InvalidParams
+from stylefleet.router.catalog import Catalog
+from stylefleet.router.core import build_traffic
+from stylefleet.router.variants import choose_variant, key_point, pick
 from stylefleet.spec import AppSpec
 from tests.samples import ROOT
 
@@ -61,7 +61,7 @@ def test_assignment_does_not_depend_on_listing_order() -> None:
 
 def test_same_assignment_in_another_process_with_another_hash_seed() -> None:
     code = (
-        "from router.variants import choose_variant;"
+        "from stylefleet.router.variants import choose_variant;"
         "print(''.join(choose_variant('oil-paint', {'a': 50, 'b': 50}, client_key=f'client-{i}') for i in range(200)))"
     )
     outs = {

@@ -12,10 +12,10 @@ from fastapi.testclient import TestClient
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from router.api.web import WEB_DIR, PageFiles
-from router.catalog import Catalog
-from router.previews import PreviewCache, load_samples
 from stylefleet.errors import ModelUnavailable
+from stylefleet.router.api.web import WEB_DIR, PageFiles
+from stylefleet.router.catalog import Catalog
+from stylefleet.router.previews import PreviewCache, load_samples
 from stylefleet.spec import AppSpec
 from tests import samples
 from tests.samples import ROOT

@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from deployments.batching import ModelRequest
-from deployments.loader import load_model
-from deployments.memory import releasing_arena
-from deployments.onnx_session import RuntimeOptions, available_cores
 from stylefleet.config import ModelSpec
+from stylefleet.deployments.batching import ModelRequest
+from stylefleet.deployments.loader import load_model
+from stylefleet.deployments.memory import releasing_arena
+from stylefleet.deployments.onnx_session import RuntimeOptions, available_cores
 
 SHIPPED = RuntimeOptions(threads=None)  # what the CPU default runs: arena and patterns on, no spinning
 

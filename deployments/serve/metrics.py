@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 
-from deployments.log import serve_logger
+from stylefleet.deployments.log import serve_logger
 from stylefleet.gpu import GpuReading
 
 logger = serve_logger(__name__)

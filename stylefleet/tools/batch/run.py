@@ -23,11 +23,6 @@ from typing import Any
 
 import httpx
 
-from stylefleet.batch.http import RetryPolicy, StyleClient
-from stylefleet.batch.inputs import InputError, Item, find_inputs, prompt_items, read_source
-from stylefleet.batch.plan import Plan, Tally, UsageError
-from stylefleet.batch.progress import Progress
-from stylefleet.batch.raydata import describe_style, run_ray_data
 from stylefleet.errors import InvalidPromptLine
 from stylefleet.manifest import (
     FAILURES,
@@ -42,8 +37,13 @@ from stylefleet.manifest import (
 )
 from stylefleet.prompts import describe_defaults, output_name, parse_prompts
 from stylefleet.storage import Storage
+from stylefleet.tools.batch.http import RetryPolicy, StyleClient
+from stylefleet.tools.batch.inputs import InputError, Item, find_inputs, prompt_items, read_source
+from stylefleet.tools.batch.plan import Plan, Tally, UsageError
+from stylefleet.tools.batch.progress import Progress
+from stylefleet.tools.batch.raydata import describe_style, run_ray_data
 
-logger = logging.getLogger("stylefleet.batch")
+logger = logging.getLogger("stylefleet.tools.batch")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 USAGE_CODES = frozenset({"unknown_style", "invalid_params"})  # the same for every image: stop the run

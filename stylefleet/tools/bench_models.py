@@ -3,7 +3,7 @@
 Stable Diffusion 1.5 (UNet, VAE, CLIP ViT-L/14 text encoder) and its canny ControlNet are built
 from the published architecture configs, written below as data (``SD15``); ``TINY`` is the same
 builder at a few MB, which the tests serve. The AnimeGANv2 generator has one size, the published
-one (``deployments.animegan_net``). Random weights give noise for pictures, but the compute (every
+one (``stylefleet.deployments.animegan_net``). Random weights give noise for pictures, but the compute (every
 layer, every shape, every kernel) is what the published weights would run.
 
 The tokenizer is byte-level CLIP with no merges (one token per character) over a vocabulary
@@ -230,7 +230,7 @@ def random_state_dict(shapes: Mapping[str, tuple[int, ...]], seed: int = 0) -> d
 
 def animegan_shapes() -> dict[str, tuple[int, ...]]:
     """Keys and shapes of the AnimeGANv2 generator (the published checkpoints' own)."""
-    from deployments.animegan_net import Generator
+    from stylefleet.deployments.animegan_net import Generator
 
     return {k: tuple(v.shape) for k, v in Generator().state_dict().items()}
 

@@ -2,7 +2,7 @@
 
 Two layers, and the output says which ran:
 
-- **model**: ``run_batch`` in this process, no Ray (``stylefleet.bench_table``): per-image
+- **model**: ``run_batch`` in this process, no Ray (``stylefleet.tools.bench_table``): per-image
   throughput (batch 1, one call at a time) and bare batches of 1/2/4/8/16, with p50 latency and
   peak GPU memory (torch's allocator, NVML per process) and utilisation.
 - **served**: where Ray is installed, the shipped configs (``serve_config.yaml`` with
@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from stylefleet import bench_models, bench_table
+from stylefleet.tools import bench_models, bench_table
 
 # Issue 15: what the figures are held against.
 ANCHORS = {
@@ -155,9 +155,9 @@ def genai_config(settings: bench_table.Settings, models_dir: Path, port: int) ->
 
 
 def _case(subject: str, config: dict[str, Any], settings: bench_table.Settings) -> Any:
-    from stylefleet.bench import _cases
-    from stylefleet.bench_load import Case
     from stylefleet.spec import AppSpec
+    from stylefleet.tools.bench import _cases
+    from stylefleet.tools.bench_load import Case
 
     _, style, deployment = SERVED_SUBJECTS[subject]
     if style is None:
@@ -170,8 +170,8 @@ def _case(subject: str, config: dict[str, Any], settings: bench_table.Settings) 
 
 def served_layer(names: list[str], settings: bench_table.Settings, levels: list[int], requests: int, cap_s: float) -> dict[str, Any]:
     """Each subject over HTTP at each concurrency level, its configs deployed in turn."""
-    from stylefleet.bench import _print_level, _samples, measured_level
-    from stylefleet.local import LocalCluster, free_port
+    from stylefleet.tools.bench import _print_level, _samples, measured_level
+    from stylefleet.tools.local import LocalCluster, free_port
 
     samples = _samples()
     port = free_port()

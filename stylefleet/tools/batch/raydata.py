@@ -6,7 +6,7 @@ Two stages, ``map_batches`` both:
    items the manifest already lists as done into pass-through rows;
 2. ``StyleActor`` (an actor pool sized like the style's deployment: its ``num_cpus``,
    ``num_gpus``, ``min``/``max_replicas``, ``max_batch_size``): loads the deployment's model with
-   the loader every Serve replica uses (``deployments.loader``: pinned checksums, options,
+   the loader every Serve replica uses (``stylefleet.deployments.loader``: pinned checksums, options,
    threads, GPU caps), checks params as the router does (``split_params``), sends the uploads
    as the router does (encoded, decoded by the model's own ``decoded``), then runs the very
    functions the deployments run: ``run_batch`` + ``encode_outcomes``, or for a composed kind
@@ -37,23 +37,23 @@ import numpy as np
 import ray
 import ray.data
 
-from deployments.batching import EncodedImage, ModelRequest, Reply, encode_outcomes, run_batch
-from deployments.composed import StageClock, run_composed
-from deployments.loader import load_model
-from router.catalog import Catalog, Style, split_params
-from router.core import build_traffic
-from router.variants import choose_variant
-from stylefleet.batch.inputs import read_source
-from stylefleet.batch.plan import Plan, Tally, UsageError
 from stylefleet.config import ModelSpec
+from stylefleet.deployments.batching import EncodedImage, ModelRequest, Reply, encode_outcomes, run_batch
+from stylefleet.deployments.composed import StageClock, run_composed
+from stylefleet.deployments.loader import load_model
 from stylefleet.errors import InvalidParams, InvalidPromptLine, StylefleetError
 from stylefleet.imageio import probe
-from stylefleet.local import LocalCluster
 from stylefleet.manifest import ManifestIndex, Record, sha256_hex
+from stylefleet.router.catalog import Catalog, Style, split_params
+from stylefleet.router.core import build_traffic
+from stylefleet.router.variants import choose_variant
 from stylefleet.spec import AppSpec, ConfigError, load_serve_file
 from stylefleet.storage import Storage
+from stylefleet.tools.batch.inputs import read_source
+from stylefleet.tools.batch.plan import Plan, Tally, UsageError
+from stylefleet.tools.local import LocalCluster
 
-logger = logging.getLogger("stylefleet.batch")
+logger = logging.getLogger("stylefleet.tools.batch")
 
 
 def load_app(config_path: str) -> AppSpec:

@@ -23,9 +23,9 @@ from typing import Any
 
 import httpx
 
-from deployments.registry import resolve
-from stylefleet.bench_load import Case, Load
-from stylefleet.local import LOOPBACK, free_port
+from stylefleet.deployments.registry import resolve
+from stylefleet.tools.bench_load import Case, Load
+from stylefleet.tools.local import LOOPBACK, free_port
 
 
 def _start(rembg: str, home: Path) -> tuple[subprocess.Popen[bytes], str]:

@@ -36,12 +36,12 @@ import httpx
 import numpy as np
 import psutil
 
-from deployments.batching import ModelRequest, OutputSpec, decoded, encode_outcomes, run_batch
-from deployments.loader import load_model
-from stylefleet.bench_load import Case, Load
 from stylefleet.config import BatchingConfig, ModelSpec
+from stylefleet.deployments.batching import ModelRequest, OutputSpec, decoded, encode_outcomes, run_batch
+from stylefleet.deployments.loader import load_model
 from stylefleet.imageio import decode, encode
 from stylefleet.spec import AppSpec, load_serve_file
+from stylefleet.tools.bench_load import Case, Load
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -165,7 +165,7 @@ def _shares(before: dict[str, float], after: dict[str, float]) -> dict[str, floa
 
 def _alternating_rates(fns: list[Callable[[], None]], images: int, repeats: int = 5, budget_s: float = 30.0) -> list[float]:
     """Images/s of each function, timed in turns (A B A B ...): drift hits them alike."""
-    from stylefleet.bench_sessions import alternating_times
+    from stylefleet.tools.bench_sessions import alternating_times
 
     return [images / statistics.median(t) for t in alternating_times(fns, repeats, budget_s)]
 
@@ -176,7 +176,7 @@ def bare(case: Case, model: ModelSpec, samples: dict[str, bytes], batch_sizes: l
     (decode, pre/post-processing, PNG encode) with one-thread calls, one per core at once."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from deployments.onnx_session import available_cores
+    from stylefleet.deployments.onnx_session import available_cores
 
     cores = available_cores()
     models = {  # the deployment's own model (files, checksums, options), at three session setups
@@ -428,14 +428,14 @@ def _set_batching(cluster: Any, config: dict[str, Any], deployment: str, **chang
 
 
 def main(args: argparse.Namespace) -> int:
-    from stylefleet.local import LocalCluster, free_port
+    from stylefleet.tools.local import LocalCluster, free_port
 
     samples = _samples()
     results: dict[str, Any] = {"machine": _machine(), "config": args.config, "models": {}}
     out = Path(args.out)
     if args.sessions:
-        from stylefleet import bench_sessions
         from stylefleet.imageio import decode as decode_image
+        from stylefleet.tools import bench_sessions
 
         print(f"== ONNX Runtime session options, batch {args.batch_sizes}, {args.rounds} alternating rounds", flush=True)
         photo = decode_image(samples["image"], max_pixels=10**8).pixels
@@ -515,7 +515,7 @@ def main(args: argparse.Namespace) -> int:
                 )
             results["models"][case.deployment]["served"] = rows
         if args.rembg:
-            from stylefleet import bench_rembg
+            from stylefleet.tools import bench_rembg
 
             case = next(c for c in _cases(spec) if c.deployment == "remove-background")
             results["rembg"] = bench_rembg.compare(args.rembg, url, case, samples, args.rembg_rounds, args.seconds)

@@ -1,4 +1,4 @@
-"""The Ray Serve wrappers around a model: they queue (``deployments.queue``: the next batch is the
+"""The Ray Serve wrappers around a model: they queue (``stylefleet.deployments.queue``: the next batch is the
 backlog when the model is free, under a pixel budget), move compute off the event loop, and
 record their figures (batch size, time queued before the batch ran, model load time, and on a
 GPU the utilisation and memory in use).
@@ -26,7 +26,8 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from deployments.batching import (
+from stylefleet.config import BatchingConfig, ModelSpec
+from stylefleet.deployments.batching import (
     ModelRequest,
     Outcome,
     Reply,
@@ -35,16 +36,15 @@ from deployments.batching import (
     prepare_one,
     request_pixels,
 )
-from deployments.capabilities import Describing, MemoryLimited, Weighing
-from deployments.composed import StageClock, run_composed
-from deployments.kinds import KINDS, ModelKind
-from deployments.loader import load_model, model_calls
-from deployments.log import serve_logger
-from deployments.memory import BatchLimiter
-from deployments.metrics import GpuSampler, ReplicaMetrics
-from deployments.onnx_session import running_alone
-from deployments.queue import BacklogQueue, QueueLimits, runs_alone
-from stylefleet.config import BatchingConfig, ModelSpec
+from stylefleet.deployments.capabilities import Describing, MemoryLimited, Weighing
+from stylefleet.deployments.composed import StageClock, run_composed
+from stylefleet.deployments.kinds import KINDS, ModelKind
+from stylefleet.deployments.loader import load_model, model_calls
+from stylefleet.deployments.log import serve_logger
+from stylefleet.deployments.memory import BatchLimiter
+from stylefleet.deployments.onnx_session import running_alone
+from stylefleet.deployments.queue import BacklogQueue, QueueLimits, runs_alone
+from stylefleet.deployments.serve.metrics import GpuSampler, ReplicaMetrics
 from stylefleet.errors import ModelUnavailable, Overloaded, StylefleetError
 
 logger = serve_logger(__name__)

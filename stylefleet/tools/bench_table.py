@@ -12,7 +12,7 @@ included; on CUDA also torch's allocator peak (torch models) and the process's G
 NVML reports it, sampled every 20 ms (ONNX Runtime's CUDA arena is outside torch's count).
 
 The torch models are built at their published size with random weights
-(``stylefleet.bench_models``): no download. A benchmark, not a test: it asserts nothing, and
+(``stylefleet.tools.bench_models``): no download. A benchmark, not a test: it asserts nothing, and
 every loop is bounded in calls and seconds.
 """
 
@@ -34,10 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from deployments.batching import ModelRequest, run_batch
-from deployments.onnx_session import RuntimeOptions, available_cores
-from stylefleet import bench_models
+from stylefleet.deployments.batching import ModelRequest, run_batch
+from stylefleet.deployments.onnx_session import RuntimeOptions, available_cores
 from stylefleet.errors import StylefleetError
+from stylefleet.tools import bench_models
 
 logger = logging.getLogger(__name__)
 
@@ -99,16 +99,16 @@ def photos(size: int) -> tuple[dict[str, np.ndarray], str]:
 
 def _onnx_model(kind_name: str, runtime: RuntimeOptions) -> Any:
     """The shipped network through the one model loader (checksums verified), on ``runtime``."""
-    from deployments.loader import load_model
     from stylefleet.config import ModelSpec
+    from stylefleet.deployments.loader import load_model
 
     return load_model(ModelSpec(deployment=f"bench-{kind_name}", model=kind_name), runtime=runtime).model
 
 
 def _animegan_model(runtime: RuntimeOptions, folder: Path) -> Any:
     """AnimeGANv2 at its real size with random weights, saved and pinned, through the loader."""
-    from deployments.loader import load_model
     from stylefleet.config import ModelSource, ModelSpec
+    from stylefleet.deployments.loader import load_model
 
     path = folder / "animeganv2-random.pt"
     sha256 = bench_models.save_animegan(path)
@@ -121,7 +121,7 @@ def _animegan_model(runtime: RuntimeOptions, folder: Path) -> Any:
 
 
 def _sd_model(settings: Settings) -> Any:
-    from deployments.diffusion import DiffusionModel, assemble_pipelines
+    from stylefleet.deployments.diffusion import DiffusionModel, assemble_pipelines
 
     parts = bench_models.build_sd(settings.arch)
     runtime = settings.runtime()
@@ -307,7 +307,7 @@ def peak_memory(device: str) -> Iterator[dict[str, Any]]:
 
 
 def _out_of_memory(exc: BaseException) -> bool:
-    from deployments.memory import is_out_of_memory
+    from stylefleet.deployments.memory import is_out_of_memory
 
     return isinstance(exc, MemoryError) or is_out_of_memory(exc)
 

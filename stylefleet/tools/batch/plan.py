@@ -1,7 +1,7 @@
 """What both batch engines share: the run's plan, its tally of records, and the usage error.
 
-The CLI (``stylefleet.batch.run``) builds the plan and drives an engine; the HTTP engine (in
-``run``) and the Ray Data engine (``stylefleet.batch.raydata``) both take it from here, so
+The CLI (``stylefleet.tools.batch.run``) builds the plan and drives an engine; the HTTP engine (in
+``run``) and the Ray Data engine (``stylefleet.tools.batch.raydata``) both take it from here, so
 neither engine imports the other's module.
 """
 
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from stylefleet.batch.inputs import Item
-from stylefleet.batch.progress import Progress
 from stylefleet.manifest import ManifestIndex, ManifestWriter, Record, item_key
+from stylefleet.tools.batch.inputs import Item
+from stylefleet.tools.batch.progress import Progress
 
 
 class UsageError(Exception):

@@ -25,7 +25,7 @@ def _load(path: str, profile: str | None = None) -> ServeFile:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from stylefleet.local import AlreadyRunning, LocalCluster
+    from stylefleet.tools.local import AlreadyRunning, LocalCluster
 
     config = _load(args.config)
     cluster = LocalCluster(
@@ -60,7 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """The served benchmark, or ``--models`` (the model layer's table) or ``--gpu`` (issue 15's harness)."""
-    from stylefleet import bench, bench_gpu, bench_table
+    from stylefleet.tools import bench, bench_gpu, bench_table
 
     if args.gpu:
         return bench_gpu.main(args)
@@ -86,9 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=float, default=600, help="seconds to wait for the app to be RUNNING")
     run.set_defaults(func=cmd_run)
 
-    from stylefleet import bench as bench_mod
-    from stylefleet import bench_gpu as bench_gpu_mod
-    from stylefleet.batch import run as batch_mod
+    from stylefleet.tools import bench as bench_mod
+    from stylefleet.tools import bench_gpu as bench_gpu_mod
+    from stylefleet.tools.batch import run as batch_mod
 
     batch = sub.add_parser(
         "batch",
@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     batch_mod.add_arguments(batch)
     batch.set_defaults(func=batch_mod.main)
-    from stylefleet import k8s as k8s_mod
+    from stylefleet.tools import k8s as k8s_mod
 
     bench = sub.add_parser("bench", help="measure bare and served throughput; print and write JSON")
     bench_mod.add_arguments(bench)
