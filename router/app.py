@@ -33,7 +33,7 @@ logger = serve_logger(__name__)
 class ServeBackend:
     """The API's backend on a live cluster: deployment handles plus Serve's own status."""
 
-    # serve.status() is a controller round trip that costs the router ~17 ms of CPU (it builds and
+    # serve.status() is a controller round trip that costs the caller ~64 ms of CPU (it builds and
     # pickles every deployment's config): read it at most every STATUS_CACHE_S while a deployment
     # has no running replica (so one that starts is served within a second), and every
     # STATUS_CACHE_HEALTHY_S while all have one (a deployment that loses its last replica is then

@@ -59,6 +59,7 @@ def main() -> None:
     if len(sys.argv) > 4:
         photo = Path(sys.argv[4]).read_bytes()
     else:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: tests.samples
         from tests import samples
 
         photo = samples.encoded(samples.astronaut(), "JPEG")
