@@ -376,17 +376,14 @@ def _rss(infos: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def measured_level(
     url: str, case: Case, samples: dict[str, bytes], concurrency: int, total: int, cap_s: float, profile_s: float = 0.0
 ) -> dict[str, Any]:
+    """One served level: throughput, latency, batches, CPU and RSS; with ``profile_s``, then a
+    separate py-spy pass. The profiler is never running while the figures are taken: sampling a
+    replica costs CPU that, on a small machine, the service would otherwise have used."""
     before = replica_infos(case.deployment)
     usage = Usage([i["pid"] for i in before])
-    profilers = [Profiler(i["pid"], profile_s) for i in before] if profile_s > 0 else []
     usage.start()
     row = asyncio.run(_served_level(url, case, samples, concurrency, total, cap_s))
     row.update(usage.stop())
-    if profilers:
-        row["profile"] = [p.result() for p in profilers]
-        for p in row["profile"]:
-            shares = ", ".join(f"{k} {v:.0%}" for k, v in p.get("shares", {}).items())
-            print(f"  py-spy {case.deployment} pid {p.get('pid')}: " + shares, flush=True)
     after = replica_infos(case.deployment)
     row["mean_batch_size"] = _mean_batch(before, after)
     seconds = sum(i["compute_seconds"] for i in after) - sum(i["compute_seconds"] for i in before)
@@ -398,13 +395,34 @@ def measured_level(
         row["overhead_ms"] = round(row["p50_ms"] - row["replica_ms_per_request"], 1)
     row["replicas"] = len(after)
     row["rss"] = _rss(after)
+    if profile_s > 0:
+        profilers = [Profiler(i["pid"], profile_s) for i in after]
+        asyncio.run(_served_level(url, case, samples, concurrency, 10_000, profile_s))
+        row["profile"] = [p.result() for p in profilers]
+        for p in row["profile"]:
+            shares = ", ".join(f"{k} {v:.0%}" for k, v in p.get("shares", {}).items())
+            print(f"  py-spy {case.deployment} pid {p.get('pid')}: " + shares, flush=True)
     return row
+
+
+def level_requests(requested: int, concurrency: int) -> int:
+    """Requests for one level: at least six rounds of ``concurrency``, so that the steady window
+    (all but the first and last round, ``bench_load.steady_rate``) holds four."""
+    return max(requested, 6 * concurrency) if concurrency > 1 else requested
+
+
+def saturated_ips(row: dict[str, Any]) -> float:
+    """The level's rate with every client busy (``steady_ips``), or over the whole run where the
+    run was too short to have such a window."""
+    steady = row.get("steady_ips")
+    return float(steady) if steady else float(row["ips"])
 
 
 def _print_level(deployment: str, row: dict[str, Any], label: str = "") -> None:
     rss = ", ".join(f"{r['rss_mib']} MiB" for r in row.get("rss", []))
     print(
-        f"  served {deployment:<18}{label} conc {row['concurrency']:>2}: {row['ips']:6.2f} img/s  p50 {row['p50_ms']:7.1f} ms  "
+        f"  served {deployment:<18}{label} conc {row['concurrency']:>2}: {row['ips']:6.2f} img/s"
+        f"{' (steady ' + format(row['steady_ips'], '.2f') + ')' if row.get('steady_ips') else ''}  p50 {row['p50_ms']:7.1f} ms  "
         f"p95 {row['p95_ms']:7.1f} ms  mean batch {row['mean_batch_size']:4.2f}  CPU {row['machine_cpu_utilisation']:.0%} "
         f"(model {row['model_replicas_cpu_share']:.0%})  RSS {rss}"
         f"{'  overhead ' + str(row['overhead_ms']) + ' ms' if 'overhead_ms' in row else ''}"
@@ -482,9 +500,10 @@ def main(args: argparse.Namespace) -> int:
             rows = []
             for c in levels:
                 profile_s = args.profile_seconds if c == levels[-1] else 0.0
-                row = measured_level(url, case, samples, c, max(args.requests, 2 * c), args.seconds, profile_s)
-                row["served_over_bare_fastest"] = round(row["ips"] / fastest, 2) if fastest else None
-                row["served_over_bare_end_to_end"] = round(row["ips"] / end_to_end, 2) if end_to_end else None
+                row = measured_level(url, case, samples, c, level_requests(args.requests, c), args.seconds, profile_s)
+                rate = saturated_ips(row)
+                row["served_over_bare_fastest"] = round(rate / fastest, 2) if fastest else None
+                row["served_over_bare_end_to_end"] = round(rate / end_to_end, 2) if end_to_end else None
                 rows.append(row)
                 _print_level(case.deployment, row)
             model["served"] = rows

@@ -24,6 +24,27 @@ class Case:
     fields: tuple[tuple[str, str], ...] = ()  # what a client sends (a style's fixed params are not its to send)
 
 
+def steady_rate(done_at: list[float], concurrency: int) -> float | None:
+    """Completions per second while every one of ``concurrency`` clients had a request out.
+
+    A closed-loop run starts with all clients sending at once and ends draining: the last
+    ``concurrency`` requests finish with fewer and fewer others beside them, so a batching server
+    runs part-empty batches there that a saturated one never does. Use only the completions from
+    the ``concurrency``-th to the ``concurrency``-th from last, and take the rate as the slope of
+    completion count over time (a least-squares line), so that a batch's results arriving in a
+    burst do not weigh on where the window starts or ends. None when the run had fewer than three
+    rounds of ``concurrency`` requests.
+    """
+    times = np.sort(np.asarray(done_at, dtype=float))
+    if concurrency < 1 or len(times) < 3 * concurrency:
+        return None
+    window = times[concurrency - 1 : len(times) - concurrency + 1]
+    if window[-1] <= window[0]:
+        return None
+    slope = np.polyfit(window, np.arange(len(window), dtype=float), 1)[0]
+    return float(slope)
+
+
 class Load:
     """A bounded closed-loop load: ``concurrency`` clients, ``total`` requests, ``cap_s`` seconds."""
 
@@ -33,6 +54,7 @@ class Load:
     async def run(self, concurrency: int, total: int, cap_s: float) -> dict[str, Any]:
         sem = asyncio.Semaphore(concurrency)
         latencies: list[float] = []
+        done_at: list[float] = []  # completion times of every answered request, errors too
         errors = 0
         deadline = time.monotonic() + cap_s
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -45,6 +67,7 @@ class Load:
                         return
                     t0 = time.perf_counter()
                     r = await client.post(self.path, files=self.files, data=self.data)
+                    done_at.append(time.perf_counter())
                     if r.status_code == 200:
                         latencies.append(time.perf_counter() - t0)
                     else:
@@ -54,12 +77,15 @@ class Load:
             await asyncio.gather(*(one() for _ in range(total)))
             wall = time.perf_counter() - t0
         q = np.percentile(latencies, [50, 95]) if latencies else [float("nan")] * 2
+        steady = steady_rate(done_at, concurrency) if not errors else None
         return {
             "concurrency": concurrency,
             "requests": len(latencies) + errors,
             "errors": errors,
             "wall_s": round(wall, 2),
             "ips": round(len(latencies) / wall, 2),
+            # while all clients had a request out (no ramp, no drain): the saturated rate
+            "steady_ips": round(steady, 2) if steady is not None else None,
             "p50_ms": round(float(q[0]) * 1000, 1),
             "p95_ms": round(float(q[1]) * 1000, 1),
         }

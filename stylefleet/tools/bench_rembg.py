@@ -53,6 +53,13 @@ def _start(rembg: str, home: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise TimeoutError(f"`{rembg} s` did not answer within 180 s")
 
 
+def _steady(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """The steady-window figures of one round (``bench_load.steady_rate``), where both have one."""
+    if not (a.get("steady_ips") and b.get("steady_ips")):
+        return ""
+    return f"  steady {a['steady_ips']:.2f} vs {b['steady_ips']:.2f}: {a['steady_ips'] / b['steady_ips']:.2f}"
+
+
 def compare(rembg: str, url: str, case: Case, samples: dict[str, bytes], rounds: int, cap_s: float) -> dict[str, Any]:
     photo = samples["image"]
     ours = Load(url, f"/v1/styles/{case.style}", {"image": ("image.jpg", photo, "image/jpeg")}, {})
@@ -67,7 +74,7 @@ def compare(rembg: str, url: str, case: Case, samples: dict[str, bytes], rounds:
                 asyncio.run(load.run(2, 4, cap_s))
             levels = []
             for concurrency in (16, 1):
-                total = 48 if concurrency > 1 else 12
+                total = 6 * concurrency if concurrency > 1 else 12  # six rounds: a steady window of four
                 pairs = []
                 for _ in range(rounds):
                     a = asyncio.run(ours.run(concurrency, total, cap_s))
@@ -75,18 +82,25 @@ def compare(rembg: str, url: str, case: Case, samples: dict[str, bytes], rounds:
                     pairs.append((a, b))
                     print(
                         f"  conc {concurrency:>2}: stylefleet {a['ips']:6.2f} req/s (p50 {a['p50_ms']:6.1f} ms)  "
-                        f"rembg s {b['ips']:6.2f} req/s (p50 {b['p50_ms']:6.1f} ms)  ratio {a['ips'] / b['ips']:.2f}",
+                        f"rembg s {b['ips']:6.2f} req/s (p50 {b['p50_ms']:6.1f} ms)  ratio {a['ips'] / b['ips']:.2f}"
+                        f"{_steady(a, b)}",
                         flush=True,
                     )
                 ratio = statistics.median(a["ips"] / b["ips"] for a, b in pairs if b["ips"])
+                steady = [a["steady_ips"] / b["steady_ips"] for a, b in pairs if a.get("steady_ips") and b.get("steady_ips")]
                 levels.append(
                     {
                         "concurrency": concurrency,
                         "rounds": [{"stylefleet": a, "rembg": b} for a, b in pairs],
                         "median_ratio": round(ratio, 2),
+                        "median_steady_ratio": round(statistics.median(steady), 2) if steady else None,
                     }
                 )
-                print(f"  => conc {concurrency}: stylefleet / rembg s = {ratio:.2f} (median of {len(pairs)} rounds)", flush=True)
+                print(
+                    f"  => conc {concurrency}: stylefleet / rembg s = {ratio:.2f} whole runs"
+                    f"{f', {statistics.median(steady):.2f} steady' if steady else ''} (median of {len(pairs)} rounds)",
+                    flush=True,
+                )
         finally:
             proc.terminate()
             try:

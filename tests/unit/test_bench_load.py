@@ -1,0 +1,85 @@
+"""What ``stylefleet bench`` counts as the served rate at saturation, and that a level's figures
+are taken with no profiler running. Arithmetic and ordering only: no Ray, no timing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from stylefleet.tools import bench
+from stylefleet.tools.bench_load import Case, steady_rate
+
+
+def test_steady_rate_leaves_out_the_drain_that_the_whole_run_counts() -> None:
+    # 3 completions a second while 16 clients are busy, then a slow drain of the last 15.
+    done_at = [i / 3 for i in range(1, 50)] + [17.0 + i for i in range(15)]
+    whole_run = len(done_at) / max(done_at)
+    assert whole_run < 2.2
+    assert steady_rate(done_at, 16) == pytest.approx(3.0)
+
+
+def test_results_arriving_a_batch_at_a_time_give_the_batch_rate() -> None:
+    # Batches of 4 finishing once a second, their 4 results a few ms apart: 4 a second.
+    done_at = [k + 0.005 * i for k in range(1, 17) for i in range(4)]
+    assert steady_rate(done_at, 16) == pytest.approx(4.0, rel=0.05)
+
+
+def test_no_steady_rate_from_a_run_shorter_than_three_rounds() -> None:
+    assert steady_rate([float(i) for i in range(1, 32)], 16) is None
+    assert steady_rate([1.0, 1.0, 1.0], 1) is None  # no time between the window's ends
+    assert steady_rate([], 0) is None
+
+
+def test_saturated_ips_prefers_the_steady_window_and_falls_back_to_the_whole_run() -> None:
+    assert bench.saturated_ips({"ips": 2.5, "steady_ips": 3.0}) == 3.0
+    assert bench.saturated_ips({"ips": 2.5, "steady_ips": None}) == 2.5
+
+
+def test_a_busy_level_sends_six_rounds_so_its_steady_window_has_four() -> None:
+    assert bench.level_requests(48, 16) == 96
+    assert bench.level_requests(200, 16) == 200
+    assert bench.level_requests(12, 1) == 12
+
+
+def test_the_profiler_never_runs_while_a_levels_figures_are_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[str] = []
+    info = {"pid": 1, "compute_seconds": 0.0, "batch_sizes": {"4": 1}, "rss_bytes": 1 << 20}
+
+    class FakeProfiler:
+        def __init__(self, pid: int, seconds: float) -> None:
+            events.append("profiler started")
+
+        def result(self) -> dict[str, Any]:
+            events.append("profiler done")
+            return {"pid": 1, "shares": {}}
+
+    class FakeUsage:
+        def __init__(self, pids: list[int]) -> None:
+            pass
+
+        def start(self) -> None:
+            events.append("usage started")
+
+        def stop(self) -> dict[str, Any]:
+            events.append("usage stopped")
+            return {}
+
+    async def fake_level(url: str, case: Any, samples: Any, concurrency: int, total: int, cap_s: float) -> dict[str, Any]:
+        events.append(f"load {total}")
+        return {"concurrency": concurrency, "requests": total, "errors": 0, "ips": 1.0, "p50_ms": 1.0, "p95_ms": 1.0}
+
+    monkeypatch.setattr(bench, "Profiler", FakeProfiler)
+    monkeypatch.setattr(bench, "Usage", FakeUsage)
+    monkeypatch.setattr(bench, "_served_level", fake_level)
+    monkeypatch.setattr(bench, "replica_infos", lambda deployment: [dict(info)])
+    monkeypatch.setattr(bench, "_mean_batch", lambda before, after: 4.0)
+    monkeypatch.setattr(bench, "_rss", lambda infos: [])
+
+    case = Case("cutout", "remove-background", {}, ("image",))
+    row = bench.measured_level("http://127.0.0.1:1", case, {}, 16, 96, 60.0, profile_s=5.0)
+
+    measured = events.index("usage stopped")
+    assert events[: measured + 1] == ["usage started", "load 96", "usage stopped"]
+    assert events[measured + 1] == "profiler started"
+    assert events[-1] == "profiler done" and "profile" in row
