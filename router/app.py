@@ -30,17 +30,47 @@ from stylefleet.storage import Storage
 logger = serve_logger(__name__)
 
 
+def serve_statuses(app_name: str) -> dict[str, str] | None:
+    """Each deployment's Serve status alone (no replica counts), or None where it cannot be read.
+
+    The controller answers it as a small protobuf (``get_serve_status``, what ``serve status``
+    builds on); ``serve.status()`` instead builds and pickles every deployment's whole config,
+    64 ms of the caller's CPU per read. The call is on Serve's controller client, which is not a
+    public API: where this Ray lacks it, None, and the caller reads the whole status instead.
+    """
+    if not ray.is_initialized():  # never start a Ray to ask (the router always runs in one)
+        return None
+    try:
+        from ray.serve.context import _get_global_client
+
+        client = _get_global_client(raise_if_no_controller_running=False)
+        if client is None:
+            return None
+        overview = client.get_serve_status(app_name)
+        return {d.name: str(getattr(d.status, "value", d.status)) for d in overview.deployment_statuses}
+    except Exception as exc:  # noqa: BLE001 - the whole status is the fallback
+        log = logger.debug if _status_read_failed else logger.warning
+        log("reading the deployments' statuses failed, reading the whole status instead: %r", exc)
+        _status_read_failed.append(exc)
+        del _status_read_failed[:-1]
+        return None
+
+
+_status_read_failed: list[Exception] = []  # said once in the log, not every second
+
+
 class ServeBackend:
     """The API's backend on a live cluster: deployment handles plus Serve's own status."""
 
-    # serve.status() is a controller round trip that costs the caller ~64 ms of CPU (it builds and
-    # pickles every deployment's config): read it at most every STATUS_CACHE_S while a deployment
-    # has no running replica (so one that starts is served within a second), and every
-    # STATUS_CACHE_HEALTHY_S while all have one (a deployment that loses its last replica is then
-    # refused at once within that many seconds; before that its requests wait for the replica
-    # Serve restarts, bounded by model_timeout_s).
+    # Every STATUS_CACHE_S the router reads each deployment's status alone (``serve_statuses``,
+    # cheap). Only when one changed, or a deployment has no running replica, or the replica counts
+    # are FULL_STATUS_MAX_AGE_S old, does it read ``serve.status()`` (64 ms of CPU) for the counts.
+    # A deployment that loses its last replica changes status, so it is refused within ~1 s.
+    # Without the cheap read (another Ray), the whole status is read every STATUS_CACHE_HEALTHY_S
+    # while all deployments run and every STATUS_CACHE_S while one waits for a replica.
     STATUS_CACHE_S = 1.0
     STATUS_CACHE_HEALTHY_S = 5.0
+    FULL_STATUS_MAX_AGE_S = 30.0
 
     RETRY_DELAY_S = 0.2  # time for Serve's router to drop the dead replica before the retry
 
@@ -49,7 +79,9 @@ class ServeBackend:
         self._app_name = app_name
         self._model_timeout_s = model_timeout_s
         self._states: tuple[float, dict[str, DeploymentState]] = (float("-inf"), {})
+        self._full_read_at = float("-inf")  # when the replica counts in _states were read
         self._refresh = asyncio.Lock()
+        self.full_reads = 0  # how many times serve.status() was read
 
     async def run(self, deployment: str, request: ModelRequest) -> Reply:
         """One model call, retried once when the replica failed under it (it died mid-request).
@@ -92,34 +124,49 @@ class ServeBackend:
             )
 
     def _fresh(self) -> bool:
-        checked_at, states = self._states
-        serving = bool(states) and all(s.running_replicas > 0 for s in states.values())
-        return time.monotonic() - checked_at < (self.STATUS_CACHE_HEALTHY_S if serving else self.STATUS_CACHE_S)
+        return time.monotonic() - self._states[0] < self.STATUS_CACHE_S
 
     async def _deployment_states(self) -> dict[str, DeploymentState]:
         if self._fresh():
             return self._states[1]
         async with self._refresh:
-            checked_at, states = self._states
             if self._fresh():
-                return states
-            try:
-                status = await asyncio.to_thread(serve.status)
-            except Exception as exc:  # noqa: BLE001 - no status is no reason to refuse requests
-                logger.warning("serve.status() failed: %r", exc)
-                return states
-            app = status.applications.get(self._app_name)
-            states = {} if app is None else {
-                name: DeploymentState(
-                    status=str(getattr(d.status, "value", d.status)),
-                    running_replicas=int(
-                        sum(n for s, n in d.replica_states.items() if str(getattr(s, "value", s)) == "RUNNING")
-                    ),
-                )
-                for name, d in app.deployments.items()
-            }
+                return self._states[1]
+            states = self._states[1]
+            statuses = await asyncio.to_thread(serve_statuses, self._app_name)
+            if not self._counts_still_hold(states, statuses):
+                states = await self._read_whole_status(states)
             self._states = (time.monotonic(), states)
             return states
+
+    def _counts_still_hold(self, states: dict[str, DeploymentState], statuses: dict[str, str] | None) -> bool:
+        """Whether the replica counts last read still describe the deployments."""
+        if not states or any(s.running_replicas == 0 for s in states.values()):
+            return False  # waiting for a replica: read the counts each time
+        age = time.monotonic() - self._full_read_at
+        if statuses is None:
+            return age < self.STATUS_CACHE_HEALTHY_S
+        return age < self.FULL_STATUS_MAX_AGE_S and statuses == {name: s.status for name, s in states.items()}
+
+    async def _read_whole_status(self, states: dict[str, DeploymentState]) -> dict[str, DeploymentState]:
+        """Each deployment's status and running replicas from ``serve.status()``; ``states`` if it fails."""
+        try:
+            status = await asyncio.to_thread(serve.status)
+        except Exception as exc:  # noqa: BLE001 - no status is no reason to refuse requests
+            logger.warning("serve.status() failed: %r", exc)
+            return states
+        self.full_reads += 1
+        self._full_read_at = time.monotonic()
+        app = status.applications.get(self._app_name)
+        return {} if app is None else {
+            name: DeploymentState(
+                status=str(getattr(d.status, "value", d.status)),
+                running_replicas=int(
+                    sum(n for s, n in d.replica_states.items() if str(getattr(s, "value", s)) == "RUNNING")
+                ),
+            )
+            for name, d in app.deployments.items()
+        }
 
     async def health(self) -> dict[str, DeploymentState]:
         return await self._deployment_states()

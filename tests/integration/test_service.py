@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import time
 from typing import Any
 
 import httpx
@@ -13,7 +14,7 @@ import yaml
 from PIL import Image
 
 from tests import samples
-from tests.integration.conftest import deployment_info, redeploy
+from tests.integration.conftest import APP, deployment_info, redeploy
 from tests.samples import ROOT
 
 pytestmark = pytest.mark.integration
@@ -53,6 +54,24 @@ def test_ready_reports_every_deployment(client: httpx.Client, path: str) -> None
     deployments = r.json()["deployments"]
     assert set(deployments) >= {"stylize", "restyle", "remove-background", "face-detect", "id-photo", "router"}
     assert all(d["ready"] and d["running_replicas"] >= 1 for d in deployments.values())
+
+
+def test_the_cheap_status_read_names_every_deployment_as_the_whole_status_does(client: httpx.Client) -> None:
+    """The router asks the controller for each deployment's status alone each second and for the
+    whole status (64 ms of CPU) only when one changes: that call is Serve's controller client,
+    not a public API, so it is checked against the installed Ray here."""
+    from ray import serve
+
+    from stylefleet.router.app import serve_statuses
+
+    for _ in range(10):  # two reads: a deployment may change status between them (an earlier test's scaling)
+        cheap = serve_statuses(APP)
+        whole = {name: str(d.status.value) for name, d in serve.status().applications[APP].deployments.items()}
+        if cheap == whole:
+            break
+        time.sleep(0.5)
+    assert cheap is not None and set(cheap) >= {"stylize", "restyle", "remove-background", "router"}
+    assert cheap == whole
 
 
 def test_live_answers(client: httpx.Client) -> None:

@@ -148,7 +148,9 @@ def test_retry_after_survives_pickling_across_actors() -> None:
     ids=["all-running-kept-5s", "one-without-replica-kept-1s"],
 )
 def test_serve_status_is_read_less_often_while_every_deployment_runs(monkeypatch, state, reads_after_3s: int) -> None:
-    """serve.status() costs the router real CPU: once a second only while a deployment waits for a replica."""
+    """Without the cheap status read (another Ray): serve.status() once a second only while a
+    deployment waits for a replica, every 5 s otherwise."""
+    monkeypatch.setattr(router_app, "serve_statuses", lambda app: None)
     reads: list[int] = []
     monkeypatch.setattr(router_app.serve, "status", lambda: reads.append(1) or _status({"diffusion": state}))
     now = [1000.0]
@@ -161,3 +163,51 @@ def test_serve_status_is_read_less_often_while_every_deployment_runs(monkeypatch
     now[0] += 3.0  # past both
     asyncio.run(backend.health())
     assert len(reads) == reads_after_3s + 1
+
+
+def _clocked_backend(
+    monkeypatch: pytest.MonkeyPatch, whole: dict[str, tuple[str, dict[str, int]]], cheap: dict[str, str]
+) -> tuple[ServeBackend, list[float]]:
+    """A backend whose whole status is ``whole`` and whose cheap per-deployment status is ``cheap``
+    (both dicts may be changed by the test), on a clock the test moves."""
+    monkeypatch.setattr(router_app.serve, "status", lambda: _status(whole))
+    monkeypatch.setattr(router_app, "serve_statuses", lambda app: dict(cheap))
+    now = [1000.0]
+    monkeypatch.setattr(router_app.time, "monotonic", lambda: now[0])
+    return ServeBackend({"stylize": FakeHandle()}, "genai"), now  # type: ignore[dict-item]
+
+
+def test_while_statuses_hold_the_whole_status_is_read_only_every_30_s(monkeypatch: pytest.MonkeyPatch) -> None:
+    whole = {"stylize": ("HEALTHY", {"RUNNING": 2}), "router": ("HEALTHY", {"RUNNING": 1})}
+    backend, now = _clocked_backend(monkeypatch, whole, {"stylize": "HEALTHY", "router": "HEALTHY"})
+    for _ in range(29):  # a request every second for 29 s
+        asyncio.run(backend.run("stylize", ModelRequest({})))
+        now[0] += 1.0
+    assert backend.full_reads == 1
+    now[0] += 1.0  # the counts are now FULL_STATUS_MAX_AGE_S old
+    asyncio.run(backend.health())
+    assert backend.full_reads == 2
+
+
+def test_a_deployment_that_loses_its_last_replica_is_refused_within_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    whole = {"stylize": ("HEALTHY", {"RUNNING": 1})}
+    cheap = {"stylize": "HEALTHY"}
+    backend, now = _clocked_backend(monkeypatch, whole, cheap)
+    asyncio.run(backend.run("stylize", ModelRequest({})))
+    whole["stylize"] = ("UNHEALTHY", {"RUNNING": 0, "STARTING": 1})
+    cheap["stylize"] = "UNHEALTHY"
+    now[0] += ServeBackend.STATUS_CACHE_S
+    with pytest.raises(ModelUnavailable, match="no running replica"):
+        asyncio.run(backend.run("stylize", ModelRequest({})))
+    assert backend.full_reads == 2
+
+
+def test_counts_are_read_each_second_while_a_deployment_waits_for_a_replica(monkeypatch: pytest.MonkeyPatch) -> None:
+    whole = {"stylize": ("UPDATING", {"STARTING": 1})}
+    backend, now = _clocked_backend(monkeypatch, whole, {"stylize": "UPDATING"})
+    for _ in range(3):
+        asyncio.run(backend.health())
+        now[0] += ServeBackend.STATUS_CACHE_S
+    assert backend.full_reads == 3
+    whole["stylize"] = ("UPDATING", {"RUNNING": 1})  # same status, now with a replica: served
+    asyncio.run(backend.run("stylize", ModelRequest({})))
