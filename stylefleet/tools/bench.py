@@ -507,9 +507,13 @@ def main(args: argparse.Namespace) -> int:
                 rows.append(row)
                 _print_level(case.deployment, row)
             model["served"] = rows
+            # The most served/bare-fastest any server could show here: the in-process pipeline
+            # (decode, model, encode; no HTTP, no client) over the network alone.
+            model["ceiling"] = round(end_to_end / fastest, 2) if fastest else None
             top = rows[-1]
             print(
-                f"  => {case.deployment} at saturation (conc {top['concurrency']}): served/bare-fastest {top['served_over_bare_fastest']}, "
+                f"  => {case.deployment} at saturation (conc {top['concurrency']}): served/bare-fastest {top['served_over_bare_fastest']} "
+                f"(ceiling: bare end-to-end/bare-fastest {model['ceiling']}), "
                 f"served/bare-end-to-end {top['served_over_bare_end_to_end']}, mean batch {top['mean_batch_size']}",
                 flush=True,
             )
