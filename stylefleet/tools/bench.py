@@ -581,7 +581,7 @@ def compare_queues(
             ("backlog", BatchingConfig.model_validate(shipped).batch_wait_timeout_s),
         ):
             _set_batching(cluster, config, case.deployment, queue=queue, batch_wait_timeout_s=wait)
-            row = measured_level(url, case, samples, concurrency, max(args.requests, 2 * concurrency), args.seconds)
+            row = measured_level(url, case, samples, concurrency, level_requests(args.requests, concurrency), args.seconds)
             row.update(deployment=case.deployment, queue=queue, batch_wait_timeout_s=wait)
             rows.append(row)
             _print_level(case.deployment, row, f" [{queue:<11} wait {wait:g}]")
