@@ -63,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--soak-style", default="frost", help="the style the soak loads")
     parser.add_argument(
         "--profile-seconds", type=float, default=0.0,
-        help="sample each model replica with py-spy for this long during its saturated level (needs the bench extra)",
+        help="py-spy each model replica this long at the top level, in a pass after its figures (needs the bench extra)",
     )
 
 
@@ -390,9 +390,11 @@ def measured_level(
     done = row["requests"] - row["errors"]
     if done and concurrency == 1:
         # One request at a time: what is not the replica's own work (decode, model, encode) is
-        # the path around it: client, proxy, router, the hops between them.
+        # the path around it: client, proxy, router, the hops between them. p50 less a mean: it
+        # moves by several ms between runs; http_path_ms below is the steadier split.
         row["replica_ms_per_request"] = round(seconds / done * 1000, 1)
         row["overhead_ms"] = round(row["p50_ms"] - row["replica_ms_per_request"], 1)
+        row.update(http_path(url, case, samples))
     row["replicas"] = len(after)
     row["rss"] = _rss(after)
     if profile_s > 0:
@@ -403,6 +405,36 @@ def measured_level(
             shares = ", ".join(f"{k} {v:.0%}" for k, v in p.get("shares", {}).items())
             print(f"  py-spy {case.deployment} pid {p.get('pid')}: " + shares, flush=True)
     return row
+
+
+def http_path(url: str, case: Case, samples: dict[str, bytes], pairs: int = 20) -> dict[str, Any]:
+    """What the HTTP path adds to one request (concurrency 1): the same request over HTTP
+    (client, proxy, router) and straight to the model's deployment handle, alternating, one at a
+    time; the difference of the two medians. The handle call still holds the replica's own work
+    and Serve's hop to it, so this is what the proxy and the router add, nothing else."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle(case.deployment, "stylefleet")
+    files = {f: (f"{f}.jpg", samples[f], "image/jpeg") for f in case.files}
+    over_http: list[float] = []
+    direct: list[float] = []
+    with httpx.Client(base_url=url, timeout=300) as client:
+        for _ in range(pairs):
+            started = time.perf_counter()
+            answer = client.post(f"/v1/styles/{case.style}", files=files, data=dict(case.fields))
+            over_http.append(time.perf_counter() - started)
+            if answer.status_code != 200:
+                return {"http_path_error": answer.text[:200]}
+            request = ModelRequest({}, dict(case.params), OutputSpec("png"), files={f: samples[f] for f in case.files})
+            started = time.perf_counter()
+            handle.remote(request).result()
+            direct.append(time.perf_counter() - started)
+    http_p50, handle_p50 = statistics.median(over_http) * 1000, statistics.median(direct) * 1000
+    return {
+        "http_p50_ms": round(http_p50, 1),
+        "handle_p50_ms": round(handle_p50, 1),
+        "http_path_ms": round(http_p50 - handle_p50, 1),
+    }
 
 
 def level_requests(requested: int, concurrency: int) -> int:
@@ -426,9 +458,16 @@ def _print_level(deployment: str, row: dict[str, Any], label: str = "") -> None:
         f"p95 {row['p95_ms']:7.1f} ms  mean batch {row['mean_batch_size']:4.2f}  CPU {row['machine_cpu_utilisation']:.0%} "
         f"(model {row['model_replicas_cpu_share']:.0%})  RSS {rss}"
         f"{'  overhead ' + str(row['overhead_ms']) + ' ms' if 'overhead_ms' in row else ''}"
+        f"{_http_path_text(row)}"
         f"{'  errors ' + str(row['errors']) if row['errors'] else ''}",
         flush=True,
     )
+
+
+def _http_path_text(row: dict[str, Any]) -> str:
+    if "http_path_ms" not in row:
+        return ""
+    return f"  HTTP path {row['http_path_ms']} ms (p50 over HTTP {row['http_p50_ms']}, to the handle {row['handle_p50_ms']})"
 
 
 def _set_batching(cluster: Any, config: dict[str, Any], deployment: str, **changes: Any) -> None:
