@@ -83,3 +83,41 @@ def test_the_profiler_never_runs_while_a_levels_figures_are_taken(monkeypatch: p
     assert events[: measured + 1] == ["usage started", "load 96", "usage stopped"]
     assert events[measured + 1] == "profiler started"
     assert events[-1] == "profiler done" and "profile" in row
+
+
+def test_the_http_path_is_the_median_over_http_less_the_median_to_the_handle(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray.serve
+
+    clock = [0.0]
+    sent: list[Any] = []
+
+    class FakeClient:
+        def __init__(self, base_url: str, timeout: float) -> None:
+            pass
+
+        def __enter__(self) -> FakeClient:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def post(self, path: str, files: Any, data: Any) -> Any:
+            clock[0] += 0.020 if len(sent) % 4 else 0.030  # 30 and 20 ms by turns: median 25
+            sent.append(path)
+            return type("Answer", (), {"status_code": 200, "text": ""})()
+
+    class FakeHandle:
+        def remote(self, request: Any) -> Any:
+            sent.append(request)
+            clock[0] += 0.010
+            return type("Response", (), {"result": lambda self: None})()
+
+    monkeypatch.setattr(bench.httpx, "Client", FakeClient)
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(ray.serve, "get_deployment_handle", lambda deployment, app: FakeHandle())
+    case = Case("cutout", "remove-background", {}, ("image",))
+
+    split = bench.http_path("http://127.0.0.1:1", case, {"image": b"jpeg"}, pairs=4)
+
+    assert split == {"http_p50_ms": 25.0, "handle_p50_ms": 10.0, "http_path_ms": 15.0}
+    assert sent[0] == "/v1/styles/cutout" and sent[1].files == {"image": b"jpeg"}  # alternating, same bytes
