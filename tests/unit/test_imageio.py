@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import zlib
 
 import numpy as np
 import pytest
@@ -107,6 +108,51 @@ def test_png_is_lossless_and_run_length_costs_no_size() -> None:
     default_strategy = io.BytesIO()
     Image.fromarray(samples.astronaut()).save(default_strategy, "PNG", compress_level=1)
     assert len(fast) <= len(default_strategy.getvalue())  # Z_RLE: faster than the default strategy, and no bigger
+
+
+def _png_row_filters(data: bytes) -> set[int]:
+    """The filter byte of every row of an 8-bit RGB/RGBA, non-interlaced PNG."""
+    pos, idat, width, channels = 8, b"", 0, 0
+    while pos < len(data):
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        if kind == b"IHDR":
+            width, channels = int.from_bytes(body[:4], "big"), {2: 3, 6: 4}[body[9]]
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + length
+    raw = zlib.decompress(idat)
+    stride = 1 + width * channels
+    return {raw[i] for i in range(0, len(raw), stride)}
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_png_uses_one_fixed_filter_and_stays_lossless(channels: int) -> None:
+    # Paeth on every row instead of Pillow's per-row search over all five filters (half the
+    # encode time); a non-contiguous array (the style network's output is one) encodes as well.
+    pixels = samples.astronaut()
+    if channels == 4:
+        pixels = np.dstack([pixels, np.linspace(0, 255, pixels.shape[1], dtype=np.uint8)[None, :].repeat(pixels.shape[0], 0)])
+    transposed = np.ascontiguousarray(pixels.transpose(2, 0, 1)).transpose(1, 2, 0)
+    assert not transposed.flags["C_CONTIGUOUS"]
+    data = imageio.encode(transposed, "png")
+    assert _png_row_filters(data) == {4}
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), pixels)
+    adaptive = io.BytesIO()
+    Image.fromarray(pixels).save(adaptive, "PNG", compress_level=1, compress_type=3)
+    assert len(data) <= 1.01 * len(adaptive.getvalue())  # the one filter costs (almost) no size
+
+
+def test_png_with_dpi_keeps_its_density() -> None:
+    data = imageio.encode(samples.astronaut(), "png", dpi=300)
+    img = Image.open(io.BytesIO(data))
+    assert tuple(round(v) for v in img.info["dpi"]) == (300, 300)
+    assert np.array_equal(np.asarray(img), samples.astronaut())
+
+
+def test_png_refuses_what_is_not_an_8_bit_image() -> None:
+    with pytest.raises(ValueError, match="uint8"):
+        imageio.encode_png(np.zeros((4, 4, 3), np.float32))
 
 
 @pytest.mark.parametrize(("text", "rgb"), [("#ff0000", (255, 0, 0)), ("00ff00", (0, 255, 0)), ("white", (255, 255, 255))])
