@@ -17,13 +17,20 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, m
 Device = Literal["cpu", "cuda"]
 
 # Environment every Ray process of the service starts with (`stylefleet run` sets each one unless
-# already set; `stylefleet k8s` puts them on every pod). Serve's controller reconciles every
-# 0.1 s by default, which cost 5.9% of a core on an idle 2-core machine (1.5% at 1 s) and as
-# much as the HTTP proxy under load (docs/performance.md "Where the CPU goes"); at 0.5 s it still
-# acts on autoscaling and health well inside their own delays (seconds).
+# already set; `stylefleet k8s` puts them on every pod). Each was measured on the 2-core machine
+# (docs/performance.md "Where the CPU goes", docs/operations.md "The Ray environment"):
+# - Serve's controller reconciles every 0.1 s by default: 5.9% of a core idle (1.5% at 1 s); at
+#   0.5 s it still acts on autoscaling and health well inside their own delays (seconds).
+# - Ray puts any object over 100 KiB (a 512 px PNG is 0.4-0.5 MB) in the shared-memory store,
+#   through the raylet, on each hop (replica -> router -> proxy); up to 2 MiB they travel inside
+#   the call's own message: the raylet's CPU per request fell from 6-8 ms to 1.4-2.3 ms.
+# - Serve's replicas and handles export their cached metrics every 0.1 s by default; Prometheus
+#   scrapes every 5-15 s, so once a second loses nothing and costs a tenth of the wake-ups.
 RAY_ENVIRONMENT: dict[str, str] = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
+    "RAY_max_direct_call_object_size": str(2 * 1024 * 1024),
+    "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000",
 }
 
 

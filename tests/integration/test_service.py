@@ -74,6 +74,19 @@ def test_the_cheap_status_read_names_every_deployment_as_the_whole_status_does(c
     assert cheap == whole
 
 
+def test_every_replica_runs_with_the_services_ray_environment(serve_app: dict[str, Any]) -> None:
+    """The Ray settings of stylefleet.config.RAY_ENVIRONMENT (objects up to 2 MiB inline, metrics
+    exported once a second, ...) reach the model replicas' own processes, not only the driver."""
+    import os
+
+    import psutil
+
+    from stylefleet.config import RAY_ENVIRONMENT
+
+    environ = psutil.Process(deployment_info("remove-background")["pid"]).environ()
+    assert {name: environ.get(name) for name in RAY_ENVIRONMENT} == {name: os.environ[name] for name in RAY_ENVIRONMENT}
+
+
 def test_live_answers(client: httpx.Client) -> None:
     assert client.get("/healthz/live").json() == {"status": "alive"}
 

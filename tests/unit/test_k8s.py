@@ -129,3 +129,5 @@ def test_every_ray_pod_gets_the_services_ray_environment() -> None:
         env = {e["name"]: e["value"] for e in container["env"]}
         assert env["RAY_SERVE_CONTROL_LOOP_INTERVAL_S"] == "0.5"
         assert env["RAY_USAGE_STATS_ENABLED"] == "0"
+        assert env["RAY_max_direct_call_object_size"] == str(2 * 1024 * 1024)
+        assert env["RAY_SERVE_METRICS_EXPORT_INTERVAL_MS"] == "1000"

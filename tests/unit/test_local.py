@@ -75,7 +75,10 @@ def test_the_folder_is_free_again_once_its_holder_is_gone(tmp_path: Path) -> Non
 def test_the_ray_environment_is_set_unless_the_operator_set_it() -> None:
     environ = {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "2"}
     apply_ray_environment(environ)
-    assert environ == {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "2", "RAY_USAGE_STATS_ENABLED": "0"}
+    assert environ["RAY_SERVE_CONTROL_LOOP_INTERVAL_S"] == "2"
+    assert environ["RAY_USAGE_STATS_ENABLED"] == "0"
     fresh: dict[str, str] = {}
     apply_ray_environment(fresh)
     assert fresh["RAY_SERVE_CONTROL_LOOP_INTERVAL_S"] == "0.5"
+    assert fresh["RAY_max_direct_call_object_size"] == str(2 * 1024 * 1024)  # a 512-1024 px PNG skips the object store
+    assert fresh["RAY_SERVE_METRICS_EXPORT_INTERVAL_MS"] == "1000"
