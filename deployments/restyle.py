@@ -6,10 +6,18 @@ photo is resized so its longer side is 384 px, reflect-padded to 384x384 for
 ``arbitrary_transform`` (NHWC, 0..1), cropped back and scaled up to the output size with
 Lanczos. Both networks have fixed input sizes, so every request in a batch shares one call.
 ``strength`` < 1 interpolates between the photo's own style vector and the style image's.
+
+A batch job restyles many photos with one style picture, so each picture's style vector is kept
+(``StyleVectors``, by the picture's decoded pixels): a picture seen before skips its resize and
+its ``arbitrary_predict`` call. The network gives the same vector whatever batch computed it
+(tests/unit/test_models.py), so a kept vector gives the same bytes as a fresh one.
 """
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,12 +35,57 @@ from stylefleet.imageio import resize_to_max_side
 
 TRANSFORM_SIDE = 384
 STYLE_SIDE = 256
+# Style vectors kept per replica: 100 float32 each, so 256 pictures hold 100 KiB.
+STYLE_VECTORS_KEPT = 256
+
+
+class StyleVectors:
+    """The last ``capacity`` style pictures' vectors, by a digest of their pixels (least recently
+    used goes first); shared by the replica's concurrent network calls, hence the lock."""
+
+    def __init__(self, capacity: int = STYLE_VECTORS_KEPT) -> None:
+        self.capacity = capacity
+        self.hits = 0
+        self.misses = 0
+        self._vectors: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(rgb: np.ndarray) -> bytes:
+        digest = hashlib.blake2b(str(rgb.shape).encode(), digest_size=16)
+        digest.update(np.ascontiguousarray(rgb).data)
+        return digest.digest()
+
+    def get(self, key: bytes) -> np.ndarray | None:
+        with self._lock:
+            vector = self._vectors.get(key)
+            if vector is None:
+                self.misses += 1
+                return None
+            self._vectors.move_to_end(key)
+            self.hits += 1
+            return vector
+
+    def put(self, key: bytes, vector: np.ndarray) -> None:
+        vector = vector.copy()  # not a view that keeps its whole batch's output alive
+        vector.setflags(write=False)
+        with self._lock:
+            self._vectors[key] = vector
+            self._vectors.move_to_end(key)
+            while len(self._vectors) > self.capacity:
+                self._vectors.popitem(last=False)
+
+    def info(self) -> dict[str, int]:
+        with self._lock:
+            return {"kept": len(self._vectors), "capacity": self.capacity, "hits": self.hits, "misses": self.misses}
 
 
 @dataclass
 class _Prepared:
     key: str
-    style_input: np.ndarray  # 256x256x3 float32
+    style_key: bytes  # StyleVectors.key of the style picture
+    style_input: np.ndarray | None  # 256x256x3 float32; None when its vector is kept
+    style_vector: np.ndarray | None  # the kept vector, when there is one
     own_style_input: np.ndarray | None  # the photo as a style, when strength < 1
     content: np.ndarray  # 384x384x3 float32
     small_size: tuple[int, int]  # (h, w) of the photo inside the 384 canvas
@@ -61,6 +114,10 @@ class ArbitraryStyleModel:
         self._predict = make_network(with_symbolic_batch(predict.path), runtime)
         self._transform = make_network(with_symbolic_batch(transform.path), runtime)
         self._transform_inputs = input_names(self._transform)
+        self.style_vectors = StyleVectors()
+
+    def info(self) -> dict[str, Any]:
+        return {"style_vectors": self.style_vectors.info()}
 
     def decode_side(self, params: dict[str, Any]) -> int:
         """``image`` is scaled to ``max_side`` first: uploads decode no larger (batching.decoded)."""
@@ -74,6 +131,8 @@ class ArbitraryStyleModel:
         check_min_side(pixels)
         rgb, alpha = split_alpha(resize_to_max_side(pixels, params.max_side))
         style_rgb, _ = split_alpha(style)
+        style_key = StyleVectors.key(style_rgb)
+        kept = self.style_vectors.get(style_key)
         h, w = rgb.shape[:2]
         scale = TRANSFORM_SIDE / max(h, w)
         sw, sh = max(1, round(w * scale)), max(1, round(h * scale))
@@ -85,7 +144,9 @@ class ArbitraryStyleModel:
         )
         return _Prepared(
             key="all",
-            style_input=_square_style_input(style_rgb),
+            style_key=style_key,
+            style_input=None if kept is not None else _square_style_input(style_rgb),
+            style_vector=kept,
             own_style_input=_square_style_input(rgb) if params.strength < 1.0 else None,
             content=content,
             small_size=(sh, sw),
@@ -95,14 +156,23 @@ class ArbitraryStyleModel:
         )
 
     def infer(self, group: Sequence[_Prepared]) -> list[np.ndarray]:
-        styles = [p.style_input for p in group] + [p.own_style_input for p in group if p.own_style_input is not None]
-        vectors = run(self._predict, {self._predict.get_inputs()[0].name: np.stack(styles)})[0]
-        own = iter(vectors[len(group) :])
+        # One predict call for the style pictures not kept yet and the photos' own styles (strength < 1).
+        fresh = [p for p in group if p.style_input is not None]
+        own_styles = [p for p in group if p.own_style_input is not None]
+        inputs = [p.style_input for p in group if p.style_input is not None]
+        inputs += [p.own_style_input for p in group if p.own_style_input is not None]
+        vectors = list(run(self._predict, {self._predict.get_inputs()[0].name: np.stack(inputs)})[0]) if inputs else []
+        style_of: dict[int, np.ndarray] = {}
+        for p, vec in zip(fresh, vectors[: len(fresh)]):
+            style_of[id(p)] = vec
+            self.style_vectors.put(p.style_key, vec)
+        own = dict(zip(map(id, own_styles), vectors[len(fresh) :]))
         mixed = []
-        for p, vec in zip(group, vectors[: len(group)]):
+        for p in group:
+            vec = p.style_vector if p.style_vector is not None else style_of[id(p)]
             if p.own_style_input is not None:
                 s = p.params.strength
-                vec = s * vec + (1.0 - s) * next(own)
+                vec = s * vec + (1.0 - s) * own[id(p)]
             mixed.append(vec)
         feeds = {
             self._transform_inputs[0]: np.stack([p.content for p in group]),

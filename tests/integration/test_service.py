@@ -112,6 +112,19 @@ def test_restyle_takes_a_style_image(client: httpx.Client) -> None:
     assert np.abs(out.astype(int) - samples.astronaut()).mean() > 10
 
 
+def test_restyle_keeps_a_style_pictures_vector_and_gives_the_same_bytes(client: httpx.Client) -> None:
+    """A batch job sends one style picture with every photo: the replica computes its vector once."""
+    style = samples.encoded(samples.coffee())
+    files = {"image": samples.encoded(samples.cat()), "style_image": style}
+    first = _post(client, "restyle", files)
+    before = deployment_info("restyle")["style_vectors"]
+    again = _post(client, "restyle", files)
+    after = deployment_info("restyle")["style_vectors"]
+    assert first.status_code == again.status_code == 200
+    assert again.content == first.content
+    assert after["hits"] == before["hits"] + 1 and after["misses"] == before["misses"]
+
+
 def test_remove_background_makes_corners_transparent_and_keeps_the_face(client: httpx.Client) -> None:
     out = _png(_post(client, "remove-background", {"image": samples.encoded(samples.astronaut())}))
     assert out.shape == (512, 512, 4)
