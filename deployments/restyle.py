@@ -10,7 +10,7 @@ Lanczos. Both networks have fixed input sizes, so every request in a batch share
 A batch job restyles many photos with one style picture, so each picture's style vector is kept
 (``StyleVectors``, by the picture's decoded pixels): a picture seen before skips its resize and
 its ``arbitrary_predict`` call. The network gives the same vector whatever batch computed it
-(tests/unit/test_models.py), so a kept vector gives the same bytes as a fresh one.
+(tests/unit/test_style_vectors.py), so a kept vector gives the same bytes as a fresh one.
 """
 
 from __future__ import annotations
@@ -157,16 +157,14 @@ class ArbitraryStyleModel:
 
     def infer(self, group: Sequence[_Prepared]) -> list[np.ndarray]:
         # One predict call for the style pictures not kept yet and the photos' own styles (strength < 1).
-        fresh = [p for p in group if p.style_input is not None]
-        own_styles = [p for p in group if p.own_style_input is not None]
-        inputs = [p.style_input for p in group if p.style_input is not None]
-        inputs += [p.own_style_input for p in group if p.own_style_input is not None]
+        fresh = [(p, p.style_input) for p in group if p.style_input is not None]
+        own_styles = [(p, p.own_style_input) for p in group if p.own_style_input is not None]
+        inputs = [x for _, x in fresh + own_styles]
         vectors = list(run(self._predict, {self._predict.get_inputs()[0].name: np.stack(inputs)})[0]) if inputs else []
-        style_of: dict[int, np.ndarray] = {}
-        for p, vec in zip(fresh, vectors[: len(fresh)]):
-            style_of[id(p)] = vec
-            self.style_vectors.put(p.style_key, vec)
-        own = dict(zip(map(id, own_styles), vectors[len(fresh) :]))
+        style_of = {id(p): vec for (p, _), vec in zip(fresh, vectors)}
+        own = {id(p): vec for (p, _), vec in zip(own_styles, vectors[len(fresh) :])}
+        for p, _ in fresh:
+            self.style_vectors.put(p.style_key, style_of[id(p)])
         mixed = []
         for p in group:
             vec = p.style_vector if p.style_vector is not None else style_of[id(p)]
