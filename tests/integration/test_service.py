@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import time
 from typing import Any
 
 import httpx
 import numpy as np
+import psutil
 import pytest
 import yaml
 from PIL import Image
 
+from stylefleet.config import RAY_ENVIRONMENT
 from tests import samples
 from tests.integration.conftest import APP, deployment_info, redeploy
 from tests.samples import ROOT
@@ -77,12 +80,6 @@ def test_the_cheap_status_read_names_every_deployment_as_the_whole_status_does(c
 def test_every_replica_runs_with_the_services_ray_environment(serve_app: dict[str, Any]) -> None:
     """The Ray settings of stylefleet.config.RAY_ENVIRONMENT (objects up to 2 MiB inline, metrics
     exported once a second, ...) reach the model replicas' own processes, not only the driver."""
-    import os
-
-    import psutil
-
-    from stylefleet.config import RAY_ENVIRONMENT
-
     environ = psutil.Process(deployment_info("remove-background")["pid"]).environ()
     assert {name: environ.get(name) for name in RAY_ENVIRONMENT} == {name: os.environ[name] for name in RAY_ENVIRONMENT}
 
