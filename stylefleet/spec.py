@@ -252,6 +252,25 @@ class ServeFile:
         return str((self.document.get("http_options") or {}).get("host", "127.0.0.1"))
 
 
+    def direct_ingress_blocker(self) -> str | None:
+        """Why the router replica cannot serve HTTP itself (``stylefleet run --ingress auto``
+        then keeps Serve's proxy in front), or None: direct ingress serves one application
+        through one router replica on the config's port."""
+        if len(self.document["applications"]) != 1:
+            return f"the config has {len(self.document['applications'])} applications (one port serves one)"
+        if self.document.get("proxy_location") == "Disabled":
+            return "proxy_location is Disabled (no HTTP at all)"
+        replicas = self.app.args.router.num_replicas
+        for entry in self.document["applications"][0].get("deployments") or []:
+            if entry.get("name") == ROUTER:
+                replicas = entry.get("num_replicas", replicas)
+                if entry.get("autoscaling_config"):
+                    return "the router autoscales (one port serves one replica)"
+        if replicas != 1:
+            return f"the router runs {replicas} replicas (one port serves one)"
+        return None
+
+
 def load_serve_file(path: str | Path, profile: str | Path | None = None) -> ServeFile:
     """Read, merge the profile, and check the whole file; raises ConfigError naming the problem."""
     try:

@@ -56,6 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--idphoto-concurrency", default="16", help="served concurrency levels for the id-photo pipeline")
     parser.add_argument("--sessions", action="store_true", help="only measure ONNX Runtime session options (no service)")
     parser.add_argument("--rounds", type=int, default=5, help="--sessions: rounds per configuration")
+    parser.add_argument(
+        "--ingress", choices=("auto", "direct", "proxy"), default="auto",
+        help="as `stylefleet run --ingress`: the router replica on the port (direct) or Serve's proxy; auto as run picks",
+    )
     parser.add_argument("--no-compare", dest="compare", action="store_false", help="skip the serve-batch and two-styles runs")
     parser.add_argument("--rembg", default=None, help="path of a `rembg` executable: compare remove-background with `rembg s`")
     parser.add_argument("--rembg-rounds", type=int, default=3, help="alternating rounds (ours, rembg) per concurrency")
@@ -485,7 +489,7 @@ def _set_batching(cluster: Any, config: dict[str, Any], deployment: str, **chang
 
 
 def main(args: argparse.Namespace) -> int:
-    from stylefleet.tools.local import LocalCluster, free_port
+    from stylefleet.tools.local import LocalCluster, choose_ingress, free_port
 
     samples = _samples()
     results: dict[str, Any] = {"machine": _machine(), "config": args.config, "models": {}}
@@ -525,12 +529,18 @@ def main(args: argparse.Namespace) -> int:
 
     port = free_port()
     config["http_options"]["port"] = port
-    cluster = LocalCluster(log_to_driver=False)  # keep replica access logs out of the figures
+    try:
+        ingress = choose_ingress(args.ingress, serve_file.direct_ingress_blocker())
+    except ValueError as exc:
+        raise SystemExit(f"stylefleet bench: {exc}") from None
+    results["ingress"] = ingress
+    # log_to_driver off: keep replica access logs out of the figures
+    cluster = LocalCluster(log_to_driver=False, http_port=port, ingress=ingress)
     cluster.start()
     try:
         cluster.deploy(config)
         url = f"http://127.0.0.1:{port}"
-        print(f"== served over HTTP ({url})", flush=True)
+        print(f"== served over HTTP ({url}, {ingress} ingress)", flush=True)
         results["get_styles"] = get_styles_latency(url)
         for case in cases:
             model = results["models"][case.deployment]

@@ -25,15 +25,24 @@ def _load(path: str, profile: str | None = None) -> ServeFile:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from stylefleet.tools.local import AlreadyRunning, LocalCluster
+    from stylefleet.tools.local import AlreadyRunning, LocalCluster, choose_ingress
 
     config = _load(args.config)
+    blocker = config.direct_ingress_blocker()
+    try:
+        ingress = choose_ingress(args.ingress, blocker)
+    except ValueError as exc:
+        print(f"stylefleet: {exc}", file=sys.stderr)
+        return 2
+    if args.ingress == "auto" and blocker:
+        logger.info("Serve's proxy in front of the router: %s", blocker)
     cluster = LocalCluster(
         num_cpus=args.num_cpus,
         metrics_export_port=args.metrics_port,
         include_dashboard=args.dashboard,
         state_dir=Path(args.state_dir),
         http_port=config.http_port,
+        ingress=ingress,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -46,9 +55,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         for failure in cluster.deploy(config.document, timeout_s=args.timeout, allow_degraded=True):
             logger.warning("serving without a failed deployment (its styles answer 503 model_unavailable): %s", failure)
+        doors = f"the router itself; Serve's proxy on {config.http_host}:{cluster.proxy_port}" if ingress == "direct" else "Serve's proxy"
         print(
-            f"stylefleet is serving on http://{config.http_host}:{config.http_port} "
-            f"(metrics: http://127.0.0.1:{args.metrics_port}/metrics). Ctrl-C stops it.",
+            f"stylefleet is serving on http://{config.http_host}:{config.http_port} ({doors}; "
+            f"metrics: http://127.0.0.1:{args.metrics_port}/metrics). Ctrl-C stops it.",
             flush=True,
         )
         stop.wait()
@@ -84,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--state-dir", default=".stylefleet", help="where the private Ray token is kept")
     run.add_argument("--timeout", type=float, default=600, help="seconds to wait for the app to be RUNNING")
+    run.add_argument(
+        "--ingress", choices=("auto", "direct", "proxy"), default="auto",
+        help="who answers on the config's port: the router replica itself (direct: one hop less per request), "
+        "or Serve's proxy (needed to add applications at run time); auto: direct for one application with one "
+        "router replica (docs/operations.md 'Direct ingress')",
+    )
     run.set_defaults(func=cmd_run)
 
     from stylefleet.tools import bench as bench_mod

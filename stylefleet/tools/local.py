@@ -13,6 +13,12 @@ Safe by default:
   (saying which process serves where) and never replaces the live cluster's token file: every
   worker that cluster starts later (autoscaling, a replaced replica) still reads the right token.
 
+Direct ingress (``ingress="direct"``, what ``stylefleet run`` picks for a config with one
+application and one router replica): the router replica serves HTTP itself on the config's port,
+through Serve's own direct-ingress server, so a request skips the proxy's hop (docs/performance.md
+"Session 21"); Serve still starts its proxy, on a free loopback port (``proxy_port``), which
+serves every application, including any deployed later.
+
 What still listens beyond loopback (Serve's replica-to-replica gRPC port, hard-coded to ``[::]``
 in Ray Serve 2.60 and token-protected) is listed in the docs/operations.md ("What listens where"); the
 integration tests fail on any other socket.
@@ -99,6 +105,29 @@ def apply_ray_environment(environ: MutableMapping[str, str]) -> None:
         environ.setdefault(name, value)
 
 
+def direct_ingress_environment(port: int, ports: int = 1) -> dict[str, str]:
+    """Serve's direct-ingress variables: the ingress replicas take their HTTP ports from
+    ``[port, port + ports)`` (the first one ``port``), and nothing sits in front that needs a
+    replica held open or a freed port held back (both exist for external load balancers and
+    HAProxy), so a restarted router takes its port back at once."""
+    return {
+        "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + ports),
+        "RAY_SERVE_PORT_QUARANTINE_S": "0",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0",
+    }
+
+
+def choose_ingress(requested: str, blocker: str | None) -> str:
+    """``--ingress`` as asked (``auto``, ``direct`` or ``proxy``) for a config that direct ingress
+    cannot serve because of ``blocker`` (None: it can): ``auto`` is direct unless blocked, and
+    ``direct`` when blocked is a ValueError that says why."""
+    if requested == "direct" and blocker:
+        raise ValueError(f"--ingress direct: {blocker}; use --ingress proxy")
+    return "direct" if requested == "direct" or (requested == "auto" and not blocker) else "proxy"
+
+
 def loopback_token_environment(state_dir: Path) -> Path:
     """Set this process's environment so the Ray nodes it starts (one, or a head and workers on
     this machine) stay on 127.0.0.1 and share one fresh private token; its path is returned."""
@@ -134,7 +163,20 @@ class LocalCluster:
         state_dir: Path | None = None,
         log_to_driver: bool = True,
         http_port: int | None = None,
+        ingress: str = "proxy",
+        ingress_ports: int = 1,
     ) -> None:
+        """``ingress``: ``"proxy"`` (Serve's proxy on ``http_port``) or ``"direct"`` (the router
+        replica on ``http_port``, the proxy on a free loopback port; ``ingress_ports`` ports from
+        ``http_port`` on for the applications' ingress replicas, one per application)."""
+        if ingress not in ("proxy", "direct"):
+            raise ValueError(f"ingress must be 'proxy' or 'direct', not {ingress!r}")
+        if ingress == "direct" and http_port is None:
+            raise ValueError("direct ingress needs the HTTP port the router replica listens on")
+        self.ingress = ingress
+        self.ingress_ports = ingress_ports
+        self.proxy_port: int | None = None  # where Serve's proxy listens, once started
+        self._saved_environment: dict[str, str | None] = {}
         self.log_to_driver = log_to_driver
         self.num_cpus = num_cpus
         self.metrics_export_port = metrics_export_port
@@ -179,6 +221,14 @@ class LocalCluster:
 
         self._claim()
         self.token_path = loopback_token_environment(self.state_dir)
+        if self.ingress == "direct":
+            assert self.http_port is not None  # checked in __init__
+            self.proxy_port = free_port()
+            # Read by Serve's controller and replicas when they import it: the Ray they start
+            # inherits this environment. Restored by stop(), for the next cluster in this process.
+            for name, value in direct_ingress_environment(self.http_port, self.ingress_ports).items():
+                self._saved_environment[name] = os.environ.get(name)
+                os.environ[name] = value
         kwargs: dict[str, Any] = {
             # Always a new local instance: without it, ray.init joins whatever `ray start`
             # cluster this machine runs (Ray's current-cluster file), someone else's included.
@@ -199,8 +249,27 @@ class LocalCluster:
             ray.init(**kwargs)
         except BaseException:
             self.token_path.unlink(missing_ok=True)  # ours: no live cluster was told about it
+            self._restore_environment()
             self._unlock()
             raise
+
+    def served_document(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The config as Serve is given it: with direct ingress, the proxy's port is the free one
+        and the config's own port is the router replica's."""
+        if self.ingress != "direct":
+            return config
+        http = dict(config.get("http_options") or {})
+        if int(http.get("port", 8000)) != self.http_port:
+            raise ValueError(f"the config's http_options.port ({http.get('port', 8000)}) is not this cluster's ({self.http_port})")
+        return {**config, "http_options": {**http, "port": self.proxy_port}}
+
+    def _restore_environment(self) -> None:
+        for name, value in self._saved_environment.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        self._saved_environment = {}
 
     def deploy(
         self, config: dict[str, Any], *, timeout_s: float = 300, wait: bool = True, allow_degraded: bool = False
@@ -215,7 +284,7 @@ class LocalCluster:
         from ray.serve._private import api as serve_private
         from ray.serve.schema import ServeDeploySchema
 
-        schema = ServeDeploySchema.model_validate(config)
+        schema = ServeDeploySchema.model_validate(self.served_document(config))
         client = serve_private.serve_start(
             http_options=schema.http_options.model_dump(),
             proxy_location=schema.proxy_location,
@@ -254,6 +323,7 @@ class LocalCluster:
             ray.shutdown()
             if self.token_path is not None:
                 self.token_path.unlink(missing_ok=True)
+            self._restore_environment()
             self._unlock()
 
 

@@ -80,7 +80,13 @@ def test_config(port: int) -> dict[str, Any]:
 def serve_app() -> Iterator[dict[str, Any]]:
     port = local.free_port()
     config = test_config(port)
+    # As `stylefleet run` has it: the router replica answers on the port itself (direct ingress),
+    # Serve's proxy on another loopback port serves every application, the ones added later too
+    # (room for their own ingress replicas' ports: ingress_ports).
     cluster = local.LocalCluster(
+        http_port=port,
+        ingress="direct",
+        ingress_ports=8,
         include_dashboard=True,  # as `stylefleet run` has it, so its auth and sockets are tested too
         dashboard_port=local.free_port(),
         metrics_export_port=local.free_port(),
@@ -92,6 +98,7 @@ def serve_app() -> Iterator[dict[str, Any]]:
         cluster.deploy(config, timeout_s=300)
         yield {
             "url": f"http://127.0.0.1:{port}",
+            "proxy_url": f"http://127.0.0.1:{cluster.proxy_port}",  # Serve's proxy: every application
             "metrics_url": f"http://127.0.0.1:{cluster.metrics_export_port}/metrics",
             "config": copy.deepcopy(config),
             "cluster": cluster,
@@ -201,4 +208,4 @@ def genai_app(serve_app: dict[str, Any], genai_models_dir: Path) -> dict[str, An
     if not any(app["name"] == GENAI_APP for app in config["applications"]):
         config["applications"].append(genai_application(genai_models_dir))
         serve_app["cluster"].deploy(config, timeout_s=300)
-    return {"url": f"{serve_app['url']}/genai", "models_dir": genai_models_dir}
+    return {"url": f"{serve_app['proxy_url']}/genai", "models_dir": genai_models_dir}

@@ -172,7 +172,7 @@ def test_a_missing_model_path_is_503_while_other_styles_keep_working(
     config["applications"].append(broken)
     serve_app["cluster"].deploy(config, wait=False)
     try:
-        with httpx.Client(base_url=f"{serve_app['url']}/broken", timeout=30) as broken_client:
+        with httpx.Client(base_url=f"{serve_app['proxy_url']}/broken", timeout=30) as broken_client:
             # While Serve still retries the constructor (about a minute: 3 tries), and after it gives
             # up, the router answers at once instead of queueing until the HTTP timeout.
             _wait_for("broken", {"router": {"HEALTHY"}, "anime": {"HEALTHY"}})

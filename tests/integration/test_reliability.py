@@ -108,3 +108,46 @@ def test_requests_in_flight_on_a_replica_that_dies_are_retried_elsewhere(base_ur
             assert r.status_code == 503 and r.json()["error"]["code"] == "model_unavailable" and r.headers["retry-after"]
     assert sum(r.status_code == 200 for r in responses) == len(responses), [r.text for r in responses if r.status_code != 200]
     assert deployment_info("stylize")["replica"] != replica  # Serve replaced it; the calls went there
+
+
+def _listener_pid(port: int) -> int | None:
+    """The process of this service listening on 127.0.0.1:port, if any."""
+    import os
+
+    import psutil
+
+    me = psutil.Process(os.getpid())
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in proc.net_connections(kind="inet")):
+                return proc.pid
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return None
+
+
+def test_a_router_replica_that_dies_is_replaced_on_the_same_port(base_url: str) -> None:
+    """With direct ingress the router replica owns the port (docs/operations.md "Direct
+    ingress"); Serve's replacement takes it back at once (RAY_SERVE_PORT_QUARANTINE_S=0: Serve's
+    default keeps a freed port out of use for 150 s, longer than this test waits)."""
+    import ray
+
+    port = int(urlparse(base_url).port or 80)
+    before = _listener_pid(port)
+    assert before is not None
+    for _ in range(3):  # connections the router closes: they stay in TIME_WAIT on the port for 60 s
+        assert httpx.get(f"{base_url}/healthz", headers={"Connection": "close"}, timeout=10).status_code == 200
+    ray.kill(_replica_actor("router"), no_restart=True)
+    deadline = time.monotonic() + 90  # bounded: the replacement starts in 5-20 s here
+    answered = None
+    while time.monotonic() < deadline:
+        now = _listener_pid(port)
+        if now is not None and now != before:
+            try:
+                answered = httpx.get(f"{base_url}/healthz", timeout=5).status_code
+            except httpx.TransportError:
+                answered = None
+            if answered == 200:
+                break
+        time.sleep(0.5)
+    assert answered == 200, "no new router replica answered on the port within 90 s"

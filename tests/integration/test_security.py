@@ -66,3 +66,20 @@ def test_ray_control_calls_need_the_token(serve_app: dict[str, Any], client: htt
 
 def test_the_token_file_is_private(serve_app: dict[str, Any]) -> None:
     assert serve_app["cluster"].token_path.stat().st_mode & 0o077 == 0
+
+
+def _owners(port: int) -> list[str]:
+    return [name for p in _service_processes() for ip, bound, name in _listening(p) if bound == port]
+
+
+def test_the_router_replica_answers_on_the_port_itself(serve_app: dict[str, Any], client: httpx.Client) -> None:
+    """Direct ingress (docs/operations.md "Direct ingress"): what listens on the config's port is
+    the router replica, not Serve's proxy; the proxy serves the same application on its own
+    loopback port, and both answer alike."""
+    [owner] = _owners(int(serve_app["url"].rsplit(":", 1)[1]))
+    assert owner.startswith("ray::ServeReplica:stylefleet:router")
+    [proxy] = _owners(int(serve_app["proxy_url"].rsplit(":", 1)[1]))
+    assert proxy.startswith("ray::ProxyActor")
+    direct = client.get("/v1/styles")
+    assert direct.status_code == 200
+    assert httpx.get(f"{serve_app['proxy_url']}/v1/styles", timeout=30).json() == direct.json()

@@ -344,9 +344,10 @@ def test_the_page_fits_a_phone_screen(page_for: Any, base_url: str, tmp_path: Pa
 @pytest.fixture()
 def genai_page(page_for: Any, base_url: str, genai_app: dict[str, Any]) -> Any:
     """The page, talking to the /genai application: the page calls the API at the root (/v1/...),
-    as it is served in production, so its API calls are sent on to /genai/v1/... here."""
+    as it is served in production, so its API calls are sent on to /genai/v1/... here, through
+    Serve's proxy, which serves both applications (the router's own port serves one)."""
     page = page_for()
-    root, genai = base_url + "/v1/", base_url + "/genai/v1/"
+    root, genai = base_url + "/v1/", genai_app["url"] + "/v1/"
     page.route(f"{root}**", lambda route: route.continue_(url=route.request.url.replace(root, genai, 1)))
     _open(page, base_url)
     return page

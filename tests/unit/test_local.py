@@ -3,16 +3,30 @@ starts here (the unit conftest makes ``ray.init`` raise), so reaching it fails t
 
 from __future__ import annotations
 
+import copy
 import os
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
+from stylefleet.spec import check_document, load_serve_file
 from stylefleet.tools import cli
-from stylefleet.tools.local import LOOPBACK, AlreadyRunning, LocalCluster, apply_ray_environment, claim_state_dir, free_port
+from stylefleet.tools.local import (
+    LOOPBACK,
+    AlreadyRunning,
+    LocalCluster,
+    apply_ray_environment,
+    choose_ingress,
+    claim_state_dir,
+    direct_ingress_environment,
+    free_port,
+)
 
 LIVE_TOKEN = "the-live-clusters-token"
 
@@ -82,3 +96,117 @@ def test_the_ray_environment_is_set_unless_the_operator_set_it() -> None:
     assert fresh["RAY_SERVE_CONTROL_LOOP_INTERVAL_S"] == "0.5"
     assert fresh["RAY_max_direct_call_object_size"] == str(2 * 1024 * 1024)  # a 512-1024 px PNG skips the object store
     assert fresh["RAY_SERVE_METRICS_EXPORT_INTERVAL_MS"] == "1000"
+
+
+# -- direct ingress: the router replica answers on the config's port ---------------------------
+
+
+def test_direct_ingress_gives_the_ingress_replicas_the_port_and_holds_nothing_back() -> None:
+    env = direct_ingress_environment(8000)
+    assert env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "1"
+    # Serve allocates from range(min, max): one port, the config's own
+    assert (env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"], env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"]) == ("8000", "8001")
+    assert direct_ingress_environment(8000, 8)["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] == "8008"
+    # no load balancer in front: a restarted router takes its port back at once, and stops at once
+    assert env["RAY_SERVE_PORT_QUARANTINE_S"] == "0"
+    assert env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == "0"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"ingress": "direct"}, "needs the HTTP port"), ({"ingress": "haproxy", "http_port": 8000}, "'proxy' or 'direct'")],
+)
+def test_a_cluster_refuses_an_ingress_it_cannot_run(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        LocalCluster(**kwargs)  # type: ignore[arg-type]
+
+
+def test_ray_starts_with_the_direct_ingress_environment_and_this_process_gets_its_own_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ray
+
+    for name in direct_ingress_environment(1):
+        monkeypatch.delenv(name, raising=False)
+    seen: dict[str, str] = {}
+
+    def init(**_kwargs: object) -> None:  # what the Ray processes would inherit
+        seen.update(os.environ)
+        raise RuntimeError("no Ray in unit tests")
+
+    monkeypatch.setattr(ray, "init", init)
+    port = free_port()
+    cluster = LocalCluster(state_dir=tmp_path, http_port=port, ingress="direct")
+    with pytest.raises(RuntimeError, match="no Ray"):
+        cluster.start()
+    assert seen["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "1"
+    assert seen["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] == str(port)
+    assert cluster.proxy_port is not None and cluster.proxy_port != port
+    assert not any(name in os.environ for name in direct_ingress_environment(port))
+
+
+def test_with_direct_ingress_serve_s_proxy_gets_the_free_port_and_the_config_keeps_its_own() -> None:
+    cluster = LocalCluster(http_port=8000, ingress="direct")
+    cluster.proxy_port = 41234
+    config = {"http_options": {"host": "127.0.0.1", "port": 8000}, "applications": []}
+    served = cluster.served_document(config)
+    assert served["http_options"] == {"host": "127.0.0.1", "port": 41234}
+    assert config["http_options"]["port"] == 8000  # the caller's document is not changed
+    assert LocalCluster(http_port=8000).served_document(config) is config  # proxy ingress: as written
+    with pytest.raises(ValueError, match="not this cluster's"):
+        cluster.served_document({**config, "http_options": {"port": 9000}})
+
+
+def _shipped() -> dict[str, Any]:
+    return copy.deepcopy(load_serve_file("serve_config.yaml").document)
+
+
+def test_the_shipped_config_fits_direct_ingress() -> None:
+    assert load_serve_file("serve_config.yaml").direct_ingress_blocker() is None
+
+
+def _two_apps(doc: dict[str, Any]) -> None:
+    second = copy.deepcopy(doc["applications"][0])
+    second.update(name="second", route_prefix="/second")
+    doc["applications"].append(second)
+
+
+def _router_replicas(doc: dict[str, Any]) -> None:
+    doc["applications"][0]["args"]["router"]["num_replicas"] = 2
+
+
+def _router_autoscales(doc: dict[str, Any]) -> None:
+    doc["applications"][0].setdefault("deployments", []).append(
+        {"name": "router", "autoscaling_config": {"min_replicas": 1, "max_replicas": 3}}
+    )
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [(_two_apps, "2 applications"), (_router_replicas, "2 replicas"), (_router_autoscales, "router autoscales")],
+)
+def test_what_direct_ingress_cannot_serve_is_named(mutate: Callable[[dict[str, Any]], None], reason: str) -> None:
+    doc = _shipped()
+    mutate(doc)
+    blocker = check_document(doc).direct_ingress_blocker()
+    assert blocker is not None and reason in blocker
+
+
+def test_run_with_direct_ingress_refuses_a_config_it_cannot_serve_before_starting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    doc = _shipped()
+    _router_replicas(doc)
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert cli.main(["run", str(path), "--ingress", "direct", "--state-dir", str(tmp_path / "state")]) == 2
+    assert "2 replicas" in capsys.readouterr().err
+    assert not (tmp_path / "state").exists()  # nothing claimed, no token written
+
+
+@pytest.mark.parametrize(
+    ("requested", "blocker", "ingress"),
+    [("auto", None, "direct"), ("auto", "two applications", "proxy"), ("direct", None, "direct"), ("proxy", None, "proxy")],
+)
+def test_the_ingress_is_chosen_as_asked(requested: str, blocker: str | None, ingress: str) -> None:
+    assert choose_ingress(requested, blocker) == ingress
