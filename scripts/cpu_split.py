@@ -1,7 +1,8 @@
 """CPU milliseconds per request, by process, during a bounded load on a fresh local service.
 
 Usage: .venv/bin/python scripts/cpu_split.py [STYLE] [CONCURRENCY] [REQUESTS] [PHOTO.jpg]
-(default remove-background 16 64, the astronaut as JPEG). With SPY=SECONDS in the environment,
+(default remove-background 16 64, the astronaut as JPEG; restyle sends the cat as its style).
+INGRESS=proxy in the environment puts Serve's proxy in front of the router (default: direct). With SPY=SECONDS in the environment,
 py-spy also records the router, the proxy and the controller for that long (raw stacks in
 /tmp/spy-*.txt; summarise them with scripts/spy_top.py). docs/performance.md "Where the CPU goes".
 """
@@ -56,21 +57,24 @@ def main() -> None:
     style = sys.argv[1] if len(sys.argv) > 1 else "remove-background"
     concurrency = int(sys.argv[2]) if len(sys.argv) > 2 else 16
     total = int(sys.argv[3]) if len(sys.argv) > 3 else 64
-    if len(sys.argv) > 4:
-        photo = Path(sys.argv[4]).read_bytes()
-    else:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: tests.samples
-        from tests import samples
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: tests.samples
+    from tests import samples
 
-        photo = samples.encoded(samples.astronaut(), "JPEG")
+    photo = Path(sys.argv[4]).read_bytes() if len(sys.argv) > 4 else samples.encoded(samples.astronaut(), "JPEG")
     config = copy.deepcopy(load_serve_file("serve_config.yaml").document)
     port = free_port()
     config["http_options"]["port"] = port
-    cluster = LocalCluster(log_to_driver=False)
+    ingress = os.environ.get("INGRESS", "direct")
+    cluster = LocalCluster(log_to_driver=False, http_port=port, ingress=ingress)
     cluster.start()
     try:
         cluster.deploy(config)
-        load = Load(f"http://127.0.0.1:{port}", f"/v1/styles/{style}", {"image": ("a.jpg", photo, "image/jpeg")}, {})
+        files = {"image": ("a.jpg", photo, "image/jpeg")}
+        if style == "restyle":  # the bench's style picture
+            from skimage import data
+
+            files["style_image"] = ("s.jpg", samples.encoded(data.chelsea(), "JPEG"), "image/jpeg")
+        load = Load(f"http://127.0.0.1:{port}", f"/v1/styles/{style}", files, {})
         asyncio.run(load.run(concurrency, 2 * concurrency, 60))  # warm up
         before = snapshot()
         started = time.perf_counter()
