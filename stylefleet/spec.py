@@ -251,7 +251,6 @@ class ServeFile:
     def http_host(self) -> str:
         return str((self.document.get("http_options") or {}).get("host", "127.0.0.1"))
 
-
     def direct_ingress_blocker(self) -> str | None:
         """Why the router replica cannot serve HTTP itself (``stylefleet run --ingress auto``
         then keeps Serve's proxy in front), or None: direct ingress serves one application

@@ -4,6 +4,7 @@ replicas. Every load here is bounded in count and time."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -11,6 +12,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import httpx
+import psutil
 import pytest
 
 from tests import samples
@@ -112,10 +114,6 @@ def test_requests_in_flight_on_a_replica_that_dies_are_retried_elsewhere(base_ur
 
 def _listener_pid(port: int) -> int | None:
     """The process of this service listening on 127.0.0.1:port, if any."""
-    import os
-
-    import psutil
-
     me = psutil.Process(os.getpid())
     for proc in [me, *me.children(recursive=True)]:
         try:
