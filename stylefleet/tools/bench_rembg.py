@@ -70,11 +70,14 @@ def compare(rembg: str, url: str, case: Case, samples: dict[str, bytes], rounds:
             print(
                 f"== remove-background vs `rembg s` ({rembg_url}, u2netp, astronaut 512 px JPEG), {rounds} alternating rounds", flush=True
             )
-            for load in (ours, theirs):  # warm-up: rembg builds its session on the first request
-                asyncio.run(load.run(2, 4, cap_s))
             levels = []
             for concurrency in (16, 1):
                 total = 6 * concurrency if concurrency > 1 else 12  # six rounds: a steady window of four
+                for load in (ours, theirs):
+                    # Warm-up at this level's concurrency, untimed: rembg builds its session on the
+                    # first request, and both servers' ONNX arenas grow on the first calls that run
+                    # this many at once (rembg's first 16-wide round ran at 0.7x its later ones).
+                    asyncio.run(load.run(concurrency, 2 * concurrency, cap_s))
                 pairs = []
                 for _ in range(rounds):
                     a = asyncio.run(ours.run(concurrency, total, cap_s))
