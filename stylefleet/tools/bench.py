@@ -41,7 +41,7 @@ from stylefleet.deployments.batching import ModelRequest, OutputSpec, decoded, e
 from stylefleet.deployments.loader import load_model
 from stylefleet.imageio import decode, encode
 from stylefleet.spec import AppSpec, load_serve_file
-from stylefleet.tools.bench_load import Case, Load
+from stylefleet.tools.bench_load import Case, Load, in_turns
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,6 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ingress", choices=("auto", "direct", "proxy"), default="auto",
         help="as `stylefleet run --ingress`: the router replica on the port (direct) or Serve's proxy; auto as run picks",
+    )
+    parser.add_argument(
+        "--turns", type=int, default=3,
+        help="served/bare at saturation in this many turns (bare, served, ..., bare) after each model's levels; 0: skip",
     )
     parser.add_argument("--no-compare", dest="compare", action="store_false", help="skip the serve-batch and two-styles runs")
     parser.add_argument("--rembg", default=None, help="path of a `rembg` executable: compare remove-background with `rembg s`")
@@ -174,20 +178,66 @@ def _alternating_rates(fns: list[Callable[[], None]], images: int, repeats: int 
     return [images / statistics.median(t) for t in alternating_times(fns, repeats, budget_s)]
 
 
-def bare(case: Case, model: ModelSpec, samples: dict[str, bytes], batch_sizes: list[int], threads: int | None) -> list[dict[str, Any]]:
+PARALLEL = "parallel_one_thread_calls"  # one one-thread call per core at once: what the replica runs
+SETUPS = ("one_call_all_threads", "one_call_all_threads_spinning", PARALLEL)
+
+
+def _setup_model(model: ModelSpec, setup: str, threads: int | None) -> Any:
+    """The deployment's own model (files, checksums, options) at one of the three session setups."""
+    options = {"threads": 1 if setup == PARALLEL else threads, "spinning": setup.endswith("_spinning")}
+    return load_model(model.model_copy(update=options)).model
+
+
+class BareProbe:
+    """The fastest bare setup of one model (session setup and batch size, from the sweep), built
+    again on its own and timed on demand: the bare side of ``in_turns``. Built only for its turns
+    and closed after them: a bare model's arena beside every replica's once ran the machine out
+    of memory."""
+
+    def __init__(self, case: Case, model: ModelSpec, samples: dict[str, bytes], setup: str, batch_size: int, threads: int | None) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from stylefleet.deployments.onnx_session import available_cores
+
+        self.setup, self.batch_size = setup, batch_size
+        net = _setup_model(model, setup, threads)
+        requests = [decoded(net, ModelRequest({}, dict(case.params), files={f: samples[f] for f in case.files})) for _ in range(batch_size)]
+        prepared = [net.prepare(r) for r in requests]
+        self._calls = available_cores() if setup == PARALLEL else 1
+        self.images_per_call = batch_size * self._calls
+        self._pool = ThreadPoolExecutor(self._calls)
+        self._one = lambda: net.infer(prepared)
+
+    def call(self) -> None:
+        list(self._pool.map(lambda _: self._one(), range(self._calls)))
+
+    def rate(self, seconds: float = 4.0) -> float:
+        """Images/s over whole calls for about ``seconds``, after one warm-up call."""
+        self.call()
+        calls, t0 = 0, time.perf_counter()
+        while calls < 2 or time.perf_counter() - t0 < seconds:
+            self.call()
+            calls += 1
+        return calls * self.images_per_call / (time.perf_counter() - t0)
+
+    def close(self) -> None:
+        self._pool.shutdown()
+        del self._one  # the session and its arena go with it
+
+
+def bare(
+    case: Case, model: ModelSpec, samples: dict[str, bytes], batch_sizes: list[int], threads: int | None
+) -> tuple[list[dict[str, Any]], tuple[str, int]]:
     """Model only at the fastest of three session setups (one call on every core, the same with
     spinning, and one one-thread call per core at once: what the replica runs), and end to end
-    (decode, pre/post-processing, PNG encode) with one-thread calls, one per core at once."""
+    (decode, pre/post-processing, PNG encode) with one-thread calls, one per core at once. Also
+    the fastest (setup, batch size), for ``BareProbe`` to time again beside the served levels."""
     from concurrent.futures import ThreadPoolExecutor
 
     from stylefleet.deployments.onnx_session import available_cores
 
     cores = available_cores()
-    models = {  # the deployment's own model (files, checksums, options), at three session setups
-        "one_call_all_threads": load_model(model.model_copy(update={"threads": threads, "spinning": False})).model,
-        "one_call_all_threads_spinning": load_model(model.model_copy(update={"threads": threads, "spinning": True})).model,
-        "parallel_one_thread_calls": load_model(model.model_copy(update={"threads": 1, "spinning": False})).model,
-    }
+    models = {setup: _setup_model(model, setup, threads) for setup in SETUPS}
     pool = ThreadPoolExecutor(cores)
     fixed = case.params
     rows = []
@@ -215,11 +265,14 @@ def bare(case: Case, model: ModelSpec, samples: dict[str, bytes], batch_sizes: l
             parallel(end_to_end),
         ]
 
+    best: tuple[float, str, int] | None = None
     for b in batch_sizes:
         fns = contenders(b)
         one, spin, par, e2e = _alternating_rates(fns, b)
         par, e2e = par * cores, e2e * cores  # each of those calls did b images, cores times over
         fastest = max(one, spin, par)
+        if best is None or fastest > best[0]:
+            best = (fastest, SETUPS[(one, spin, par).index(fastest)], b)
         rows.append(
             {
                 "batch_size": b,
@@ -236,7 +289,8 @@ def bare(case: Case, model: ModelSpec, samples: dict[str, bytes], batch_sizes: l
             flush=True,
         )
     pool.shutdown()
-    return rows
+    assert best is not None, "bare needs at least one batch size"
+    return rows, (best[1], best[2])
 
 
 def _case_load(url: str, case: Case, samples: dict[str, bytes]) -> Load:
@@ -278,7 +332,7 @@ class Usage:
         self._procs0 = self._proc_seconds()
 
     def stop(self) -> dict[str, float]:
-        wall = time.perf_counter() - self._t0
+        wall = self.wall_s = time.perf_counter() - self._t0
         m0, m1 = self._machine0, psutil.cpu_times()
         total = sum(m1) - sum(m0)
         idle = (m1.idle + getattr(m1, "iowait", 0.0)) - (m0.idle + getattr(m0, "iowait", 0.0))
@@ -514,12 +568,11 @@ def main(args: argparse.Namespace) -> int:
     batch_sizes = [int(x) for x in args.batch_sizes.split(",")]
     levels = [int(x) for x in args.concurrency.split(",")]
 
+    fastest_setups: dict[str, tuple[str, int]] = {}
     print(f"== bare, in-process, {args.threads or 'all'} threads (astronaut 512x512 JPEG; restyle uses the cat as style)", flush=True)
     for case in cases:
-        results["models"][case.deployment] = {
-            "style": case.style,
-            "bare": bare(case, spec.model_spec(case.deployment), samples, batch_sizes, args.threads),
-        }
+        rows, fastest_setups[case.deployment] = bare(case, spec.model_spec(case.deployment), samples, batch_sizes, args.threads)
+        results["models"][case.deployment] = {"style": case.style, "bare": rows}
     for case in idphoto_cases:
         results["models"][case.deployment] = {
             "style": case.style,
@@ -560,8 +613,18 @@ def main(args: argparse.Namespace) -> int:
             # (decode, model, encode; no HTTP, no client) over the network alone.
             model["ceiling"] = round(end_to_end / fastest, 2) if fastest else None
             top = rows[-1]
+            turns = ""
+            if args.turns > 0:
+                setup, batch = fastest_setups[case.deployment]
+                probe = BareProbe(case, spec.model_spec(case.deployment), samples, setup, batch, args.threads)
+                try:
+                    model["in_turns"] = served_in_turns(url, case, samples, probe, top["concurrency"], args)
+                finally:
+                    probe.close()
+                turns = f"{model['in_turns']['served_over_bare_fastest']} in turns (after the sweep: {top['served_over_bare_fastest']})"
             print(
-                f"  => {case.deployment} at saturation (conc {top['concurrency']}): served/bare-fastest {top['served_over_bare_fastest']} "
+                f"  => {case.deployment} at saturation (conc {top['concurrency']}): served/bare-fastest "
+                f"{turns or top['served_over_bare_fastest']} "
                 f"(ceiling: bare end-to-end/bare-fastest {model['ceiling']}), "
                 f"served/bare-end-to-end {top['served_over_bare_end_to_end']}, mean batch {top['mean_batch_size']}",
                 flush=True,
@@ -597,6 +660,48 @@ def main(args: argparse.Namespace) -> int:
         cluster.stop()
     _write(out, results)
     return 0
+
+
+def served_in_turns(
+    url: str, case: Case, samples: dict[str, bytes], probe: BareProbe, concurrency: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    """served/bare-fastest with the two in turns (``bench_load.in_turns``): the fastest bare setup
+    in this process while the service idles beside it, then a saturated served level, and so on.
+    Also what else used the machine during the bare turns (the idle service: Ray, Serve, replicas)
+    and the load client's (this process's) share of the machine during the served ones."""
+    cores = psutil.cpu_count() or 1
+    others: list[float] = []
+    client: list[float] = []
+
+    def bare_turn() -> float:
+        usage, own = Usage([]), time.process_time()
+        usage.start()
+        rate = probe.rate()
+        busy = usage.stop()["machine_cpu_utilisation"]
+        wall = usage.wall_s
+        others.append(max(0.0, busy - (time.process_time() - own) / (wall * cores)))
+        return rate
+
+    def served_turn() -> float:
+        own, t0 = time.process_time(), time.perf_counter()
+        row = asyncio.run(_served_level(url, case, samples, concurrency, level_requests(args.requests, concurrency), args.seconds))
+        client.append((time.process_time() - own) / ((time.perf_counter() - t0) * cores))
+        return saturated_ips(row)
+
+    result = in_turns(bare_turn, served_turn, args.turns)
+    result.update(
+        bare_setup=probe.setup, bare_batch_size=probe.batch_size, concurrency=concurrency,
+        machine_share_of_others_in_bare_turns=round(statistics.median(others), 3),
+        machine_share_of_client_in_served_turns=round(statistics.median(client), 3),
+    )
+    print(
+        f"  in turns {case.deployment:<16} bare ({probe.setup}, batch {probe.batch_size}) {result['bare_ips']} img/s, "
+        f"served (conc {concurrency}) {result['served_ips']} img/s: ratios {result['ratios']}; "
+        f"idle service {result['machine_share_of_others_in_bare_turns']:.0%} of the machine in bare turns, "
+        f"load client {result['machine_share_of_client_in_served_turns']:.0%} in served turns",
+        flush=True,
+    )
+    return result
 
 
 def get_styles_latency(url: str, requests: int = 50) -> dict[str, float]:

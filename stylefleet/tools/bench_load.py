@@ -7,7 +7,9 @@ benchmark that drives it (an import circle).
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,3 +91,26 @@ class Load:
             "p50_ms": round(float(q[0]) * 1000, 1),
             "p95_ms": round(float(q[1]) * 1000, 1),
         }
+
+
+def in_turns(bare: Callable[[], float], served: Callable[[], float], rounds: int) -> dict[str, Any]:
+    """served/bare with the two taken in turns: bare, served, bare, ..., bare.
+
+    A shared machine's speed drifts by a third over minutes, so a served rate taken minutes after
+    the bare sweep says as much about the host as about the server. Here each served rate is
+    divided by the mean of the bare rates just before and just after it, so drift that is steady
+    over one turn hits both sides alike; the figure is the median over the rounds.
+    """
+    if rounds < 1:
+        raise ValueError("in_turns needs at least one round")
+    bares, serveds = [bare()], []
+    for _ in range(rounds):
+        serveds.append(served())
+        bares.append(bare())
+    ratios = [s / ((before + after) / 2) for s, before, after in zip(serveds, bares, bares[1:], strict=False)]
+    return {
+        "bare_ips": [round(b, 2) for b in bares],
+        "served_ips": [round(s, 2) for s in serveds],
+        "ratios": [round(r, 3) for r in ratios],
+        "served_over_bare_fastest": round(statistics.median(ratios), 2),
+    }

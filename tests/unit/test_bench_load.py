@@ -6,9 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import yaml
 
+from stylefleet.spec import AppSpec
 from stylefleet.tools import bench
-from stylefleet.tools.bench_load import Case, steady_rate
+from stylefleet.tools.bench_load import Case, in_turns, steady_rate
+from tests.samples import ROOT
 
 
 def test_steady_rate_leaves_out_the_drain_that_the_whole_run_counts() -> None:
@@ -121,3 +124,38 @@ def test_the_http_path_is_the_median_over_http_less_the_median_to_the_handle(mon
 
     assert split == {"http_p50_ms": 25.0, "handle_p50_ms": 10.0, "http_path_ms": 15.0}
     assert sent[0] == "/v1/styles/cutout" and sent[1].files == {"image": b"jpeg"}  # alternating, same bytes
+
+
+def test_in_turns_divides_each_served_rate_by_the_bare_rates_either_side_of_it() -> None:
+    # The host slows by 5% a measurement; the server always does 0.8 of bare at that moment.
+    speed = iter(1.0 - 0.05 * i for i in range(20))
+    bare = lambda: 10.0 * next(speed)  # noqa: E731
+    served = lambda: 0.8 * 10.0 * next(speed)  # noqa: E731
+    result = in_turns(bare, served, rounds=3)
+    assert result["served_over_bare_fastest"] == pytest.approx(0.8)
+    assert len(result["bare_ips"]) == 4 and len(result["served_ips"]) == 3
+    # Against the first bare rate alone, as a sweep minutes earlier would give, it reads 0.6.
+    assert result["served_ips"][-1] / result["bare_ips"][0] == pytest.approx(0.6)
+
+
+def test_in_turns_takes_the_median_round_so_one_outlier_does_not_move_it() -> None:
+    served = iter([5.0, 9.0, 5.0])
+    assert in_turns(lambda: 10.0, lambda: next(served), rounds=3)["served_over_bare_fastest"] == 0.5
+
+
+def test_in_turns_refuses_zero_rounds() -> None:
+    with pytest.raises(ValueError, match="at least one round"):
+        in_turns(lambda: 1.0, lambda: 1.0, rounds=0)
+
+
+@pytest.mark.parametrize(("setup", "images_per_call"), [("one_call_all_threads", 2), (bench.PARALLEL, 2 * 2)])
+def test_a_bare_probe_runs_the_shipped_network_at_the_sweeps_setup(setup: str, images_per_call: int, monkeypatch) -> None:
+    monkeypatch.setattr("stylefleet.deployments.onnx_session.available_cores", lambda: 2)
+    spec = AppSpec.from_application(yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0])
+    case = next(c for c in bench._cases(spec) if c.deployment == "remove-background")
+    probe = bench.BareProbe(case, spec.model_spec(case.deployment), bench._samples(), setup, 2, threads=None)
+    try:
+        assert probe.images_per_call == images_per_call  # a parallel call is one batch per core
+        assert probe.rate(seconds=0.0) > 0
+    finally:
+        probe.close()
