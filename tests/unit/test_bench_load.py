@@ -3,6 +3,7 @@ are taken with no profiler running. Arithmetic and ordering only: no Ray, no tim
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -153,9 +154,67 @@ def test_a_bare_probe_runs_the_shipped_network_at_the_sweeps_setup(setup: str, i
     monkeypatch.setattr("stylefleet.deployments.onnx_session.available_cores", lambda: 2)
     spec = AppSpec.from_application(yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0])
     case = next(c for c in bench._cases(spec) if c.deployment == "remove-background")
-    probe = bench.BareProbe(case, spec.model_spec(case.deployment), bench._samples(), setup, 2, threads=None)
+    probe = bench.BareProbe(case, spec.model_spec(case.deployment), bench._samples(), setup, 2, threads=None, warmup_s=0.0)
     try:
         assert probe.images_per_call == images_per_call  # a parallel call is one batch per core
         assert probe.rate(seconds=0.0) > 0
     finally:
         probe.close()
+
+
+class _FakeProbe:
+    def __init__(self, setup: str, batch_size: int, ips: float) -> None:
+        self.setup, self.batch_size, self.ips, self.closed = setup, batch_size, ips, False
+
+    def rate(self) -> float:
+        return self.ips
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _turns_args() -> Any:
+    import argparse
+
+    return argparse.Namespace(turns=2, requests=8, seconds=1.0)
+
+
+_CASE: Any = SimpleNamespace(deployment="stylize")
+
+
+def test_a_bare_turn_is_the_fastest_contender_so_a_noisy_sweep_pick_cannot_flatter_the_ratio(monkeypatch) -> None:
+    # The sweep ranked the spinning call first by noise; timed again, the parallel calls are faster.
+    built: list[_FakeProbe] = []
+
+    def build(setup: str, batch: int) -> _FakeProbe:
+        built.append(_FakeProbe(setup, batch, {"one_call_all_threads_spinning": 6.0, bench.PARALLEL: 8.0}[setup]))
+        return built[-1]
+
+    async def served_level(*_: Any) -> dict[str, Any]:
+        return {"steady_ips": 7.2}
+
+    monkeypatch.setattr(bench, "_served_level", served_level)
+    monkeypatch.setattr(bench, "saturated_ips", lambda row: row["steady_ips"])
+    contenders = [(9.0, "one_call_all_threads_spinning", 1), (8.5, bench.PARALLEL, 4)]
+    result = bench.served_in_turns("http://127.0.0.1:1", _CASE, {}, build, contenders, 16, _turns_args())
+    assert result["bare_ips"] == [8.0, 8.0, 8.0]
+    assert result["served_over_bare_fastest"] == 0.9  # 7.2 / 8.0, not 7.2 / 6.0 = 1.2
+    assert result["bare_winners"] == [f"{bench.PARALLEL}, batch 4"] * 3
+    assert all(p.closed for p in built) and len(built) == 2
+
+
+def test_bare_probes_are_closed_when_a_served_turn_fails(monkeypatch) -> None:
+    built: list[_FakeProbe] = []
+
+    def build(setup: str, batch: int) -> _FakeProbe:
+        built.append(_FakeProbe(setup, batch, 5.0))
+        return built[-1]
+
+    async def served_level(*_: Any) -> dict[str, Any]:
+        raise ConnectionError("service gone")
+
+    monkeypatch.setattr(bench, "_served_level", served_level)
+    with pytest.raises(ConnectionError):
+        contenders = [(5.0, bench.PARALLEL, 1), (4.0, bench.PARALLEL, 2)]
+        bench.served_in_turns("http://127.0.0.1:1", _CASE, {}, build, contenders, 16, _turns_args())
+    assert [p.closed for p in built] == [True, True]  # their sessions' memory goes back at once
