@@ -218,3 +218,10 @@ def test_bare_probes_are_closed_when_a_served_turn_fails(monkeypatch) -> None:
         contenders = [(5.0, bench.PARALLEL, 1), (4.0, bench.PARALLEL, 2)]
         bench.served_in_turns("http://127.0.0.1:1", _CASE, {}, build, contenders, 16, _turns_args())
     assert [p.closed for p in built] == [True, True]  # their sessions' memory goes back at once
+
+
+def test_bare_turns_always_time_the_replicas_own_setup_even_when_the_sweep_ranked_it_low() -> None:
+    ranked = [(6.8, bench.PARALLEL, 8), (6.6, "one_call_all_threads", 1), (6.4, bench.PARALLEL, 4), (6.3, bench.PARALLEL, 1)]
+    assert bench.bare_contenders(ranked, served_batch=4) == [ranked[0], ranked[1], ranked[2]]
+    assert bench.bare_contenders(ranked, served_batch=8) == ranked[:2]  # already among the leaders
+    assert bench.bare_contenders(ranked, served_batch=16) == ranked[:2]  # not swept: nothing to add
