@@ -15,7 +15,7 @@ import sys
 
 from stylefleet.spec import load_serve_file
 from stylefleet.tools.bench import _cases, _print_level, _samples, _set_batching, level_requests, measured_level, saturated_ips
-from stylefleet.tools.local import LocalCluster, free_port
+from stylefleet.tools.local import LocalCluster, choose_ingress, free_port
 
 
 def main() -> None:
@@ -25,12 +25,15 @@ def main() -> None:
     concurrency = int(sys.argv[4]) if len(sys.argv) > 4 else 16
     seconds = float(sys.argv[5]) if len(sys.argv) > 5 else 40.0
     serve_file = load_serve_file("serve_config.yaml")
-    [case] = [c for c in _cases(serve_file.app) if c.deployment == deployment]
+    cases = {c.deployment: c for c in _cases(serve_file.app)}
+    if deployment not in cases:
+        raise SystemExit(f"batch_served.py: no benchmark case for {deployment!r}; one of {sorted(cases)}")
+    case = cases[deployment]
     config = copy.deepcopy(serve_file.document)
     port = free_port()
     config["http_options"]["port"] = port
     samples = _samples()
-    cluster = LocalCluster(log_to_driver=False, http_port=port, ingress="direct")
+    cluster = LocalCluster(log_to_driver=False, http_port=port, ingress=choose_ingress("auto", serve_file.direct_ingress_blocker()))
     cluster.start()
     rates: dict[int, list[float]] = {b: [] for b in sizes}
     batches: dict[int, list[float]] = {b: [] for b in sizes}

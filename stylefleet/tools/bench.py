@@ -702,11 +702,12 @@ def served_in_turns(
 ) -> dict[str, Any]:
     """served/bare-fastest with the two in turns (``bench_load.in_turns``): the fastest bare setup
     in this process while the service idles beside it, then a saturated served level, and so on.
-    A bare turn times each of the sweep's leading ``contenders`` (images/s, setup, batch size)
-    and takes the fastest: the sweep's maximum alone is a noisy pick and can name a setup slower
-    than the one the replica runs, which would flatter the ratio. Also what else used the machine
-    during the bare turns (the idle service: Ray, Serve, replicas) and the load client's (this
-    process's) share of the machine during the served ones."""
+    A bare turn times each of ``contenders`` (images/s, setup, batch size: ``bare_contenders``,
+    the sweep's leaders and the replica's own setup) and takes the fastest: the sweep's maximum
+    alone is a noisy pick and can name a setup slower than the one the replica runs, which would
+    flatter the ratio. Also what else used the machine during the bare turns (the idle service:
+    Ray, Serve, replicas) and the load client's (this process's) share of the machine during the
+    served ones."""
     cores = psutil.cpu_count() or 1
     others: list[float] = []
     client: list[float] = []
