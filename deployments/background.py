@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from stylefleet.deployments.batching import ModelRequest, validate_params
-from stylefleet.deployments.onnx_session import RuntimeOptions, make_network, run, with_symbolic_batch
+from stylefleet.deployments.onnx_session import RuntimeOptions, make_network, run, warm, with_symbolic_batch
 from stylefleet.deployments.params import EdgeParams, RemoveBackgroundParams
 from stylefleet.deployments.registry import ResolvedModel
 from stylefleet.errors import InvalidParams
@@ -148,6 +148,11 @@ class U2NetModel:
             raise InvalidParams("the 'image' file is required")
         pixels = resize_to_max_side(pixels, params.max_side)
         return _Prepared(key="all", tensor=preprocess(flatten(pixels)), pixels=pixels, params=params)
+
+    def warm_up(self, max_batch_size: int, max_batch_pixels: int | None) -> None:
+        """Batches of 1 to ``max_batch_size``: the network's input has one size whatever the
+        photo (the budget bounds pre/post-processing only)."""
+        warm(self._network, lambda n: {self._input: np.zeros((n, 3, NET_SIDE, NET_SIDE), np.float32)}, range(1, max_batch_size + 1))
 
     def infer(self, group: Sequence[_Prepared]) -> list[np.ndarray]:
         out = run(self._network, {self._input: np.stack([p.tensor for p in group])})[0]

@@ -36,6 +36,14 @@ class MemoryLimited(Protocol):
 
 
 @runtime_checkable
+class WarmsUp(Protocol):
+    """The model runs each batch size it will be given before the first request, so its
+    memory is touched at start rather than minutes into a load (onnx_session.warm)."""
+
+    def warm_up(self, max_batch_size: int, max_batch_pixels: int | None) -> None: ...
+
+
+@runtime_checkable
 class Describing(Protocol):
     """The model adds its own figures to the replica's ``info()``."""
 

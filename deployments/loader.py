@@ -72,7 +72,8 @@ class LoadedModel:
 
 def runtime_options(spec: ModelSpec) -> RuntimeOptions:
     runtime = RuntimeOptions(device=spec.device, threads=spec.threads, spinning=spec.spinning)
-    return replace(runtime, lone_call_threads=lone_call_threads(spec, runtime))
+    # A session for each call at once: no two calls share an arena (onnx_session's docstring).
+    return replace(runtime, lone_call_threads=lone_call_threads(spec, runtime), calls=model_calls(spec, runtime))
 
 
 def model_calls(spec: ModelSpec, runtime: RuntimeOptions | None = None) -> int:

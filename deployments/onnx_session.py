@@ -8,6 +8,15 @@ can share the cores. Memory is bounded by the replica's pixel budget per batch i
 there. A call over the budget (one image larger than the whole budget, run alone) runs inside
 ``releasing_arena()``, which hands the arena's free chunks back when the call ends.
 
+Each network has one session per call the replica runs at once (``RuntimeOptions.calls``), and
+a call takes a free one: no two calls share an arena. Two calls in one arena interleave their
+allocations differently every time they overlap, so now and then a call lands on pages of the
+arena that no call had touched yet, and the replica's RSS took a step of 200-290 MiB minutes into
+a steady load (docs/performance.md "Memory flat by design"). One call at a time finds its arena
+all free, and the same batch shape then takes the same chunks every time. ``warm`` runs each
+batch size a replica will form twice on every session at start, so those pages are touched
+before the first request rather than minutes into a load.
+
 The shipped ONNX files have batch size 1 baked into their inputs, outputs and some Reshape
 targets. ``with_symbolic_batch`` rewrites dim 0 to a symbolic name and the leading ``1`` of
 constant Reshape targets to ``-1``, so one call runs N images. Checked for all four networks:
@@ -18,9 +27,12 @@ from __future__ import annotations
 
 import contextvars
 import os
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +56,8 @@ class RuntimeOptions:
     that runs while its replica is otherwise idle (``running_alone()``); ``None``: no second
     session. A lone request then gets every core the replica was sized for, where ``threads``
     alone would leave the others idle (docs/performance.md "A lone request on every core").
+    ``calls``: sessions per network, one for each call the replica runs at once (``model_calls``),
+    so that no two calls share an arena (module docstring).
     """
 
     device: Device = "cpu"
@@ -55,6 +69,7 @@ class RuntimeOptions:
     mem_pattern: bool = True
     env_allocators: bool = False  # use a process-wide allocator registered beforehand (the session benchmark)
     lone_call_threads: int | None = None
+    calls: int = 1
 
     @property
     def intra_op_threads(self) -> int:
@@ -144,29 +159,57 @@ def make_session(model_bytes: bytes, options: RuntimeOptions) -> ort.InferenceSe
 
 @dataclass(frozen=True)
 class Network:
-    """One ONNX network as a model runs it: ``session`` for every call on ``threads`` threads,
-    ``lone`` (when the options ask for it) for a call that runs alone on ``lone_call_threads``.
+    """One ONNX network as a model runs it: ``sessions``, one per call that may run at once, each
+    taken by one call at a time; ``lone`` (when the options ask for it) for a call that runs
+    alone on ``lone_call_threads``.
 
-    Both are built from the same bytes with the same options but the thread count; ONNX
-    Runtime's CPU kernels split work by output, so both give the same bytes (checked for the
-    four shipped networks in tests/unit/test_lone_calls.py).
+    All are built from the same bytes with the same options but the thread count; ONNX
+    Runtime's CPU kernels split work by output, so all give the same bytes (checked for the
+    four shipped networks in tests/unit/test_lone_calls.py and test_session_pool.py).
     """
 
-    session: ort.InferenceSession
+    sessions: tuple[ort.InferenceSession, ...]
     lone: ort.InferenceSession | None = None
+    _free: queue.SimpleQueue[ort.InferenceSession] = field(init=False, repr=False, compare=False)
+    _lone_lock: threading.Lock = field(init=False, repr=False, compare=False, default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        if not self.sessions:
+            raise ValueError("a network needs at least one session")
+        free: queue.SimpleQueue[ort.InferenceSession] = queue.SimpleQueue()
+        for session in self.sessions:
+            free.put(session)
+        object.__setattr__(self, "_free", free)
 
     def get_inputs(self) -> list[ort.NodeArg]:
-        return list(self.session.get_inputs())
+        return list(self.sessions[0].get_inputs())
+
+    @contextmanager
+    def session(self) -> Iterator[ort.InferenceSession]:
+        """A session no other call is using (waits for one when every session is busy), or the
+        lone-call session inside ``running_alone()`` when it is free."""
+        if self.lone is not None and _alone.get() and self._lone_lock.acquire(blocking=False):
+            try:
+                yield self.lone
+            finally:
+                self._lone_lock.release()
+            return
+        session = self._free.get()
+        try:
+            yield session
+        finally:
+            self._free.put(session)
 
 
 def make_network(model_bytes: bytes, options: RuntimeOptions) -> Network:
-    """``make_session``, plus the lone-call session where ``options.lone_call_threads`` exceeds
-    the call's own threads (CPU only: a GPU runs one queue whatever the threads)."""
-    session = make_session(model_bytes, options)
+    """``options.calls`` sessions (``make_session``), plus the lone-call session where
+    ``options.lone_call_threads`` exceeds the call's own threads (CPU only: a GPU runs one
+    queue whatever the threads)."""
+    sessions = tuple(make_session(model_bytes, options) for _ in range(max(1, options.calls)))
     lone_threads = options.lone_call_threads
     if options.device != "cpu" or lone_threads is None or lone_threads <= options.intra_op_threads:
-        return Network(session)
-    return Network(session, make_session(model_bytes, replace(options, threads=lone_threads)))
+        return Network(sessions)
+    return Network(sessions, make_session(model_bytes, replace(options, threads=lone_threads)))
 
 
 # Set by the replica around a batch that starts while nothing else runs or waits (serving.py):
@@ -190,11 +233,43 @@ def input_names(network: Network) -> list[str]:
 
 
 def run(network: Network, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """One call through ``network``: its lone-call session inside ``running_alone()``, and
-    honouring ``releasing_arena()``."""
-    session = network.lone if network.lone is not None and _alone.get() else network.session
+    """One call through ``network`` on a session of its own (``Network.session``), honouring
+    ``releasing_arena()``."""
+    with network.session() as session:
+        return _run(session, feeds)
+
+
+def _run(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     if not arena_release_requested():
         return session.run(None, feeds)
     options = ort.RunOptions()
     options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
     return session.run(None, feeds, options)
+
+
+WARM_PASSES = 2  # a shape's first call plans its memory; the second runs the plan (module docstring)
+
+
+def warm(network: Network, feeds_of: Callable[[int], dict[str, np.ndarray]], batch_sizes: Sequence[int]) -> None:
+    """Run each of ``batch_sizes`` (largest first) ``WARM_PASSES`` times on every session, the
+    sessions at once on a thread each, then one image on the lone-call session as often: the
+    pages those calls need are touched before any request. Takes every session for its
+    duration, so no call shares one meanwhile (a call arriving then waits for a session)."""
+    sizes = sorted(set(batch_sizes), reverse=True)
+
+    def on(session: ort.InferenceSession, sizes: Sequence[int]) -> None:
+        for _ in range(WARM_PASSES):
+            for size in sizes:
+                session.run(None, feeds_of(size))
+
+    taken = [network._free.get() for _ in network.sessions]
+    try:
+        with network._lone_lock:
+            with ThreadPoolExecutor(len(taken)) as pool:
+                for done in [pool.submit(on, session, sizes) for session in taken]:
+                    done.result()
+            if network.lone is not None:
+                on(network.lone, [1])
+    finally:
+        for session in taken:
+            network._free.put(session)

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from stylefleet.deployments.batching import ModelRequest, validate_params
-from stylefleet.deployments.onnx_session import RuntimeOptions, input_names, make_network, run, with_symbolic_batch
+from stylefleet.deployments.onnx_session import RuntimeOptions, input_names, make_network, run, warm, with_symbolic_batch
 from stylefleet.deployments.params import RestyleParams
 from stylefleet.deployments.registry import ResolvedModel
 from stylefleet.deployments.stylize import check_min_side, join_alpha, keep_color, split_alpha, to_uint8
@@ -35,6 +35,7 @@ from stylefleet.imageio import resize_to_max_side
 
 TRANSFORM_SIDE = 384
 STYLE_SIDE = 256
+STYLE_VECTOR_SIZE = 100  # what the predict network gives and the transform network takes
 # Style vectors kept per replica: 100 float32 each, so 256 pictures hold 100 KiB.
 STYLE_VECTORS_KEPT = 256
 
@@ -153,6 +154,22 @@ class ArbitraryStyleModel:
             original=rgb,
             alpha=alpha,
             params=params,
+        )
+
+    def warm_up(self, max_batch_size: int, max_batch_pixels: int | None) -> None:
+        """Batches of 1 to ``max_batch_size`` through both networks: their inputs have one size
+        whatever the photo (the budget bounds pre/post-processing only)."""
+        sizes = range(1, max_batch_size + 1)
+        style_input = self._predict.get_inputs()[0].name
+        warm(self._predict, lambda n: {style_input: np.zeros((n, STYLE_SIDE, STYLE_SIDE, 3), np.float32)}, sizes)
+        content, vector = self._transform_inputs
+        warm(
+            self._transform,
+            lambda n: {
+                content: np.zeros((n, TRANSFORM_SIDE, TRANSFORM_SIDE, 3), np.float32),
+                vector: np.zeros((n, 1, 1, STYLE_VECTOR_SIZE), np.float32),
+            },
+            sizes,
         )
 
     def infer(self, group: Sequence[_Prepared]) -> list[np.ndarray]:

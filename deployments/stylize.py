@@ -18,11 +18,14 @@ import numpy as np
 from PIL import Image
 
 from stylefleet.deployments.batching import ModelRequest, validate_params
-from stylefleet.deployments.onnx_session import RuntimeOptions, make_network, run, with_symbolic_batch
+from stylefleet.deployments.onnx_session import RuntimeOptions, make_network, run, warm, with_symbolic_batch
 from stylefleet.deployments.params import MIN_SIDE, StylizeParams, style_weights
 from stylefleet.deployments.registry import ResolvedModel
 from stylefleet.errors import InvalidImage, InvalidParams
 from stylefleet.imageio import flatten, resize_to_max_side
+
+# The side of the squares a replica warms up on: the kind's pixel budget is sized in 512 px images.
+WARM_SIDE = 512
 
 
 def check_min_side(pixels: np.ndarray) -> None:
@@ -108,6 +111,17 @@ class MultiStyleModel:
             original=rgb,
             alpha=alpha,
             params=params,
+        )
+
+    def warm_up(self, max_batch_size: int, max_batch_pixels: int | None) -> None:
+        """Batches of 1 to as many ``WARM_SIDE``-px squares as the budget and ``max_batch_size``
+        allow: the shape the kind's budget is sized on. Other shapes are planned when they first come."""
+        fit = max_batch_pixels // WARM_SIDE**2 if max_batch_pixels else max_batch_size
+        weights = style_weights("0")
+        warm(
+            self._network,
+            lambda n: {"image": np.zeros((n, 3, WARM_SIDE, WARM_SIDE), np.float32), "style_weights": weights},
+            range(1, max(1, min(max_batch_size, fit)) + 1),
         )
 
     def infer(self, group: Sequence[_Prepared]) -> list[np.ndarray]:

@@ -36,7 +36,7 @@ from stylefleet.deployments.batching import (
     prepare_one,
     request_pixels,
 )
-from stylefleet.deployments.capabilities import Describing, MemoryLimited, Weighing
+from stylefleet.deployments.capabilities import Describing, MemoryLimited, WarmsUp, Weighing
 from stylefleet.deployments.composed import StageClock, run_composed
 from stylefleet.deployments.kinds import KINDS, ModelKind
 from stylefleet.deployments.loader import load_model, model_calls
@@ -237,6 +237,8 @@ class ModelServer(_Batched):
         pid = os.getpid()
         self.gpu_sampler = GpuSampler(self.metrics, lambda: nvml.read(pid)) if nvml is not None else None
         self.rss_start_bytes = rss_bytes()
+        self.warm_up_seconds: float | None = None  # None: not warmed (yet, or a model that does not)
+        self.rss_warmed_bytes: int | None = None
         self._seconds_lock = threading.Lock()
         logger.info("loaded %s (%s) in %.2fs", kind.name, self.model_sha256[:12], self.load_seconds)
 
@@ -246,6 +248,23 @@ class ModelServer(_Batched):
         if self._limiter is not None:
             self._limiter.configured = self.batching.max_batch_size
             self._record_memory()
+        if self.warm_up_seconds is None and isinstance(self.model, WarmsUp):
+            self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Once, at start (Serve applies ``user_config`` before the replica takes requests): each
+        batch size the queue may form, so the arena's pages are touched now and RSS stays flat
+        under load. A later ``reconfigure`` that raises max_batch_size does not warm again:
+        the new sizes are planned when they first run."""
+        assert isinstance(self.model, WarmsUp)
+        started = time.perf_counter()
+        self.model.warm_up(self.batching.max_batch_size, self.pixel_budget)
+        self.warm_up_seconds = time.perf_counter() - started
+        self.rss_warmed_bytes = rss_bytes()
+        logger.info(
+            "warmed batches of 1-%d in %.1fs (RSS %d MiB)",
+            self.batching.max_batch_size, self.warm_up_seconds, self.rss_warmed_bytes >> 20,
+        )
 
     async def __call__(self, request: ModelRequest) -> Reply:
         """Weigh (headers), decode and prepare now, in a worker thread, while earlier batches run
@@ -314,6 +333,8 @@ class ModelServer(_Batched):
             "model_calls": self.concurrent_batches,
             "lone_call_threads": self.lone_call_threads,
             "lone_batches": self.lone_batches,
+            "warm_up_seconds": None if self.warm_up_seconds is None else round(self.warm_up_seconds, 2),
+            "rss_warmed_bytes": self.rss_warmed_bytes,
             **self._batch_info(),
             **(self.model.info() if isinstance(self.model, Describing) else {}),
         }

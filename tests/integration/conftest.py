@@ -73,6 +73,9 @@ def test_config(port: int) -> dict[str, Any]:
     for entry in app["deployments"]:
         if entry["name"] == "restyle":
             entry["user_config"] = {"max_batch_size": 1, "batch_wait_timeout_s": 0.0}
+    # Small batches: a replica warms every batch size at start (onnx_session.warm), and the
+    # scaling test's second replica starts while the first is under load.
+    app["deployments"].append({"name": "autoscale-probe", "user_config": {"max_batch_size": 2, "batch_wait_timeout_s": 0.0}})
     return config
 
 

@@ -121,3 +121,11 @@ def test_a_lone_request_runs_on_the_lone_call_session_and_a_busy_replicas_do_not
     batches = sum(after["batch_sizes"].values()) - sum(before["batch_sizes"].values())
     assert batches == 2
     assert after["lone_batches"] - before["lone_batches"] == 1
+
+
+@pytest.mark.parametrize("deployment", ["stylize", "restyle", "remove-background"])
+def test_an_onnx_replica_warms_its_batch_sizes_before_taking_requests(serve_app: dict[str, Any], deployment: str) -> None:
+    """onnx_session.warm at start: the arena's pages are touched before any request."""
+    info = deployment_info(deployment)
+    assert info["warm_up_seconds"] is not None and info["warm_up_seconds"] > 0
+    assert info["rss_warmed_bytes"] > info["rss_start_bytes"]

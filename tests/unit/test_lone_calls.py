@@ -35,7 +35,7 @@ class _Recording:
 
 def test_run_takes_the_lone_session_only_inside_running_alone() -> None:
     calls: list[str] = []
-    network = Network(_Recording("narrow", calls), _Recording("lone", calls))  # type: ignore[arg-type]
+    network = Network((_Recording("narrow", calls),), _Recording("lone", calls))  # type: ignore[arg-type]
     run(network, {})
     with running_alone():
         run(network, {})
@@ -48,7 +48,7 @@ def test_run_takes_the_lone_session_only_inside_running_alone() -> None:
 def test_without_a_lone_session_running_alone_uses_the_only_one() -> None:
     calls: list[str] = []
     with running_alone():
-        run(Network(_Recording("narrow", calls)), {})  # type: ignore[arg-type]
+        run(Network((_Recording("narrow", calls),)), {})  # type: ignore[arg-type]
     assert calls == ["narrow"]
 
 
