@@ -56,6 +56,9 @@ class ModelKind:
     # Its network may run several calls at once from several threads (ONNX Runtime sessions may):
     # a replica's model_calls then defaults to the cores over its threads.
     parallel_calls: bool = False
+    # ONNX Runtime's per-shape memory plans, chosen per network by measurement (scripts/arena_layouts.py,
+    # docs/performance.md "Memory flat by design"): off, multistyle26 ran faster in less than half the memory.
+    memory_patterns: bool = True
 
     @property
     def composed(self) -> bool:
@@ -102,7 +105,8 @@ KINDS: dict[str, ModelKind] = {
             files=("multistyle26",),
             image_fields=("image",),
             parallel_calls=True,
-            max_batch_pixels=8 * 512 * 512,  # the network runs at full size: ~1.1 GiB of arena per megapixel
+            memory_patterns=False,
+            max_batch_pixels=8 * 512 * 512,  # the network runs at full size: ~0.6 GiB of arena per megapixel
         ),
         ModelKind(
             name="arbitrary",
@@ -111,6 +115,7 @@ KINDS: dict[str, ModelKind] = {
             files=("arbitrary_predict", "arbitrary_transform"),
             image_fields=("image", "style_image"),
             parallel_calls=True,
+            memory_patterns=False,
             max_batch_pixels=8 * 1024 * 1024,  # fixed 384 px network; the budget bounds pre/post-processing
         ),
         ModelKind(

@@ -71,7 +71,9 @@ class LoadedModel:
 
 
 def runtime_options(spec: ModelSpec) -> RuntimeOptions:
-    runtime = RuntimeOptions(device=spec.device, threads=spec.threads, spinning=spec.spinning)
+    # Memory patterns as measured for the kind on CPU; a GPU keeps them (not measured there).
+    patterns = KINDS[spec.model].memory_patterns or spec.device == "cuda"
+    runtime = RuntimeOptions(device=spec.device, threads=spec.threads, spinning=spec.spinning, mem_pattern=patterns)
     # A session for each call at once: no two calls share an arena (onnx_session's docstring).
     return replace(runtime, lone_call_threads=lone_call_threads(spec, runtime), calls=model_calls(spec, runtime))
 
