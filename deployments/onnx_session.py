@@ -1,9 +1,10 @@
 """ONNX Runtime sessions sized for serving: true batches, the memory arena on, threads = cores.
 
 Session options were chosen by measurement (docs/performance.md "Performance", ``stylefleet bench
-sessions``): the CPU memory arena and memory patterns stay on (turning the arena off cost 2.4x
-on multistyle26), and idle pool threads sleep instead of spinning, so replicas of several models
-can share the cores. Memory is bounded by the replica's pixel budget per batch instead
+sessions``, ``scripts/arena_layouts.py``): the CPU memory arena stays on (turning it off cost
+2.4x on multistyle26), memory patterns are on or off per network as measured (the kind's
+``memory_patterns``), and idle pool threads sleep instead of spinning, so replicas of several
+models can share the cores. Memory is bounded by the replica's pixel budget per batch instead
 (``stylefleet.deployments.queue``): the arena grows to the largest batch the budget lets through and stays
 there. A call over the budget (one image larger than the whole budget, run alone) runs inside
 ``releasing_arena()``, which hands the arena's free chunks back when the call ends.
