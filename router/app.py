@@ -74,6 +74,8 @@ class ServeBackend:
     FULL_STATUS_MAX_AGE_S = 30.0
 
     RETRY_DELAY_S = 0.2  # time for Serve's router to drop the dead replica before the retry
+    STARTING = frozenset({"UPDATING", "UPSCALING"})  # Serve's statuses while replicas start
+    STARTING_RETRY_AFTER_S = 10
 
     def __init__(self, handles: dict[str, DeploymentHandle], app_name: str, *, model_timeout_s: float = 100.0) -> None:
         self._handles = handles
@@ -118,11 +120,21 @@ class ServeBackend:
         deployment whose model is missing is never: the client would wait out the HTTP timeout.
         """
         state = (await self._deployment_states()).get(deployment)
-        if state is not None and state.running_replicas == 0 and state.status != "HEALTHY":
+        if state is None or state.running_replicas > 0 or state.status == "HEALTHY":
+            return
+        if state.status in self.STARTING:
+            # Loading and warming up takes 20-45 s on 2 cores (onnx_session.warm): a client that
+            # honours Retry-After (a job's items, `stylefleet batch`) waits it out instead of
+            # spending its retries in the first seconds.
             raise ModelUnavailable(
-                f"the {deployment} deployment has no running replica ({state.status}); its log says why "
-                "(a missing model fails it at start)"
+                f"the {deployment} deployment has no running replica yet ({state.status}: its replicas are "
+                "starting, loading and warming up; a missing model fails it at start, its log says why)",
+                retry_after_s=self.STARTING_RETRY_AFTER_S,
             )
+        raise ModelUnavailable(
+            f"the {deployment} deployment has no running replica ({state.status}); its log says why "
+            "(a missing model fails it at start)"
+        )
 
     def _fresh(self) -> bool:
         return time.monotonic() - self._states[0] < self.STATUS_CACHE_S

@@ -127,12 +127,24 @@ def test_a_call_nobody_answers_ends_before_serves_timeout_as_a_503(healthy: None
     assert caught.value.status == 503 and caught.value.headers["Retry-After"] == "5"
 
 
-def test_no_running_replica_is_a_503_with_retry_after(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(router_app.serve, "status", lambda: _status({"diffusion": ("DEPLOY_FAILED", {})}))
+@pytest.mark.parametrize(
+    ("state", "retry_after", "says"),
+    [
+        (("DEPLOY_FAILED", {}), "1", "no running replica (DEPLOY_FAILED)"),
+        (("UNHEALTHY", {"STOPPING": 1}), "1", "no running replica (UNHEALTHY)"),
+        # Starting replicas load and warm up for tens of seconds: a retrying client waits that out.
+        (("UPDATING", {"STARTING": 1}), "10", "replicas are starting"),
+        (("UPSCALING", {"STARTING": 1}), "10", "replicas are starting"),
+    ],
+)
+def test_no_running_replica_is_a_503_with_retry_after(
+    monkeypatch: pytest.MonkeyPatch, state: tuple[str, dict[str, int]], retry_after: str, says: str
+) -> None:
+    monkeypatch.setattr(router_app.serve, "status", lambda: _status({"diffusion": state}))
     backend = ServeBackend({"diffusion": FakeHandle()}, "genai")  # type: ignore[dict-item]
-    with pytest.raises(ModelUnavailable) as caught:
+    with pytest.raises(ModelUnavailable, match=says.replace("(", r"\(").replace(")", r"\)")) as caught:
         asyncio.run(backend.run("diffusion", ModelRequest({})))
-    assert caught.value.headers["Retry-After"] == "1"
+    assert caught.value.headers["Retry-After"] == retry_after
 
 
 def test_retry_after_survives_pickling_across_actors() -> None:
