@@ -40,7 +40,7 @@ import psutil
 from stylefleet.config import BatchingConfig, ModelSpec
 from stylefleet.deployments.batching import ModelRequest, OutputSpec, decoded, encode_outcomes, run_batch
 from stylefleet.deployments.loader import load_model
-from stylefleet.imageio import decode, encode
+from stylefleet.imageio import decode, encode, resize_to_max_side
 from stylefleet.spec import AppSpec, load_serve_file
 from stylefleet.tools.bench_load import Case, Load, in_turns
 
@@ -83,6 +83,16 @@ def _samples() -> dict[str, bytes]:
         "image": encode(np.ascontiguousarray(data.astronaut()), "jpeg", 95),
         "style_image": encode(np.ascontiguousarray(data.chelsea()), "jpeg", 95),
     }
+
+
+SMALL_SIDE = 64
+
+
+def small_samples(samples: dict[str, bytes], side: int = SMALL_SIDE) -> dict[str, bytes]:
+    """The same photos at ``side`` px on the longer side: a request whose model time (a few ms)
+    is small beside the path around it, so the HTTP path's few ms are not lost in the model's
+    own jitter (at 512 px, tens of ms between one call and the next on this machine)."""
+    return {name: encode(resize_to_max_side(decode(data, max_pixels=10**8).pixels, side), "jpeg", 95) for name, data in samples.items()}
 
 
 def _cases(spec: AppSpec) -> list[Case]:
@@ -485,6 +495,7 @@ def measured_level(
         row["replica_ms_per_request"] = round(seconds / done * 1000, 1)
         row["overhead_ms"] = round(row["p50_ms"] - row["replica_ms_per_request"], 1)
         row.update(http_path(url, case, samples))
+        row.update({f"small_{k}": v for k, v in http_path(url, case, small_samples(samples), pairs=SMALL_PAIRS).items()})
     row["replicas"] = len(after)
     row["rss"] = _rss(after)
     if profile_s > 0:
@@ -495,6 +506,9 @@ def measured_level(
             shares = ", ".join(f"{k} {v:.0%}" for k, v in p.get("shares", {}).items())
             print(f"  py-spy {case.deployment} pid {p.get('pid')}: " + shares, flush=True)
     return row
+
+
+SMALL_PAIRS = 40
 
 
 def http_path(url: str, case: Case, samples: dict[str, bytes], pairs: int = 20) -> dict[str, Any]:
@@ -555,9 +569,15 @@ def _print_level(deployment: str, row: dict[str, Any], label: str = "") -> None:
 
 
 def _http_path_text(row: dict[str, Any]) -> str:
-    if "http_path_ms" not in row:
-        return ""
-    return f"  HTTP path {row['http_path_ms']} ms (p50 over HTTP {row['http_p50_ms']}, to the handle {row['handle_p50_ms']})"
+    text = ""
+    if "http_path_ms" in row:
+        text += f"  HTTP path {row['http_path_ms']} ms (p50 over HTTP {row['http_p50_ms']}, to the handle {row['handle_p50_ms']})"
+    if "small_http_path_ms" in row:
+        text += (
+            f"; at {SMALL_SIDE} px {row['small_http_path_ms']} ms "
+            f"({row['small_http_p50_ms']} over HTTP, {row['small_handle_p50_ms']} to the handle)"
+        )
+    return text
 
 
 def _set_batching(cluster: Any, config: dict[str, Any], deployment: str, **changes: Any) -> None:

@@ -127,6 +127,51 @@ def test_the_http_path_is_the_median_over_http_less_the_median_to_the_handle(mon
     assert sent[0] == "/v1/styles/cutout" and sent[1].files == {"image": b"jpeg"}  # alternating, same bytes
 
 
+def test_a_concurrency_1_level_splits_the_http_path_at_full_size_and_on_small_copies(monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    from stylefleet.imageio import decode, encode
+
+    photo = encode(np.full((300, 200, 3), 90, np.uint8), "jpeg", 95)
+    splits: list[tuple[dict[str, bytes], int]] = []
+
+    def fake_http_path(url: str, case: Any, samples: dict[str, bytes], pairs: int = 20) -> dict[str, Any]:
+        splits.append((samples, pairs))
+        return {"http_path_ms": 30.0 if len(splits) == 1 else 4.0}
+
+    async def fake_level(url: str, case: Any, samples: Any, concurrency: int, total: int, cap_s: float) -> dict[str, Any]:
+        return {"concurrency": concurrency, "requests": total, "errors": 0, "ips": 1.0, "p50_ms": 1.0, "p95_ms": 1.0}
+
+    class FakeUsage:
+        def __init__(self, pids: list[int]) -> None:
+            pass
+
+        def start(self) -> None:
+            pass
+
+        def stop(self) -> dict[str, Any]:
+            return {}
+
+    monkeypatch.setattr(bench, "http_path", fake_http_path)
+    monkeypatch.setattr(bench, "Usage", FakeUsage)
+    monkeypatch.setattr(bench, "_served_level", fake_level)
+    monkeypatch.setattr(bench, "replica_infos", lambda deployment: [{"pid": 1, "compute_seconds": 0.0}])
+    monkeypatch.setattr(bench, "_mean_batch", lambda before, after: 1.0)
+    monkeypatch.setattr(bench, "_rss", lambda infos: [])
+    case = Case("ink", "restyle", {}, ("image", "style_image"))
+
+    row = bench.measured_level("http://127.0.0.1:1", case, {"image": photo, "style_image": photo}, 1, 12, 60.0)
+
+    assert row["http_path_ms"] == 30.0 and row["small_http_path_ms"] == 4.0
+    (full, _), (small, pairs) = splits
+    assert full == {"image": photo, "style_image": photo}
+    assert pairs == bench.SMALL_PAIRS and set(small) == {"image", "style_image"}
+    shapes = {decode(data, max_pixels=10**8).pixels.shape for data in small.values()}
+    assert shapes == {(bench.SMALL_SIDE, round(200 * bench.SMALL_SIDE / 300), 3)}
+    medians = {"http_p50_ms": 1, "handle_p50_ms": 1, "small_http_p50_ms": 1, "small_handle_p50_ms": 1}
+    assert "at 64 px 4.0 ms" in bench._http_path_text(row | medians)
+
+
 def test_in_turns_divides_each_served_rate_by_the_bare_rates_either_side_of_it() -> None:
     # The host slows by 5% a measurement; the server always does 0.8 of bare at that moment.
     speed = iter(1.0 - 0.05 * i for i in range(20))
