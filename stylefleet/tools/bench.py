@@ -42,7 +42,7 @@ from stylefleet.deployments.batching import ModelRequest, OutputSpec, decoded, e
 from stylefleet.deployments.loader import load_model
 from stylefleet.imageio import decode, encode, resize_to_max_side
 from stylefleet.spec import AppSpec, load_serve_file
-from stylefleet.tools.bench_load import Case, Load, in_turns
+from stylefleet.tools.bench_load import Case, Load, balanced_order, in_turns, median_of_rounds
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,6 +66,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="served/bare at saturation in this many turns (bare, served, ..., bare) after each model's levels; 0: skip",
     )
     parser.add_argument("--no-compare", dest="compare", action="store_false", help="skip the serve-batch and two-styles runs")
+    parser.add_argument(
+        "--queue-rounds", type=int, default=2,
+        help="passes of the serve-batch/backlog comparison, every other one in reverse order; each row is the median of its rounds",
+    )
     parser.add_argument("--rembg", default=None, help="path of a `rembg` executable: compare remove-background with `rembg s`")
     parser.add_argument("--rembg-rounds", type=int, default=3, help="alternating rounds (ours, rembg) per concurrency")
     parser.add_argument("--soak-minutes", type=float, default=0.0, help="hold a sustained load on one style and sample RSS")
@@ -789,28 +793,47 @@ def get_styles_latency(url: str, requests: int = 50) -> dict[str, float]:
     return {"p50_ms": round(float(q[0]), 1), "p95_ms": round(float(q[1]), 1)}
 
 
+QUEUE_FIGURES = ("ips", "steady_ips", "p50_ms", "p95_ms", "mean_batch_size", "machine_cpu_utilisation", "model_replicas_cpu_share")
+
+
 def compare_queues(
     cluster: Any, config: dict[str, Any], url: str, cases: list[Case], samples: dict[str, bytes], concurrency: int, args: argparse.Namespace
 ) -> list[dict[str, Any]]:
-    """The same saturating load through Serve's @serve.batch, then the backlog queue again."""
-    print(f"== batch queue at concurrency {concurrency}: @serve.batch vs the backlog queue (same replica, live user_config)", flush=True)
+    """The same saturating load through Serve's @serve.batch and through the backlog queue, in
+    ``--queue-rounds`` passes, every other one reversed (``balanced_order``), so that the host's
+    drift does not favour whichever row runs first; each row's figures are medians over its rounds."""
+    rounds = max(1, args.queue_rounds)
+    print(
+        f"== batch queue at concurrency {concurrency}: @serve.batch vs the backlog queue (same replica, live user_config), "
+        f"{rounds} round{'s' if rounds > 1 else ''}, every other one in reverse order",
+        flush=True,
+    )
     rows = []
     for case in cases:
         entry = next((e for e in config["applications"][0].get("deployments", []) if e["name"] == case.deployment), None)
         if entry is None:
             continue
         shipped = dict(entry.get("user_config", {}))
-        for queue, wait in (
-            ("serve-batch", 0.0),
-            ("serve-batch", 0.02),
-            ("backlog", BatchingConfig.model_validate(shipped).batch_wait_timeout_s),
-        ):
-            _set_batching(cluster, config, case.deployment, queue=queue, batch_wait_timeout_s=wait)
+        setups = [("serve-batch", 0.0), ("serve-batch", 0.02), ("backlog", BatchingConfig.model_validate(shipped).batch_wait_timeout_s)]
+        measured: list[list[dict[str, Any]]] = [[] for _ in setups]
+        current: int | None = None
+        for r, index in balanced_order(len(setups), rounds):
+            queue, wait = setups[index]
+            if index != current:
+                _set_batching(cluster, config, case.deployment, queue=queue, batch_wait_timeout_s=wait)
+                current = index
             row = measured_level(url, case, samples, concurrency, level_requests(args.requests, concurrency), args.seconds)
-            row.update(deployment=case.deployment, queue=queue, batch_wait_timeout_s=wait)
-            rows.append(row)
-            _print_level(case.deployment, row, f" [{queue:<11} wait {wait:g}]")
+            measured[index].append(row)
+            _print_level(case.deployment, row, f" [{queue:<11} wait {wait:g}] round {r + 1}")
         _set_batching(cluster, config, case.deployment, **shipped, queue="backlog")
+        summary = []
+        for (queue, wait), runs in zip(setups, measured, strict=True):
+            row = {"deployment": case.deployment, "queue": queue, "batch_wait_timeout_s": wait, "concurrency": concurrency}
+            row.update(median_of_rounds(runs, QUEUE_FIGURES))
+            row["rounds"] = runs
+            rows.append(row)
+            summary.append(f"{queue} wait {wait:g} {saturated_ips(row):.2f} img/s (batch {row['mean_batch_size']})")
+        print(f"  => {case.deployment}, median of {rounds} round{'s' if rounds > 1 else ''}: " + " / ".join(summary), flush=True)
     return rows
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +91,34 @@ class Load:
             "p50_ms": round(float(q[0]) * 1000, 1),
             "p95_ms": round(float(q[1]) * 1000, 1),
         }
+
+
+def balanced_order(count: int, rounds: int) -> list[tuple[int, int]]:
+    """(round, item) for ``rounds`` passes over items ``0..count-1``, every other pass reversed:
+    0 1 2, 2 1 0, 0 1 2, ...
+
+    A single pass in a fixed order lets the host's drift over minutes pick a winner: in sessions
+    22-24 the queue comparison's first row led it in three runs, and alternated on one replica the
+    lead was gone. Reversing each other pass gives every item the same mean position.
+    """
+    if count < 1 or rounds < 1:
+        raise ValueError("balanced_order needs at least one item and one round")
+    order: list[tuple[int, int]] = []
+    for r in range(rounds):
+        items = range(count) if r % 2 == 0 else range(count - 1, -1, -1)
+        order.extend((r, i) for i in items)
+    return order
+
+
+def median_of_rounds(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> dict[str, Any]:
+    """Each of ``keys`` as the median over the rounds that have it (None where none has it)."""
+    if not rows:
+        raise ValueError("median_of_rounds needs at least one round")
+    out: dict[str, Any] = {}
+    for key in keys:
+        values = [row[key] for row in rows if row.get(key) is not None]
+        out[key] = round(statistics.median(values), 3) if values else None
+    return out
 
 
 def in_turns(bare: Callable[[], float], served: Callable[[], float], rounds: int) -> dict[str, Any]:

@@ -270,3 +270,59 @@ def test_bare_turns_always_time_the_replicas_own_setup_even_when_the_sweep_ranke
     assert bench.bare_contenders(ranked, served_batch=4) == [ranked[0], ranked[1], ranked[2]]
     assert bench.bare_contenders(ranked, served_batch=8) == ranked[:2]  # already among the leaders
     assert bench.bare_contenders(ranked, served_batch=16) == ranked[:2]  # not swept: nothing to add
+
+
+def test_balanced_order_reverses_every_other_pass_so_each_item_has_the_same_mean_position() -> None:
+    from stylefleet.tools.bench_load import balanced_order
+
+    order = balanced_order(3, 2)
+    assert order == [(0, 0), (0, 1), (0, 2), (1, 2), (1, 1), (1, 0)]
+    positions = {i: [p for p, (_, item) in enumerate(order) if item == i] for i in range(3)}
+    assert {sum(p) / len(p) for p in positions.values()} == {2.5}
+    assert balanced_order(2, 1) == [(0, 0), (0, 1)]
+    with pytest.raises(ValueError):
+        balanced_order(3, 0)
+
+
+def test_median_of_rounds_skips_a_round_without_the_figure() -> None:
+    from stylefleet.tools.bench_load import median_of_rounds
+
+    rows = [{"ips": 3.0, "steady_ips": None}, {"ips": 5.0, "steady_ips": 4.0}, {"ips": 4.0, "steady_ips": 6.0}]
+    assert median_of_rounds(rows, ["ips", "steady_ips", "p50_ms"]) == {"ips": 4.0, "steady_ips": 5.0, "p50_ms": None}
+    with pytest.raises(ValueError):
+        median_of_rounds([], ["ips"])
+
+
+@pytest.mark.parametrize("rounds", [1, 2])
+def test_the_queue_comparison_does_not_let_a_speeding_host_pick_its_last_row(monkeypatch: pytest.MonkeyPatch, rounds: int) -> None:
+    # Three queue setups of the same true speed, on a host that gets 10% faster with every level.
+    import argparse
+
+    levels: list[float] = []
+    applied: list[dict[str, Any]] = []
+
+    def level(url: str, case: Any, samples: Any, concurrency: int, total: int, cap_s: float) -> dict[str, Any]:
+        levels.append(4.0 * (1 + 0.1 * len(levels)))
+        rate = levels[-1]
+        return {
+            "concurrency": concurrency, "requests": total, "errors": 0, "ips": rate, "steady_ips": rate, "p50_ms": 1.0,
+            "p95_ms": 1.0, "mean_batch_size": 3.7, "machine_cpu_utilisation": 0.99, "model_replicas_cpu_share": 0.88,
+        }
+
+    monkeypatch.setattr(bench, "measured_level", level)
+    monkeypatch.setattr(bench, "_set_batching", lambda cluster, config, deployment, **changes: applied.append(changes))
+    shipped = {"max_batch_size": 4, "batch_wait_timeout_s": 0.0}
+    config = {"applications": [{"deployments": [{"name": "stylize", "user_config": dict(shipped)}]}]}
+    args = argparse.Namespace(queue_rounds=rounds, requests=8, seconds=1.0)
+    case = Case("frost", "stylize", {}, ("image",))
+
+    rows = bench.compare_queues(None, config, "http://127.0.0.1:1", [case], {}, 16, args)
+
+    assert [(r["queue"], r["batch_wait_timeout_s"]) for r in rows] == [("serve-batch", 0.0), ("serve-batch", 0.02), ("backlog", 0.0)]
+    assert len(levels) == 3 * rounds and all(len(r["rounds"]) == rounds for r in rows)
+    assert applied[-1] == {**shipped, "queue": "backlog"}  # the shipped user_config is put back
+    rates = [r["steady_ips"] for r in rows]
+    if rounds == 1:
+        assert rates[2] > rates[0] * 1.15  # one fixed pass: the drift reads as a lead for the last row
+    else:
+        assert max(rates) == pytest.approx(min(rates))  # reversed passes: the same drift for every row
