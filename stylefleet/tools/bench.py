@@ -832,7 +832,7 @@ def compare_queues(
             row.update(median_of_rounds(runs, QUEUE_FIGURES))
             row["rounds"] = runs
             rows.append(row)
-            summary.append(f"{queue} wait {wait:g} {saturated_ips(row):.2f} img/s (batch {row['mean_batch_size']})")
+            summary.append(f"{queue} wait {wait:g} {saturated_ips(row):.2f} img/s (batch {row['mean_batch_size'] or 0:.2f})")
         print(f"  => {case.deployment}, median of {rounds} round{'s' if rounds > 1 else ''}: " + " / ".join(summary), flush=True)
     return rows
 
