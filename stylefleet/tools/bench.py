@@ -45,6 +45,14 @@ from stylefleet.spec import AppSpec, load_serve_file
 from stylefleet.tools.bench_load import Case, Load, balanced_order, in_turns, median_of_rounds
 
 
+def _rounds(text: str) -> int:
+    """A count of alternating rounds: at least 1 (a median of no rounds is no figure)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"needs at least 1 round, not {value}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="serve_config.yaml")
     parser.add_argument("--out", default="bench-results/bench.json")
@@ -67,11 +75,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-compare", dest="compare", action="store_false", help="skip the serve-batch and two-styles runs")
     parser.add_argument(
-        "--queue-rounds", type=int, default=2,
-        help="passes of the serve-batch/backlog comparison, every other one in reverse order; each row is the median of its rounds",
+        "--queue-rounds", type=_rounds, default=2,
+        help="passes of the serve-batch/backlog comparison, every other one in reverse order (an even count gives every row "
+        "the same mean position); each row is the median of its rounds",
     )
     parser.add_argument("--rembg", default=None, help="path of a `rembg` executable: compare remove-background with `rembg s`")
-    parser.add_argument("--rembg-rounds", type=int, default=3, help="alternating rounds (ours, rembg) per concurrency")
+    parser.add_argument("--rembg-rounds", type=_rounds, default=3, help="alternating rounds (ours, rembg) per concurrency")
     parser.add_argument("--soak-minutes", type=float, default=0.0, help="hold a sustained load on one style and sample RSS")
     parser.add_argument("--soak-style", default="frost", help="the style the soak loads")
     parser.add_argument(
@@ -802,7 +811,7 @@ def compare_queues(
     """The same saturating load through Serve's @serve.batch and through the backlog queue, in
     ``--queue-rounds`` passes, every other one reversed (``balanced_order``), so that the host's
     drift does not favour whichever row runs first; each row's figures are medians over its rounds."""
-    rounds = max(1, args.queue_rounds)
+    rounds = args.queue_rounds
     print(
         f"== batch queue at concurrency {concurrency}: @serve.batch vs the backlog queue (same replica, live user_config), "
         f"{rounds} round{'s' if rounds > 1 else ''}, every other one in reverse order",
@@ -832,7 +841,7 @@ def compare_queues(
             row.update(median_of_rounds(runs, QUEUE_FIGURES))
             row["rounds"] = runs
             rows.append(row)
-            summary.append(f"{queue} wait {wait:g} {saturated_ips(row):.2f} img/s (batch {row['mean_batch_size'] or 0:.2f})")
+            summary.append(f"{queue} wait {wait:g} {saturated_ips(row):.2f} img/s (batch {row['mean_batch_size']:.2f})")
         print(f"  => {case.deployment}, median of {rounds} round{'s' if rounds > 1 else ''}: " + " / ".join(summary), flush=True)
     return rows
 

@@ -99,7 +99,8 @@ def balanced_order(count: int, rounds: int) -> list[tuple[int, int]]:
 
     A single pass in a fixed order lets the host's drift over minutes pick a winner: in sessions
     22-24 the queue comparison's first row led it in three runs, and alternated on one replica the
-    lead was gone. Reversing each other pass gives every item the same mean position.
+    lead was gone. Reversing each other pass gives every item the same mean position over an even
+    number of passes (an odd one leaves the last pass's order as a small bias).
     """
     if count < 1 or rounds < 1:
         raise ValueError("balanced_order needs at least one item and one round")

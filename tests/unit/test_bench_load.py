@@ -326,3 +326,15 @@ def test_the_queue_comparison_does_not_let_a_speeding_host_pick_its_last_row(mon
         assert rates[2] > rates[0] * 1.15  # one fixed pass: the drift reads as a lead for the last row
     else:
         assert max(rates) == pytest.approx(min(rates))  # reversed passes: the same drift for every row
+
+
+@pytest.mark.parametrize("flag", ["--queue-rounds", "--rembg-rounds"])
+def test_a_round_count_below_one_is_refused_before_anything_runs(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    assert getattr(parser.parse_args([flag, "3"]), flag[2:].replace("-", "_")) == 3
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args([flag, "0"])
+    assert exit_info.value.code == 2 and "at least 1 round" in capsys.readouterr().err
