@@ -42,7 +42,7 @@ install-gpu: | $(BIN)/python
 run: install
 	$(BIN)/stylefleet run serve_config.yaml
 
-# ruff (pyproject [tool.ruff]) and mypy (pyproject [tool.mypy]: strict on deployments/ and router/).
+# ruff (pyproject [tool.ruff]) and mypy (pyproject [tool.mypy]: strict on stylefleet/deployments and stylefleet/router).
 lint: install-test
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m mypy

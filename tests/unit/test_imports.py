@@ -1,4 +1,4 @@
-"""The import graph of stylefleet/, deployments/ and router/ has no cycle, and checking a config
+"""The import graph of the stylefleet package has no cycle, and checking a config
 loads no model runtime.
 
 Every import counts, at the top of a module or inside a function: an import hidden in a function
@@ -18,7 +18,7 @@ import pytest
 
 from tests.samples import ROOT
 
-# The one installed package; its deployments/ and router/ are links to the fixed top-level folders.
+# The one installed package, in real folders.
 PACKAGE = "stylefleet"
 
 
@@ -31,7 +31,7 @@ def _module_name(path: Path) -> str:
 
 def _modules() -> dict[str, Path]:
     found: dict[str, Path] = {}
-    for folder, _, names in os.walk(ROOT / PACKAGE, followlinks=True):
+    for folder, _, names in os.walk(ROOT / PACKAGE):
         for name in sorted(names):
             if name.endswith(".py"):
                 found[_module_name(Path(folder) / name)] = Path(folder) / name
@@ -119,12 +119,12 @@ def test_the_shared_base_imports_no_model_and_no_router(module: str) -> None:
 # The layers the folders name (docs/architecture.md), lowest first, and what each may import.
 LAYERS = {
     "base": {"base"},  # stylefleet/*.py: errors, config, imageio, storage, manifest, retry, ...
-    "compute": {"base", "compute"},  # deployments/ (not serve/): the models and their kind table, pure
+    "compute": {"base", "compute"},  # stylefleet/deployments (not serve/): the models and their kind table, pure
     # stylefleet/spec.py: the one validated app spec. It cross-checks the config against the
     # models' kind table (params, files), so it sits above the models and below what runs them.
     "spec": {"base", "compute", "spec"},
-    "glue": {"base", "compute", "spec", "glue"},  # deployments/serve/: the Ray Serve wrappers
-    "router": {"base", "compute", "spec", "glue", "router"},  # router/: the HTTP ingress
+    "glue": {"base", "compute", "spec", "glue"},  # stylefleet/deployments/serve: the Ray Serve wrappers
+    "router": {"base", "compute", "spec", "glue", "router"},  # stylefleet/router: the HTTP ingress
     "tools": {"base", "compute", "spec", "glue", "router", "tools"},  # stylefleet/tools/: CLI, bench, batch, k8s
 }
 
@@ -163,6 +163,15 @@ def test_the_layer_check_catches_an_upward_import() -> None:
     ]
 
 
+@pytest.mark.parametrize("lower", ["base", "compute", "spec", "glue", "router"])
+def test_the_layer_check_catches_a_planted_upward_import_in_every_folder(lower: str) -> None:
+    """A real module of each layer, given an import of the CLI, is reported: the walk covers every folder."""
+    graph = import_graph(_modules())
+    module = sorted(m for m in graph if layer(m) == lower)[0]
+    graph[module] = graph[module] | {"stylefleet.tools.cli"}
+    assert layer_violations(graph) == [f"{module} ({lower}) imports stylefleet.tools.cli (tools)"]
+
+
 def test_every_import_goes_down_the_layers() -> None:
     graph = import_graph(_modules())
     assert {layer(m) for m in graph} == set(LAYERS)  # every layer was found
@@ -182,10 +191,11 @@ def test_pure_compute_imports_no_ray() -> None:
     assert using_ray == []
 
 
-def test_nothing_imports_the_top_level_folders_by_their_bare_names() -> None:
-    """deployments/ and router/ are stylefleet.deployments and stylefleet.router: a bare `import
-    router` would work from the source tree only, and load a second copy of every module."""
-    files = [p for top in ("stylefleet", "tests", "scripts") for p in (ROOT / top).rglob("*.py")]
+def test_nothing_imports_the_package_folders_by_their_bare_names() -> None:
+    """stylefleet/deployments and stylefleet/router are imported through the package: a bare
+    `import router` would load another distribution's module, or a second copy of ours."""
+    files = [p for top in ("stylefleet", "tests", "scripts") if (ROOT / top).is_dir() for p in (ROOT / top).rglob("*.py")]
+    assert len([p for p in files if "deployments" in p.parts]) > 15  # the walk enters the model folders
     bare = sorted(
         f"{path.relative_to(ROOT)}: {name}"
         for path in files
@@ -196,10 +206,15 @@ def test_nothing_imports_the_top_level_folders_by_their_bare_names() -> None:
     assert bare == []
 
 
-def test_the_distribution_installs_one_top_level_package() -> None:
+def test_the_distribution_installs_one_top_level_package_in_real_folders() -> None:
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
     assert find["include"] == ["stylefleet*"]
-    for folder in ("deployments", "router"):
-        link = ROOT / "stylefleet" / folder
-        assert link.is_symlink() and link.resolve() == (ROOT / folder).resolve()
+    links = [str(p.relative_to(ROOT)) for top in (PACKAGE, "tests") for p in (ROOT / top).rglob("*") if p.is_symlink()]
+    assert links == []
+    assert not (ROOT / "deployments").exists() and not (ROOT / "router").exists()
+
+
+def test_every_folder_of_python_modules_is_a_package() -> None:
+    folders = {p.parent for p in (ROOT / PACKAGE).rglob("*.py")}
+    assert sorted(str(f.relative_to(ROOT)) for f in folders if not (f / "__init__.py").is_file()) == []

@@ -1,6 +1,6 @@
 """ID photos: the geometry and compositing step of the ``id-photo`` pipeline. Pure compute, no Ray.
 
-The pipeline (``deployments/composed.py`` runs it) asks two other deployments for each photo:
+The pipeline (``stylefleet/deployments/composed.py`` runs it) asks two other deployments for each photo:
 the background matte (``remove-background`` with ``only_mask``) and the faces (``detect-faces``).
 With both, this module:
 

@@ -31,7 +31,7 @@ NO_CACHE = {"Cache-Control": "no-cache"}
 
 
 class PageFiles(StaticFiles):
-    """``StaticFiles`` over ``router/web``, serving only the page's kinds of file, uncached."""
+    """``StaticFiles`` over ``stylefleet/router/web``, serving only the page's kinds of file, uncached."""
 
     def file_response(
         self, full_path: str | os.PathLike[str], stat_result: os.stat_result, scope: Scope, status_code: int = 200

@@ -1,6 +1,6 @@
 """Small preview images of each style for the web page, rendered once per router process.
 
-Each preview is the shipped sample photo (``router/web/samples/astronaut-160.jpg``: scikit-image's
+Each preview is the shipped sample photo (``stylefleet/router/web/samples/astronaut-160.jpg``: scikit-image's
 astronaut, NASA, public domain, 160 px) run through the style's first variant (in name order, so
 the preview does not follow live A/B weights). ``restyle`` also needs a style picture:
 ``coffee-160.jpg`` (scikit-image's coffee, CC0). Previews bypass ``RouterCore.handle`` on

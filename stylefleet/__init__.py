@@ -1,0 +1,1 @@
+"""stylefleet: image AI models served to HTTP clients at scale on Ray Serve."""

@@ -1,0 +1,1 @@
+"""The models as pure compute (no Ray): decoded images and typed params in, results out."""

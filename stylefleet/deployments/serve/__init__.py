@@ -1,0 +1,1 @@
+"""The Ray Serve glue around the models: queueing, metrics, error mapping."""

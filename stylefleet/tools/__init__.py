@@ -1,0 +1,1 @@
+"""The command line and its tools: run, batch, bench, k8s, config."""
