@@ -193,6 +193,21 @@ class DeploymentConfig(_Strict):
     )
     device: Device = Field("cpu", description="cpu or cuda")
     num_gpus: float = Field(0.0, ge=0.0, le=8.0, description="Ray GPU share per replica (logical only)")
+    memory_budget_bytes: PositiveInt | None = Field(
+        None,
+        ge=64 * 1024 * 1024,
+        description="most memory (RSS) one replica may use: its idle footprint after loading and warming up, plus "
+        "the requests it admits at once (decoded, queued, in the network, encoding), each reserving its "
+        "estimate (its pixels after max_side x the model's measured bytes per pixel) before it is decoded. "
+        "Also Ray's `memory` resource for the replica. Default: the model's own (docs/batching.md 'Memory'); "
+        "none for composed and generative models",
+    )
+    memory_max_waiting: int = Field(
+        16,
+        ge=0,
+        le=1024,
+        description="requests a replica holds waiting for memory (first in, first out); one more gets 503 overloaded",
+    )
     diffusion: DiffusionSource | None = Field(None, description="weights and knobs of a stable-diffusion deployment")
 
     @model_validator(mode="after")
@@ -398,6 +413,8 @@ class AppConfig(_Strict):
             num_gpus=dep.num_gpus,
             model_calls=dep.model_calls,
             lone_call_threads=dep.lone_call_threads,
+            memory_budget_bytes=dep.memory_budget_bytes,
+            memory_max_waiting=dep.memory_max_waiting,
             models=self.models,
             model_dir=self.model_dir,
             allow_download=self.allow_download,
@@ -418,6 +435,8 @@ class ModelSpec(_Strict):
     num_gpus: float = Field(0.0, ge=0.0)
     model_calls: PositiveInt | None = None
     lone_call_threads: PositiveInt | None = None
+    memory_budget_bytes: PositiveInt | None = Field(None, description="the deployment's; None: the kind's default")
+    memory_max_waiting: int = Field(16, ge=0)
     models: dict[str, ModelSource] = Field(default_factory=dict, description="pinned paths and checksums, by file")
     model_dir: str | None = None
     allow_download: bool = False

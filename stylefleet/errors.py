@@ -74,6 +74,13 @@ class PayloadTooLarge(StylefleetError):
     code = "payload_too_large"
 
 
+class ImageTooLargeForMemory(PayloadTooLarge):
+    """The image, at the size its params ask for, needs more memory than a replica of its
+    deployment may use at all (``memory_budget_bytes``); the message names the largest size taken."""
+
+    code = "image_too_large_for_memory"
+
+
 class RequestTimeout(StylefleetError):
     """The client stopped sending its request body (or Serve's request_timeout_s ran out)."""
 

@@ -113,8 +113,14 @@ class AppSpec(BaseModel):
         """Deployment names, each after every deployment it uses (the order to bind them in)."""
         return deployment_order(self.args.deployments)
 
+    def memory_budget_of(self, deployment: str) -> int | None:
+        """A replica's memory budget in bytes: the deployment's ``memory_budget_bytes``, else its
+        kind's default (None for kinds without one: no memory admission, no Ray ``memory``)."""
+        return self.args.deployments[deployment].memory_budget_bytes or self.kind_of(deployment).memory_budget_bytes
+
     def model_spec(self, deployment: str) -> ModelSpec:
-        return self.args.model_spec(deployment)
+        spec = self.args.model_spec(deployment)
+        return spec.model_copy(update={"memory_budget_bytes": self.memory_budget_of(deployment)})
 
     def traffic_settings(self, user_config: Mapping[str, Any] | None) -> RouterSettings:
         """A live change of the router's user_config, checked as the file's was."""

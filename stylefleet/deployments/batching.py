@@ -20,6 +20,7 @@ still get their results.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
@@ -29,7 +30,7 @@ from pydantic import BaseModel, ValidationError
 
 from stylefleet.deployments.memory import chunks, releasing_arena
 from stylefleet.errors import InternalError, InvalidParams, StylefleetError
-from stylefleet.imageio import CONTENT_TYPES, OutputFormat, decode, encode, probe, scaled_size
+from stylefleet.imageio import CONTENT_TYPES, MAX_DRAFT_REDUCTION, OutputFormat, decode, encode, probe, scaled_size
 
 logger = logging.getLogger(__name__)
 
@@ -159,16 +160,38 @@ def decode_files(request: ModelRequest, side: int | None = None) -> ModelRequest
 def request_pixels(model: Any, request: ModelRequest) -> int:
     """Pixels the request's images will have once decoded and scaled: what it weighs against
     a replica's pixel budget. Reads only headers; raises the typed error of a bad file."""
+    return request_footprint(model, request)[0]
+
+
+def request_footprint(model: Any, request: ModelRequest) -> tuple[int, int]:
+    """(pixels after max_side, pixels its uploads decode to before scaling), from the headers: a
+    JPEG larger than its target decodes at libjpeg's reduced scale (``decode``), any other format
+    at full size. What a replica's memory admission estimates a request by. Raises the typed
+    error of a bad file."""
     side = output_side(model, request.params)
-    total = 0
+    total = decoded_total = 0
     for name, data in request.files.items():
         header = probe(data, max_pixels=request.max_pixels, field=name)
-        w, h = scaled_size(header.width, header.height, side if name == "image" else None)
+        field_side = side if name == "image" else None
+        w, h = scaled_size(header.width, header.height, field_side)
         total += w * h
+        decoded_total += decoded_pixels(header.width, header.height, header.format, field_side)
     for name, pixels in request.images.items():
         w, h = scaled_size(pixels.shape[1], pixels.shape[0], side if name == "image" else None)
         total += w * h
-    return total
+    return total, decoded_total
+
+
+def decoded_pixels(width: int, height: int, source_format: str, side: int | None) -> int:
+    """Pixels ``stylefleet.imageio.decode`` holds for an upload of this size and format, before
+    scaling to ``side``: libjpeg decodes a large JPEG at 1/2 or 1/4 scale, never below the target."""
+    if not side or source_format != "JPEG" or max(width, height) <= side:
+        return width * height
+    wanted = max(side / max(width, height), 1 / MAX_DRAFT_REDUCTION)
+    scale = 1.0
+    while scale / 2 >= wanted:
+        scale /= 2
+    return math.ceil(width * scale) * math.ceil(height * scale)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from stylefleet.deployments.admission import MemoryCost
 from stylefleet.deployments.params import (
     AnimeParams,
     DiffusionParams,
@@ -26,6 +27,8 @@ from stylefleet.deployments.params import (
     StylizeParams,
 )
 from stylefleet.deployments.registry import MODELS
+
+GIB = 2**30
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,15 @@ class ModelKind:
     # ONNX Runtime's per-shape memory plans, chosen per network by measurement (scripts/arena_layouts.py,
     # docs/performance.md "Memory flat by design"): off, multistyle26 ran faster in less than half the memory.
     memory_patterns: bool = True
+    # What one request costs a replica in memory by its output pixels, measured
+    # (``python -m stylefleet.tools.chaos per-pixel``, docs/batching.md "Memory"); None: no
+    # admission by memory (composed and generative kinds).
+    memory: MemoryCost | None = None
+    # A replica's default memory_budget_bytes (docs/batching.md "Memory"): the idle model plus the
+    # requests it admits, and Ray's ``memory`` resource for the actor. Sized so that the shipped
+    # app's deployments, Ray's own processes and the router fit a 24 GiB machine with room.
+    # None (the kinds with no ``memory``): no budget unless the config sets one.
+    memory_budget_bytes: int | None = None
 
     @property
     def composed(self) -> bool:
@@ -81,6 +93,18 @@ class ModelKind:
         if self.variant_param is None:
             return self.task, self.image_fields
         return self.variants[fixed_params[self.variant_param]]
+
+
+# Peak RSS growth of one request (decode, prepare, network, finish, PNG encode) over the loaded
+# model, fitted as a fixed part plus a part per output pixel above the sizes measured
+# (``python -m stylefleet.tools.chaos per-pixel``; docs/batching.md "Memory", 2-core x86 CPU):
+# multistyle26 runs its network at full size (601-678 B/px at 1-8 MP); arbitrary and u2netp run
+# fixed-size networks and pay per pixel only around them (u2netp's fixed part is its alpha
+# matting, the costliest shipped preset, solved at a capped size).
+MULTISTYLE26_COST = MemoryCost(bytes_per_pixel=700.0)
+ARBITRARY_COST = MemoryCost(bytes_per_pixel=16.0, fixed_bytes=64 * 2**20)
+U2NETP_COST = MemoryCost(bytes_per_pixel=16.0, fixed_bytes=640 * 2**20)
+HAAR_FACE_COST = MemoryCost(bytes_per_pixel=20.0, fixed_bytes=16 * 2**20)
 
 
 def _animegan(name: str) -> ModelKind:
@@ -107,6 +131,8 @@ KINDS: dict[str, ModelKind] = {
             parallel_calls=True,
             memory_patterns=False,
             max_batch_pixels=8 * 512 * 512,  # the network runs at full size: ~0.6 GiB of arena per megapixel
+            memory=MULTISTYLE26_COST,
+            memory_budget_bytes=6 * GIB,
         ),
         ModelKind(
             name="arbitrary",
@@ -117,6 +143,8 @@ KINDS: dict[str, ModelKind] = {
             parallel_calls=True,
             memory_patterns=False,
             max_batch_pixels=8 * 1024 * 1024,  # fixed 384 px network; the budget bounds pre/post-processing
+            memory=ARBITRARY_COST,
+            memory_budget_bytes=2 * GIB,
         ),
         ModelKind(
             name="u2netp",
@@ -126,6 +154,8 @@ KINDS: dict[str, ModelKind] = {
             image_fields=("image",),
             parallel_calls=True,
             max_batch_pixels=8 * 2048 * 2048,  # fixed 320 px network; the budget bounds pre/post-processing
+            memory=U2NETP_COST,
+            memory_budget_bytes=3 * GIB,
         ),
         ModelKind(
             name="haar-face",
@@ -135,6 +165,8 @@ KINDS: dict[str, ModelKind] = {
             image_fields=("image",),
             returns_image=False,
             max_batch_pixels=8 * 2048 * 2048,
+            memory=HAAR_FACE_COST,
+            memory_budget_bytes=1 * GIB,
         ),
         ModelKind(
             name="id-photo",

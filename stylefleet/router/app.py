@@ -262,12 +262,23 @@ def model_deployment(name: str, spec: AppSpec, bound: dict[str, Any]) -> Any:
             autoscaling_config=dep.autoscaling.to_serve(),
             max_ongoing_requests=dep.max_ongoing_requests,
             max_queued_requests=dep.max_queued_requests,
-            ray_actor_options={"num_cpus": dep.num_cpus, "num_gpus": dep.num_gpus},
+            ray_actor_options=actor_options(name, spec),
             backpressure_config={"status_code": 503, "retry_after_s": 1},
             user_config=spec.batching_of(name).model_dump(),  # serve_config.yaml's deployments[] overrides it
         )
         .bind(*init_args)
     )
+
+
+def actor_options(name: str, spec: AppSpec) -> dict[str, Any]:
+    """A model replica's Ray actor options: its CPU and GPU shares, and its memory budget as
+    Ray's ``memory`` resource, so Ray places no more replicas on a node than its memory holds."""
+    dep = spec.deployments[name]
+    options: dict[str, Any] = {"num_cpus": dep.num_cpus, "num_gpus": dep.num_gpus}
+    budget = spec.memory_budget_of(name)
+    if budget is not None:
+        options["memory"] = budget
+    return options
 
 
 def build_app(args: AppConfig | AppSpec | dict[str, Any]) -> Any:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import resource
 import threading
 import time
 from collections import Counter
@@ -27,6 +28,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from stylefleet.config import BatchingConfig, ModelSpec
+from stylefleet.deployments.admission import MemoryAdmission
 from stylefleet.deployments.batching import (
     ModelRequest,
     Outcome,
@@ -34,6 +36,7 @@ from stylefleet.deployments.batching import (
     encode_outcomes,
     infer_prepared,
     prepare_one,
+    request_footprint,
     request_pixels,
 )
 from stylefleet.deployments.capabilities import Describing, MemoryLimited, WarmsUp, Weighing
@@ -83,6 +86,11 @@ def batch_weight(items: list[_Queued]) -> int:
 
 def rss_bytes() -> int:
     return int(psutil.Process().memory_info().rss)
+
+
+def rss_peak_bytes() -> int:
+    """This process's high-water RSS since it started (the kernel's, so no peak is missed)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 async def call_deployment(handle: DeploymentHandle, deployment: str, request: ModelRequest) -> Reply:
@@ -173,7 +181,10 @@ class _Batched:
     def _weigh(self, request: ModelRequest) -> tuple[int, int]:
         """(pixels against the budget, weight against max_batch_size), from the upload's header;
         a bad file or param raises its typed error."""
-        return request_pixels(self.model, request), (self.model.weigh(request) if isinstance(self.model, Weighing) else 1)
+        return request_pixels(self.model, request), self._cost(request)
+
+    def _cost(self, request: ModelRequest) -> int:
+        return self.model.weigh(request) if isinstance(self.model, Weighing) else 1
 
     async def _enqueue(self, item: _Queued) -> Any:
         """Through the backlog queue, or through @serve.batch (``queue: serve-batch``)."""
@@ -204,13 +215,16 @@ class _Batched:
             "pid": os.getpid(),
             "rss_start_bytes": self.rss_start_bytes,
             "rss_bytes": rss_bytes(),
+            "rss_peak_bytes": rss_peak_bytes(),
         }
 
 
 class ModelServer(_Batched):
     """Loads one model at start (a missing or corrupt file fails the replica with a clear message).
 
-    A request is decoded and prepared in a worker thread as it arrives, queues prepared, runs
+    A request first reserves its estimated memory (``memory_budget_bytes``; it waits, first in
+    first out, while the replica's admitted requests fill it), is then decoded and prepared in a
+    worker thread, queues prepared, runs
     its network call (and ``finish``) in a batch, and is encoded in a worker thread after its
     batch: pre/post-processing overlaps the network calls instead of adding to them. Up to
     ``model_calls`` batches run their network at once, each on ``threads`` threads: several
@@ -239,6 +253,9 @@ class ModelServer(_Batched):
         self.rss_start_bytes = rss_bytes()
         self.warm_up_seconds: float | None = None  # None: not warmed (yet, or a model that does not)
         self.rss_warmed_bytes: int | None = None
+        self.memory_budget_bytes = spec.memory_budget_bytes or kind.memory_budget_bytes
+        self._memory_max_waiting = spec.memory_max_waiting
+        self._admission: MemoryAdmission | None = None  # set once the idle footprint is known (reconfigure)
         self._seconds_lock = threading.Lock()
         logger.info("loaded %s (%s) in %.2fs", kind.name, self.model_sha256[:12], self.load_seconds)
 
@@ -250,6 +267,26 @@ class ModelServer(_Batched):
             self._record_memory()
         if self.warm_up_seconds is None and isinstance(self.model, WarmsUp):
             self._warm_up()
+        if self._admission is None:
+            self._admission = self._memory_admission()
+
+    def _memory_admission(self) -> MemoryAdmission | None:
+        """The replica's admission by memory (``stylefleet.deployments.admission``): its budget less
+        its idle footprint, read once loaded and warmed up (before any request). None for a kind
+        whose memory per pixel is not known, or with no budget."""
+        if self.kind.memory is None or self.memory_budget_bytes is None:
+            return None
+        idle = rss_bytes()
+        room = self.memory_budget_bytes - idle
+        if room <= 0:
+            raise ValueError(
+                f"memory_budget_bytes ({self.memory_budget_bytes}) is not above this replica's memory once "
+                f"loaded and warmed up ({idle} bytes RSS): raise it, it must also hold the requests"
+            )
+        logger.info(
+            "memory budget %d MiB: %d MiB idle, %d MiB for requests", self.memory_budget_bytes >> 20, idle >> 20, room >> 20
+        )
+        return MemoryAdmission(room, max_waiting=self._memory_max_waiting, retry_after_s=2)
 
     def _warm_up(self) -> None:
         """Once, at start (Serve applies ``user_config`` before the replica takes requests): each
@@ -270,9 +307,21 @@ class ModelServer(_Batched):
         """Weigh (headers), decode and prepare now, in a worker thread, while earlier batches run
         the network; queue the prepared request; encode its result after its batch."""
         try:
-            pixels, cost = self._weigh(request)
+            (pixels, decoded), cost = request_footprint(self.model, request), self._cost(request)
         except StylefleetError as exc:
             return exc
+        if self._admission is None or self.kind.memory is None:
+            return await self._serve(request, pixels, cost)
+        need = self.kind.memory.of(pixels, decoded)
+        try:
+            # Reserved before decoding, released once encoded: what a replica holds decoded,
+            # queued, in the network and encoding fits its budget together.
+            async with self._admission.reserve(need, self.kind.memory.largest_side(self._admission.budget_bytes)):
+                return await self._serve(request, pixels, cost)
+        except StylefleetError as exc:  # refused: never fits (413), or too many wait (503)
+            return exc
+
+    async def _serve(self, request: ModelRequest, pixels: int, cost: int) -> Reply:
         prepared = await asyncio.to_thread(self._timed, prepare_one, self.model, request)
         if isinstance(prepared, StylefleetError):
             return prepared
@@ -335,6 +384,8 @@ class ModelServer(_Batched):
             "lone_batches": self.lone_batches,
             "warm_up_seconds": None if self.warm_up_seconds is None else round(self.warm_up_seconds, 2),
             "rss_warmed_bytes": self.rss_warmed_bytes,
+            "memory_budget_bytes": self.memory_budget_bytes,
+            **(self._admission.info() if self._admission is not None else {}),
             **self._batch_info(),
             **(self.model.info() if isinstance(self.model, Describing) else {}),
         }
