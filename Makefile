@@ -8,7 +8,7 @@ PIP := $(BIN)/python -m pip
 CONSTRAINTS ?= constraints-cpu.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test lint bench bench-rembg bench-sessions bench-models bench-gpu bench-gpu-tiny install install-test install-gpu clean
+.PHONY: run test lint bench bench-rembg bench-sessions bench-models bench-gpu bench-gpu-tiny install install-test install-gpu chaos clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -87,6 +87,13 @@ $(REMBG_VENV)/bin/rembg:
 bench-rembg: $(VENV)/.installed-bench $(REMBG_VENV)/bin/rembg
 	$(BIN)/stylefleet bench --only remove-background --no-compare --concurrency 1,16 \
 	  --rembg $(REMBG_VENV)/bin/rembg --out bench-results/rembg.json
+
+# The shipped app under its worst memory mix (docs/batching.md "Memory"): concurrent 4096 px JPEGs
+# to frost (max_side 4096) and remove-background; fails unless every answer is 200 or typed, no
+# Ray worker died and every replica stayed within its memory budget. Starts its own Ray on a free port.
+CHAOS_FLAGS ?=
+chaos: $(VENV)/.installed-test
+	$(BIN)/python -m stylefleet.tools.chaos memory $(CHAOS_FLAGS)
 
 clean:
 	rm -rf $(VENV) $(REMBG_VENV) .pytest_cache bench-results
