@@ -165,6 +165,7 @@ class LocalCluster:
         http_port: int | None = None,
         ingress: str = "proxy",
         ingress_ports: int = 1,
+        memory_bytes: int | None = None,
     ) -> None:
         """``ingress``: ``"proxy"`` (Serve's proxy on ``http_port``) or ``"direct"`` (the router
         replica on ``http_port``, the proxy on a free loopback port; ``ingress_ports`` ports from
@@ -179,6 +180,9 @@ class LocalCluster:
         self._saved_environment: dict[str, str | None] = {}
         self.log_to_driver = log_to_driver
         self.num_cpus = num_cpus
+        # Ray's logical `memory` resource (the replicas' memory_budget_bytes are placed against it);
+        # None: Ray's own, about 70% of the memory available when it starts.
+        self.memory_bytes = memory_bytes
         self.metrics_export_port = metrics_export_port
         self.include_dashboard = include_dashboard
         self.dashboard_port = dashboard_port
@@ -241,6 +245,8 @@ class LocalCluster:
             "configure_logging": True,
             "log_to_driver": self.log_to_driver,
         }
+        if self.memory_bytes is not None:
+            kwargs["_memory"] = self.memory_bytes
         if self.metrics_export_port is not None:
             kwargs["_metrics_export_port"] = self.metrics_export_port
         if self.temp_dir:

@@ -19,6 +19,7 @@ from tests import genai_models
 from tests.samples import ROOT
 
 APP = "stylefleet"
+MEMORY_RESOURCE_BYTES = 24 * 1024**3
 
 
 def test_config(port: int) -> dict[str, Any]:
@@ -96,6 +97,9 @@ def serve_app() -> Iterator[dict[str, Any]]:
         dashboard_port=local.free_port(),
         metrics_export_port=local.free_port(),
         num_cpus=3,  # logical CPUs for scheduling: room for the scaling test's second replica
+        # Ray's memory resource, which places the replicas' memory budgets: fixed, as on the
+        # machine the shipped config is sized for, not 70% of what a shared test machine has free.
+        memory_bytes=MEMORY_RESOURCE_BYTES,
         temp_dir=os.environ.get("STYLEFLEET_TEST_RAY_TMP"),
     )
     cluster.start()

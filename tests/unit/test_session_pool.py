@@ -209,7 +209,7 @@ def test_fixed_size_networks_warm_up_to_max_batch_size_whatever_the_budget(
     [
         ({"model": "multistyle26"}, False),  # measured: faster and less than half the memory without
         ({"model": "arbitrary"}, False),
-        ({"model": "u2netp"}, True),  # measured: 0.87x without
+        ({"model": "u2netp"}, False),  # measured: 0.87x without, in about half the memory
         ({"model": "multistyle26", "device": "cuda", "num_gpus": 1}, True),  # not measured on a GPU: as before
     ],
 )
@@ -217,13 +217,15 @@ def test_memory_patterns_follow_the_kind_on_cpu(fields: dict[str, Any], patterns
     assert loader.runtime_options(_spec(**fields)).mem_pattern is patterns
 
 
-@pytest.mark.parametrize("name", ["multistyle26", "arbitrary_transform"])
+@pytest.mark.parametrize("name", ["multistyle26", "arbitrary_transform", "u2netp"])
 def test_memory_patterns_off_gives_the_same_bytes(name: str) -> None:
     data = with_symbolic_batch(resolve(name).path)
     rng = np.random.default_rng(0)
     on, off = (make_network(data, RuntimeOptions(threads=1, mem_pattern=p)) for p in (True, False))
     if name == "multistyle26":
         feeds = {"image": rng.random((2, 3, 64, 96), dtype=np.float32), "style_weights": np.eye(26, dtype=np.float32)[3]}
+    elif name == "u2netp":
+        feeds = {on.get_inputs()[0].name: rng.random((2, 3, 320, 320), dtype=np.float32)}
     else:
         content, vector = (i.name for i in on.get_inputs())
         feeds = {content: rng.random((2, 384, 384, 3), dtype=np.float32), vector: rng.random((2, 1, 1, 100), dtype=np.float32)}
