@@ -197,6 +197,16 @@ def _deployment_info(deployment: str, app: str) -> dict[str, Any]:
     return dict(serve.get_deployment_handle(deployment, app).info.remote().result())
 
 
+def _serve_processes() -> dict[str, int]:
+    """Serve's controller, proxy and replicas on this machine, by process title (``ray::...``)."""
+    found = {}
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        title = (process.info["cmdline"] or [""])[0]
+        if title.startswith(("ray::ServeController", "ray::ServeReplica", "ray::ProxyActor")):
+            found[title.split(" ")[0]] = process.info["pid"]
+    return found
+
+
 def _answer(response: Any) -> str:
     if response.status_code == 200:
         return "200"
@@ -224,7 +234,6 @@ def memory(
     import tempfile
 
     import httpx
-    import ray
     import yaml
 
     from stylefleet.tools import local
@@ -247,8 +256,7 @@ def memory(
         cluster.deploy(config, timeout_s=600)
         infos = {d: _deployment_info(d, app_name) for d in MODEL_DEPLOYMENTS}
         pids = {d: info["pid"] for d, info in infos.items()}
-        controller_pid = ray.get(ray.get_actor("SERVE_CONTROLLER_ACTOR", namespace="serve").__ray_call__.remote(
-            lambda self: __import__("os").getpid()))
+        serve_before = _serve_processes()
         peaks = {d: 0 for d in pids}
         node_peak = [0.0]
         stop = threading.Event()
@@ -285,11 +293,12 @@ def memory(
         stop.set()
         sampler.join()
         after = {d: _deployment_info(d, app_name) for d in MODEL_DEPLOYMENTS}
-        controller_after = ray.get(ray.get_actor("SERVE_CONTROLLER_ACTOR", namespace="serve").__ray_call__.remote(
-            lambda self: __import__("os").getpid()))
+        serve_after = _serve_processes()
         typed = all(a == "200" or a.split()[0] in {"400", "413", "415", "422", "429", "503"} and not a.endswith("untyped")
                     for _, a, _ in answers)
-        same = {d: after[d]["pid"] == pids[d] for d in pids} | {"controller": controller_after == controller_pid}
+        same = {d: after[d]["pid"] == pids[d] for d in pids} | {
+            title: serve_after.get(title) == pid for title, pid in serve_before.items()
+        }
         within = {d: max(peaks[d], after[d]["rss_peak_bytes"]) <= after[d]["memory_budget_bytes"] for d in pids}
         summary: dict[str, Any] = {
             "side": side,
