@@ -169,7 +169,7 @@ KINDS: dict[str, ModelKind] = {
             returns_image=False,
             max_batch_pixels=8 * 2048 * 2048,
             memory=HAAR_FACE_COST,
-            memory_budget_bytes=1 * GIB,
+            memory_budget_bytes=3 * GIB // 2,
         ),
         ModelKind(
             name="id-photo",
