@@ -32,7 +32,7 @@ def test_config(port: int) -> dict[str, Any]:
     - remove-background with two calls at once and a two-thread lone-call session, whatever
       the machine's cores (test_batching);
     - stylize pinned to one replica (tests compare replica ids), and a small extra deployment
-      with quick autoscaling (1-2 replicas, one thread each, a 1 GiB memory budget each) for the
+      with quick autoscaling (1-2 replicas, one thread each, a 2 GiB memory budget each) for the
       scaling test;
     - jobs in a fresh temporary folder, a short lease (a restarted app resumes quickly), two items
       in flight per job, and a 16 MiB archive limit so a zip bomb is cheap to build.
@@ -61,7 +61,7 @@ def test_config(port: int) -> dict[str, Any]:
         "num_cpus": 0.25,
         "threads": 1,
         "max_ongoing_requests": 8,
-        "memory_budget_bytes": 1024**3,  # two replicas of it: Ray's memory resource must place both
+        "memory_budget_bytes": 2 * 1024**3,  # idles near 1 GiB (3 sessions warmed for batches of 2)
         "autoscaling": {
             "min_replicas": 1,
             "max_replicas": 2,
