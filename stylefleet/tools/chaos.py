@@ -203,7 +203,7 @@ def _serve_processes() -> dict[str, int]:
     for process in psutil.process_iter(["pid", "cmdline"]):
         title = (process.info["cmdline"] or [""])[0]
         if title.startswith(("ray::ServeController", "ray::ServeReplica", "ray::ProxyActor")):
-            found[title.split(" ")[0]] = process.info["pid"]
+            found[title.split(" ")[0].split(".")[0]] = process.info["pid"]  # less the method it runs now
     return found
 
 
