@@ -249,6 +249,7 @@ def memory(
     storage = tempfile.mkdtemp(prefix="stylefleet-chaos-jobs-")
     app["args"]["jobs"]["storage"] = storage
     image = photo_jpeg(side)
+    node_before = psutil.virtual_memory().percent  # the machine before this case started anything
     # Ray's memory resource as on a dedicated 24 GiB machine (70% of it free at start), not what a
     # shared machine happens to have free: the replicas' budgets are placed against it.
     cluster = local.LocalCluster(http_port=port, ingress="direct", log_to_driver=False, memory_bytes=ray_memory_bytes)
@@ -310,7 +311,11 @@ def memory(
             "answers": {f"{s} {a}": sum(1 for x in answers if x[:2] == (s, a)) for s, a, _ in answers},
             "all_typed": typed,
             "same_processes": same,
+            "node_memory_before_percent": node_before,
             "node_memory_peak_percent": node_peak[0],
+            "node_memory_peak_of_this_case_gib": round(
+                (node_peak[0] - node_before) / 100 * psutil.virtual_memory().total / 2**30, 1
+            ),
             "replicas": {
                 d: {
                     "budget_mib": after[d]["memory_budget_bytes"] >> 20,
