@@ -23,9 +23,10 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from stylefleet.errors import ImageTooLargeForMemory, Overloaded
 
@@ -45,18 +46,34 @@ class MemoryCost:
 
     bytes_per_pixel: float
     fixed_bytes: int = 0
+    # (param, bytes): a fixed part more when the request sets that param (u2netp's alpha matting)
+    fixed_bytes_with: tuple[str, int] | None = None
 
-    def of(self, pixels: int, decoded_pixels: int = 0) -> int:
-        """The estimate of a request whose images have ``pixels`` after max_side and decode to
-        ``decoded_pixels`` first (a JPEG decodes near its target size; other formats at full size)."""
-        return int(self.fixed_bytes + self.bytes_per_pixel * pixels + DECODE_BYTES_PER_PIXEL * decoded_pixels)
+    def fixed(self, params: Mapping[str, Any] | None = None) -> int:
+        if self.fixed_bytes_with is not None and params and _truthy(params.get(self.fixed_bytes_with[0])):
+            return self.fixed_bytes + self.fixed_bytes_with[1]
+        return self.fixed_bytes
 
-    def largest_side(self, budget_bytes: int) -> int:
-        """The longer side of the largest square image (decoded at its own size) that fits ``budget_bytes``."""
-        room = budget_bytes - self.fixed_bytes
+    def of(self, pixels: int, decoded_pixels: int = 0, params: Mapping[str, Any] | None = None) -> int:
+        """The estimate of a request with these params whose images have ``pixels`` after max_side
+        and decode to ``decoded_pixels`` first (a JPEG decodes near its target size; other formats
+        at full size)."""
+        return int(self.fixed(params) + self.bytes_per_pixel * pixels + DECODE_BYTES_PER_PIXEL * decoded_pixels)
+
+    def largest_side(self, budget_bytes: int, params: Mapping[str, Any] | None = None) -> int:
+        """The longer side of the largest square image (decoded at its own size) that fits
+        ``budget_bytes`` with these params."""
+        room = budget_bytes - self.fixed(params)
         if room <= 0:
             return 0
         return math.isqrt(int(room / (self.bytes_per_pixel + DECODE_BYTES_PER_PIXEL)))
+
+
+def _truthy(value: Any) -> bool:
+    """A boolean param as a client may send it (form fields arrive as text); pydantic's spelling."""
+    if isinstance(value, str):
+        return value.strip().lower() in {"true", "1", "yes", "on", "t", "y"}
+    return bool(value)
 
 
 @dataclass

@@ -99,11 +99,11 @@ class ModelKind:
 # model, fitted as a fixed part plus a part per output pixel above the sizes measured
 # (``python -m stylefleet.tools.chaos per-pixel``; docs/batching.md "Memory", 2-core x86 CPU):
 # multistyle26 runs its network at full size (601-678 B/px at 1-8 MP); arbitrary and u2netp run
-# fixed-size networks and pay per pixel only around them (u2netp's fixed part is its alpha
-# matting, the costliest shipped preset, solved at a capped size).
+# fixed-size networks and pay per pixel only around them (u2netp's alpha matting, the costliest
+# shipped preset, adds a fixed part: its solve runs at a capped size).
 MULTISTYLE26_COST = MemoryCost(bytes_per_pixel=700.0)
 ARBITRARY_COST = MemoryCost(bytes_per_pixel=16.0, fixed_bytes=64 * 2**20)
-U2NETP_COST = MemoryCost(bytes_per_pixel=16.0, fixed_bytes=640 * 2**20)
+U2NETP_COST = MemoryCost(bytes_per_pixel=16.0, fixed_bytes=64 * 2**20, fixed_bytes_with=("alpha_matting", 576 * 2**20))
 HAAR_FACE_COST = MemoryCost(bytes_per_pixel=20.0, fixed_bytes=16 * 2**20)
 
 

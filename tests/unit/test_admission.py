@@ -200,3 +200,10 @@ def test_every_loaded_kind_knows_its_memory_per_pixel(name: str) -> None:
     kind = KINDS[name]
     assert kind.memory is not None and kind.memory.bytes_per_pixel > 0
     assert kind.memory_budget_bytes is not None and kind.memory_budget_bytes > 0
+
+
+def test_a_param_may_add_a_fixed_part() -> None:
+    cost = MemoryCost(bytes_per_pixel=10.0, fixed_bytes=100, fixed_bytes_with=("alpha_matting", 1000))
+    assert cost.of(1, 0, {"alpha_matting": True}) - cost.of(1, 0, {}) == 1000
+    assert cost.of(1, 0, {"alpha_matting": "true"}) == cost.of(1, 0, {"alpha_matting": True})
+    assert cost.largest_side(10_000, {"alpha_matting": True}) < cost.largest_side(10_000)

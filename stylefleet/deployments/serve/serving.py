@@ -312,11 +312,12 @@ class ModelServer(_Batched):
             return exc
         if self._admission is None or self.kind.memory is None:
             return await self._serve(request, pixels, cost)
-        need = self.kind.memory.of(pixels, decoded)
+        cost_of, params = self.kind.memory, request.params
         try:
             # Reserved before decoding, released once encoded: what a replica holds decoded,
             # queued, in the network and encoding fits its budget together.
-            async with self._admission.reserve(need, self.kind.memory.largest_side(self._admission.budget_bytes)):
+            largest = cost_of.largest_side(self._admission.budget_bytes, params)
+            async with self._admission.reserve(cost_of.of(pixels, decoded, params), largest):
                 return await self._serve(request, pixels, cost)
         except StylefleetError as exc:  # refused: never fits (413), or too many wait (503)
             return exc
