@@ -224,9 +224,8 @@ class ModelServer(_Batched):
 
     A request first reserves its estimated memory (``memory_budget_bytes``; it waits, first in
     first out, while the replica's admitted requests fill it), is then decoded and prepared in a
-    worker thread, queues prepared, runs
-    its network call (and ``finish``) in a batch, and is encoded in a worker thread after its
-    batch: pre/post-processing overlaps the network calls instead of adding to them. Up to
+    worker thread, queues prepared, runs its network call (and ``finish``) in a batch, and is
+    encoded in a worker thread after its batch: pre/post-processing overlaps the network calls instead of adding to them. Up to
     ``model_calls`` batches run their network at once, each on ``threads`` threads: several
     one-thread calls use the cores better than one call on several threads (README
     "Performance"), and no more run than the cores were sized for.
@@ -304,8 +303,10 @@ class ModelServer(_Batched):
         )
 
     async def __call__(self, request: ModelRequest) -> Reply:
-        """Weigh (headers), decode and prepare now, in a worker thread, while earlier batches run
-        the network; queue the prepared request; encode its result after its batch."""
+        """Weigh (headers) and reserve the request's memory (``MemoryAdmission``: 413 if it could
+        never fit, 503 past the waiting bound); then decode and prepare in a worker thread while
+        earlier batches run the network, queue the prepared request, and encode its result after
+        its batch; the reservation is released once it is encoded, or however the request ends."""
         try:
             (pixels, decoded), cost = request_footprint(self.model, request), self._cost(request)
         except StylefleetError as exc:
