@@ -356,7 +356,7 @@ class LocalCluster:
         supervisor = self.supervisor
         if supervisor is None:
             raise RuntimeError("stop_dead needs watch() first")
-        left = stop_processes(supervisor.recorded | supervisor.processes.session(), supervisor.processes)
+        left = stop_processes(supervisor.recorded | supervisor.processes.session(everywhere=True), supervisor.processes)
         self._forget()
         return left
 

@@ -54,8 +54,9 @@ class Processes(Protocol):
     def alive(self, pid: int) -> bool:
         """The process still runs (a zombie does not)."""
 
-    def session(self) -> set[int]:
-        """Every process of this service's Ray session now (never this process)."""
+    def session(self, everywhere: bool = False) -> set[int]:
+        """The processes of this service's Ray session now (never this process): the cheap
+        look, or with ``everywhere`` also the ones that lost their parent."""
 
     def signal(self, pid: int, sig: int) -> None:
         """Send ``sig`` to ``pid`` if it is still the process that was recorded (else nothing)."""
@@ -93,11 +94,11 @@ class OwnProcesses:
         except psutil.Error:
             return False
 
-    def session(self) -> set[int]:
+    def session(self, everywhere: bool = False) -> set[int]:
         found: list[psutil.Process] = []
         with contextlib.suppress(psutil.Error):
             found += psutil.Process(self.root).children(recursive=True)
-        if self.marker is not None:
+        if everywhere and self.marker is not None:  # reads every process's environment: ~15 ms
             found += self._marked()
         for proc in found:
             try:

@@ -32,7 +32,8 @@ class FakeProcesses:
 
     def __init__(self, running: set[int], *, stubborn: set[int] = frozenset(), immortal: set[int] = frozenset()) -> None:
         self.running = set(running)
-        self.listed = set(running)  # what session() shows (an orphan drops out of the descendants)
+        self.listed = set(running)  # the descendants (an orphan drops out)
+        self.orphans: set[int] = set()  # found only by looking everywhere
         self.stubborn = set(stubborn)
         self.immortal = set(immortal)
         self.signals: list[tuple[int, int]] = []
@@ -41,8 +42,8 @@ class FakeProcesses:
     def alive(self, pid: int) -> bool:
         return pid in self.running
 
-    def session(self) -> set[int]:
-        return self.listed & self.running
+    def session(self, everywhere: bool = False) -> set[int]:
+        return (self.listed | (self.orphans if everywhere else set())) & self.running
 
     def signal(self, pid: int, sig: int) -> None:
         self.on_signal()
@@ -154,7 +155,8 @@ def test_stop_dead_tells_the_router_first_then_stops_the_session_and_cleans_up(h
     processes.on_signal = lambda: down_at_first_signal.append(held_cluster.down_file.read_text()) if not down_at_first_signal else None
     held_cluster.supervisor = _supervisor(processes)
     held_cluster.supervisor.recorded = {RAYLET, GCS, WORKER}
-    processes.listed = {AGENT}  # found at the end only (by the marker, in the real table)
+    processes.listed = set()
+    processes.orphans = {AGENT}  # found at the end only (by the marker, in the real table)
 
     assert held_cluster.stop_dead("Ray's raylet (pid 101) died", drain_s=0) == set()
 
@@ -230,7 +232,8 @@ def marked_orphan(tmp_path: Path) -> Iterator[tuple[int, str]]:
 def test_own_processes_find_an_orphan_by_its_marker_and_stop_it(marked_orphan: tuple[int, str]) -> None:
     pid, marker = marked_orphan
     processes = OwnProcesses(marker=(lifecycle.DOWN_FILE_ENV, marker))
-    assert pid in processes.session()
+    assert pid not in processes.session(), "not a descendant"
+    assert pid in processes.session(everywhere=True)
     assert processes.alive(pid)
     assert stop_processes({pid}, processes, term_grace_s=10) == set()
     assert not processes.alive(pid)
@@ -238,7 +241,7 @@ def test_own_processes_find_an_orphan_by_its_marker_and_stop_it(marked_orphan: t
 
 def test_own_processes_ignore_processes_without_the_marker(marked_orphan: tuple[int, str], tmp_path: Path) -> None:
     pid, _ = marked_orphan
-    assert pid not in OwnProcesses(marker=(lifecycle.DOWN_FILE_ENV, str(tmp_path / "another"))).session()
+    assert pid not in OwnProcesses(marker=(lifecycle.DOWN_FILE_ENV, str(tmp_path / "another"))).session(everywhere=True)
 
 
 def test_own_processes_never_signal_a_pid_they_did_not_record() -> None:
