@@ -74,8 +74,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         logging.shutdown()
         os._exit(EXIT_RAY_DIED)
 
-    cluster.watch(on_death)
     try:
+        cluster.watch(on_death)
         for failure in cluster.deploy(config.document, timeout_s=args.timeout, allow_degraded=True):
             logger.warning("serving without a failed deployment (its styles answer 503 model_unavailable): %s", failure)
         doors = f"the router itself; Serve's proxy on {config.http_host}:{cluster.proxy_port}" if ingress == "direct" else "Serve's proxy"

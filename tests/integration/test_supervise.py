@@ -126,3 +126,15 @@ def test_a_dead_ray_process_stops_the_whole_service(service: Service, process: s
     assert service.running() == []
     assert not (service.state / "ray-auth-token").exists()
     assert not (service.state / "down").exists()
+
+
+def test_a_deliberate_stop_is_not_taken_for_a_death(service: Service) -> None:
+    service.wait_serving()
+    service.ray_process("raylet")  # records the session
+
+    service.proc.send_signal(signal.SIGINT)
+
+    assert service.proc.wait(timeout=120) == 0
+    assert "died" not in service.stderr_path.read_text()
+    assert service.running() == []
+    assert not (service.state / "ray-auth-token").exists()
