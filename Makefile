@@ -88,12 +88,14 @@ bench-rembg: $(VENV)/.installed-bench $(REMBG_VENV)/bin/rembg
 	$(BIN)/stylefleet bench --only remove-background --no-compare --concurrency 1,16 \
 	  --rembg $(REMBG_VENV)/bin/rembg --out bench-results/rembg.json
 
-# The shipped app under its worst memory mix (docs/batching.md "Memory"): concurrent 4096 px JPEGs
-# to frost (max_side 4096) and remove-background; fails unless every answer is 200 or typed, no
-# Ray worker died and every replica stayed within its memory budget. Starts its own Ray on a free port.
+# The real chaos cases, one after the other (docs/operations.md "Chaos cases"): the shipped app under
+# its worst memory mix (concurrent 4096 px JPEGs: every answer 200 or typed, no Ray worker died, every
+# replica within its memory budget), and a dead raylet / GCS under `stylefleet run`; prints what held
+# and fails unless all did. Each case starts its own Ray on free ports. One case: CHAOS=memory.
+CHAOS ?= all
 CHAOS_FLAGS ?=
 chaos: $(VENV)/.installed-test
-	$(BIN)/python -m stylefleet.tools.chaos memory $(CHAOS_FLAGS)
+	$(BIN)/python -m stylefleet.tools.chaos $(CHAOS) $(CHAOS_FLAGS)
 
 clean:
 	rm -rf $(VENV) $(REMBG_VENV) .pytest_cache bench-results

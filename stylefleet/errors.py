@@ -167,6 +167,21 @@ class ModelUnavailable(StylefleetError):
         super().__init__(message, headers={"Retry-After": str(retry_after_s), **(headers or {})})
 
 
+class ServiceStopping(StylefleetError):
+    """The service is going down: a Ray process it cannot live without died (``stylefleet run``
+    stops the rest within seconds). Retry once it has been started again."""
+
+    status = 503
+    code = "service_stopping"
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after_s: int = 10) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+    def __reduce__(self):
+        return (ServiceStopping, (self.message,), {"headers": self.headers})
+
+
 class InternalError(StylefleetError):
     """An unexpected failure. The message is generic; the traceback goes to the log only."""
 

@@ -6,6 +6,8 @@
   with none (scaled to zero on purpose; Serve starts one on the first request). UPSCALING,
   UPDATING or a replica being replaced beside running ones is ready: that is normal load. A
   failing ready probe means send no traffic here for now.
+- going down (``stylefleet.lifecycle``: a Ray process the service needs died): not ready, at once,
+  without asking Serve (which may never answer now).
 """
 
 from __future__ import annotations
@@ -42,3 +44,8 @@ def readiness(states: Mapping[str, DeploymentState]) -> tuple[bool, dict[str, An
         waiting = sorted(name for name, s in states.items() if not s.ready) or ["(serve status unknown)"]
         body["error"] = {"code": "not_ready", "message": f"no running replica yet: {', '.join(waiting)}"}
     return ready, body
+
+
+def going_down(reason: str) -> dict[str, Any]:
+    """The ``/healthz/ready`` body while the service is going down."""
+    return {"status": "not_ready", "deployments": {}, "error": {"code": "service_stopping", "message": reason}}

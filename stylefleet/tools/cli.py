@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -14,6 +15,12 @@ import yaml
 from stylefleet.spec import ConfigError, ServeFile, load_serve_file
 
 logger = logging.getLogger("stylefleet")
+
+# `stylefleet run`'s exit codes (docs/operations.md "When a Ray process dies").
+EXIT_STOPPED = 0  # Ctrl-C or SIGTERM: Serve and Ray shut down in order
+EXIT_NOT_STARTED = 1  # already running, a port taken, an invalid config, a failed deploy
+EXIT_USAGE = 2  # a bad option (argparse), or --ingress direct for a config it cannot serve
+EXIT_RAY_DIED = 3  # the raylet or the GCS died: every process of the session was stopped by pid
 
 
 def _load(path: str, profile: str | None = None) -> ServeFile:
@@ -26,6 +33,7 @@ def _load(path: str, profile: str | None = None) -> ServeFile:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from stylefleet.tools.local import AlreadyRunning, LocalCluster, choose_ingress
+    from stylefleet.tools.supervise import Death
 
     config = _load(args.config)
     blocker = config.direct_ingress_blocker()
@@ -33,7 +41,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         ingress = choose_ingress(args.ingress, blocker)
     except ValueError as exc:
         print(f"stylefleet: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     if args.ingress == "auto" and blocker:
         logger.info("Serve's proxy in front of the router: %s", blocker)
     cluster = LocalCluster(
@@ -51,8 +59,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         cluster.start()
     except AlreadyRunning as exc:
         print(f"stylefleet: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_NOT_STARTED
+
+    def on_death(death: Death) -> None:
+        """From the supervisor's thread, whatever the main thread is doing (waiting for Ctrl-C,
+        or in a deploy that would never end): stop the session, then end this process at once
+        (an orderly exit would call ray.shutdown, which waits on the dead process)."""
+        print(f"stylefleet: {death.message()}", file=sys.stderr, flush=True)
+        left = cluster.stop_dead(death.message())
+        if left:
+            print(f"stylefleet: these Ray processes would not stop: {sorted(left)}", file=sys.stderr)
+        print(f"stylefleet: stopped (exit {EXIT_RAY_DIED})", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        logging.shutdown()
+        os._exit(EXIT_RAY_DIED)
+
     try:
+        cluster.watch(on_death)
         for failure in cluster.deploy(config.document, timeout_s=args.timeout, allow_degraded=True):
             logger.warning("serving without a failed deployment (its styles answer 503 model_unavailable): %s", failure)
         doors = f"the router itself; Serve's proxy on {config.http_host}:{cluster.proxy_port}" if ingress == "direct" else "Serve's proxy"
@@ -65,7 +88,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         print("stopping Ray...", flush=True)
         cluster.stop()
-    return 0
+    return EXIT_STOPPED
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -19,6 +19,11 @@ through Serve's own direct-ingress server, so a request skips the proxy's hop (d
 "Session 21"); Serve still starts its proxy, on a free loopback port (``proxy_port``), which
 serves every application, including any deployed later.
 
+Supervised (``watch``): the raylet and the GCS are polled about once a second; when one dies the
+router is told at once (it answers 503) and every process of the Ray session is stopped by pid,
+the token and the down file removed (``stylefleet.tools.supervise``, docs/operations.md "When a
+Ray process dies").
+
 What still listens beyond loopback (Serve's replica-to-replica gRPC port, hard-coded to ``[::]``
 in Ray Serve 2.60 and token-protected) is listed in the docs/operations.md ("What listens where"); the
 integration tests fail on any other socket.
@@ -34,11 +39,13 @@ import socket
 import stat
 import tempfile
 import time
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
 from stylefleet.config import RAY_ENVIRONMENT
+from stylefleet.lifecycle import DOWN_FILE_ENV
+from stylefleet.tools.supervise import Death, OwnProcesses, Supervisor, stop_processes
 
 LOOPBACK = "127.0.0.1"
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -191,6 +198,8 @@ class LocalCluster:
         self.token_path: Path | None = None
         self.http_port = http_port
         self._lock_fd: int | None = None
+        self.down_file = self.state_dir / "down"
+        self.supervisor: Supervisor | None = None
 
     def fixed_ports(self) -> dict[str, int]:
         """The ports this cluster will bind by number (the others are chosen free by Ray)."""
@@ -225,6 +234,11 @@ class LocalCluster:
 
         self._claim()
         self.token_path = loopback_token_environment(self.state_dir)
+        self.down_file.unlink(missing_ok=True)  # a run that ended without cleaning up (power loss)
+        # Inherited by every Ray process: the router reads it (stylefleet.lifecycle), and it marks
+        # the session's processes for stop_dead.
+        self._saved_environment[DOWN_FILE_ENV] = os.environ.get(DOWN_FILE_ENV)
+        os.environ[DOWN_FILE_ENV] = str(self.down_file)
         if self.ingress == "direct":
             assert self.http_port is not None  # checked in __init__
             self.proxy_port = free_port()
@@ -319,18 +333,57 @@ class LocalCluster:
             time.sleep(0.5)
         raise TimeoutError(f"applications not RUNNING after {timeout_s}s ({last})")
 
+    def ray_processes(self) -> dict[str, int]:
+        """The pids of the Ray processes the service cannot live without: the raylet and the GCS
+        (both started by this process's ``ray.init``)."""
+        from ray._private import ray_constants, worker
+
+        node = worker._global_node
+        if node is None:
+            raise RuntimeError("Ray is not started")
+        names = {ray_constants.PROCESS_TYPE_RAYLET: "raylet", ray_constants.PROCESS_TYPE_GCS_SERVER: "GCS"}
+        return {label: node.all_processes[kind][0].process.pid for kind, label in names.items()}
+
+    def watch(self, on_death: Callable[[Death], None]) -> Supervisor:
+        """Start polling the raylet and the GCS; ``on_death`` is called from the supervisor's
+        thread (it normally calls ``stop_dead`` and ends the process). ``stop`` ends the watch."""
+        processes = OwnProcesses(marker=(DOWN_FILE_ENV, str(self.down_file)))
+        self.supervisor = Supervisor(self.ray_processes(), processes, on_death)
+        self.supervisor.start()
+        return self.supervisor
+
+    def stop_dead(self, reason: str, *, drain_s: float = 2.0) -> set[int]:
+        """After a Ray process died: tell the router (it answers 503 from now on), give clients
+        ``drain_s`` to see it, then stop every process of this Ray session by pid, never through
+        Ray (it may be the part that is gone), and remove the token, the down file and the lock.
+        The pids that would not die are returned (none, normally)."""
+        self.down_file.write_text(reason + "\n", encoding="utf-8")
+        time.sleep(drain_s)
+        supervisor = self.supervisor
+        if supervisor is None:
+            raise RuntimeError("stop_dead needs watch() first")
+        left = stop_processes(supervisor.recorded | supervisor.processes.session(everywhere=True), supervisor.processes)
+        self._forget()
+        return left
+
+    def _forget(self) -> None:
+        if self.token_path is not None:
+            self.token_path.unlink(missing_ok=True)
+        self.down_file.unlink(missing_ok=True)
+        self._restore_environment()
+        self._unlock()
+
     def stop(self) -> None:
         import ray
         from ray import serve
 
+        if self.supervisor is not None:
+            self.supervisor.stop()  # the processes about to end do so on purpose
         try:
             serve.shutdown()
         finally:
             ray.shutdown()
-            if self.token_path is not None:
-                self.token_path.unlink(missing_ok=True)
-            self._restore_environment()
-            self._unlock()
+            self._forget()
 
 
 def _ingress_runs(status: Any) -> bool:

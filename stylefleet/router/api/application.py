@@ -49,6 +49,7 @@ def create_api(
         body_idle_timeout_s=limits.body_idle_timeout_s,
         max_uploads_per_client=limits.max_uploads_per_client,
     )
+    app.add_middleware(health.GoingDown, render=error_response)  # outermost: before any body is read
     return app
 
 

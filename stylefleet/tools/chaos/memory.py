@@ -15,7 +15,6 @@ Ray worker died, and that each replica's peak RSS stayed within its memory budge
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -337,40 +336,3 @@ def memory(
     finally:
         cluster.stop()
         shutil.rmtree(storage, ignore_errors=True)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stylefleet.tools.chaos", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="case", required=True)
-    pp = sub.add_parser("per-pixel", help="peak RSS growth per megapixel of one request, per model")
-    pp.add_argument("models", nargs="*")
-    one = sub.add_parser("measure-one", help="one model at one size (per-pixel runs each in a fresh process)")
-    one.add_argument("model")
-    one.add_argument("side", type=int)
-    wu = sub.add_parser("warm-up", help="RSS and first-request latency with and without warm-up, per model")
-    wu.add_argument("models", nargs="*")
-    wone = sub.add_parser("warm-up-one", help="one model, warmed (1) or not (0)")
-    wone.add_argument("model")
-    wone.add_argument("warm", type=int)
-    mem = sub.add_parser("memory", help="the shipped app under concurrent 4096 px requests (make chaos)")
-    mem.add_argument("--config", default="serve_config.yaml")
-    mem.add_argument("--requests", type=int, default=12, help="concurrent requests to each of frost and remove-background")
-    mem.add_argument("--side", type=int, default=4096)
-    args = parser.parse_args(argv)
-    if args.case == "per-pixel":
-        per_pixel(args.models or None)
-    elif args.case == "memory":
-        summary = memory(args.config, args.requests, args.side)
-        print(json.dumps(summary, indent=2))
-        return 0 if summary["ok"] else 1
-    elif args.case == "warm-up":
-        warm_up_costs(args.models or ["u2netp", "multistyle26", "arbitrary"])
-    elif args.case == "warm-up-one":
-        print(json.dumps(warm_up_one(args.model, bool(args.warm))))
-    elif args.case == "measure-one":
-        print(json.dumps(measure_one(args.model, args.side)))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

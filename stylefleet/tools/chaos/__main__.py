@@ -1,0 +1,85 @@
+"""``python -m stylefleet.tools.chaos CASE``: one chaos case, or ``all`` of the real ones."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from stylefleet.tools.chaos import dead_ray, memory
+
+
+def _held(case: str, result: Any) -> bool:
+    if case == "dead-ray":
+        return all(r.get("held") for r in result.values())
+    return bool(result.get("ok"))
+
+
+def _run(case: str, args: argparse.Namespace) -> Any:
+    if case == "memory":
+        return memory.memory(args.config, args.requests, args.side)
+    if case == "dead-ray":
+        return dead_ray.dead_ray(args.config, tuple(args.process or dead_ray.DEAD_RAY_PROCESSES))
+    raise ValueError(case)
+
+
+REAL_CASES = ("memory", "dead-ray")  # what `all` (make chaos) runs, one after the other
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stylefleet.tools.chaos", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="case", required=True)
+    pp = sub.add_parser("per-pixel", help="peak RSS growth per megapixel of one request, per model")
+    pp.add_argument("models", nargs="*")
+    one = sub.add_parser("measure-one", help="one model at one size (per-pixel runs each in a fresh process)")
+    one.add_argument("model")
+    one.add_argument("side", type=int)
+    wu = sub.add_parser("warm-up", help="RSS and first-request latency with and without warm-up, per model")
+    wu.add_argument("models", nargs="*")
+    wone = sub.add_parser("warm-up-one", help="one model, warmed (1) or not (0)")
+    wone.add_argument("model")
+    wone.add_argument("warm", type=int)
+    for name, text in (
+        ("memory", "the shipped app under concurrent 4096 px requests"),
+        ("dead-ray", "SIGKILL the raylet, then the GCS, of a served config; report what held"),
+        ("all", "every real case above, one after the other (make chaos)"),
+    ):
+        mode = sub.add_parser(name, help=text)
+        mode.add_argument("--config", default="serve_config.yaml")
+        if name in ("memory", "all"):
+            mode.add_argument("--requests", type=int, default=12, help="memory: concurrent requests to each of frost and remove-background")
+            mode.add_argument("--side", type=int, default=4096, help="memory: the photos' side in px")
+        if name in ("dead-ray", "all"):
+            mode.add_argument(
+                "--process", choices=tuple(dead_ray.DEAD_RAY_PROCESSES), action="append", help="dead-ray: default both, one after the other"
+            )
+    args = parser.parse_args(argv)
+    # Every `stylefleet run` a case starts imports this tree, whatever the current directory.
+    os.environ.setdefault("PYTHONPATH", str(Path(__file__).resolve().parents[3]))
+    if args.case == "per-pixel":
+        memory.per_pixel(args.models or None)
+        return 0
+    if args.case == "warm-up":
+        memory.warm_up_costs(args.models or ["u2netp", "multistyle26", "arbitrary"])
+        return 0
+    if args.case == "warm-up-one":
+        print(json.dumps(memory.warm_up_one(args.model, bool(args.warm))))
+        return 0
+    if args.case == "measure-one":
+        print(json.dumps(memory.measure_one(args.model, args.side)))
+        return 0
+    cases = REAL_CASES if args.case == "all" else (args.case,)
+    held: dict[str, bool] = {}
+    for case in cases:
+        result = _run(case, args)
+        print(json.dumps({case: result}, indent=2), flush=True)
+        held[case] = _held(case, result)
+    print("what held:", ", ".join(f"{case} {'yes' if ok else 'NO'}" for case, ok in held.items()), file=sys.stderr)
+    return 0 if all(held.values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
