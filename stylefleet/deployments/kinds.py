@@ -20,6 +20,7 @@ from stylefleet.deployments.params import (
     AnimeParams,
     DiffusionParams,
     FaceDetectParams,
+    FaceMeshParams,
     IdPhotoParams,
     RemoveBackgroundParams,
     RestyleParams,
@@ -135,6 +136,15 @@ KINDS: dict[str, ModelKind] = {
             image_fields=("image",),
             returns_image=False,
             max_batch_pixels=8 * 2048 * 2048,
+        ),
+        ModelKind(
+            name="face-mesh",
+            task="detect-faces",
+            params_model=FaceMeshParams,
+            files=("blazeface_full_range", "face_mesh"),
+            image_fields=("image",),
+            returns_image=False,
+            max_batch_pixels=8 * 2048 * 2048,  # fixed 192 px networks; the budget bounds the letterboxing
         ),
         ModelKind(
             name="id-photo",

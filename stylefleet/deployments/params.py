@@ -125,6 +125,16 @@ class FaceDetectParams(BaseModel):
     min_neighbors: int = Field(8, ge=1, le=64, description="overlapping detections a face needs (higher: fewer false faces)")
 
 
+# -- face-mesh --------------------------------------------------------------------------------------
+
+
+class FaceMeshParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    min_score: float = Field(0.5, ge=0.05, le=0.99, description="BlazeFace confidence a face needs (MediaPipe's default 0.5)")
+    max_faces: int = Field(4, ge=1, le=16, description="the most faces given landmarks, highest scores first")
+
+
 # -- id-photo ---------------------------------------------------------------------------------------
 
 # Named backgrounds. Blue and red are the usual ID-photo backdrops (Chinese ID and visa photos).
