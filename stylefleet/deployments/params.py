@@ -165,6 +165,11 @@ class IdPhotoParams(EdgeParams):
     max_kb: int | None = Field(None, ge=1, le=20480, description="largest file in KiB (format=jpeg): the quality is lowered to fit")
     layout: Literal["none", "4r"] = Field("none", description="4r: as many copies as fit on a 4x6 in sheet at 300 dpi, with cut guides")
     face: Literal["single", "largest"] = Field("single", description="single: several faces is an error; largest: use the largest")
+    checks: Literal["strict", "warn", "off"] = Field(
+        "warn",
+        description="quality checks (pose, eyes, mouth, face size, sharpness): strict refuses with the finding's code; "
+        "warn returns the photo with the findings in X-Stylefleet-Checks (a face cut off is refused); off skips them",
+    )
 
     @field_validator("bg_color")
     @classmethod
