@@ -45,7 +45,10 @@ pytestmark = pytest.mark.skipif(not (FOLDER / "biden.jpg").is_file(), reason="ru
 @cache
 def _models() -> dict[str, object]:
     runtime = RuntimeOptions(threads=1)
-    return {"matte": U2NetModel(resolve("u2netp"), runtime), "faces": FaceMeshModel(resolve("blazeface_full_range"), resolve("face_mesh"), runtime)}
+    return {
+        "matte": U2NetModel(resolve("u2netp"), runtime),
+        "faces": FaceMeshModel(resolve("blazeface_full_range"), resolve("face_mesh"), runtime),
+    }
 
 
 async def _call(role: str, request: ModelRequest) -> Reply:
@@ -76,7 +79,6 @@ def test_each_portrait_gives_an_in_band_photo_or_names_its_problem(name: str) ->
     (head_lo, head_hi), (top_lo, top_hi) = PRESETS["passport"].head_share, PRESETS["passport"].top_share
     assert head_lo - 0.01 <= (chin - crown) / h <= head_hi + 0.01
     assert top_lo - 0.01 <= crown / h <= top_hi + 0.01
-    right, left = faces[0].eye_centres()
     assert abs(faces[0].roll_deg()) < 3.0  # levelled
 
 
