@@ -53,6 +53,7 @@ FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365
 CROWN_OVER_EYE_CHIN = 1.0
 CROWN_MAX_OVER_EYE_CHIN = 1.6
 CROWN_MIN_COVERAGE = 0.15  # share of the head's band a row needs to count as hair
+LEVEL_REACH = 3.2  # the crop levelled: a passport frame reaches about 2 eye-to-chin distances from the eyes
 ROLL_LEVEL_DEG = 0.5  # below this the photo is not turned (a resample for nothing)
 # The mesh's forehead-to-chin line leans back this much on a level head (median of the frontal
 # calibration portraits): pitch is measured from it.
@@ -130,19 +131,29 @@ def choose_mesh_face(faces: Sequence[MeshFace], alpha: np.ndarray, policy: str) 
 def level_eyes(rgb: np.ndarray, alpha: np.ndarray, face: MeshFace) -> tuple[np.ndarray, np.ndarray, MeshFace, np.ndarray]:
     """The photo, matte and face turned about the eyes' midpoint so that the eyes are level.
 
-    Returns them and the 2x3 transform used (identity when the roll is under ``ROLL_LEVEL_DEG``).
-    Outside the photo the matte is 0 (background), so turned-in corners take the backdrop colour.
+    Only the part of the photo any frame can show is turned (``LEVEL_REACH`` eye-to-chin distances
+    about the eyes: a whole 2048 px photo costs 0.2 s on 2 cores, this crop a tenth). Returns the
+    turned crop, its matte, the face in its pixels and the 2x3 transform from the photo to the crop
+    (a plain shift when the roll is under ``ROLL_LEVEL_DEG``). Outside the photo the matte is 0
+    (background), so turned-in corners take the backdrop colour.
     """
-    roll = face.roll_deg()
-    if abs(roll) < ROLL_LEVEL_DEG:
-        return rgb, alpha, face, np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
     right, left = face.eye_centres()
-    centre = (float((right[0] + left[0]) / 2), float((right[1] + left[1]) / 2))
-    m = cv2.getRotationMatrix2D(centre, roll, 1.0)
+    cx, cy = float((right[0] + left[0]) / 2), float((right[1] + left[1]) / 2)
+    reach = LEVEL_REACH * max(float(face.points[CHIN, 1]) - cy, face.eye_distance())
     h, w = alpha.shape
-    turned_rgb = cv2.warpAffine(rgb, m, (w, h), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
-    turned_alpha = cv2.warpAffine(alpha, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    return turned_rgb, turned_alpha, face.transformed(m), m
+    x0, y0 = max(0, int(cx - reach)), max(0, int(cy - reach))
+    x1, y1 = min(w, int(math.ceil(cx + reach))), min(h, int(math.ceil(cy + reach)))
+    rgb, alpha = rgb[y0:y1, x0:x1], alpha[y0:y1, x0:x1]
+    shift = np.array([[1.0, 0.0, -x0], [0.0, 1.0, -y0]])
+    roll = face.roll_deg()
+    if abs(roll) < ROLL_LEVEL_DEG or x1 <= x0 or y1 <= y0:
+        return rgb, alpha, face.transformed(shift), shift
+    turn = cv2.getRotationMatrix2D((cx - x0, cy - y0), roll, 1.0)
+    size = (x1 - x0, y1 - y0)
+    turned_rgb = cv2.warpAffine(rgb, turn, size, flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+    turned_alpha = cv2.warpAffine(alpha, turn, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    m = np.vstack([turn, [0, 0, 1]]) @ np.vstack([shift, [0, 0, 1]])
+    return turned_rgb, turned_alpha, face.transformed(m[:2]), m[:2]
 
 
 # --- the head --------------------------------------------------------------------------------------
