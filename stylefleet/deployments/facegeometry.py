@@ -51,7 +51,7 @@ FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365
 # portraits whose crown the matte finds: docs/id-photos.md); and the most the matte may claim
 # (above this, the head's component has run into something that is not the head).
 CROWN_OVER_EYE_CHIN = 1.0
-CROWN_MAX_OVER_EYE_CHIN = 1.6
+CROWN_MAX_OVER_EYE_CHIN = 2.0
 CROWN_MIN_COVERAGE = 0.15  # share of the head's band a row needs to count as hair
 LEVEL_REACH = 3.2  # the crop levelled: a passport frame reaches about 2 eye-to-chin distances from the eyes
 ROLL_LEVEL_DEG = 0.5  # below this the photo is not turned (a resample for nothing)
@@ -274,7 +274,7 @@ class QualityRules:
     """Limits a preset's photo is judged by (see docs/id-photos.md for each figure's source)."""
 
     max_yaw_deg: float = 8.0
-    max_pitch_deg: float = 8.0
+    max_pitch_deg: float = 10.0
     max_roll_deg: float = 8.0
     min_eyes_open: float = 0.02  # eyelid gap over inter-eye distance (OFIQ EyesOpen, x0 = 0.02)
     max_mouth_open: float = 0.2  # inner-lip gap over eye-to-mouth distance (OFIQ MouthClosed, x0 = 0.2)

@@ -170,6 +170,8 @@ class FaceMeshModel:
         pixels = request.images.get("image")
         if pixels is None:
             raise InvalidParams("the 'image' file is required")
+        if pixels.ndim == 2:  # greyscale: the networks take three channels
+            pixels = np.repeat(pixels[:, :, None], 3, axis=2)
         rgb = np.ascontiguousarray(flatten(pixels)[:, :, :3])
         square, scale, ox, oy = letterbox(rgb, DETECT_SIDE)
         return _Prepared("all", rgb, square.astype(np.float32) / 127.5 - 1.0, scale, (ox, oy), params)

@@ -67,3 +67,13 @@ def test_weighted_nms_merges_overlapping_boxes_by_score() -> None:
     assert s1 == pytest.approx(0.9) and s2 == pytest.approx(0.8)
     assert first[0] == pytest.approx(0.25)  # (0 * 0.9 + 1 * 0.3) / 1.2
     assert decode_detections(np.zeros((2304, 16), np.float32), np.full(2304, -10.0, np.float32), 0.5) == []
+
+
+def test_a_greyscale_profile_is_found_and_reads_as_turned() -> None:
+    from stylefleet.deployments.facegeometry import head_pose, mesh_faces
+
+    [rows] = _rows(data.camera())  # 2-D greyscale, the camera man in profile
+    [face] = mesh_faces(rows)
+    yaw, _, _ = head_pose(face)
+    assert abs(yaw) > 30  # far past any frontal limit
+    assert 185 <= face.points[152, 1] <= 200  # his chin, marked by eye at y=190
