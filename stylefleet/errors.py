@@ -138,6 +138,42 @@ class FaceTooSmall(UnusablePhoto):
     code = "face_too_small"
 
 
+class FaceCutOff(UnusablePhoto):
+    """Part of the face is outside the photo (checks=strict)."""
+
+    code = "face_cut_off"
+
+
+class PoseNotFrontal(UnusablePhoto):
+    """The head is turned or tipped past the size's limits (checks=strict)."""
+
+    code = "pose_not_frontal"
+
+
+class HeadTilted(UnusablePhoto):
+    """The head is tilted past the size's roll limit (checks=strict); smaller tilts are levelled."""
+
+    code = "head_tilted"
+
+
+class EyesClosed(UnusablePhoto):
+    code = "eyes_closed"
+
+
+class MouthOpen(UnusablePhoto):
+    code = "mouth_open"
+
+
+class ImageBlurry(UnusablePhoto):
+    code = "image_blurry"
+
+
+class PhotoOutOfSpec(UnusablePhoto):
+    """The composed photo, measured again, is outside its size's head or margin rules: never returned."""
+
+    code = "photo_out_of_spec"
+
+
 class MaxKbTooSmall(UnusablePhoto):
     """Even the lowest JPEG quality allowed does not fit the file into ``max_kb``."""
 

@@ -59,6 +59,7 @@ class Record:
     seed: str | int | None = None  # batch: the X-Stylefleet-Seed header's text; jobs: the int
     model_sha256: str | None = None
     nsfw: bool | None = None  # the safety checker flagged (and blacked out) the output; None: no checker ran
+    checks: str | None = None  # id-photo: the quality findings (X-Stylefleet-Checks); None: none ran
     error: dict[str, str] | None = None  # {"code", "message"}
     seconds: float | None = None
     finished_at: str = field(default_factory=now_iso)

@@ -72,6 +72,7 @@ class EncodedImage:
     model_sha256: str
     pixels: np.ndarray | None = None
     nsfw: bool | None = None  # a safety checker's verdict (True: flagged, blacked out); None: none ran
+    checks: str | None = None  # id-photo: the quality findings, comma-separated, or "pass"; None: none ran
 
 
 class SafetyChecked(np.ndarray):

@@ -23,13 +23,15 @@ from typing import Any
 import cv2
 import numpy as np
 
+from stylefleet.deployments import facegeometry as fg
 from stylefleet.deployments.batching import EncodedImage, ModelRequest, OutputSpec, validate_params
+from stylefleet.deployments.faces import COLUMNS as HAAR_COLUMNS
 from stylefleet.deployments.faces import Face, faces_from_array
 from stylefleet.deployments.kinds import KINDS
 from stylefleet.deployments.params import IdPhotoParams, background
 from stylefleet.deployments.presets import Frame
 from stylefleet.deployments.stylize import check_min_side
-from stylefleet.errors import FaceTooSmall, InvalidParams, MaxKbTooSmall, MultipleFaces, NoFace
+from stylefleet.errors import FaceTooSmall, InvalidParams, MaxKbTooSmall, MultipleFaces, NoFace, PhotoOutOfSpec
 from stylefleet.imageio import CONTENT_TYPES, encode, resize_to_max_side
 
 WORK_MAX_SIDE = 2048  # photos are scaled down to this before matting and detection
@@ -268,6 +270,7 @@ class _Prepared:
     params: IdPhotoParams
     frame: Frame
     bg: tuple[int, int, int]
+    checks: str | None = None  # X-Stylefleet-Checks: the findings on this photo (face-mesh only)
 
 
 class IdPhotoModel:
@@ -304,16 +307,42 @@ class IdPhotoModel:
 
     def compose(self, prepared: _Prepared, replies: Mapping[str, np.ndarray]) -> np.ndarray:
         alpha = alpha_from_matte(replies["matte"])
-        face = choose_face(faces_from_array(replies["faces"]), alpha, prepared.params.face)
-        head = estimate_head(face, alpha)
+        faces = np.asarray(replies["faces"])
         frame = prepared.frame
-        placement = place(head, frame)
-        rgb, a = render(prepared.pixels, alpha, placement, (frame.width_px, frame.height_px))
+        if faces.ndim == 2 and faces.shape[1] == len(HAAR_COLUMNS):  # a Haar face-detect: boxes only
+            face = choose_face(faces_from_array(faces), alpha, prepared.params.face)
+            placement = place(estimate_head(face, alpha), frame)
+            rgb, a = render(prepared.pixels, alpha, placement, (frame.width_px, frame.height_px))
+        else:
+            rgb, a = self._frame_from_landmarks(prepared, alpha, faces)
         photo = composite(rgb, a, prepared.bg)
         return make_sheet(photo, frame.dpi) if prepared.params.layout == "4r" else photo
+
+    @staticmethod
+    def _frame_from_landmarks(prepared: _Prepared, alpha: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Judge the face, level the eyes, frame chin to crown, then measure the frame before it leaves."""
+        frame, params = prepared.frame, prepared.params
+        face = fg.choose_mesh_face(fg.mesh_faces(rows), alpha, params.face)
+        if params.checks != "off":
+            quality = fg.judge(prepared.pixels, face, fg.QUALITY_RULES.get(params.size, fg.QUALITY_RULES["custom"]))
+            fg.enforce(quality, params.checks)
+            prepared.checks = quality.header()
+        pixels, levelled_alpha, face, _ = fg.level_eyes(prepared.pixels, alpha, face)
+        head = fg.mesh_head(face, levelled_alpha)
+        placement = place(Head(crown_y=head.crown_y, chin_y=head.chin_y, centre_x=head.centre_x), frame)
+        rgb, a = render(pixels, levelled_alpha, placement, (frame.width_px, frame.height_px))
+        into_frame = np.array([[placement.scale, 0.0, placement.dx], [0.0, placement.scale, placement.dy]])
+        measured = fg.measure_frame(face.transformed(into_frame), a)
+        try:
+            fg.check_frame(measured, frame)
+        except PhotoOutOfSpec as exc:
+            if not head.crown_from_matte:
+                exc.message += "; the top of the head is not in the photo (or the backdrop could not be told from it)"
+            raise
+        return rgb, a
 
     def encode(self, prepared: _Prepared, pixels: np.ndarray, output: OutputSpec, model_sha256: str) -> EncodedImage:
         dpi = SHEET_DPI if prepared.params.layout == "4r" else prepared.frame.dpi
         data = encode_within(pixels, output, dpi, prepared.params.max_kb)
         h, w = pixels.shape[:2]
-        return EncodedImage(data, CONTENT_TYPES[output.format], w, h, model_sha256)
+        return EncodedImage(data, CONTENT_TYPES[output.format], w, h, model_sha256, checks=prepared.checks)

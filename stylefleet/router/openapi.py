@@ -94,6 +94,10 @@ IMAGE_RESPONSE: dict[str, Any] = {
         "X-Stylefleet-Model-Sha256": {"description": "the weights that made it", "schema": {"type": "string"}},
         "X-Stylefleet-Size": {"description": "WxH", "schema": {"type": "string"}},
         "X-Stylefleet-Seed": {"description": "generative styles: the seed of each image", "schema": {"type": "string"}},
+        "X-Stylefleet-Checks": {
+            "description": "id-photo: the quality findings' codes, comma-separated, or pass",
+            "schema": {"type": "string"},
+        },
     },
 }
 

@@ -170,4 +170,12 @@ def test_the_composer_reports_its_uses_and_stage_times(client: httpx.Client) -> 
     info = _info("id-photo")
     assert info["uses"] == {"matte": "remove-background", "faces": "face-detect"}
     assert {"prepare", "wait", "compose", "encode"} <= set(info["stages"])
-    assert info["model_sha256"].startswith("309c8469")  # u2netp first, then the two cascades
+    assert info["model_sha256"].startswith("309c8469")  # u2netp first, then the face networks
+
+
+def test_the_checks_ride_in_a_header_and_strict_refuses_with_the_finding(client: httpx.Client) -> None:
+    ok = _post(client, ASTRONAUT_PNG)  # 44 px between her eyes: under the 90 a passport photo wants
+    assert ok.status_code == 200 and ok.headers["x-stylefleet-checks"] == "face_too_small"
+    refused = _post(client, ASTRONAUT_PNG, checks="strict")
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "face_too_small"
+    assert "x-stylefleet-checks" not in _post(client, ASTRONAUT_PNG, checks="off").headers

@@ -46,7 +46,7 @@ def test_a_composed_kind_names_the_weights_of_its_roles_whatever_order_the_confi
     app = copy.deepcopy(SHIPPED)
     app["args"]["deployments"]["id-photo"]["uses"] = {"faces": "face-detect", "matte": "remove-background"}
     loaded = load_model(_spec(app).model_spec("id-photo"))
-    assert loaded.model_sha256 == f"{KINDS['u2netp'].expected_sha256()}+{KINDS['haar-face'].expected_sha256()}"
+    assert loaded.model_sha256 == f"{KINDS['u2netp'].expected_sha256()}+{KINDS['face-mesh'].expected_sha256()}"
     assert load_model(_spec().model_spec("id-photo")).model_sha256 == loaded.model_sha256
 
 

@@ -63,6 +63,8 @@ async def apply_style(style_name: str, request: Request) -> Response:
         headers["X-Stylefleet-Seed"] = ",".join(str(seed) for seed in result.seeds)
     if any(i.nsfw is not None for i in result.images):  # the safety checker ran: its verdict per image
         headers["X-Stylefleet-Nsfw"] = ",".join(_verdict(i.nsfw) for i in result.images)
+    if image.checks is not None:  # id-photo's quality findings ("pass" when none)
+        headers["X-Stylefleet-Checks"] = image.checks
     if len(result.images) == 1:
         return Response(image.data, media_type=image.content_type, headers=headers)
     return _many_images(style.name, list(result.images), list(result.seeds), request.headers.get("accept", ""), headers)

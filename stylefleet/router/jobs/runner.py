@@ -131,5 +131,5 @@ class Runner:
         return Record(
             **base,  # type: ignore[arg-type]
             status="ok", output=item.output, model_sha256=result.image.model_sha256,
-            seed=result.seeds[0], nsfw=result.image.nsfw, seconds=round(time.perf_counter() - started, 4),
+            seed=result.seeds[0], nsfw=result.image.nsfw, checks=result.image.checks, seconds=round(time.perf_counter() - started, 4),
         )

@@ -44,6 +44,7 @@ class Outcome:
     model_sha256: str | None = None
     seed: str | None = None
     nsfw: bool | None = None
+    checks: str | None = None
     error_code: str | None = None
     error_message: str | None = None
     attempts: int = 1
@@ -109,6 +110,7 @@ def _outcome(r: httpx.Response, attempts: int) -> Outcome:
             model_sha256=r.headers.get("x-stylefleet-model-sha256"),
             seed=r.headers.get("x-stylefleet-seed"),
             nsfw={"true": True, "false": False}.get(r.headers.get("x-stylefleet-nsfw", "")),
+            checks=r.headers.get("x-stylefleet-checks"),
             attempts=attempts,
         )
     code, message = _error(r)

@@ -317,7 +317,8 @@ class StyleActor:
             target = str(batch["output"][j])
             self.out.write_bytes(target, reply.data)
             return self._record(
-                batch, j, status="ok", output=target, model_sha256=reply.model_sha256, seed=_seed(request.params), nsfw=reply.nsfw
+                batch, j, status="ok", output=target, model_sha256=reply.model_sha256, seed=_seed(request.params), nsfw=reply.nsfw,
+                checks=reply.checks,
             )
         err = reply if isinstance(reply, StylefleetError) else None
         return self._record(

@@ -309,6 +309,7 @@ async def _one(plan: Plan, out: Storage, index: ManifestIndex, on_skip: Sink, st
         seed=outcome.seed,
         model_sha256=outcome.model_sha256,
         nsfw=outcome.nsfw,
+        checks=outcome.checks,
         seconds=seconds,
     )
 
