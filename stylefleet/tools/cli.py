@@ -70,12 +70,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """The served benchmark, or ``--models`` (the model layer's table) or ``--gpu`` (issue 15's harness)."""
-    from stylefleet.tools import bench, bench_gpu, bench_table
+    from stylefleet.bench import gpu, table
+    from stylefleet.bench import served as bench
 
     if args.gpu:
-        return bench_gpu.main(args)
+        return gpu.main(args)
     if args.models:
-        return bench_table.main(args)
+        return table.main(args)
     args.batch_sizes = args.batch_sizes or "1,4,8"
     return bench.main(args)
 
@@ -102,8 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=cmd_run)
 
-    from stylefleet.tools import bench as bench_mod
-    from stylefleet.tools import bench_gpu as bench_gpu_mod
+    from stylefleet.bench import gpu as bench_gpu_mod
+    from stylefleet.bench import served as bench_mod
     from stylefleet.tools.batch import run as batch_mod
 
     batch = sub.add_parser(

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
+from stylefleet.bench import served as bench
+from stylefleet.bench.load import Case, in_turns, steady_rate
 from stylefleet.spec import AppSpec
-from stylefleet.tools import bench
-from stylefleet.tools.bench_load import Case, in_turns, steady_rate
 from tests.samples import ROOT
 
 
@@ -273,7 +273,7 @@ def test_bare_turns_always_time_the_replicas_own_setup_even_when_the_sweep_ranke
 
 
 def test_balanced_order_reverses_every_other_pass_so_each_item_has_the_same_mean_position() -> None:
-    from stylefleet.tools.bench_load import balanced_order
+    from stylefleet.bench.load import balanced_order
 
     order = balanced_order(3, 2)
     assert order == [(0, 0), (0, 1), (0, 2), (1, 2), (1, 1), (1, 0)]
@@ -285,7 +285,7 @@ def test_balanced_order_reverses_every_other_pass_so_each_item_has_the_same_mean
 
 
 def test_median_of_rounds_skips_a_round_without_the_figure() -> None:
-    from stylefleet.tools.bench_load import median_of_rounds
+    from stylefleet.bench.load import median_of_rounds
 
     rows = [{"ips": 3.0, "steady_ips": None}, {"ips": 5.0, "steady_ips": 4.0}, {"ips": 4.0, "steady_ips": 6.0}]
     assert median_of_rounds(rows, ["ips", "steady_ips", "p50_ms"]) == {"ips": 4.0, "steady_ips": 5.0, "p50_ms": None}

@@ -37,12 +37,12 @@ import httpx
 import numpy as np
 import psutil
 
+from stylefleet.bench.load import Case, Load, balanced_order, in_turns, median_of_rounds
 from stylefleet.config import BatchingConfig, ModelSpec
 from stylefleet.deployments.batching import ModelRequest, OutputSpec, decoded, encode_outcomes, run_batch
 from stylefleet.deployments.loader import load_model
 from stylefleet.imageio import decode, encode, resize_to_max_side
 from stylefleet.spec import AppSpec, load_serve_file
-from stylefleet.tools.bench_load import Case, Load, balanced_order, in_turns, median_of_rounds
 
 
 def _rounds(text: str) -> int:
@@ -197,7 +197,7 @@ def _shares(before: dict[str, float], after: dict[str, float]) -> dict[str, floa
 
 def _alternating_rates(fns: list[Callable[[], None]], images: int, repeats: int = 5, budget_s: float = 30.0) -> list[float]:
     """Images/s of each function, timed in turns (A B A B ...): drift hits them alike."""
-    from stylefleet.tools.bench_sessions import alternating_times
+    from stylefleet.bench.sessions import alternating_times
 
     return [images / statistics.median(t) for t in alternating_times(fns, repeats, budget_s)]
 
@@ -556,7 +556,7 @@ def http_path(url: str, case: Case, samples: dict[str, bytes], pairs: int = 20) 
 
 def level_requests(requested: int, concurrency: int) -> int:
     """Requests for one level: at least six rounds of ``concurrency``, so that the steady window
-    (all but the first and last round, ``bench_load.steady_rate``) holds four."""
+    (all but the first and last round, ``stylefleet.bench.load.steady_rate``) holds four."""
     return max(requested, 6 * concurrency) if concurrency > 1 else requested
 
 
@@ -614,12 +614,12 @@ def main(args: argparse.Namespace) -> int:
     results: dict[str, Any] = {"machine": _machine(), "config": args.config, "models": {}}
     out = Path(args.out)
     if args.sessions:
+        from stylefleet.bench import sessions
         from stylefleet.imageio import decode as decode_image
-        from stylefleet.tools import bench_sessions
 
         print(f"== ONNX Runtime session options, batch {args.batch_sizes}, {args.rounds} alternating rounds", flush=True)
         photo = decode_image(samples["image"], max_pixels=10**8).pixels
-        results["sessions"] = bench_sessions.sweep(photo, [int(x) for x in args.batch_sizes.split(",")], args.rounds, args.seconds)
+        results["sessions"] = sessions.sweep(photo, [int(x) for x in args.batch_sizes.split(",")], args.rounds, args.seconds)
         _write(out, results)
         return 0
 
@@ -712,10 +712,10 @@ def main(args: argparse.Namespace) -> int:
                 )
             results["models"][case.deployment]["served"] = rows
         if args.rembg:
-            from stylefleet.tools import bench_rembg
+            from stylefleet.bench import rembg
 
             case = next(c for c in _cases(spec) if c.deployment == "remove-background")
-            results["rembg"] = bench_rembg.compare(args.rembg, url, case, samples, args.rembg_rounds, args.seconds)
+            results["rembg"] = rembg.compare(args.rembg, url, case, samples, args.rembg_rounds, args.seconds)
         if args.soak_minutes > 0:
             results["soak"] = soak(url, spec, args.soak_style, samples, args.soak_minutes)
     finally:
@@ -733,7 +733,7 @@ def served_in_turns(
     concurrency: int,
     args: argparse.Namespace,
 ) -> dict[str, Any]:
-    """served/bare-fastest with the two in turns (``bench_load.in_turns``): the fastest bare setup
+    """served/bare-fastest with the two in turns (``stylefleet.bench.load.in_turns``): the fastest bare setup
     in this process while the service idles beside it, then a saturated served level, and so on.
     A bare turn times each of ``contenders`` (images/s, setup, batch size: ``bare_contenders``,
     the sweep's leaders and the replica's own setup) and takes the fastest: the sweep's maximum

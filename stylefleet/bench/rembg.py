@@ -23,8 +23,8 @@ from typing import Any
 
 import httpx
 
+from stylefleet.bench.load import Case, Load
 from stylefleet.deployments.registry import resolve
-from stylefleet.tools.bench_load import Case, Load
 from stylefleet.tools.local import LOOPBACK, free_port
 
 
@@ -54,7 +54,7 @@ def _start(rembg: str, home: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def _steady(a: dict[str, Any], b: dict[str, Any]) -> str:
-    """The steady-window figures of one round (``bench_load.steady_rate``), where both have one."""
+    """The steady-window figures of one round (``stylefleet.bench.load.steady_rate``), where both have one."""
     if not (a.get("steady_ips") and b.get("steady_ips")):
         return ""
     return f"  steady {a['steady_ips']:.2f} vs {b['steady_ips']:.2f}: {a['steady_ips'] / b['steady_ips']:.2f}"

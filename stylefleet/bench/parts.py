@@ -3,7 +3,7 @@ the network, finish, encode. The network's share of the sum is the most served/b
 that any server returning the same bytes can reach on a CPU-bound machine, before HTTP, the
 client and Ray take theirs.
 
-Usage: .venv/bin/python scripts/model_parts.py [repeats] (default 30; the bench's photos, the
+Usage: .venv/bin/python -m stylefleet.bench.parts [repeats] (default 30; the bench's photos, the
 shipped serve_config.yaml, batch 4 as the replica runs it). docs/performance.md "Session 27".
 Each part is timed with ``time.thread_time`` in one thread, the parts in turns (one image through
 all of them, then the next), so the host's drift hits every part alike; medians over the repeats.
@@ -17,10 +17,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from stylefleet.bench.served import PARALLEL, _cases, _samples, _setup_model
 from stylefleet.deployments.batching import ModelRequest, OutputSpec, decoded
 from stylefleet.imageio import encode
 from stylefleet.spec import load_serve_file
-from stylefleet.tools.bench import PARALLEL, _cases, _samples, _setup_model
 
 BATCH = 4  # the shipped max_batch_size: the network's time per image is a quarter of one call
 

@@ -2,7 +2,7 @@
 
 Two layers, and the output says which ran:
 
-- **model**: ``run_batch`` in this process, no Ray (``stylefleet.tools.bench_table``): per-image
+- **model**: ``run_batch`` in this process, no Ray (``stylefleet.bench.table``): per-image
   throughput (batch 1, one call at a time) and bare batches of 1/2/4/8/16, with p50 latency and
   peak GPU memory (torch's allocator, NVML per process) and utilisation.
 - **served**: where Ray is installed, the shipped configs (``serve_config.yaml`` with
@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from stylefleet.tools import bench_models, bench_table
+from stylefleet.bench import table, weights
 
 # Issue 15: what the figures are held against.
 ANCHORS = {
@@ -58,7 +58,7 @@ SERVED_SUBJECTS = {  # subject -> (application file, style, deployment)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    bench_table.add_arguments(parser)
+    table.add_arguments(parser)
     parser.add_argument("--gpu", action="store_true", help="measure every model on CUDA: model layer and, with Ray, served")
     parser.add_argument("--tiny", action="store_true", help="with --gpu: the whole harness on the CPU at toy sizes (CI)")
     parser.add_argument("--layers", default="model,served", help="--gpu: model, served or both (served needs Ray)")
@@ -122,11 +122,11 @@ def onnx_config(device: str, port: int) -> dict[str, Any]:
     return config
 
 
-def genai_config(settings: bench_table.Settings, models_dir: Path, port: int) -> dict[str, Any]:
+def genai_config(settings: table.Settings, models_dir: Path, port: int) -> dict[str, Any]:
     """The shipped generative config over random-weight models saved under ``models_dir``; on the
     CPU (``--tiny``) without GPU shares, and the presets at the table's size and steps."""
     cuda = settings.device == "cuda"
-    base, controlnet = bench_models.save_sd(models_dir, settings.arch, half=cuda)
+    base, controlnet = weights.save_sd(models_dir, settings.arch, half=cuda)
     config = yaml.safe_load(Path("serve_config.genai.yaml").read_text())
     config["http_options"].update(port=port, request_timeout_s=REQUEST_TIMEOUT_S)
     app = config["applications"][0]
@@ -135,7 +135,7 @@ def genai_config(settings: bench_table.Settings, models_dir: Path, port: int) ->
     args["jobs"] = {"storage": tempfile.mkdtemp(prefix="stylefleet-bench-jobs-")}
     for name in list(args["models"]):
         path = models_dir / f"{name}.pt"
-        args["models"][name] = {"path": str(path), "sha256": bench_models.save_animegan(path)}
+        args["models"][name] = {"path": str(path), "sha256": weights.save_animegan(path)}
     for dep in args["deployments"].values():
         dep["device"] = settings.device
         if not cuda:
@@ -154,10 +154,10 @@ def genai_config(settings: bench_table.Settings, models_dir: Path, port: int) ->
     return config
 
 
-def _case(subject: str, config: dict[str, Any], settings: bench_table.Settings) -> Any:
+def _case(subject: str, config: dict[str, Any], settings: table.Settings) -> Any:
+    from stylefleet.bench.load import Case
+    from stylefleet.bench.served import _cases
     from stylefleet.spec import AppSpec
-    from stylefleet.tools.bench import _cases
-    from stylefleet.tools.bench_load import Case
 
     _, style, deployment = SERVED_SUBJECTS[subject]
     if style is None:
@@ -168,9 +168,9 @@ def _case(subject: str, config: dict[str, Any], settings: bench_table.Settings) 
     return Case(style=style, deployment=deployment, params={}, files=files, fields=fields)
 
 
-def served_layer(names: list[str], settings: bench_table.Settings, levels: list[int], requests: int, cap_s: float) -> dict[str, Any]:
+def served_layer(names: list[str], settings: table.Settings, levels: list[int], requests: int, cap_s: float) -> dict[str, Any]:
     """Each subject over HTTP at each concurrency level, its configs deployed in turn."""
-    from stylefleet.tools.bench import _print_level, _samples, measured_level
+    from stylefleet.bench.served import _print_level, _samples, measured_level
     from stylefleet.tools.local import LocalCluster, free_port
 
     samples = _samples()
@@ -185,7 +185,7 @@ def served_layer(names: list[str], settings: bench_table.Settings, levels: list[
                 wanted = [n for n in names if SERVED_SUBJECTS[n][0] == app_file]
                 if not wanted:
                     continue
-                if app_file == "genai" and (missing := bench_table.diffusers_missing()):
+                if app_file == "genai" and (missing := table.diffusers_missing()):
                     for n in wanted:
                         out["models"][n] = {"skipped": missing}
                     continue
@@ -196,7 +196,7 @@ def served_layer(names: list[str], settings: bench_table.Settings, levels: list[
                     case = _case(name, config, settings)
                     rows = []
                     for c in levels:
-                        with bench_table.GpuWatch(0.05, whole_card=True) if settings.device == "cuda" else _Null() as watch:
+                        with table.GpuWatch(0.05, whole_card=True) if settings.device == "cuda" else _Null() as watch:
                             row = measured_level(url, case, samples, c, max(requests, 2 * c), cap_s)
                         row.update(watch.summary())
                         rows.append(row)
@@ -258,7 +258,7 @@ def summarise(model_layer: dict[str, Any], served: dict[str, Any] | None) -> dic
                 item["bare_same_batch"] = same["batch_size"]
         elif served_entry:
             item["served"] = served_entry.get("skipped")
-        family = "onnx" if name in bench_table.ONNX_SUBJECTS else ("torch-sd" if name.startswith("sd-") else "torch")
+        family = "onnx" if name in table.ONNX_SUBJECTS else ("torch-sd" if name.startswith("sd-") else "torch")
         target = TARGETS["served_batched_over_per_image"].get(family)
         if target is not None:
             item["target_served_over_per_image"] = target
@@ -304,12 +304,12 @@ def main(args: argparse.Namespace) -> int:
         return 3
     device = "cpu" if args.tiny else "cuda"
     names = [n for n in args.subjects.split(",") if n]
-    unknown = sorted(set(names) - set(bench_table.SUBJECTS))
+    unknown = sorted(set(names) - set(table.SUBJECTS))
     if unknown:
-        print(f"stylefleet bench: unknown --subjects {unknown}; known: {', '.join(bench_table.SUBJECTS)}", file=sys.stderr)
+        print(f"stylefleet bench: unknown --subjects {unknown}; known: {', '.join(table.SUBJECTS)}", file=sys.stderr)
         return 2
     layers = {x for x in args.layers.split(",") if x}
-    settings = bench_table.settings_from(args, device=device, tiny=args.tiny)
+    settings = table.settings_from(args, device=device, tiny=args.tiny)
     levels = [int(x) for x in (args.gpu_concurrency or ("1,4" if args.tiny else "1,8,32,64")).split(",") if x]
     requests = args.gpu_requests or (8 if args.tiny else 64)
     started = time.time()
@@ -317,7 +317,7 @@ def main(args: argparse.Namespace) -> int:
         "benchmark": "stylefleet bench --gpu" + (" --tiny" if args.tiny else ""),
         "tiny": bool(args.tiny),
         "device": device,
-        "weights": f"Stable Diffusion, ControlNet and AnimeGANv2: {bench_models.weights_note(settings.arch)}",
+        "weights": f"Stable Diffusion, ControlNet and AnimeGANv2: {weights.weights_note(settings.arch)}",
         "machine": machine(device),
         "anchors": ANCHORS,
         "targets": TARGETS,
@@ -332,7 +332,7 @@ def main(args: argparse.Namespace) -> int:
     model_layer = None
     with tempfile.TemporaryDirectory(prefix="stylefleet-bench-gpu-") as workdir:
         if "model" in layers:
-            model_layer = bench_table.run_table(names, settings, Path(workdir))
+            model_layer = table.run_table(names, settings, Path(workdir))
             results["model_layer"] = model_layer
             results["layers_measured"].append("model")
     served = None
@@ -350,5 +350,5 @@ def main(args: argparse.Namespace) -> int:
         print_summary(results["summary"])
     results["wall_s"] = round(time.time() - started, 1)
     print(f"== layers measured: {', '.join(results['layers_measured']) or 'none'}", flush=True)
-    bench_table.write(Path(args.out), results)
+    table.write(Path(args.out), results)
     return 0
