@@ -1,4 +1,4 @@
-"""``stylefleet bench --gpu``: the GPU path measured for every model, in one command.
+"""``stylefleet bench gpu``: the GPU path measured for every model, in one command.
 
 Two layers, and the output says which ran:
 
@@ -58,14 +58,16 @@ SERVED_SUBJECTS = {  # subject -> (application file, style, deployment)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    table.add_arguments(parser)
-    parser.add_argument("--gpu", action="store_true", help="measure every model on CUDA: model layer and, with Ray, served")
-    parser.add_argument("--tiny", action="store_true", help="with --gpu: the whole harness on the CPU at toy sizes (CI)")
-    parser.add_argument("--layers", default="model,served", help="--gpu: model, served or both (served needs Ray)")
-    parser.add_argument("--gpu-concurrency", default=None, help="--gpu: served concurrency levels (default 1,8,32,64; --tiny 1,4)")
+    """The model table's flags (it runs that table first) and the served layer's."""
+    table.add_arguments(parser, device=False)
+    parser.set_defaults(out="bench-results/gpu.json")
+    parser.add_argument("--tiny", action="store_true", help="the whole harness on the CPU at toy sizes (CI)")
+    parser.add_argument("--layers", default="model,served", help="model, served or both (served needs Ray)")
+    parser.add_argument("--concurrency", default=None, help="served concurrency levels (default 1,8,32,64; --tiny 1,4)")
     parser.add_argument(
-        "--gpu-requests", type=int, default=None, help="--gpu: requests per served level, at least 2x concurrency (default 64; --tiny 8)"
+        "--requests", type=int, default=None, help="requests per served level, at least 2x concurrency (default 64; --tiny 8)",
     )
+    parser.add_argument("--seconds", type=float, default=60.0, help="time cap per served level")
 
 
 def cuda_status() -> tuple[bool, str]:
@@ -155,14 +157,14 @@ def genai_config(settings: table.Settings, models_dir: Path, port: int) -> dict[
 
 
 def _case(subject: str, config: dict[str, Any], settings: table.Settings) -> Any:
+    from stylefleet.bench.common import style_cases
     from stylefleet.bench.load import Case
-    from stylefleet.bench.served import _cases
     from stylefleet.spec import AppSpec
 
     _, style, deployment = SERVED_SUBJECTS[subject]
     if style is None:
         spec = AppSpec.from_application(config["applications"][0])
-        return next(c for c in _cases(spec) if c.deployment == deployment)
+        return next(c for c in style_cases(spec) if c.deployment == deployment)
     files = ("image",) if subject in ("animeganv2", "sd-img2img", "sd-controlnet-canny") else ()
     fields = (("prompt", "an astronaut"), ("steps", str(settings.steps))) if subject.startswith("sd-") else ()
     return Case(style=style, deployment=deployment, params={}, files=files, fields=fields)
@@ -170,10 +172,11 @@ def _case(subject: str, config: dict[str, Any], settings: table.Settings) -> Any
 
 def served_layer(names: list[str], settings: table.Settings, levels: list[int], requests: int, cap_s: float) -> dict[str, Any]:
     """Each subject over HTTP at each concurrency level, its configs deployed in turn."""
-    from stylefleet.bench.served import _print_level, _samples, measured_level
+    from stylefleet.bench.common import sample_photos
+    from stylefleet.bench.levels import measured_level, print_level
     from stylefleet.tools.local import LocalCluster, free_port
 
-    samples = _samples()
+    samples = sample_photos()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     out: dict[str, Any] = {"layer": "served (HTTP through the router to the model replicas, Ray Serve)", "url": url, "models": {}}
@@ -200,7 +203,7 @@ def served_layer(names: list[str], settings: table.Settings, levels: list[int], 
                             row = measured_level(url, case, samples, c, max(requests, 2 * c), cap_s)
                         row.update(watch.summary())
                         rows.append(row)
-                        _print_level(name, row)
+                        print_level(name, row)
                     out["models"][name] = {"style": case.style, "deployment": case.deployment, "levels": rows}
     finally:
         cluster.stop()
@@ -292,8 +295,8 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 def refusal(why: str) -> str:
     return (
-        f'stylefleet bench --gpu: no CUDA here ({why}). Run it on a CUDA machine (docs/gpu.md "GPU"), '
-        "or `stylefleet bench --gpu --tiny` to run the whole harness on the CPU at toy sizes."
+        f'stylefleet bench gpu: no CUDA here ({why}). Run it on a CUDA machine (docs/gpu.md "GPU"), '
+        "or `stylefleet bench gpu --tiny` to run the whole harness on the CPU at toy sizes."
     )
 
 
@@ -310,11 +313,11 @@ def main(args: argparse.Namespace) -> int:
         return 2
     layers = {x for x in args.layers.split(",") if x}
     settings = table.settings_from(args, device=device, tiny=args.tiny)
-    levels = [int(x) for x in (args.gpu_concurrency or ("1,4" if args.tiny else "1,8,32,64")).split(",") if x]
-    requests = args.gpu_requests or (8 if args.tiny else 64)
+    levels = [int(x) for x in (args.concurrency or ("1,4" if args.tiny else "1,8,32,64")).split(",") if x]
+    requests = args.requests or (8 if args.tiny else 64)
     started = time.time()
     results: dict[str, Any] = {
-        "benchmark": "stylefleet bench --gpu" + (" --tiny" if args.tiny else ""),
+        "benchmark": "stylefleet bench gpu" + (" --tiny" if args.tiny else ""),
         "tiny": bool(args.tiny),
         "device": device,
         "weights": f"Stable Diffusion, ControlNet and AnimeGANv2: {weights.weights_note(settings.arch)}",
@@ -326,7 +329,7 @@ def main(args: argparse.Namespace) -> int:
     if args.tiny:
         results["note"] = "--tiny: the harness on the CPU at toy sizes (tiny models); the figures prove the harness, not the GPU"
     print(
-        f"== stylefleet bench --gpu{' --tiny' if args.tiny else ''} on {results['machine'].get('gpu', 'the CPU')}; {results['weights']}",
+        f"== stylefleet bench gpu{' --tiny' if args.tiny else ''} on {results['machine'].get('gpu', 'the CPU')}; {results['weights']}",
         flush=True,
     )
     model_layer = None

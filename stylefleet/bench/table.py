@@ -1,4 +1,4 @@
-"""``stylefleet bench --models``: the model layer's throughput table, per model and batch size.
+"""``stylefleet bench models``: the model layer's throughput table, per model and batch size.
 
 For each model (the ONNX ones: stylize, restyle, remove-background; AnimeGANv2; Stable
 Diffusion text-to-image, img2img and ControlNet) and each batch size: images/s, p50 latency of
@@ -423,20 +423,23 @@ def markdown(results: dict[str, Any]) -> str:
 # -- the command -------------------------------------------------------------------------------
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of ``--models`` (and of ``--gpu``, which runs the same table first)."""
-    parser.add_argument("--models", action="store_true", help="print the model layer's table per model and batch size (no Ray)")
-    parser.add_argument("--subjects", default=",".join(SUBJECTS), help=f"--models/--gpu: which models, of {','.join(SUBJECTS)}")
-    parser.add_argument("--size", type=int, default=None, help="--models/--gpu: image side in px (default 512; --tiny 64)")
-    parser.add_argument("--steps", type=int, default=None, help="--models/--gpu: Stable Diffusion steps (default 25; --tiny 2)")
+def add_arguments(parser: argparse.ArgumentParser, *, device: bool = True) -> None:
+    """The flags of ``stylefleet bench models`` (and of ``gpu``, which runs the same table first; it picks its own device)."""
+    parser.add_argument("--out", default="bench-results/models.json")
+    parser.add_argument("--subjects", default=",".join(SUBJECTS), help=f"which models, of {','.join(SUBJECTS)}")
+    parser.add_argument("--batch-sizes", default=None, help="default 1,2,4,8,16 (--tiny: 1,2)")
+    parser.add_argument("--size", type=int, default=None, help="image side in px (default 512; --tiny 64)")
+    parser.add_argument("--steps", type=int, default=None, help="Stable Diffusion steps (default 25; --tiny 2)")
     parser.add_argument(
         "--sd-arch", choices=sorted(weights.ARCHS), default=None, help="Stable Diffusion size (default sd15; --tiny: tiny)"
     )
-    parser.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="--models: where to run (auto: CUDA where torch sees it)"
-    )
-    parser.add_argument("--repeats", type=int, default=3, help="--models/--gpu: timed calls per row, after one warm-up call")
-    parser.add_argument("--row-seconds", type=float, default=60.0, help="--models/--gpu: no new timed call after this")
+    if device:
+        parser.add_argument(
+            "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run (auto: CUDA where torch sees it)"
+        )
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per row, after one warm-up call")
+    parser.add_argument("--row-seconds", type=float, default=60.0, help="no new timed call after this")
+    parser.add_argument("--threads", type=int, default=None, help="ONNX threads on the CPU (default: every core)")
 
 
 def settings_from(args: argparse.Namespace, *, device: str = "cpu", tiny: bool = False) -> Settings:
@@ -497,7 +500,7 @@ def write(out: Path, results: dict[str, Any], *, quiet: bool = False) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """``stylefleet bench --models``: on the CPU unless CUDA is there and asked for (``--gpu``)."""
+    """``stylefleet bench models``: on the CPU unless CUDA is there and asked for (``--device``)."""
     import tempfile
 
     names = [n for n in args.subjects.split(",") if n]

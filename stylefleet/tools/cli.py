@@ -68,19 +68,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    """The served benchmark, or ``--models`` (the model layer's table) or ``--gpu`` (issue 15's harness)."""
-    from stylefleet.bench import gpu, table
-    from stylefleet.bench import served as bench
-
-    if args.gpu:
-        return gpu.main(args)
-    if args.models:
-        return table.main(args)
-    args.batch_sizes = args.batch_sizes or "1,4,8"
-    return bench.main(args)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stylefleet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -103,8 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=cmd_run)
 
-    from stylefleet.bench import gpu as bench_gpu_mod
-    from stylefleet.bench import served as bench_mod
+    from stylefleet.bench import cli as bench_cli
     from stylefleet.tools.batch import run as batch_mod
 
     batch = sub.add_parser(
@@ -117,10 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.set_defaults(func=batch_mod.main)
     from stylefleet.tools import k8s as k8s_mod
 
-    bench = sub.add_parser("bench", help="measure bare and served throughput; print and write JSON")
-    bench_mod.add_arguments(bench)
-    bench_gpu_mod.add_arguments(bench)  # --models and --gpu: their own modules
-    bench.set_defaults(func=cmd_bench)
+    bench_cli.add_parser(sub)  # `stylefleet bench MODE`: stylefleet/bench/cli.py
 
     k8s = sub.add_parser("k8s", help="regenerate k8s/ (RayService, PodMonitor, Grafana dashboard) from the config")
     k8s_mod.add_arguments(k8s)

@@ -1,4 +1,4 @@
-"""``stylefleet bench --gpu`` and ``--models`` on the CPU: the refusal without CUDA, the whole
+"""``stylefleet bench gpu`` and ``models`` on the CPU: the refusal without CUDA, the whole
 harness at toy sizes (``--tiny``: the JSON it writes), peak memory per span, and the summary's
 arithmetic. Figures are not checked against speeds: a benchmark measures, a test does not."""
 
@@ -21,16 +21,16 @@ CUDA = torch.cuda.is_available()
 
 def _run(tmp_path: Path, *flags: str) -> tuple[int, dict[str, Any]]:
     out = tmp_path / "gpu.json"
-    rc = cli.main(["bench", "--gpu", *flags, "--out", str(out)])
+    rc = cli.main(["bench", "gpu", *flags, "--out", str(out)])
     return rc, json.loads(out.read_text()) if out.exists() else {}
 
 
-@pytest.mark.skipif(CUDA, reason="this machine has CUDA: bench --gpu runs instead of refusing")
+@pytest.mark.skipif(CUDA, reason="this machine has CUDA: bench gpu runs instead of refusing")
 def test_without_cuda_bench_gpu_refuses_saying_why_and_what_to_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc, written = _run(tmp_path)
     err = capsys.readouterr().err
     assert rc != 0 and written == {}
-    assert "no CUDA" in err and "--gpu --tiny" in err
+    assert "no CUDA" in err and "bench gpu --tiny" in err
 
 
 @pytest.mark.timeout(600)
