@@ -4,7 +4,7 @@
 
 Three layouts, each with two one-thread calls at once as the CPU default runs them:
 
-- ``shared``: one session, both calls in it at once (one arena; before session 25);
+- ``shared``: one session, both calls in it at once (one arena; what replicas ran before a session per call);
 - ``pooled``: one session per call, memory patterns on;
 - ``pooled, no patterns``: one session per call, memory patterns off.
 

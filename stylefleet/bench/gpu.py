@@ -14,7 +14,7 @@ ONNX models run on the CUDA execution provider (a session that falls back to the
 never measures the CPU); torch models in fp16. Stable Diffusion 1.5, its ControlNet and
 AnimeGANv2 are built at their published sizes with random weights: pictures are noise, the
 compute is identical. The summary sets each model's best served throughput against its
-per-image one and against the same batch run bare, beside the targets of issue 15.
+per-image one and against the same batch run bare, beside its targets (docs/gpu.md "GPU benchmark").
 
 Without CUDA it refuses, except with ``--tiny``: the whole harness on the CPU at toy sizes
 (tiny models, 64 px, 2 steps), writing the same JSON shape, so that CI keeps it from rotting.
@@ -36,7 +36,7 @@ import yaml
 
 from stylefleet.bench import table, weights
 
-# Issue 15: what the figures are held against.
+# What the figures are held against (docs/gpu.md "GPU benchmark").
 ANCHORS = {
     "sd15_512px_50steps_fp16_a100_s_per_image": {"sdpa": 1.6, "torch_compile_channels_last": 1.1},
     "u2netp_320px_1080ti_images_per_s_one_at_a_time": 40,
@@ -237,7 +237,7 @@ def _bare_at(rows: list[dict[str, Any]], batch: float) -> dict[str, Any] | None:
 
 def summarise(model_layer: dict[str, Any], served: dict[str, Any] | None) -> dict[str, Any]:
     """Per model: per-image images/s, the best bare batch, the best served level, and the ratios
-    against issue 15's targets."""
+    against the targets."""
     out: dict[str, Any] = {}
     for name, entry in model_layer["models"].items():
         rows = entry.get("rows", [])

@@ -4,7 +4,7 @@ that any server returning the same bytes can reach on a CPU-bound machine, befor
 client and Ray take theirs.
 
 Usage: .venv/bin/python -m stylefleet.bench.parts [repeats] (default 30; the bench's photos, the
-shipped serve_config.yaml, batch 4 as the replica runs it). docs/performance.md "Session 27".
+shipped serve_config.yaml, batch 4 as the replica runs it). docs/performance.md "The ceiling by parts".
 Each part is timed with ``time.thread_time`` in one thread, the parts in turns (one image through
 all of them, then the next), so the host's drift hits every part alike; medians over the repeats.
 """
