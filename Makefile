@@ -69,27 +69,27 @@ $(VENV)/.installed-bench: $(VENV)/.installed-test
 	touch $@
 
 bench: $(VENV)/.installed-bench
-	$(BIN)/stylefleet bench --profile-seconds 20 --config serve_config.yaml --out bench-results/bench.json
+	$(BIN)/stylefleet bench served --profile-seconds 20 --config serve_config.yaml --out bench-results/bench.json
 
-# ONNX Runtime session options on the real networks (docs/performance.md "Performance").
+# ONNX Runtime session options on the real networks (docs/performance.md "Session options").
 bench-sessions: $(VENV)/.installed-bench
-	$(BIN)/stylefleet bench --sessions --batch-sizes 1,8 --out bench-results/sessions.json
+	$(BIN)/stylefleet bench sessions --batch-sizes 1,8 --out bench-results/sessions.json
 
 # The model layer's table, per model and batch size (docs/performance.md "Model table"): images/s, p50, peak
 # memory; on CUDA where torch sees it. On a CPU, pass smaller sizes: MODELS_FLAGS='--size 256 --steps 2'.
 MODELS_FLAGS ?=
 bench-models: $(VENV)/.installed-bench
-	$(BIN)/python -m stylefleet.tools.cli bench --models $(MODELS_FLAGS) --out bench-results/models.json
+	$(BIN)/python -m stylefleet.tools.cli bench models $(MODELS_FLAGS) --out bench-results/models.json
 
-# Issue 15's GPU harness (docs/gpu.md "GPU benchmark"). It needs no Ray and no install step here: a GPU
+# The GPU harness (docs/gpu.md "GPU benchmark"). It needs no Ray and no install step here: a GPU
 # machine without network installs from a wheelhouse (README), then runs this with its python.
 # Without CUDA it refuses; bench-gpu-tiny runs the whole harness on the CPU at toy sizes.
 BENCH_PYTHON ?= $(BIN)/python
 bench-gpu:
-	$(BENCH_PYTHON) -m stylefleet.tools.cli bench --gpu --out bench-results/gpu.json
+	$(BENCH_PYTHON) -m stylefleet.tools.cli bench gpu --out bench-results/gpu.json
 
 bench-gpu-tiny:
-	$(BENCH_PYTHON) -m stylefleet.tools.cli bench --gpu --tiny --out bench-results/gpu-tiny.json
+	$(BENCH_PYTHON) -m stylefleet.tools.cli bench gpu --tiny --out bench-results/gpu-tiny.json
 
 # remove-background against rembg's own server on the same model and photo. rembg is no
 # dependency of stylefleet: it gets a virtual environment of its own, pinned like ours.
@@ -99,8 +99,7 @@ $(REMBG_VENV)/bin/rembg:
 	$(REMBG_VENV)/bin/python -m pip install -q 'rembg[cpu,cli]==2.0.86' 'onnxruntime<1.26' 'pillow<13'
 
 bench-rembg: $(VENV)/.installed-bench $(REMBG_VENV)/bin/rembg
-	$(BIN)/stylefleet bench --only remove-background --no-compare --concurrency 1,16 \
-	  --rembg $(REMBG_VENV)/bin/rembg --out bench-results/rembg.json
+	$(BIN)/stylefleet bench rembg --rembg $(REMBG_VENV)/bin/rembg --out bench-results/rembg.json
 
 # The real chaos cases, one after the other (docs/operations.md "Chaos cases"): the shipped app under
 # its worst memory mix (concurrent 4096 px JPEGs: every answer 200 or typed, no Ray worker died, every

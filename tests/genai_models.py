@@ -4,7 +4,7 @@ Nothing is downloaded: a Stable Diffusion folder (UNet2DConditionModel, Autoenco
 CLIPTextModel, a CLIP tokenizer over a vocabulary written here, a scheduler), a canny
 ControlNet folder, and AnimeGANv2 generator weights, all random, all a few MB. They run the
 real diffusers and torch code at 64 px in a fraction of a second per step. The builders are
-``stylefleet.tools.bench_models``'s, which the benchmarks run at the published sizes.
+``stylefleet.bench.weights``'s, which the benchmarks run at the published sizes.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import ast
 from functools import cache
 from pathlib import Path
 
-from stylefleet.tools import bench_models
+from stylefleet.bench import weights
 from tests.samples import ROOT
 
 KEY_TABLE = ROOT / "tests" / "data" / "animeganv2_state_dict_keys.tsv"
@@ -21,7 +21,7 @@ KEY_TABLE = ROOT / "tests" / "data" / "animeganv2_state_dict_keys.tsv"
 
 def build_tiny_sd(root: Path) -> tuple[Path, Path]:
     """Save a tiny SD pipeline and a canny ControlNet under root; returns (base folder, controlnet folder)."""
-    return bench_models.save_sd(root, bench_models.TINY)
+    return weights.save_sd(root, weights.TINY)
 
 
 @cache
@@ -33,9 +33,9 @@ def key_table() -> dict[str, tuple[int, ...]]:
 
 def random_animegan_state_dict(seed: int = 0) -> dict:
     """A state dict with exactly the published keys and shapes (from the key table), random values."""
-    return bench_models.random_state_dict(key_table(), seed)
+    return weights.random_state_dict(key_table(), seed)
 
 
 def save_animegan(path: Path, seed: int = 0) -> str:
     """Write a checkpoint like the published ones (a plain state dict); returns its sha256."""
-    return bench_models.save_animegan(path, key_table(), seed)
+    return weights.save_animegan(path, key_table(), seed)

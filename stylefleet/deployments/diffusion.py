@@ -318,7 +318,7 @@ def load_pipelines(
 def assemble_pipelines(base: Any, controlnet: Any | None, runtime: RuntimeOptions) -> dict[str, Any]:
     """text-to-image (``base``), img2img and, given a ControlNet, controlnet-canny over one set of
     modules, on the runtime's device: fp16 and scaled-dot-product attention on CUDA, fp32 on CPU.
-    The loader above and the benchmark (real-size random weights, ``stylefleet.tools.bench_models``) share it."""
+    The loader above and the benchmark (real-size random weights, ``stylefleet.bench.weights``) share it."""
     import torch
     from diffusers import StableDiffusionControlNetPipeline, StableDiffusionImg2ImgPipeline
     from diffusers.models.attention_processor import AttnProcessor2_0

@@ -60,7 +60,7 @@ class ModelKind:
     # Its network may run several calls at once from several threads (ONNX Runtime sessions may):
     # a replica's model_calls then defaults to the cores over its threads.
     parallel_calls: bool = False
-    # ONNX Runtime's per-shape memory plans, chosen per network by measurement (scripts/arena_layouts.py,
+    # ONNX Runtime's per-shape memory plans, chosen per network by measurement (stylefleet/bench/arena.py,
     # docs/performance.md "Memory flat by design"): off, multistyle26 ran faster in less than half the memory.
     memory_patterns: bool = True
     # What one request costs a replica in memory by its output pixels, measured

@@ -1,7 +1,7 @@
 """ONNX Runtime sessions sized for serving: true batches, the memory arena on, threads = cores.
 
 Session options were chosen by measurement (docs/performance.md "Performance", ``stylefleet bench
-sessions``, ``scripts/arena_layouts.py``): the CPU memory arena stays on (turning it off cost
+sessions``, ``stylefleet/bench/arena.py``): the CPU memory arena stays on (turning it off cost
 2.4x on multistyle26), memory patterns are on or off per network as measured (the kind's
 ``memory_patterns``), and idle pool threads sleep instead of spinning, so replicas of several
 models can share the cores. Memory is bounded by the replica's pixel budget per batch instead

@@ -91,18 +91,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_STOPPED
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    """The served benchmark, or ``--models`` (the model layer's table) or ``--gpu`` (issue 15's harness)."""
-    from stylefleet.tools import bench, bench_gpu, bench_table
-
-    if args.gpu:
-        return bench_gpu.main(args)
-    if args.models:
-        return bench_table.main(args)
-    args.batch_sizes = args.batch_sizes or "1,4,8"
-    return bench.main(args)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stylefleet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -125,8 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=cmd_run)
 
-    from stylefleet.tools import bench as bench_mod
-    from stylefleet.tools import bench_gpu as bench_gpu_mod
+    from stylefleet.bench import cli as bench_cli
     from stylefleet.tools.batch import run as batch_mod
 
     batch = sub.add_parser(
@@ -139,10 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch.set_defaults(func=batch_mod.main)
     from stylefleet.tools import k8s as k8s_mod
 
-    bench = sub.add_parser("bench", help="measure bare and served throughput; print and write JSON")
-    bench_mod.add_arguments(bench)
-    bench_gpu_mod.add_arguments(bench)  # --models and --gpu: their own modules
-    bench.set_defaults(func=cmd_bench)
+    bench_cli.add_parser(sub)  # `stylefleet bench MODE`: stylefleet/bench/cli.py
 
     k8s = sub.add_parser("k8s", help="regenerate k8s/ (RayService, PodMonitor, Grafana dashboard) from the config")
     k8s_mod.add_arguments(k8s)

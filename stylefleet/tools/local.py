@@ -16,7 +16,7 @@ Safe by default:
 Direct ingress (``ingress="direct"``, what ``stylefleet run`` picks for a config with one
 application and one router replica): the router replica serves HTTP itself on the config's port,
 through Serve's own direct-ingress server, so a request skips the proxy's hop (docs/performance.md
-"Session 21"); Serve still starts its proxy, on a free loopback port (``proxy_port``), which
+"Direct ingress"); Serve still starts its proxy, on a free loopback port (``proxy_port``), which
 serves every application, including any deployed later.
 
 Supervised (``watch``): the raylet and the GCS are polled about once a second; when one dies the

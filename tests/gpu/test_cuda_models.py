@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from stylefleet.bench import weights
 from stylefleet.deployments.batching import ModelRequest, run_batch
 from stylefleet.deployments.onnx_session import RuntimeOptions, make_session, with_symbolic_batch
 from stylefleet.deployments.registry import MODELS, ResolvedModel, resolve
 from stylefleet.gpu import Nvml, memory_cap_bytes, torch_memory_fraction
-from stylefleet.tools import bench_models
 from tests import samples
 from tests.gpu.conftest import needs_diffusers
 
@@ -148,7 +148,7 @@ def _animegan(tmp_path: Path) -> Any:
     from stylefleet.deployments.animegan import AnimeGANModel
 
     path = tmp_path / "animegan.pt"
-    sha = bench_models.save_animegan(path)
+    sha = weights.save_animegan(path)
     return AnimeGANModel(ResolvedModel(MODELS["animeganv2_paprika"], path, sha), CUDA, face_model=False)
 
 
@@ -174,12 +174,12 @@ def test_a_real_out_of_memory_splits_the_batch_and_every_request_gets_its_image(
 
 
 @needs_diffusers
-@pytest.mark.parametrize(("arch", "side", "steps"), [(bench_models.TINY, 64, 2), (bench_models.SD15, 256, 4)], ids=["tiny", "sd15"])
+@pytest.mark.parametrize(("arch", "side", "steps"), [(weights.TINY, 64, 2), (weights.SD15, 256, 4)], ids=["tiny", "sd15"])
 @pytest.mark.parametrize("pipeline", ["text-to-image", "img2img", "controlnet-canny"])
 def test_fp16_stable_diffusion_seeded_alone_equals_batched(tmp_path: Path, arch: Any, side: int, steps: int, pipeline: str) -> None:
     from stylefleet.deployments.diffusion import DiffusionModel, assemble_pipelines
 
-    parts = bench_models.build_sd(arch, tokenizer_dir=tmp_path)
+    parts = weights.build_sd(arch, tokenizer_dir=tmp_path)
     model = DiffusionModel(assemble_pipelines(parts.pipeline, parts.controlnet, CUDA), checksum="random", device="cuda")
     assert str(next(model.pipelines["text-to-image"].unet.parameters()).dtype) == "torch.float16"
     params = {"pipeline": pipeline, "prompt": "a red bicycle", "steps": steps, "width": side, "height": side, "guidance_scale": 5.0}

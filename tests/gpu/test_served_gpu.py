@@ -17,8 +17,9 @@ import httpx
 import numpy as np
 import pytest
 
+from stylefleet.bench import weights
 from stylefleet.gpu import DEFAULT_HEADROOM_BYTES, memory_cap_bytes
-from stylefleet.tools import bench_models, local
+from stylefleet.tools import local
 from tests import samples
 from tests.gpu.conftest import needs_ray
 
@@ -38,7 +39,7 @@ def _anime(name: str) -> dict[str, Any]:
 
 def _config(port: int, models_dir: Path) -> dict[str, Any]:
     path = models_dir / "paprika.pt"
-    sha = bench_models.save_animegan(path)
+    sha = weights.save_animegan(path)
     return {
         "proxy_location": "HeadOnly",
         "http_options": {"host": "127.0.0.1", "port": port, "request_timeout_s": 600},

@@ -1,4 +1,4 @@
-"""``stylefleet bench --gpu --tiny`` end to end, served layer included: the harness that a GPU
+"""``stylefleet bench gpu --tiny`` end to end, served layer included: the harness that a GPU
 machine runs, on the CPU at toy sizes, so that it cannot rot. It starts its own loopback Ray
 (a subprocess, like a user's run) and is bounded: two models, two levels, a few requests."""
 
@@ -21,8 +21,8 @@ SUBJECTS = ["stylize", "sd-text-to-image"]
 def test_tiny_harness_measures_both_layers_and_writes_the_same_json_shape(tmp_path: Path) -> None:
     out = tmp_path / "gpu-tiny.json"
     done = subprocess.run(
-        [sys.executable, "-m", "stylefleet.tools.cli", "bench", "--gpu", "--tiny", "--subjects", ",".join(SUBJECTS),
-         "--batch-sizes", "1,2", "--repeats", "1", "--gpu-concurrency", "1,2", "--gpu-requests", "4", "--out", str(out)],
+        [sys.executable, "-m", "stylefleet.tools.cli", "bench", "gpu", "--tiny", "--subjects", ",".join(SUBJECTS),
+         "--batch-sizes", "1,2", "--repeats", "1", "--concurrency", "1,2", "--requests", "4", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=840, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""``stylefleet bench --gpu`` and ``--models`` on the CPU: the refusal without CUDA, the whole
+"""``stylefleet bench gpu`` and ``models`` on the CPU: the refusal without CUDA, the whole
 harness at toy sizes (``--tiny``: the JSON it writes), peak memory per span, and the summary's
 arithmetic. Figures are not checked against speeds: a benchmark measures, a test does not."""
 
@@ -13,23 +13,24 @@ import numpy as np
 import pytest
 import torch
 
-from stylefleet.tools import bench_gpu, bench_table, cli
+from stylefleet.bench import gpu, table
+from stylefleet.tools import cli
 
 CUDA = torch.cuda.is_available()
 
 
 def _run(tmp_path: Path, *flags: str) -> tuple[int, dict[str, Any]]:
     out = tmp_path / "gpu.json"
-    rc = cli.main(["bench", "--gpu", *flags, "--out", str(out)])
+    rc = cli.main(["bench", "gpu", *flags, "--out", str(out)])
     return rc, json.loads(out.read_text()) if out.exists() else {}
 
 
-@pytest.mark.skipif(CUDA, reason="this machine has CUDA: bench --gpu runs instead of refusing")
+@pytest.mark.skipif(CUDA, reason="this machine has CUDA: bench gpu runs instead of refusing")
 def test_without_cuda_bench_gpu_refuses_saying_why_and_what_to_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc, written = _run(tmp_path)
     err = capsys.readouterr().err
     assert rc != 0 and written == {}
-    assert "no CUDA" in err and "--gpu --tiny" in err
+    assert "no CUDA" in err and "bench gpu --tiny" in err
 
 
 @pytest.mark.timeout(600)
@@ -39,7 +40,7 @@ def test_tiny_runs_every_model_and_writes_positive_figures(tmp_path: Path) -> No
     assert result["tiny"] is True and result["device"] == "cpu" and result["layers_measured"] == ["model"]
     assert "pictures are noise" in result["weights"]
     models = result["model_layer"]["models"]
-    assert list(models) == list(bench_table.SUBJECTS)
+    assert list(models) == list(table.SUBJECTS)
     for name, entry in models.items():
         assert "skipped" not in entry, (name, entry)
         assert [r["batch_size"] for r in entry["rows"]] == [1, 2], name
@@ -62,14 +63,14 @@ def test_without_ray_or_diffusers_the_harness_says_what_it_skipped(tmp_path: Pat
 
 
 def test_peak_rss_is_measured_per_span_not_over_the_process_life() -> None:
-    if not bench_table.reset_peak_rss():
+    if not table.reset_peak_rss():
         pytest.skip("this kernel cannot reset the RSS high-water mark (/proc/self/clear_refs)")
-    before = bench_table.peak_rss_bytes()
+    before = table.peak_rss_bytes()
     block = np.ones(256 * 2**20 // 8)  # 256 MiB, every page touched
-    during = bench_table.peak_rss_bytes()
+    during = table.peak_rss_bytes()
     del block
-    assert bench_table.reset_peak_rss()
-    after = bench_table.peak_rss_bytes()
+    assert table.reset_peak_rss()
+    after = table.peak_rss_bytes()
     assert during - before > 200 * 2**20
     assert during - after > 200 * 2**20
 
@@ -92,7 +93,7 @@ def test_summary_sets_served_against_per_image_and_the_same_batch_bare() -> None
             "sd-text-to-image": {"skipped": "skipped: diffusers not installed"},
         }
     }
-    summary = bench_gpu.summarise(layer, served)
+    summary = gpu.summarise(layer, served)
     s = summary["stylize"]
     assert s["served_best_ips"] == 33.0 and s["served_over_per_image"] == 3.3
     assert s["bare_same_batch"] == 4 and s["served_over_bare_same_batch"] == 1.1  # 33 / 30: batch 4, not 8
@@ -115,6 +116,6 @@ def test_markdown_has_one_line_per_batch_size_and_says_what_was_skipped() -> Non
             "sd-img2img": {"work": "256x256", "skipped": "skipped: diffusers not installed", "rows": []},
         },
     }
-    lines = bench_table.markdown(results).splitlines()
+    lines = table.markdown(results).splitlines()
     assert lines[2] == "| animeganv2 | 512x512 | 1 | 0.5 | 2 s | 700 MiB |"
     assert "out of memory" in lines[3] and "diffusers not installed" in lines[4]

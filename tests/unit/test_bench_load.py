@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
+from stylefleet.bench import bare, common, levels, served
+from stylefleet.bench.load import Case, in_turns, steady_rate
 from stylefleet.spec import AppSpec
-from stylefleet.tools import bench
-from stylefleet.tools.bench_load import Case, in_turns, steady_rate
 from tests.samples import ROOT
 
 
@@ -36,14 +36,14 @@ def test_no_steady_rate_from_a_run_shorter_than_three_rounds() -> None:
 
 
 def test_saturated_ips_prefers_the_steady_window_and_falls_back_to_the_whole_run() -> None:
-    assert bench.saturated_ips({"ips": 2.5, "steady_ips": 3.0}) == 3.0
-    assert bench.saturated_ips({"ips": 2.5, "steady_ips": None}) == 2.5
+    assert levels.saturated_ips({"ips": 2.5, "steady_ips": 3.0}) == 3.0
+    assert levels.saturated_ips({"ips": 2.5, "steady_ips": None}) == 2.5
 
 
 def test_a_busy_level_sends_six_rounds_so_its_steady_window_has_four() -> None:
-    assert bench.level_requests(48, 16) == 96
-    assert bench.level_requests(200, 16) == 200
-    assert bench.level_requests(12, 1) == 12
+    assert levels.level_requests(48, 16) == 96
+    assert levels.level_requests(200, 16) == 200
+    assert levels.level_requests(12, 1) == 12
 
 
 def test_the_profiler_never_runs_while_a_levels_figures_are_taken(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -73,15 +73,15 @@ def test_the_profiler_never_runs_while_a_levels_figures_are_taken(monkeypatch: p
         events.append(f"load {total}")
         return {"concurrency": concurrency, "requests": total, "errors": 0, "ips": 1.0, "p50_ms": 1.0, "p95_ms": 1.0}
 
-    monkeypatch.setattr(bench, "Profiler", FakeProfiler)
-    monkeypatch.setattr(bench, "Usage", FakeUsage)
-    monkeypatch.setattr(bench, "_served_level", fake_level)
-    monkeypatch.setattr(bench, "replica_infos", lambda deployment: [dict(info)])
-    monkeypatch.setattr(bench, "_mean_batch", lambda before, after: 4.0)
-    monkeypatch.setattr(bench, "_rss", lambda infos: [])
+    monkeypatch.setattr(levels, "Profiler", FakeProfiler)
+    monkeypatch.setattr(levels, "Usage", FakeUsage)
+    monkeypatch.setattr(levels, "served_level", fake_level)
+    monkeypatch.setattr(levels, "replica_infos", lambda deployment: [dict(info)])
+    monkeypatch.setattr(levels, "mean_batch", lambda before, after: 4.0)
+    monkeypatch.setattr(levels, "rss_of", lambda infos: [])
 
     case = Case("cutout", "remove-background", {}, ("image",))
-    row = bench.measured_level("http://127.0.0.1:1", case, {}, 16, 96, 60.0, profile_s=5.0)
+    row = levels.measured_level("http://127.0.0.1:1", case, {}, 16, 96, 60.0, profile_s=5.0)
 
     measured = events.index("usage stopped")
     assert events[: measured + 1] == ["usage started", "load 96", "usage stopped"]
@@ -116,12 +116,12 @@ def test_the_http_path_is_the_median_over_http_less_the_median_to_the_handle(mon
             clock[0] += 0.010
             return type("Response", (), {"result": lambda self: None})()
 
-    monkeypatch.setattr(bench.httpx, "Client", FakeClient)
-    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(levels.httpx, "Client", FakeClient)
+    monkeypatch.setattr(levels.time, "perf_counter", lambda: clock[0])
     monkeypatch.setattr(ray.serve, "get_deployment_handle", lambda deployment, app: FakeHandle())
     case = Case("cutout", "remove-background", {}, ("image",))
 
-    split = bench.http_path("http://127.0.0.1:1", case, {"image": b"jpeg"}, pairs=4)
+    split = levels.http_path("http://127.0.0.1:1", case, {"image": b"jpeg"}, pairs=4)
 
     assert split == {"http_p50_ms": 25.0, "handle_p50_ms": 10.0, "http_path_ms": 15.0}
     assert sent[0] == "/v1/styles/cutout" and sent[1].files == {"image": b"jpeg"}  # alternating, same bytes
@@ -152,24 +152,24 @@ def test_a_concurrency_1_level_splits_the_http_path_at_full_size_and_on_small_co
         def stop(self) -> dict[str, Any]:
             return {}
 
-    monkeypatch.setattr(bench, "http_path", fake_http_path)
-    monkeypatch.setattr(bench, "Usage", FakeUsage)
-    monkeypatch.setattr(bench, "_served_level", fake_level)
-    monkeypatch.setattr(bench, "replica_infos", lambda deployment: [{"pid": 1, "compute_seconds": 0.0}])
-    monkeypatch.setattr(bench, "_mean_batch", lambda before, after: 1.0)
-    monkeypatch.setattr(bench, "_rss", lambda infos: [])
+    monkeypatch.setattr(levels, "http_path", fake_http_path)
+    monkeypatch.setattr(levels, "Usage", FakeUsage)
+    monkeypatch.setattr(levels, "served_level", fake_level)
+    monkeypatch.setattr(levels, "replica_infos", lambda deployment: [{"pid": 1, "compute_seconds": 0.0}])
+    monkeypatch.setattr(levels, "mean_batch", lambda before, after: 1.0)
+    monkeypatch.setattr(levels, "rss_of", lambda infos: [])
     case = Case("ink", "restyle", {}, ("image", "style_image"))
 
-    row = bench.measured_level("http://127.0.0.1:1", case, {"image": photo, "style_image": photo}, 1, 12, 60.0)
+    row = levels.measured_level("http://127.0.0.1:1", case, {"image": photo, "style_image": photo}, 1, 12, 60.0)
 
     assert row["http_path_ms"] == 30.0 and row["small_http_path_ms"] == 4.0
     (full, _), (small, pairs) = splits
     assert full == {"image": photo, "style_image": photo}
-    assert pairs == bench.SMALL_PAIRS and set(small) == {"image", "style_image"}
+    assert pairs == levels.SMALL_PAIRS and set(small) == {"image", "style_image"}
     shapes = {decode(data, max_pixels=10**8).pixels.shape for data in small.values()}
-    assert shapes == {(bench.SMALL_SIDE, round(200 * bench.SMALL_SIDE / 300), 3)}
+    assert shapes == {(levels.SMALL_SIDE, round(200 * levels.SMALL_SIDE / 300), 3)}
     medians = {"http_p50_ms": 1, "handle_p50_ms": 1, "small_http_p50_ms": 1, "small_handle_p50_ms": 1}
-    assert "at 64 px 4.0 ms" in bench._http_path_text(row | medians)
+    assert "at 64 px 4.0 ms" in levels.http_path_text(row | medians)
 
 
 def test_in_turns_divides_each_served_rate_by_the_bare_rates_either_side_of_it() -> None:
@@ -194,12 +194,12 @@ def test_in_turns_refuses_zero_rounds() -> None:
         in_turns(lambda: 1.0, lambda: 1.0, rounds=0)
 
 
-@pytest.mark.parametrize(("setup", "images_per_call"), [("one_call_all_threads", 2), (bench.PARALLEL, 2 * 2)])
+@pytest.mark.parametrize(("setup", "images_per_call"), [("one_call_all_threads", 2), (bare.PARALLEL, 2 * 2)])
 def test_a_bare_probe_runs_the_shipped_network_at_the_sweeps_setup(setup: str, images_per_call: int, monkeypatch) -> None:
     monkeypatch.setattr("stylefleet.deployments.onnx_session.available_cores", lambda: 2)
     spec = AppSpec.from_application(yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0])
-    case = next(c for c in bench._cases(spec) if c.deployment == "remove-background")
-    probe = bench.BareProbe(case, spec.model_spec(case.deployment), bench._samples(), setup, 2, threads=None, warmup_s=0.0)
+    case = next(c for c in common.style_cases(spec) if c.deployment == "remove-background")
+    probe = bare.BareProbe(case, spec.model_spec(case.deployment), common.sample_photos(), setup, 2, threads=None, warmup_s=0.0)
     try:
         assert probe.images_per_call == images_per_call  # a parallel call is one batch per core
         assert probe.rate(seconds=0.0) > 0
@@ -232,19 +232,19 @@ def test_a_bare_turn_is_the_fastest_contender_so_a_noisy_sweep_pick_cannot_flatt
     built: list[_FakeProbe] = []
 
     def build(setup: str, batch: int) -> _FakeProbe:
-        built.append(_FakeProbe(setup, batch, {"one_call_all_threads_spinning": 6.0, bench.PARALLEL: 8.0}[setup]))
+        built.append(_FakeProbe(setup, batch, {"one_call_all_threads_spinning": 6.0, bare.PARALLEL: 8.0}[setup]))
         return built[-1]
 
     async def served_level(*_: Any) -> dict[str, Any]:
         return {"steady_ips": 7.2}
 
-    monkeypatch.setattr(bench, "_served_level", served_level)
-    monkeypatch.setattr(bench, "saturated_ips", lambda row: row["steady_ips"])
-    contenders = [(9.0, "one_call_all_threads_spinning", 1), (8.5, bench.PARALLEL, 4)]
-    result = bench.served_in_turns("http://127.0.0.1:1", _CASE, {}, build, contenders, 16, _turns_args())
+    monkeypatch.setattr(served, "served_level", served_level)
+    monkeypatch.setattr(served, "saturated_ips", lambda row: row["steady_ips"])
+    contenders = [(9.0, "one_call_all_threads_spinning", 1), (8.5, bare.PARALLEL, 4)]
+    result = served.served_in_turns("http://127.0.0.1:1", _CASE, {}, build, contenders, 16, _turns_args())
     assert result["bare_ips"] == [8.0, 8.0, 8.0]
     assert result["served_over_bare_fastest"] == 0.9  # 7.2 / 8.0, not 7.2 / 6.0 = 1.2
-    assert result["bare_winners"] == [f"{bench.PARALLEL}, batch 4"] * 3
+    assert result["bare_winners"] == [f"{bare.PARALLEL}, batch 4"] * 3
     assert all(p.closed for p in built) and len(built) == 2
 
 
@@ -258,22 +258,22 @@ def test_bare_probes_are_closed_when_a_served_turn_fails(monkeypatch) -> None:
     async def served_level(*_: Any) -> dict[str, Any]:
         raise ConnectionError("service gone")
 
-    monkeypatch.setattr(bench, "_served_level", served_level)
+    monkeypatch.setattr(served, "served_level", served_level)
     with pytest.raises(ConnectionError):
-        contenders = [(5.0, bench.PARALLEL, 1), (4.0, bench.PARALLEL, 2)]
-        bench.served_in_turns("http://127.0.0.1:1", _CASE, {}, build, contenders, 16, _turns_args())
+        contenders = [(5.0, bare.PARALLEL, 1), (4.0, bare.PARALLEL, 2)]
+        served.served_in_turns("http://127.0.0.1:1", _CASE, {}, build, contenders, 16, _turns_args())
     assert [p.closed for p in built] == [True, True]  # their sessions' memory goes back at once
 
 
 def test_bare_turns_always_time_the_replicas_own_setup_even_when_the_sweep_ranked_it_low() -> None:
-    ranked = [(6.8, bench.PARALLEL, 8), (6.6, "one_call_all_threads", 1), (6.4, bench.PARALLEL, 4), (6.3, bench.PARALLEL, 1)]
-    assert bench.bare_contenders(ranked, served_batch=4) == [ranked[0], ranked[1], ranked[2]]
-    assert bench.bare_contenders(ranked, served_batch=8) == ranked[:2]  # already among the leaders
-    assert bench.bare_contenders(ranked, served_batch=16) == ranked[:2]  # not swept: nothing to add
+    ranked = [(6.8, bare.PARALLEL, 8), (6.6, "one_call_all_threads", 1), (6.4, bare.PARALLEL, 4), (6.3, bare.PARALLEL, 1)]
+    assert bare.bare_contenders(ranked, served_batch=4) == [ranked[0], ranked[1], ranked[2]]
+    assert bare.bare_contenders(ranked, served_batch=8) == ranked[:2]  # already among the leaders
+    assert bare.bare_contenders(ranked, served_batch=16) == ranked[:2]  # not swept: nothing to add
 
 
 def test_balanced_order_reverses_every_other_pass_so_each_item_has_the_same_mean_position() -> None:
-    from stylefleet.tools.bench_load import balanced_order
+    from stylefleet.bench.load import balanced_order
 
     order = balanced_order(3, 2)
     assert order == [(0, 0), (0, 1), (0, 2), (1, 2), (1, 1), (1, 0)]
@@ -285,7 +285,7 @@ def test_balanced_order_reverses_every_other_pass_so_each_item_has_the_same_mean
 
 
 def test_median_of_rounds_skips_a_round_without_the_figure() -> None:
-    from stylefleet.tools.bench_load import median_of_rounds
+    from stylefleet.bench.load import median_of_rounds
 
     rows = [{"ips": 3.0, "steady_ips": None}, {"ips": 5.0, "steady_ips": 4.0}, {"ips": 4.0, "steady_ips": 6.0}]
     assert median_of_rounds(rows, ["ips", "steady_ips", "p50_ms"]) == {"ips": 4.0, "steady_ips": 5.0, "p50_ms": None}
@@ -309,14 +309,14 @@ def test_the_queue_comparison_does_not_let_a_speeding_host_pick_its_last_row(mon
             "p95_ms": 1.0, "mean_batch_size": 3.7, "machine_cpu_utilisation": 0.99, "model_replicas_cpu_share": 0.88,
         }
 
-    monkeypatch.setattr(bench, "measured_level", level)
-    monkeypatch.setattr(bench, "_set_batching", lambda cluster, config, deployment, **changes: applied.append(changes))
+    monkeypatch.setattr(served, "measured_level", level)
+    monkeypatch.setattr(served, "set_batching", lambda cluster, config, deployment, **changes: applied.append(changes))
     shipped = {"max_batch_size": 4, "batch_wait_timeout_s": 0.0}
     config = {"applications": [{"deployments": [{"name": "stylize", "user_config": dict(shipped)}]}]}
     args = argparse.Namespace(queue_rounds=rounds, requests=8, seconds=1.0)
     case = Case("frost", "stylize", {}, ("image",))
 
-    rows = bench.compare_queues(None, config, "http://127.0.0.1:1", [case], {}, 16, args)
+    rows = served.compare_queues(None, config, "http://127.0.0.1:1", [case], {}, 16, args)
 
     assert [(r["queue"], r["batch_wait_timeout_s"]) for r in rows] == [("serve-batch", 0.0), ("serve-batch", 0.02), ("backlog", 0.0)]
     assert len(levels) == 3 * rounds and all(len(r["rounds"]) == rounds for r in rows)
@@ -328,13 +328,13 @@ def test_the_queue_comparison_does_not_let_a_speeding_host_pick_its_last_row(mon
         assert max(rates) == pytest.approx(min(rates))  # reversed passes: the same drift for every row
 
 
-@pytest.mark.parametrize("flag", ["--queue-rounds", "--rembg-rounds"])
-def test_a_round_count_below_one_is_refused_before_anything_runs(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
-    import argparse
+@pytest.mark.parametrize(("mode", "flag"), [("served", "--queue-rounds"), ("rembg", "--rembg-rounds")])
+def test_a_round_count_below_one_is_refused_before_anything_runs(mode: str, flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from stylefleet.tools import cli
 
-    parser = argparse.ArgumentParser()
-    bench.add_arguments(parser)
-    assert getattr(parser.parse_args([flag, "3"]), flag[2:].replace("-", "_")) == 3
+    parser = cli.build_parser()
+    command = ["bench", mode, *(["--rembg", "rembg"] if mode == "rembg" else [])]
+    assert getattr(parser.parse_args([*command, flag, "3"]), flag[2:].replace("-", "_")) == 3
     with pytest.raises(SystemExit) as exit_info:
-        parser.parse_args([flag, "0"])
+        parser.parse_args([*command, flag, "0"])
     assert exit_info.value.code == 2 and "at least 1 round" in capsys.readouterr().err

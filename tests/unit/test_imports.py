@@ -125,14 +125,14 @@ LAYERS = {
     "spec": {"base", "compute", "spec"},
     "glue": {"base", "compute", "spec", "glue"},  # stylefleet/deployments/serve: the Ray Serve wrappers
     "router": {"base", "compute", "spec", "glue", "router"},  # stylefleet/router: the HTTP ingress
-    "tools": {"base", "compute", "spec", "glue", "router", "tools"},  # stylefleet/tools/: CLI, bench, batch, k8s
+    "tools": {"base", "compute", "spec", "glue", "router", "tools"},  # stylefleet/tools/ (CLI, batch, k8s) and stylefleet/bench/
 }
 
 
 def layer(module: str) -> str:
     parts = module.split(".")
     sub = parts[1] if len(parts) > 1 else ""
-    if sub == "tools":
+    if sub in ("tools", "bench"):  # stylefleet/bench: the benchmark, a package of its own at the tools layer
         return "tools"
     if sub == "router":
         return "router"

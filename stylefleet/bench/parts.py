@@ -3,8 +3,8 @@ the network, finish, encode. The network's share of the sum is the most served/b
 that any server returning the same bytes can reach on a CPU-bound machine, before HTTP, the
 client and Ray take theirs.
 
-Usage: .venv/bin/python scripts/model_parts.py [repeats] (default 30; the bench's photos, the
-shipped serve_config.yaml, batch 4 as the replica runs it). docs/performance.md "Session 27".
+Usage: .venv/bin/python -m stylefleet.bench.parts [repeats] (default 30; the bench's photos, the
+shipped serve_config.yaml, batch 4 as the replica runs it). docs/performance.md "The ceiling by parts".
 Each part is timed with ``time.thread_time`` in one thread, the parts in turns (one image through
 all of them, then the next), so the host's drift hits every part alike; medians over the repeats.
 """
@@ -17,10 +17,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from stylefleet.bench.bare import PARALLEL, setup_model
+from stylefleet.bench.common import sample_photos, style_cases
 from stylefleet.deployments.batching import ModelRequest, OutputSpec, decoded
 from stylefleet.imageio import encode
 from stylefleet.spec import load_serve_file
-from stylefleet.tools.bench import PARALLEL, _cases, _samples, _setup_model
 
 BATCH = 4  # the shipped max_batch_size: the network's time per image is a quarter of one call
 
@@ -43,11 +44,11 @@ def one_image(net: Any, request: ModelRequest) -> tuple[float, ...]:
 
 def parts(repeats: int) -> None:
     spec = load_serve_file("serve_config.yaml").app
-    samples = _samples()
+    samples = sample_photos()
     print(f"ms of CPU per image on one thread, median of {repeats}; network at batch {BATCH}, per image")
     print(f"{'deployment':<18} {'decode':>7} {'prepare':>8} {'network':>8} {'finish':>7} {'encode':>7} {'all':>7} {'network share':>14}")
-    for case in _cases(spec):  # the bench's cases: one style per ONNX deployment
-        net = _setup_model(spec.model_spec(case.deployment), PARALLEL, None)
+    for case in style_cases(spec):  # the bench's cases: one style per ONNX deployment
+        net = setup_model(spec.model_spec(case.deployment), PARALLEL, None)
         request = ModelRequest({}, dict(case.params), OutputSpec("png"), files={f: samples[f] for f in case.files})
         rows: dict[str, list[float]] = {k: [] for k in ("decode", "prepare", "network", "finish", "encode")}
         for i in range(repeats + 1):

@@ -1,6 +1,6 @@
 """What the benchmarks share: a case (a style on its deployment) and a bounded HTTP load.
 
-Apart from ``stylefleet.tools.bench`` so that ``bench_rembg`` can use them without importing the
+Apart from ``stylefleet.bench.served`` so that ``stylefleet.bench.rembg`` can use them without importing the
 benchmark that drives it (an import circle).
 """
 

@@ -1,4 +1,4 @@
-"""``stylefleet bench --rembg PATH``: remove-background against rembg's own server, same model and photo.
+"""``stylefleet bench rembg --rembg PATH``: remove-background against rembg's own server, same model and photo.
 
 Starts ``rembg s --host 127.0.0.1 --no-ui`` on a free loopback port, with ``U2NET_HOME`` pointing
 at a private folder holding the very ``u2netp.onnx`` the service loads (rembg then downloads
@@ -6,11 +6,13 @@ nothing), and loads both servers in turns (ours, rembg, ours, rembg ...) at each
 the machine's drift hits both alike. It stops only the rembg process it started, by its pid.
 
 rembg is not a dependency of stylefleet: install it in its own virtual environment
-(``make bench-rembg`` does) and pass its ``rembg`` executable.
+(``make bench-rembg`` does) and pass its ``rembg`` executable. The run is the served run
+(``stylefleet.bench.served``) on remove-background, with this comparison as its last pass.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import shutil
@@ -23,8 +25,10 @@ from typing import Any
 
 import httpx
 
+from stylefleet.bench.common import ExtraPass, rounds_arg, style_cases
+from stylefleet.bench.load import Case, Load
 from stylefleet.deployments.registry import resolve
-from stylefleet.tools.bench_load import Case, Load
+from stylefleet.spec import AppSpec
 from stylefleet.tools.local import LOOPBACK, free_port
 
 
@@ -54,7 +58,7 @@ def _start(rembg: str, home: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def _steady(a: dict[str, Any], b: dict[str, Any]) -> str:
-    """The steady-window figures of one round (``bench_load.steady_rate``), where both have one."""
+    """The steady-window figures of one round (``stylefleet.bench.load.steady_rate``), where both have one."""
     if not (a.get("steady_ips") and b.get("steady_ips")):
         return ""
     return f"  steady {a['steady_ips']:.2f} vs {b['steady_ips']:.2f}: {a['steady_ips'] / b['steady_ips']:.2f}"
@@ -111,3 +115,19 @@ def compare(rembg: str, url: str, case: Case, samples: dict[str, bytes], rounds:
             except subprocess.TimeoutExpired:
                 proc.kill()
     return {"levels": levels}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rembg", required=True, help="path of a `rembg` executable (its own virtual environment)")
+    parser.add_argument("--rembg-rounds", type=rounds_arg, default=3, help="alternating rounds (ours, rembg) per concurrency")
+    parser.set_defaults(only="remove-background", compare=False, concurrency="1,16", out="bench-results/rembg.json")
+
+
+def rembg_pass(args: argparse.Namespace) -> ExtraPass:
+    """The served run's extra pass: ``(url, spec, samples) -> ("rembg", the comparison)``."""
+
+    def run(url: str, spec: AppSpec, samples: dict[str, bytes]) -> tuple[str, Any]:
+        case = next(c for c in style_cases(spec) if c.deployment == "remove-background")
+        return "rembg", compare(args.rembg, url, case, samples, args.rembg_rounds, args.seconds)
+
+    return run

@@ -1,10 +1,10 @@
 """How a replica's ONNX sessions should hold their arenas: speed and memory, measured.
 
-    .venv/bin/python scripts/arena_layouts.py [MODEL ...] [--seconds S] [--rounds R]
+    .venv/bin/python -m stylefleet.bench.arena [MODEL ...] [--seconds S] [--rounds R]
 
 Three layouts, each with two one-thread calls at once as the CPU default runs them:
 
-- ``shared``: one session, both calls in it at once (one arena; before session 25);
+- ``shared``: one session, both calls in it at once (one arena; what replicas ran before a session per call);
 - ``pooled``: one session per call, memory patterns on;
 - ``pooled, no patterns``: one session per call, memory patterns off.
 
@@ -87,7 +87,13 @@ def memory(model: str, layout: str, seconds: float) -> dict[str, object]:
     network = make_network(with_symbolic_batch(resolve(model).path), options)
     feeds = feeds_for(model, network)
     if options.calls == 1:
-        on_two_threads(lambda _: [call(network, layout, feeds(n)) for _ in range(2) for n in sorted(SIZES, reverse=True)])
+
+        def warm_shared(_: int) -> None:
+            for _round in range(2):
+                for n in sorted(SIZES, reverse=True):
+                    call(network, layout, feeds(n))
+
+        on_two_threads(warm_shared)
     else:
         warm(network, feeds, SIZES)
     warmed = rss_mib()
@@ -147,14 +153,15 @@ def main() -> None:
     parser.add_argument("--memory-of", nargs=2, metavar=("MODEL", "LAYOUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_of:
-        print(json.dumps(memory(*args.memory_of, args.seconds)))
+        model, layout = args.memory_of
+        print(json.dumps(memory(model, layout, args.seconds)))
         return
     for model in args.models:
         rates = speed(model, args.seconds / 4, args.rounds)
         best = max(rates.values())
         for layout in LAYOUTS:
             out = subprocess.run(
-                [sys.executable, __file__, "--memory-of", model, layout, "--seconds", str(args.seconds)],
+                [sys.executable, "-m", "stylefleet.bench.arena", "--memory-of", model, layout, "--seconds", str(args.seconds)],
                 capture_output=True, text=True, check=True,
             )
             mem = json.loads(out.stdout.strip().splitlines()[-1])

@@ -1,4 +1,4 @@
-"""``stylefleet bench --sessions``: ONNX Runtime session options, measured on the real networks.
+"""``stylefleet bench sessions``: ONNX Runtime session options, measured on the real networks.
 
 Each model is built by its own factory (the code the replicas run) once per configuration, and
 the configurations take turns call by call (A B C A B C ...), so the machine's drift hits them
@@ -12,6 +12,7 @@ A benchmark: it prints and writes JSON, it asserts nothing; rounds and time are 
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from collections.abc import Callable
@@ -157,3 +158,27 @@ def _sweep_one(
         )
         print(f"  {kind:<13} batch {batch}: {config.name:<50} {batch / median:7.2f} img/s  {best / median:5.2f}x of fastest", flush=True)
     return rows
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="bench-results/sessions.json")
+    parser.add_argument("--batch-sizes", default="1,4,8")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per configuration")
+    parser.add_argument("--seconds", type=float, default=60.0, help="time budget per model and batch size")
+    parser.set_defaults(config="serve_config.yaml")  # recorded in the JSON, as the served run records its config
+
+
+def main(args: argparse.Namespace) -> int:
+    """The sweep on the astronaut, written beside the machine's description."""
+    from pathlib import Path
+
+    from stylefleet.bench.common import machine, sample_photos, write
+    from stylefleet.imageio import decode
+
+    samples = sample_photos()
+    results: dict[str, Any] = {"machine": machine(), "config": args.config, "models": {}}
+    print(f"== ONNX Runtime session options, batch {args.batch_sizes}, {args.rounds} alternating rounds", flush=True)
+    photo = decode(samples["image"], max_pixels=10**8).pixels
+    results["sessions"] = sweep(photo, [int(x) for x in args.batch_sizes.split(",")], args.rounds, args.seconds)
+    write(Path(args.out), results)
+    return 0

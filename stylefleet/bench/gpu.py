@@ -1,8 +1,8 @@
-"""``stylefleet bench --gpu``: the GPU path measured for every model, in one command.
+"""``stylefleet bench gpu``: the GPU path measured for every model, in one command.
 
 Two layers, and the output says which ran:
 
-- **model**: ``run_batch`` in this process, no Ray (``stylefleet.tools.bench_table``): per-image
+- **model**: ``run_batch`` in this process, no Ray (``stylefleet.bench.table``): per-image
   throughput (batch 1, one call at a time) and bare batches of 1/2/4/8/16, with p50 latency and
   peak GPU memory (torch's allocator, NVML per process) and utilisation.
 - **served**: where Ray is installed, the shipped configs (``serve_config.yaml`` with
@@ -14,7 +14,7 @@ ONNX models run on the CUDA execution provider (a session that falls back to the
 never measures the CPU); torch models in fp16. Stable Diffusion 1.5, its ControlNet and
 AnimeGANv2 are built at their published sizes with random weights: pictures are noise, the
 compute is identical. The summary sets each model's best served throughput against its
-per-image one and against the same batch run bare, beside the targets of issue 15.
+per-image one and against the same batch run bare, beside its targets (docs/gpu.md "GPU benchmark").
 
 Without CUDA it refuses, except with ``--tiny``: the whole harness on the CPU at toy sizes
 (tiny models, 64 px, 2 steps), writing the same JSON shape, so that CI keeps it from rotting.
@@ -34,9 +34,9 @@ from typing import Any
 
 import yaml
 
-from stylefleet.tools import bench_models, bench_table
+from stylefleet.bench import table, weights
 
-# Issue 15: what the figures are held against.
+# What the figures are held against (docs/gpu.md "GPU benchmark").
 ANCHORS = {
     "sd15_512px_50steps_fp16_a100_s_per_image": {"sdpa": 1.6, "torch_compile_channels_last": 1.1},
     "u2netp_320px_1080ti_images_per_s_one_at_a_time": 40,
@@ -58,14 +58,16 @@ SERVED_SUBJECTS = {  # subject -> (application file, style, deployment)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    bench_table.add_arguments(parser)
-    parser.add_argument("--gpu", action="store_true", help="measure every model on CUDA: model layer and, with Ray, served")
-    parser.add_argument("--tiny", action="store_true", help="with --gpu: the whole harness on the CPU at toy sizes (CI)")
-    parser.add_argument("--layers", default="model,served", help="--gpu: model, served or both (served needs Ray)")
-    parser.add_argument("--gpu-concurrency", default=None, help="--gpu: served concurrency levels (default 1,8,32,64; --tiny 1,4)")
+    """The model table's flags (it runs that table first) and the served layer's."""
+    table.add_arguments(parser, device=False)
+    parser.set_defaults(out="bench-results/gpu.json")
+    parser.add_argument("--tiny", action="store_true", help="the whole harness on the CPU at toy sizes (CI)")
+    parser.add_argument("--layers", default="model,served", help="model, served or both (served needs Ray)")
+    parser.add_argument("--concurrency", default=None, help="served concurrency levels (default 1,8,32,64; --tiny 1,4)")
     parser.add_argument(
-        "--gpu-requests", type=int, default=None, help="--gpu: requests per served level, at least 2x concurrency (default 64; --tiny 8)"
+        "--requests", type=int, default=None, help="requests per served level, at least 2x concurrency (default 64; --tiny 8)",
     )
+    parser.add_argument("--seconds", type=float, default=60.0, help="time cap per served level")
 
 
 def cuda_status() -> tuple[bool, str]:
@@ -122,11 +124,11 @@ def onnx_config(device: str, port: int) -> dict[str, Any]:
     return config
 
 
-def genai_config(settings: bench_table.Settings, models_dir: Path, port: int) -> dict[str, Any]:
+def genai_config(settings: table.Settings, models_dir: Path, port: int) -> dict[str, Any]:
     """The shipped generative config over random-weight models saved under ``models_dir``; on the
     CPU (``--tiny``) without GPU shares, and the presets at the table's size and steps."""
     cuda = settings.device == "cuda"
-    base, controlnet = bench_models.save_sd(models_dir, settings.arch, half=cuda)
+    base, controlnet = weights.save_sd(models_dir, settings.arch, half=cuda)
     config = yaml.safe_load(Path("serve_config.genai.yaml").read_text())
     config["http_options"].update(port=port, request_timeout_s=REQUEST_TIMEOUT_S)
     app = config["applications"][0]
@@ -135,7 +137,7 @@ def genai_config(settings: bench_table.Settings, models_dir: Path, port: int) ->
     args["jobs"] = {"storage": tempfile.mkdtemp(prefix="stylefleet-bench-jobs-")}
     for name in list(args["models"]):
         path = models_dir / f"{name}.pt"
-        args["models"][name] = {"path": str(path), "sha256": bench_models.save_animegan(path)}
+        args["models"][name] = {"path": str(path), "sha256": weights.save_animegan(path)}
     for dep in args["deployments"].values():
         dep["device"] = settings.device
         if not cuda:
@@ -154,26 +156,27 @@ def genai_config(settings: bench_table.Settings, models_dir: Path, port: int) ->
     return config
 
 
-def _case(subject: str, config: dict[str, Any], settings: bench_table.Settings) -> Any:
+def _case(subject: str, config: dict[str, Any], settings: table.Settings) -> Any:
+    from stylefleet.bench.common import style_cases
+    from stylefleet.bench.load import Case
     from stylefleet.spec import AppSpec
-    from stylefleet.tools.bench import _cases
-    from stylefleet.tools.bench_load import Case
 
     _, style, deployment = SERVED_SUBJECTS[subject]
     if style is None:
         spec = AppSpec.from_application(config["applications"][0])
-        return next(c for c in _cases(spec) if c.deployment == deployment)
+        return next(c for c in style_cases(spec) if c.deployment == deployment)
     files = ("image",) if subject in ("animeganv2", "sd-img2img", "sd-controlnet-canny") else ()
     fields = (("prompt", "an astronaut"), ("steps", str(settings.steps))) if subject.startswith("sd-") else ()
     return Case(style=style, deployment=deployment, params={}, files=files, fields=fields)
 
 
-def served_layer(names: list[str], settings: bench_table.Settings, levels: list[int], requests: int, cap_s: float) -> dict[str, Any]:
+def served_layer(names: list[str], settings: table.Settings, levels: list[int], requests: int, cap_s: float) -> dict[str, Any]:
     """Each subject over HTTP at each concurrency level, its configs deployed in turn."""
-    from stylefleet.tools.bench import _print_level, _samples, measured_level
+    from stylefleet.bench.common import sample_photos
+    from stylefleet.bench.levels import measured_level, print_level
     from stylefleet.tools.local import LocalCluster, free_port
 
-    samples = _samples()
+    samples = sample_photos()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     out: dict[str, Any] = {"layer": "served (HTTP through the router to the model replicas, Ray Serve)", "url": url, "models": {}}
@@ -185,7 +188,7 @@ def served_layer(names: list[str], settings: bench_table.Settings, levels: list[
                 wanted = [n for n in names if SERVED_SUBJECTS[n][0] == app_file]
                 if not wanted:
                     continue
-                if app_file == "genai" and (missing := bench_table.diffusers_missing()):
+                if app_file == "genai" and (missing := table.diffusers_missing()):
                     for n in wanted:
                         out["models"][n] = {"skipped": missing}
                     continue
@@ -196,11 +199,11 @@ def served_layer(names: list[str], settings: bench_table.Settings, levels: list[
                     case = _case(name, config, settings)
                     rows = []
                     for c in levels:
-                        with bench_table.GpuWatch(0.05, whole_card=True) if settings.device == "cuda" else _Null() as watch:
+                        with table.GpuWatch(0.05, whole_card=True) if settings.device == "cuda" else _Null() as watch:
                             row = measured_level(url, case, samples, c, max(requests, 2 * c), cap_s)
                         row.update(watch.summary())
                         rows.append(row)
-                        _print_level(name, row)
+                        print_level(name, row)
                     out["models"][name] = {"style": case.style, "deployment": case.deployment, "levels": rows}
     finally:
         cluster.stop()
@@ -234,7 +237,7 @@ def _bare_at(rows: list[dict[str, Any]], batch: float) -> dict[str, Any] | None:
 
 def summarise(model_layer: dict[str, Any], served: dict[str, Any] | None) -> dict[str, Any]:
     """Per model: per-image images/s, the best bare batch, the best served level, and the ratios
-    against issue 15's targets."""
+    against the targets."""
     out: dict[str, Any] = {}
     for name, entry in model_layer["models"].items():
         rows = entry.get("rows", [])
@@ -258,7 +261,7 @@ def summarise(model_layer: dict[str, Any], served: dict[str, Any] | None) -> dic
                 item["bare_same_batch"] = same["batch_size"]
         elif served_entry:
             item["served"] = served_entry.get("skipped")
-        family = "onnx" if name in bench_table.ONNX_SUBJECTS else ("torch-sd" if name.startswith("sd-") else "torch")
+        family = "onnx" if name in table.ONNX_SUBJECTS else ("torch-sd" if name.startswith("sd-") else "torch")
         target = TARGETS["served_batched_over_per_image"].get(family)
         if target is not None:
             item["target_served_over_per_image"] = target
@@ -292,8 +295,8 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 def refusal(why: str) -> str:
     return (
-        f'stylefleet bench --gpu: no CUDA here ({why}). Run it on a CUDA machine (docs/gpu.md "GPU"), '
-        "or `stylefleet bench --gpu --tiny` to run the whole harness on the CPU at toy sizes."
+        f'stylefleet bench gpu: no CUDA here ({why}). Run it on a CUDA machine (docs/gpu.md "GPU"), '
+        "or `stylefleet bench gpu --tiny` to run the whole harness on the CPU at toy sizes."
     )
 
 
@@ -304,20 +307,20 @@ def main(args: argparse.Namespace) -> int:
         return 3
     device = "cpu" if args.tiny else "cuda"
     names = [n for n in args.subjects.split(",") if n]
-    unknown = sorted(set(names) - set(bench_table.SUBJECTS))
+    unknown = sorted(set(names) - set(table.SUBJECTS))
     if unknown:
-        print(f"stylefleet bench: unknown --subjects {unknown}; known: {', '.join(bench_table.SUBJECTS)}", file=sys.stderr)
+        print(f"stylefleet bench: unknown --subjects {unknown}; known: {', '.join(table.SUBJECTS)}", file=sys.stderr)
         return 2
     layers = {x for x in args.layers.split(",") if x}
-    settings = bench_table.settings_from(args, device=device, tiny=args.tiny)
-    levels = [int(x) for x in (args.gpu_concurrency or ("1,4" if args.tiny else "1,8,32,64")).split(",") if x]
-    requests = args.gpu_requests or (8 if args.tiny else 64)
+    settings = table.settings_from(args, device=device, tiny=args.tiny)
+    levels = [int(x) for x in (args.concurrency or ("1,4" if args.tiny else "1,8,32,64")).split(",") if x]
+    requests = args.requests or (8 if args.tiny else 64)
     started = time.time()
     results: dict[str, Any] = {
-        "benchmark": "stylefleet bench --gpu" + (" --tiny" if args.tiny else ""),
+        "benchmark": "stylefleet bench gpu" + (" --tiny" if args.tiny else ""),
         "tiny": bool(args.tiny),
         "device": device,
-        "weights": f"Stable Diffusion, ControlNet and AnimeGANv2: {bench_models.weights_note(settings.arch)}",
+        "weights": f"Stable Diffusion, ControlNet and AnimeGANv2: {weights.weights_note(settings.arch)}",
         "machine": machine(device),
         "anchors": ANCHORS,
         "targets": TARGETS,
@@ -326,13 +329,13 @@ def main(args: argparse.Namespace) -> int:
     if args.tiny:
         results["note"] = "--tiny: the harness on the CPU at toy sizes (tiny models); the figures prove the harness, not the GPU"
     print(
-        f"== stylefleet bench --gpu{' --tiny' if args.tiny else ''} on {results['machine'].get('gpu', 'the CPU')}; {results['weights']}",
+        f"== stylefleet bench gpu{' --tiny' if args.tiny else ''} on {results['machine'].get('gpu', 'the CPU')}; {results['weights']}",
         flush=True,
     )
     model_layer = None
     with tempfile.TemporaryDirectory(prefix="stylefleet-bench-gpu-") as workdir:
         if "model" in layers:
-            model_layer = bench_table.run_table(names, settings, Path(workdir))
+            model_layer = table.run_table(names, settings, Path(workdir))
             results["model_layer"] = model_layer
             results["layers_measured"].append("model")
     served = None
@@ -350,5 +353,5 @@ def main(args: argparse.Namespace) -> int:
         print_summary(results["summary"])
     results["wall_s"] = round(time.time() - started, 1)
     print(f"== layers measured: {', '.join(results['layers_measured']) or 'none'}", flush=True)
-    bench_table.write(Path(args.out), results)
+    table.write(Path(args.out), results)
     return 0

@@ -1,6 +1,6 @@
 """Each Ray process's CPU (% of one core) over 30 s with the service idle: its background cost.
 
-Usage: .venv/bin/python scripts/idle_cpu.py (environment variables such as
+Usage: .venv/bin/python -m stylefleet.bench.idle (environment variables such as
 RAY_SERVE_CONTROL_LOOP_INTERVAL_S reach the Ray it starts). docs/performance.md "Where the CPU goes".
 """
 

@@ -1,4 +1,4 @@
-"""``stylefleet bench --models``: the model layer's throughput table, per model and batch size.
+"""``stylefleet bench models``: the model layer's throughput table, per model and batch size.
 
 For each model (the ONNX ones: stylize, restyle, remove-background; AnimeGANv2; Stable
 Diffusion text-to-image, img2img and ControlNet) and each batch size: images/s, p50 latency of
@@ -12,7 +12,7 @@ included; on CUDA also torch's allocator peak (torch models) and the process's G
 NVML reports it, sampled every 20 ms (ONNX Runtime's CUDA arena is outside torch's count).
 
 The torch models are built at their published size with random weights
-(``stylefleet.tools.bench_models``): no download. A benchmark, not a test: it asserts nothing, and
+(``stylefleet.bench.weights``): no download. A benchmark, not a test: it asserts nothing, and
 every loop is bounded in calls and seconds.
 """
 
@@ -34,10 +34,10 @@ from typing import Any
 
 import numpy as np
 
+from stylefleet.bench import weights
 from stylefleet.deployments.batching import ModelRequest, run_batch
 from stylefleet.deployments.onnx_session import RuntimeOptions, available_cores
 from stylefleet.errors import StylefleetError
-from stylefleet.tools import bench_models
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class Settings:
     device: str = "cpu"
     size: int = 512  # side of the square input (stylize, AnimeGANv2) and of the SD output
     steps: int = 25  # Stable Diffusion denoising steps
-    arch: bench_models.SdArch = bench_models.SD15
+    arch: weights.SdArch = weights.SD15
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16)
     repeats: int = 3  # timed calls per row (after one warm-up call)
     row_seconds: float = 60.0  # no new timed call starts after this (at least one runs)
@@ -111,7 +111,7 @@ def _animegan_model(runtime: RuntimeOptions, folder: Path) -> Any:
     from stylefleet.deployments.loader import load_model
 
     path = folder / "animeganv2-random.pt"
-    sha256 = bench_models.save_animegan(path)
+    sha256 = weights.save_animegan(path)
     spec = ModelSpec(
         deployment="bench-animeganv2",
         model="animeganv2_paprika",
@@ -123,7 +123,7 @@ def _animegan_model(runtime: RuntimeOptions, folder: Path) -> Any:
 def _sd_model(settings: Settings) -> Any:
     from stylefleet.deployments.diffusion import DiffusionModel, assemble_pipelines
 
-    parts = bench_models.build_sd(settings.arch)
+    parts = weights.build_sd(settings.arch)
     runtime = settings.runtime()
     pipelines = assemble_pipelines(parts.pipeline, parts.controlnet, runtime)
     return DiffusionModel(pipelines, checksum=f"random-{settings.arch.name}", device=settings.device)
@@ -366,7 +366,7 @@ def measure_subject(subject: Subject, settings: Settings) -> dict[str, Any]:
     out-of-memory are skipped (a larger batch would not fit either)."""
     result: dict[str, Any] = {"model": subject.model, "family": subject.family, "work": subject.work, "rows": []}
     if subject.random_weights:
-        result["weights"] = bench_models.NOTE if subject.name == "animeganv2" else bench_models.weights_note(settings.arch)
+        result["weights"] = weights.NOTE if subject.name == "animeganv2" else weights.weights_note(settings.arch)
     if subject.name.startswith("sd-") and (missing := diffusers_missing()):
         result["skipped"] = missing
         return result
@@ -423,20 +423,23 @@ def markdown(results: dict[str, Any]) -> str:
 # -- the command -------------------------------------------------------------------------------
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of ``--models`` (and of ``--gpu``, which runs the same table first)."""
-    parser.add_argument("--models", action="store_true", help="print the model layer's table per model and batch size (no Ray)")
-    parser.add_argument("--subjects", default=",".join(SUBJECTS), help=f"--models/--gpu: which models, of {','.join(SUBJECTS)}")
-    parser.add_argument("--size", type=int, default=None, help="--models/--gpu: image side in px (default 512; --tiny 64)")
-    parser.add_argument("--steps", type=int, default=None, help="--models/--gpu: Stable Diffusion steps (default 25; --tiny 2)")
+def add_arguments(parser: argparse.ArgumentParser, *, device: bool = True) -> None:
+    """The flags of ``stylefleet bench models`` (and of ``gpu``, which runs the same table first; it picks its own device)."""
+    parser.add_argument("--out", default="bench-results/models.json")
+    parser.add_argument("--subjects", default=",".join(SUBJECTS), help=f"which models, of {','.join(SUBJECTS)}")
+    parser.add_argument("--batch-sizes", default=None, help="default 1,2,4,8,16 (--tiny: 1,2)")
+    parser.add_argument("--size", type=int, default=None, help="image side in px (default 512; --tiny 64)")
+    parser.add_argument("--steps", type=int, default=None, help="Stable Diffusion steps (default 25; --tiny 2)")
     parser.add_argument(
-        "--sd-arch", choices=sorted(bench_models.ARCHS), default=None, help="Stable Diffusion size (default sd15; --tiny: tiny)"
+        "--sd-arch", choices=sorted(weights.ARCHS), default=None, help="Stable Diffusion size (default sd15; --tiny: tiny)"
     )
-    parser.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="--models: where to run (auto: CUDA where torch sees it)"
-    )
-    parser.add_argument("--repeats", type=int, default=3, help="--models/--gpu: timed calls per row, after one warm-up call")
-    parser.add_argument("--row-seconds", type=float, default=60.0, help="--models/--gpu: no new timed call after this")
+    if device:
+        parser.add_argument(
+            "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run (auto: CUDA where torch sees it)"
+        )
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per row, after one warm-up call")
+    parser.add_argument("--row-seconds", type=float, default=60.0, help="no new timed call after this")
+    parser.add_argument("--threads", type=int, default=None, help="ONNX threads on the CPU (default: every core)")
 
 
 def settings_from(args: argparse.Namespace, *, device: str = "cpu", tiny: bool = False) -> Settings:
@@ -445,7 +448,7 @@ def settings_from(args: argparse.Namespace, *, device: str = "cpu", tiny: bool =
         device=device,
         size=args.size or (64 if tiny else 512),
         steps=args.steps or (2 if tiny else 25),
-        arch=bench_models.ARCHS[args.sd_arch or ("tiny" if tiny else "sd15")],
+        arch=weights.ARCHS[args.sd_arch or ("tiny" if tiny else "sd15")],
         batch_sizes=tuple(int(x) for x in (args.batch_sizes or default_sizes).split(",") if x),
         repeats=args.repeats,
         row_seconds=args.row_seconds,
@@ -459,7 +462,7 @@ def run_table(names: Sequence[str], settings: Settings, workdir: Path, out: Path
     cpu_note = "" if settings.device == "cuda" else f"; on the CPU ({settings.runtime().intra_op_threads} threads)"
     print(
         f"== model layer (run_batch in this process, no Ray): {settings.size} px, SD {settings.arch.name} at "
-        f"{settings.steps} steps{cpu_note}; the torch models have {bench_models.weights_note(settings.arch)}",
+        f"{settings.steps} steps{cpu_note}; the torch models have {weights.weights_note(settings.arch)}",
         flush=True,
     )
     results: dict[str, Any] = {
@@ -497,7 +500,7 @@ def write(out: Path, results: dict[str, Any], *, quiet: bool = False) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """``stylefleet bench --models``: on the CPU unless CUDA is there and asked for (``--gpu``)."""
+    """``stylefleet bench models``: on the CPU unless CUDA is there and asked for (``--device``)."""
     import tempfile
 
     names = [n for n in args.subjects.split(",") if n]

@@ -1,6 +1,6 @@
 """PNG encode time and size of each ONNX model's real output: Pillow against libpng's filters.
 
-Usage: .venv/bin/python scripts/png_encode.py [REPEATS] (default 15). Runs each model once on the
+Usage: .venv/bin/python -m stylefleet.bench.png [REPEATS] (default 15). Runs each model once on the
 astronaut (restyle: the cat as the style), then encodes its output with Pillow (per-row adaptive
 filter, zlib level 1, run-length strategy: what stylefleet used before) and with libpng through
 imagecodecs at the same level and strategy, one filter for every row. Median milliseconds of
@@ -56,6 +56,7 @@ def outputs() -> dict[str, np.ndarray]:
     for deployment, (params, images) in cases.items():
         model = load_model(spec.model_spec(deployment)).model
         [result] = run_batch(model, [ModelRequest(images, params, OutputSpec("png"))])
+        assert isinstance(result, np.ndarray), result
         out[deployment] = result
     return out
 
