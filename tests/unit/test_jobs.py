@@ -528,3 +528,16 @@ def test_job_files_are_private_wherever_the_storage_is(api: TestClient, storage:
     assert {m for p, m in modes.items() if (root / p).is_dir()} == {0o700}, modes
     assert {m for p, m in modes.items() if (root / p).is_file()} == {0o600}, modes
     assert stat.S_IMODE(root.stat().st_mode) == 0o700
+
+
+def test_a_running_job_can_be_canceled_while_the_disk_is_full(
+    api: TestClient, backend: FakeBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend.gate = threading.Semaphore(0)
+    job = _post(api, _image_files(_images(3))).json()
+    _wait_running(api, job["id"])
+    fill(monkeypatch)
+    r = api.delete(f"/v1/jobs/{job['id']}")
+    backend.gate.release(3)
+    assert r.status_code == 200 and r.json()["status"] == "canceled", r.text
+    assert api.get(f"/v1/jobs/{job['id']}").json()["status"] == "canceled"

@@ -224,7 +224,11 @@ class JobManager:
         if state["status"] in FINAL:
             await self.delete(job_id)
             return {**state, "deleted": True}
-        await asyncio.to_thread(self.store.request_cancel, job_id, now_iso())
+        try:
+            await asyncio.to_thread(self.store.request_cancel, job_id, now_iso())
+        except InsufficientStorage:
+            if job_id not in self._jobs:
+                raise  # its runner is elsewhere and reads the marker: 507, cancel again once there is room
         job = self._jobs.get(job_id)
         if job is None and await asyncio.to_thread(self.leases.claim, job_id):
             job = await self._load(job_id)
