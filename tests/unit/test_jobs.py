@@ -541,3 +541,18 @@ def test_a_running_job_can_be_canceled_while_the_disk_is_full(
     backend.gate.release(3)
     assert r.status_code == 200 and r.json()["status"] == "canceled", r.text
     assert api.get(f"/v1/jobs/{job['id']}").json()["status"] == "canceled"
+
+
+def test_a_disk_too_full_for_outputs_lists_every_item_and_why_in_the_result_zip(
+    api: TestClient, backend: FakeBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend.gate = threading.Semaphore(0)
+    job = _post(api, _image_files(_images(6))).json()
+    _wait_running(api, job["id"])
+    fill(monkeypatch, only=lambda path: "/outputs/" in path)  # records and the zip still fit, no image does
+    backend.gate.release(6)
+    assert _wait(api, job["id"])["status"] == "failed"
+    zf = zipfile.ZipFile(io.BytesIO(api.get(f"/v1/jobs/{job['id']}/result").content))
+    failures = [json.loads(line) for line in zf.read("failures.jsonl").decode().splitlines()]
+    assert sorted(f["input"] for f in failures) == [f"photo{i}.png" for i in range(6)]
+    assert {f["error"]["code"] for f in failures} == {"insufficient_storage"}

@@ -124,8 +124,9 @@ class Runner:
                 unexpected = {"code": "internal_error", "message": "the job's storage failed; it was logged"}
                 job.error = _error(exc) if isinstance(exc, StylefleetError) else unexpected
         if job.error is not None:
-            self._fail_unrun(job)
-            return "failed", InsufficientStorage(job.error["message"])
+            await self._fail_unrun(job)
+            code, message = job.error["code"], job.error["message"]
+            return "failed", InsufficientStorage(message) if code == InsufficientStorage.code else RuntimeError(message)
         ok = any(r.status == "ok" for r in job.results.values())
         return ("succeeded" if ok else "failed"), None
 
@@ -142,22 +143,27 @@ class Runner:
                     await asyncio.to_thread(self.store.delete_output, job.spec.id, record.output)
                 record = replace(record, status="failed", output=None, error=_error(exc))
         if job.error is None:
-            logger.warning("job %s: storage full at item %d; the items not run fail: %s", job.spec.id, i, record.error)
+            logger.warning("job %s: storage cannot take item %d; the items not run fail: %s", job.spec.id, i, record.error)
             reason = (record.error or {}).get("message", "")
             job.error = {"code": InsufficientStorage.code, "message": f"the job storage cannot take more: {reason}"}
         with contextlib.suppress(InsufficientStorage):  # a record may still fit; if not, it lives in state.json
             await asyncio.to_thread(self.store.write_result, job.spec.id, i, record)
         return record
 
-    def _fail_unrun(self, job: RunningJob) -> None:
-        """Every item without a record fails with the job's error: none is left ``pending``."""
+    async def _fail_unrun(self, job: RunningJob) -> None:
+        """Every item without a record fails with the job's error: none is left ``pending``. The
+        records are written where they still fit (the result zip's manifest lists them), and
+        shown from ``state.json`` (or this replica's memory) where they do not."""
         error = job.error or {"code": "internal_error", "message": "not run"}
         for i, item in enumerate(job.spec.items):
             if i not in job.results:
-                job.results[i] = Record(
+                record = Record(
                     input=item.name, input_sha256=item.sha256, style=job.spec.style, params=item_params(job.spec, item),
                     status="failed", variant=job.spec.variant, error={"code": error["code"], "message": f"not run: {error['message']}"},
                 )
+                job.results[i] = record
+                with contextlib.suppress(InsufficientStorage):
+                    await asyncio.to_thread(self.store.write_result, job.spec.id, i, record)
         job.touch()
 
     async def process(self, job: RunningJob, i: int) -> Record:
