@@ -8,6 +8,7 @@ Each class also says whether trying again later can help (``retryable``): the on
 
 from __future__ import annotations
 
+import errno
 from typing import Any, ClassVar
 
 ECHO_MAX_CHARS = 80
@@ -244,6 +245,22 @@ class ArchiveTooLarge(StylefleetError):
 
     status = 413
     code = "archive_too_large"
+
+
+class InsufficientStorage(StylefleetError):
+    """Job (or batch output) storage cannot take a write: the disk or quota is full (ENOSPC,
+    EDQUOT), or the folder cannot be written at all. Not retried by the retry policy (it waits for
+    an operator, not for a busy model); a batch re-run does retry the items it failed."""
+
+    status = 507
+    code = "insufficient_storage"
+
+    @classmethod
+    def from_os_error(cls, exc: OSError, what: str) -> InsufficientStorage:
+        """``what`` (a relative path, never the storage root) and the system's reason."""
+        reason = exc.strerror or type(exc).__name__
+        name = errno.errorcode.get(exc.errno or 0, "")
+        return cls(f"cannot write {clip(what)}: {reason}" + (f" ({name})" if name else ""))
 
 
 class UnknownJob(StylefleetError):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -23,7 +24,7 @@ from typing import Any, Literal
 
 from stylefleet.errors import RETRYABLE_CODES
 from stylefleet.retry import RETRYABLE_STATUSES
-from stylefleet.storage import Storage
+from stylefleet.storage import Storage, clip_utf8
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ FAILURES = "failures.jsonl"
 
 # Errors that say nothing about the input: the next run tries the item again. The same verdict
 # as the retry policy's, for the codes a record can carry (``stylefleet.tools.batch.http``'s included).
-TRANSIENT_CODES = RETRYABLE_CODES | {"connection_error"} | {f"http_{status}" for status in RETRYABLE_STATUSES}
+TRANSIENT_CODES = RETRYABLE_CODES | {"connection_error", "insufficient_storage"} | {f"http_{status}" for status in RETRYABLE_STATUSES}
 
 OUTPUT_EXTENSIONS: dict[str, str] = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 
@@ -166,7 +167,8 @@ def failures_text(records: Iterable[Record]) -> str:
 
 def output_names(rel_inputs: Iterable[str], fmt: str) -> dict[str, str]:
     """Input path -> output path: the same folders and name, the format's extension; unique by
-    construction (compared case-insensitively, as some file systems and unzippers do).
+    construction (compared case-insensitively, as some file systems and unzippers do), and safe
+    on any disk: each part of the path is at most ``NAME_MAX_BYTES`` in UTF-8 (``safe_name``).
 
     Inputs that would collide (``a.jpg`` and ``a.png`` both giving ``a.png``) keep their old
     extension in front of the new one (``a.jpg.png``, ``a.png.png``). Where even that name is
@@ -190,7 +192,59 @@ def output_names(rel_inputs: Iterable[str], fmt: str) -> dict[str, str]:
             candidate = f"{rel}-{n}{ext}"
         names[rel] = candidate
         taken.add(candidate.lower())
-    return {rel: names[rel] for rel in rels}
+    return _bounded({rel: names[rel] for rel in rels})
+
+
+# The longest name (one path part) written to disk, in UTF-8 bytes. File systems allow 255; the
+# atomic write's temporary file (``stylefleet.storage``) adds up to 14, and a margin is left for
+# tools that add their own suffix (``~``, ``.part``).
+NAME_MAX_BYTES = 200
+_HASH_CHARS = 10
+_MAX_EXT_BYTES = 16
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\]")
+
+
+def safe_name(name: str, max_bytes: int = NAME_MAX_BYTES, *, salt: str = "") -> str:
+    """One path part as it may go to disk: control characters and separators become ``_``,
+    ``""``/``.``/``..`` become ``_``, and a name over ``max_bytes`` in UTF-8 is cut (at a
+    character boundary) to its start plus ``-`` and a short hash of the whole name, keeping its
+    extension: ``<first words>-1a2b3c4d5e.png``. Short, plain names come back unchanged.
+    ``salt`` forces the hashed form (to pick another name when the first is taken)."""
+    clean = _UNSAFE.sub("_", name)
+    if clean in ("", ".", ".."):
+        clean = "_"
+    if len(clean.encode("utf-8")) <= max_bytes and not salt:
+        return clean
+    stem, dot, ext = clean.rpartition(".")
+    if not dot or not stem or len(ext.encode("utf-8")) + 1 > _MAX_EXT_BYTES:
+        stem, ext = clean, ""
+    else:
+        ext = "." + ext
+    tag = "-" + sha256_hex((name + salt).encode("utf-8"))[:_HASH_CHARS]
+    room = max_bytes - len(ext.encode("utf-8")) - len(tag)
+    return clip_utf8(stem, room) + tag + ext
+
+
+def safe_path(rel: str, max_bytes: int = NAME_MAX_BYTES) -> str:
+    """``safe_name`` on each ``/``-separated part of a relative path."""
+    return "/".join(safe_name(part, max_bytes) for part in rel.split("/"))
+
+
+def _bounded(names: dict[str, str]) -> dict[str, str]:
+    """``names`` with every path made safe (``safe_path``), still unique case-insensitively:
+    a shortened name that meets a taken one is hashed again with a counter."""
+    out: dict[str, str] = {}
+    taken: set[str] = set()
+    for rel, name in names.items():
+        candidate, n = safe_path(name), 1
+        while candidate.lower() in taken:
+            n += 1
+            folder, _, last = name.rpartition("/")
+            bounded = safe_name(last, salt=f"-{n}")
+            candidate = f"{safe_path(folder)}/{bounded}" if folder else bounded
+        out[rel] = candidate
+        taken.add(candidate.lower())
+    return out
 
 
 def _replace_ext(rel: str, ext: str) -> str:

@@ -62,6 +62,7 @@ _WHEN = {
     429: "too_many_uploads: this address has limits.max_uploads_per_client bodies in flight",
     500: "internal_error (the traceback is in the log, never here)",
     503: "overloaded, model_unavailable",
+    507: "insufficient_storage: the job storage is full or cannot be written",
 }
 _RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
 
@@ -191,6 +192,10 @@ class Job(BaseModel):
     created_at: str
     started_at: str | None
     finished_at: str | None
+    error: ErrorDetail | None = Field(
+        None, description="why the job itself failed (insufficient_storage: its storage is full); null otherwise"
+    )
+    deleted: bool | None = Field(None, description="DELETE of a job that had ended: its files are removed (later GETs are 404)")
     items: list[JobItem] | None = Field(None, description="each item (GET only)")
     urls: JobUrls | None = Field(None, description="POST only")
 

@@ -152,6 +152,28 @@ def test_a_40_image_zip_job_completes_with_its_result_zip(client: httpx.Client) 
     assert max(Image.open(io.BytesIO(zf.read(outputs[0]))).size) == 64
 
 
+def test_a_300_byte_cjk_file_name_among_normal_ones_completes_and_keeps_its_name(
+    serve_app: dict[str, Any], client: httpx.Client
+) -> None:
+    long_name = "写真" * 50 + ".png"  # 304 bytes of UTF-8: over any file system's name limit
+    names = ["a.png", long_name, "b.png"]
+    files = [("images", (name, data, "image/png")) for name, data in zip(names, _small_images(3, 64))]
+    r = client.post("/v1/jobs", files=files, data={"style": STYLE})
+    assert r.status_code == 202, r.text
+    body = _wait_final(client, r.json()["id"])
+    assert (body["status"], body["succeeded"]) == ("succeeded", 3), body
+    assert [i["name"] for i in body["items"]] == names
+    zf = zipfile.ZipFile(io.BytesIO(client.get(f"/v1/jobs/{body['id']}/result").content))
+    manifest = [json.loads(line) for line in zf.read("manifest.jsonl").decode().splitlines()]
+    assert [m["input"] for m in manifest] == names and all(m["status"] == "ok" for m in manifest)
+    outputs = [m["output"] for m in manifest]
+    assert outputs[0] == "a.png" and outputs[2] == "b.png" and outputs[1].startswith("写真写真") and len(outputs[1].encode()) <= 200
+    assert sorted(zf.namelist()) == sorted([*outputs, "manifest.jsonl", "failures.jsonl"])
+    storage = Path(serve_app["config"]["applications"][0]["args"]["jobs"]["storage"]) / body["id"]
+    assert (storage / "outputs" / outputs[1]).stat().st_mode & 0o077 == 0  # private to the service's user
+    assert client.delete(f"/v1/jobs/{body['id']}").json()["deleted"] is True and not storage.exists()
+
+
 def test_a_job_interrupted_by_restarting_the_application_resumes_with_nothing_lost_or_redone(
     serve_app: dict[str, Any], client: httpx.Client
 ) -> None:

@@ -18,6 +18,7 @@ from stylefleet.tools.batch import run as batch
 from stylefleet.tools.batch.http import RetryPolicy, StyleClient
 from stylefleet.tools.batch.inputs import InputError, find_inputs
 from tests import samples
+from tests.unit.full_disk import fill
 
 
 def _tree(root: Path, names: list[str], data: bytes = b"x") -> None:
@@ -304,3 +305,45 @@ def test_a_folder_whose_names_collide_keeps_every_result(tmp_path: Path) -> None
     assert _run(tmp_path, Service()) == 0
     outputs = sorted(p.name for p in (tmp_path / "out").iterdir() if p.suffix == ".png")
     assert len(outputs) == 3 and len({r["output"] for r in _manifest(tmp_path)}) == 3
+
+
+# -- a full output folder ----------------------------------------------------------------------
+
+
+def _is_image(path: str) -> bool:
+    return ".png." in path or path.endswith(".png")
+
+
+def test_a_full_output_folder_stops_the_run_with_exit_3_a_summary_and_failures_jsonl(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _inputs(tmp_path, 6)
+    fill(monkeypatch, budget=0, only=_is_image)  # room for the small manifest lines, none for an image
+    assert _run(tmp_path, Service(), "--concurrency", "1") == 3
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "items done" in err and "output storage is full" in err
+    failures = [json.loads(line) for line in (tmp_path / "out" / "failures.jsonl").read_text().splitlines()]
+    assert [f["error"]["code"] for f in failures] == ["insufficient_storage"]  # the run stopped at the first
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file() and _is_image(p.name)]
+    monkeypatch.undo()
+    assert _run(tmp_path, Service()) == 0  # a re-run, once there is room, does what was not done
+    assert len(list((tmp_path / "out").rglob("img*.png"))) == 6
+
+
+def test_an_output_folder_too_full_even_for_failures_jsonl_says_so_and_exits_3(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _inputs(tmp_path, 3)
+    fill(monkeypatch, budget=0)
+    assert _run(tmp_path, Service()) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "failures.jsonl not written" in err and "items done" in err
+
+
+@pytest.mark.parametrize("name", ["山" * 81 + ".png", "🐱" * 62 + ".png"], ids=["cjk-247-bytes", "emoji-252-bytes"])
+def test_a_long_input_name_is_written_under_a_bounded_name(tmp_path: Path, name: str) -> None:
+    _inputs(tmp_path, 2)
+    (tmp_path / "in" / name).write_bytes(samples.encoded(samples.cat()[:60, :60]))  # the disk takes the input's name...
+    assert _run(tmp_path, Service()) == 0  # ... and the output's, with its temporary file's
+    mine = next(r for r in _manifest(tmp_path) if r["input"] == name)
+    assert mine["status"] == "ok" and len(mine["output"].encode()) <= 200 and (tmp_path / "out" / mine["output"]).exists()

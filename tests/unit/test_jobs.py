@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import stat
 import threading
 import time
 import zipfile
@@ -28,6 +29,7 @@ from stylefleet.storage import Storage
 from tests import samples
 from tests.samples import ROOT
 from tests.unit.fakes import FakeBackend, from_pixels
+from tests.unit.full_disk import fill
 from tests.unit.test_archive import make_zip
 
 CONFIG = AppSpec.from_args(yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"])
@@ -411,3 +413,146 @@ async def _until(condition: Any, limit: int = 400) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError("condition never held")
+
+
+# -- long names, a full disk, deletion, permissions ------------------------------------------
+
+LONG_NAMES = ["山" * 81 + ".png", "写真" * 50 + ".png", "🐱" * 70 + ".png", "写真" * 50 + "2.png"]  # 247 to 306 bytes
+
+
+def _job_files(storage: Storage, job_id: str) -> list[Path]:
+    return [p for p in Path(storage.path(job_id)).rglob("*") if p.is_file()]
+
+
+def _wait_running(api: TestClient, job_id: str) -> None:
+    for _ in range(400):  # bounded: 20 s at most
+        if api.get(f"/v1/jobs/{job_id}").json()["status"] == "running":
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} never started")
+
+
+def test_a_queued_job_waits_while_the_disk_is_full_then_runs(
+    backend: FakeBackend, storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario() -> tuple[str, str]:
+        manager = _manager(backend, storage)
+        manager.ensure_started = lambda: None  # type: ignore[method-assign]  # the test ticks the scheduler itself
+        images = [(f"p{i}.png", io.BytesIO(data)) for i, data in enumerate(_images(2))]
+        job = await manager.create("frost", {}, client_key=None, images=images, archive=None, shared={})
+        fill(monkeypatch)
+        await manager._schedule_once()  # the lease cannot be written: nothing starts, nothing raises
+        waiting = (await manager.get(job["id"]))["status"]
+        monkeypatch.undo()
+        await manager._schedule_once()
+        running = manager._jobs[job["id"]].task
+        assert running is not None
+        await running
+        return waiting, (await manager.get(job["id"]))["status"]
+
+    assert asyncio.run(scenario()) == ("queued", "succeeded")
+
+
+def test_long_file_names_of_any_script_run_like_the_others_and_keep_their_names(api: TestClient) -> None:
+    images = _images(len(LONG_NAMES) + 1)
+    files = [("images", (name, data, "image/png")) for name, data in zip([*LONG_NAMES, "short.png"], images)]
+    job = _post(api, files).json()
+    body = _wait(api, job["id"])
+    assert body["status"] == "succeeded" and [i["status"] for i in body["items"]] == ["ok"] * 5, body["items"]
+    assert [i["name"] for i in body["items"]] == [*LONG_NAMES, "short.png"]
+    zf = zipfile.ZipFile(io.BytesIO(api.get(f"/v1/jobs/{job['id']}/result").content))
+    manifest = [json.loads(line) for line in zf.read("manifest.jsonl").decode().splitlines()]
+    assert [m["input"] for m in manifest] == [*LONG_NAMES, "short.png"]
+    outputs = [m["output"] for m in manifest]
+    assert len(set(outputs)) == 5 and outputs[-1] == "short.png"
+    assert all(len(o.encode()) <= 200 and o.startswith(n[:10]) for o, n in zip(outputs, LONG_NAMES))
+    assert sorted(zf.namelist()) == sorted([*outputs, "manifest.jsonl", "failures.jsonl"])
+
+
+def test_a_full_disk_fails_each_item_and_the_job_with_a_reason_and_leaves_no_partial_file(
+    api: TestClient, backend: FakeBackend, storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend.gate = threading.Semaphore(0)
+    job = _post(api, _image_files(_images(6))).json()
+    _wait_running(api, job["id"])  # its lease is taken: the disk fills under a running job
+    disk = fill(monkeypatch)
+    backend.gate.release(6)
+    body = _wait(api, job["id"])
+    assert body["status"] == "failed" and body["error"]["code"] == "insufficient_storage", body
+    assert {i["status"] for i in body["items"]} == {"failed"}, body["items"]
+    assert {i["error"]["code"] for i in body["items"]} == {"insufficient_storage"}
+    assert disk.refused and not [p for p in _job_files(storage, job["id"]) if p.name.endswith(".tmp")]
+    assert not [p for p in _job_files(storage, job["id"]) if "outputs" in p.parts]
+    r = api.get(f"/v1/jobs/{job['id']}/result")
+    assert r.status_code == 507 and r.json()["error"]["code"] == "insufficient_storage"
+    assert not [p for p in _job_files(storage, job["id"]) if p.name.endswith(".tmp")]
+
+
+def test_a_result_zip_that_does_not_fit_is_507_and_is_built_once_there_is_room(
+    api: TestClient, storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = _post(api, _image_files(_images(3))).json()
+    _wait(api, job["id"])
+    fill(monkeypatch, budget=200)
+    r = api.get(f"/v1/jobs/{job['id']}/result")
+    assert r.status_code == 507 and r.json()["error"]["code"] == "insufficient_storage"
+    assert not [p for p in _job_files(storage, job["id"]) if "result.zip" in p.name]
+    monkeypatch.undo()
+    assert api.get(f"/v1/jobs/{job['id']}/result").status_code == 200
+
+
+def test_a_new_job_on_a_full_disk_is_507_and_leaves_nothing(api: TestClient, storage: Storage, monkeypatch: pytest.MonkeyPatch) -> None:
+    fill(monkeypatch, budget=1000)
+    r = _post(api, _image_files(_images(3)))
+    assert r.status_code == 507 and r.json()["error"]["code"] == "insufficient_storage", r.text
+    assert storage.listdir() == []
+
+
+def test_delete_of_an_ended_job_removes_all_its_files(api: TestClient, storage: Storage) -> None:
+    job = _post(api, _image_files(_images(3))).json()
+    _wait(api, job["id"])
+    assert api.get(f"/v1/jobs/{job['id']}/result").status_code == 200
+    assert _job_files(storage, job["id"])
+    r = api.delete(f"/v1/jobs/{job['id']}")
+    assert r.status_code == 200 and r.json()["deleted"] is True and r.json()["status"] == "succeeded"
+    assert storage.listdir() == []
+    assert api.get(f"/v1/jobs/{job['id']}").status_code == 404
+
+
+def test_job_files_are_private_wherever_the_storage_is(api: TestClient, storage: Storage) -> None:
+    job = _post(api, _image_files(_images(2))).json()
+    _wait(api, job["id"])
+    assert api.get(f"/v1/jobs/{job['id']}/result").status_code == 200
+    root = Path(storage.path(""))
+    modes = {str(p.relative_to(root)): stat.S_IMODE(p.stat().st_mode) for p in root.rglob("*")}
+    assert {m for p, m in modes.items() if (root / p).is_dir()} == {0o700}, modes
+    assert {m for p, m in modes.items() if (root / p).is_file()} == {0o600}, modes
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+
+
+def test_a_running_job_can_be_canceled_while_the_disk_is_full(
+    api: TestClient, backend: FakeBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend.gate = threading.Semaphore(0)
+    job = _post(api, _image_files(_images(3))).json()
+    _wait_running(api, job["id"])
+    fill(monkeypatch)
+    r = api.delete(f"/v1/jobs/{job['id']}")
+    backend.gate.release(3)
+    assert r.status_code == 200 and r.json()["status"] == "canceled", r.text
+    assert api.get(f"/v1/jobs/{job['id']}").json()["status"] == "canceled"
+
+
+def test_a_disk_too_full_for_outputs_lists_every_item_and_why_in_the_result_zip(
+    api: TestClient, backend: FakeBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend.gate = threading.Semaphore(0)
+    job = _post(api, _image_files(_images(6))).json()
+    _wait_running(api, job["id"])
+    fill(monkeypatch, only=lambda path: "/outputs/" in path)  # records and the zip still fit, no image does
+    backend.gate.release(6)
+    assert _wait(api, job["id"])["status"] == "failed"
+    zf = zipfile.ZipFile(io.BytesIO(api.get(f"/v1/jobs/{job['id']}/result").content))
+    failures = [json.loads(line) for line in zf.read("failures.jsonl").decode().splitlines()]
+    assert sorted(f["input"] for f in failures) == [f"photo{i}.png" for i in range(6)]
+    assert {f["error"]["code"] for f in failures} == {"insufficient_storage"}

@@ -25,7 +25,7 @@ def urls(job_id: str) -> dict[str, str]:
 @router.post(
     "/v1/jobs",
     status_code=202,
-    responses={202: {"model": Job, "description": "the job, queued, with its URLs"}, **errors(400, 404, 408, 413, 415, 422, 429)},
+    responses={202: {"model": Job, "description": "the job, queued, with its URLs"}, **errors(400, 404, 408, 413, 415, 422, 429, 507)},
     openapi_extra=JOB_REQUEST,
 )
 async def create_job(request: Request) -> JSONResponse:
@@ -72,7 +72,7 @@ async def job_events(job_id: str, request: Request) -> StreamingResponse:
     return StreamingResponse(stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-@router.get("/v1/jobs/{job_id}/result", response_class=StreamingResponse, responses={200: ZIP_RESPONSE, **errors(404, 409)})
+@router.get("/v1/jobs/{job_id}/result", response_class=StreamingResponse, responses={200: ZIP_RESPONSE, **errors(404, 409, 507)})
 async def job_result(job_id: str, request: Request) -> StreamingResponse:
     """application/zip: outputs (original names, the format's extension), manifest.jsonl,
     failures.jsonl; 409 job_not_finished until the job ends."""

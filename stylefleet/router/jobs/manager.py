@@ -15,9 +15,9 @@ from typing import IO, Any
 
 from stylefleet.config import JobsConfig
 from stylefleet.deployments.log import serve_logger
-from stylefleet.errors import InvalidParams, InvalidPromptLine, JobNotFinished, PayloadTooLarge, StylefleetError
+from stylefleet.errors import InsufficientStorage, InvalidParams, InvalidPromptLine, JobNotFinished, PayloadTooLarge, StylefleetError
 from stylefleet.imageio import decode
-from stylefleet.manifest import OUTPUT_EXTENSIONS, now_iso, output_names, sha256_hex
+from stylefleet.manifest import OUTPUT_EXTENSIONS, Record, now_iso, output_names, sha256_hex
 from stylefleet.prompts import PromptItem, describe_defaults, output_name, parse_prompts
 from stylefleet.router.catalog import Style
 from stylefleet.router.core import RouterCore
@@ -61,6 +61,7 @@ class JobManager:
         self.results = ResultZips(self.store)
         self._jobs: dict[str, RunningJob] = {}  # the jobs this replica runs now
         self._final: set[str] = set()  # jobs seen over: never scanned again
+        self._unsaved: dict[str, dict[str, Any]] = {}  # final states storage could not take yet (full)
         self._scheduler: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self.tick_s = min(2.0, config.lease_timeout_s / 3)
@@ -145,6 +146,31 @@ class JobManager:
         if len(images) > self.config.max_items:
             raise PayloadTooLarge(f"{len(images)} images; a job takes at most {self.config.max_items} (jobs.max_items)")
         job_id = uuid.uuid4().hex
+        try:
+            spec, results = await self._store_new(
+                job_id, style, variant, given, shared, from_text, lines if from_text else [], images, archive
+            )
+        except BaseException:
+            await asyncio.to_thread(self.store.delete, job_id)  # nothing is left of a job refused (or storage full)
+            raise
+        self.ensure_started()
+        self._wake.set()
+        return describe(spec, results, "queued", None, None, items=False)
+
+    async def _store_new(
+        self,
+        job_id: str,
+        style: Style,
+        variant: str,
+        given: dict[str, str],
+        shared: dict[str, bytes],
+        from_text: bool,
+        lines: list[PromptItem],
+        images: list[tuple[str, IO[bytes]]],
+        archive: IO[bytes] | None,
+    ) -> tuple[JobSpec, dict[int, Record]]:
+        """Write the new job (inputs, shared files, records of items failed already, state, spec);
+        InsufficientStorage (507) when the storage cannot take it."""
         params = dict(given) | {k: "sha256:" + sha256_hex(v) for k, v in shared.items()}
         if from_text:
             ext = OUTPUT_EXTENSIONS[given.get("format", "png")]
@@ -156,28 +182,22 @@ class JobManager:
             if shared:
                 await asyncio.to_thread(self.store.store_shared, job_id, shared)
         else:
-            try:
-                names, hashes, failed = await asyncio.to_thread(
-                    self.store.store_inputs,
-                    job_id,
-                    images,
-                    archive,
-                    shared,
-                    max_items=self.config.max_items,
-                    max_archive_uncompressed_bytes=self.config.max_archive_uncompressed_bytes,
-                    max_item_bytes=self.max_item_bytes,
-                )
-            except BaseException:
-                await asyncio.to_thread(self.store.delete, job_id)
-                raise
+            names, hashes, failed = await asyncio.to_thread(
+                self.store.store_inputs,
+                job_id,
+                images,
+                archive,
+                shared,
+                max_items=self.config.max_items,
+                max_archive_uncompressed_bytes=self.config.max_archive_uncompressed_bytes,
+                max_item_bytes=self.max_item_bytes,
+            )
             outputs = output_names(names, given.get("format", "png"))
             items = [ItemSpec(n, outputs[n], h) for n, h in zip(names, hashes)]
         spec = JobSpec(job_id, style.name, given, params, variant, now_iso(), items, sorted(shared))
         results = {i: failed_record(spec, i, exc) for i, exc in failed.items()}
         await asyncio.to_thread(self.store.write_new, spec, results)
-        self.ensure_started()
-        self._wake.set()
-        return describe(spec, results, "queued", None, None, items=False)
+        return spec, results
 
     async def get(self, job_id: str, *, items: bool = True) -> dict[str, Any]:
         """The job as last written to ``state.json``, whichever replica answers: the runner
@@ -187,6 +207,8 @@ class JobManager:
         job = self._jobs.get(job_id)
         if job is not None:
             state = dict(job.saved) if job.saved is not None else job.describe()
+        elif job_id in self._unsaved:
+            state = dict(self._unsaved[job_id])  # ended here; its storage was too full to record it yet
         else:
             state = await asyncio.to_thread(self.store.read_state, job_id)
         if not items:
@@ -194,12 +216,19 @@ class JobManager:
         return state
 
     async def cancel(self, job_id: str) -> dict[str, Any]:
-        """Stop the job: at once if this replica runs it or nobody does, else through the
-        ``cancel`` marker its runner checks every tick. Finished jobs stay as they are."""
+        """``DELETE``: a job still going is stopped (at once if this replica runs it or nobody
+        does, else through the ``cancel`` marker its runner checks every tick) and kept, so its
+        result can be fetched; a job that had ended is removed with all its files, freeing its
+        space (``deleted: true``; later requests are 404)."""
         state = await self.get(job_id)
         if state["status"] in FINAL:
-            return state
-        await asyncio.to_thread(self.store.request_cancel, job_id, now_iso())
+            await self.delete(job_id)
+            return {**state, "deleted": True}
+        try:
+            await asyncio.to_thread(self.store.request_cancel, job_id, now_iso())
+        except InsufficientStorage:
+            if job_id not in self._jobs:
+                raise  # its runner is elsewhere and reads the marker: 507, cancel again once there is room
         job = self._jobs.get(job_id)
         if job is None and await asyncio.to_thread(self.leases.claim, job_id):
             job = await self._load(job_id)
@@ -209,6 +238,14 @@ class JobManager:
             return job.describe()
         state["status"] = "canceled"  # its runner, on another replica, stops within a tick
         return state
+
+    async def delete(self, job_id: str) -> None:
+        """Remove an ended job's folder: inputs, outputs, records, state, result zip, lease."""
+        self._unsaved.pop(job_id, None)
+        lock = self.results.forget(job_id)
+        async with lock:  # not while its result zip is being built
+            await asyncio.to_thread(self.store.delete, job_id)
+        logger.info("job %s deleted", job_id)
 
     async def events(self, job_id: str) -> AsyncIterator[str]:
         """Server-sent events (``stylefleet.router.jobs.events``); 404 before the stream starts."""
@@ -245,12 +282,21 @@ class JobManager:
         """One tick: check the running jobs (cancelled? lease still ours? state to save?), then
         take unfinished jobs from storage up to ``max_running_jobs``."""
         now = time.monotonic()
+        for job_id, state in list(self._unsaved.items()):  # a full disk may have room again
+            with contextlib.suppress(InsufficientStorage):
+                await asyncio.to_thread(self.store.write_state, job_id, state)
+                self._unsaved.pop(job_id, None)
         for job in list(self._jobs.values()):
             if await asyncio.to_thread(self.store.cancel_requested, job.spec.id):
                 await self._finish(job, "canceled")
                 continue
             if now - job.renewed_at >= self.config.lease_timeout_s / 3:
-                if not await asyncio.to_thread(self.leases.renew, job.spec.id):
+                try:
+                    renewed = await asyncio.to_thread(self.leases.renew, job.spec.id)
+                except InsufficientStorage as exc:  # the lease file cannot be rewritten: go on, ours while it lasts
+                    logger.warning("job %s: lease not renewed: %s", job.spec.id, exc.message)
+                    renewed = True
+                if not renewed:
                     logger.warning("job %s: lease lost to another replica; stopping here", job.spec.id)
                     if job.task is not None:
                         job.task.cancel()
@@ -264,7 +310,7 @@ class JobManager:
         for job_id in await asyncio.to_thread(self.store.unfinished, self._jobs, self._final):
             if len(self._jobs) >= self.config.max_running_jobs:
                 break
-            if job_id in self._jobs or not await asyncio.to_thread(self.leases.claim, job_id):
+            if job_id in self._jobs or not await self._claim(job_id):
                 continue
             job = await self._load(job_id)
             if await asyncio.to_thread(self.store.cancel_requested, job_id):
@@ -274,6 +320,15 @@ class JobManager:
             self._jobs[job_id] = job
             job.renewed_at = time.monotonic()
             job.task = asyncio.get_running_loop().create_task(self._run(job))
+
+    async def _claim(self, job_id: str) -> bool:
+        """Take the job's lease. Storage too full for the lease file: the job stays queued, and
+        starts at a later tick once there is room (it could not keep a single output now)."""
+        try:
+            return bool(await asyncio.to_thread(self.leases.claim, job_id))
+        except InsufficientStorage as exc:
+            logger.warning("job %s stays queued: %s", job_id, exc.message)
+            return False
 
     async def _load(self, job_id: str) -> RunningJob:
         stored = await asyncio.to_thread(self.store.load, job_id)
@@ -291,7 +346,8 @@ class JobManager:
                 await job.task
         job.status, job.finished_at = status, now_iso()
         job.touch()
-        await save_state(self.store, job)
+        if not await save_state(self.store, job) and job.saved is not None:
+            self._unsaved[job.spec.id] = job.saved  # shown from memory, written when there is room
         await asyncio.to_thread(self.leases.release, job.spec.id)
         self._jobs.pop(job.spec.id, None)
         self._final.add(job.spec.id)

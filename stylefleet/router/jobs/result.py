@@ -5,9 +5,6 @@ beside the job (``{id}/result.zip``) for every replica to serve."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import tempfile
 import zipfile
 from collections.abc import Iterator
 
@@ -32,22 +29,21 @@ class ResultZips:
                 await asyncio.to_thread(self._build, job_id, rel)
         return rel
 
+    def forget(self, job_id: str) -> asyncio.Lock:
+        """The job's build lock, no longer kept (the job is being deleted)."""
+        return self._locks.pop(job_id, None) or asyncio.Lock()
+
     def _build(self, job_id: str, rel: str) -> None:
-        """Written to a local temporary file, then put in place whole: no reader sees half a zip."""
+        """Written to a temporary file beside it, then renamed: no reader sees half a zip. A
+        storage too full for it raises InsufficientStorage (507) and leaves no partial file."""
         results = self.store.load(job_id).results
         records = [results[i] for i in sorted(results)]
-        fd, tmp = tempfile.mkstemp(prefix=f"stylefleet-{job_id}-", suffix=".zip")
-        try:
-            with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w") as zf:
-                for record in records:
-                    if record.status == "ok" and record.output:
-                        zf.writestr(_zinfo(record.output), self.store.read_output(job_id, record.output), zipfile.ZIP_STORED)
-                zf.writestr(_zinfo(MANIFEST), "".join(r.to_json() + "\n" for r in records), zipfile.ZIP_DEFLATED)
-                zf.writestr(_zinfo(FAILURES), failures_text(records), zipfile.ZIP_DEFLATED)
-            self.store.storage.put_file(tmp, rel)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        with self.store.storage.writer(rel) as fh, zipfile.ZipFile(fh, "w") as zf:
+            for record in records:
+                if record.status == "ok" and record.output:
+                    zf.writestr(_zinfo(record.output), self.store.read_output(job_id, record.output), zipfile.ZIP_STORED)
+            zf.writestr(_zinfo(MANIFEST), "".join(r.to_json() + "\n" for r in records), zipfile.ZIP_DEFLATED)
+            zf.writestr(_zinfo(FAILURES), failures_text(records), zipfile.ZIP_DEFLATED)
 
     def chunks(self, rel: str) -> Iterator[bytes]:
         """The zip's bytes, a megabyte at a time (for a streamed response)."""

@@ -7,13 +7,16 @@ Layout of one job under the storage root::
                              a prompt list's items have none: their params are in job.json
     {id}/shared/{field}      extra files sent with every item (restyle's style_image)
     {id}/results/{i:06d}.json  item i's manifest record, written once its output is in place
-    {id}/outputs/{output}    item i's result
+    {id}/outputs/{output}    item i's result, under a name safe on any disk (``stylefleet.manifest.safe_name``:
+                             at most 200 bytes a part; the client's name stays in job.json and the manifest)
     {id}/state.json          the job as GET shows it, rewritten by its runner (at most once a second)
     {id}/lease.json          which router replica runs the job, until when (``stylefleet.router.jobs.lease``)
     {id}/cancel              asked to stop
     {id}/result.zip          outputs + manifest.jsonl + failures.jsonl, built once the job is over
 
-Nothing outside this module and ``lease`` builds a path under a job's folder.
+Nothing outside this module and ``lease`` builds a path under a job's folder. Local job files
+are private to the service's user (files 0600, folders 0700); a write the storage cannot take
+raises ``InsufficientStorage`` (507) and leaves no partial file.
 """
 
 from __future__ import annotations
@@ -78,9 +81,17 @@ class StoredJob:
 
 
 def describe(
-    spec: JobSpec, results: dict[int, Record], status: str, started_at: str | None, finished_at: str | None, *, items: bool = True
+    spec: JobSpec,
+    results: dict[int, Record],
+    status: str,
+    started_at: str | None,
+    finished_at: str | None,
+    *,
+    items: bool = True,
+    error: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The job as ``GET /v1/jobs/{id}`` shows it."""
+    """The job as ``GET /v1/jobs/{id}`` shows it; ``error``: why the job itself failed (its
+    storage), None otherwise."""
     ok = sum(r.status == "ok" for r in results.values())
     out: dict[str, Any] = {
         "id": spec.id,
@@ -93,6 +104,7 @@ def describe(
         "created_at": spec.created_at,
         "started_at": started_at,
         "finished_at": finished_at,
+        "error": error,
     }
     if items:
         out["items"] = [
@@ -147,6 +159,7 @@ class JobStore:
     """The jobs under one ``Storage`` root. Blocking calls: the async callers run them in threads."""
 
     def __init__(self, storage: Storage) -> None:
+        storage.private = True  # inputs and outputs are the clients' own: no other local user reads them
         self.storage = storage
 
     # -- creation ----------------------------------------------------------------------------
@@ -257,6 +270,9 @@ class JobStore:
 
     def write_output(self, job_id: str, output: str, data: bytes) -> None:
         self.storage.write_bytes(f"{job_id}/outputs/{output}", data)
+
+    def delete_output(self, job_id: str, output: str) -> None:
+        self.storage.delete(f"{job_id}/outputs/{output}")
 
     def read_output(self, job_id: str, output: str) -> bytes:
         return self.storage.read_bytes(f"{job_id}/outputs/{output}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from stylefleet.errors import InsufficientStorage
 from stylefleet.manifest import ManifestIndex, ManifestWriter, Record, item_key
 from stylefleet.tools.batch.inputs import Item
 from stylefleet.tools.batch.progress import Progress
@@ -55,7 +56,12 @@ class Tally:
         self.progress.update(record.status, skipped=True)
 
     def finished(self, record: Record) -> None:
-        self.writer.write(record)
-        self.index.add(record)
+        """Count and record an item. The output storage full or unwritable (its output, or the
+        manifest line, could not be written): raises InsufficientStorage, which stops the run with
+        exit status 3; the item is counted, failed, either way."""
         self.records[record.input] = record
+        self.index.add(record)
         self.progress.update(record.status)
+        self.writer.write(record)
+        if record.error is not None and record.error.get("code") == InsufficientStorage.code:
+            raise InsufficientStorage(record.error.get("message", ""))

@@ -41,7 +41,7 @@ from stylefleet.config import ModelSpec
 from stylefleet.deployments.batching import EncodedImage, ModelRequest, Reply, encode_outcomes, run_batch
 from stylefleet.deployments.composed import StageClock, run_composed
 from stylefleet.deployments.loader import load_model
-from stylefleet.errors import InvalidParams, InvalidPromptLine, StylefleetError
+from stylefleet.errors import InsufficientStorage, InvalidParams, InvalidPromptLine, StylefleetError
 from stylefleet.imageio import probe
 from stylefleet.manifest import ManifestIndex, Record, sha256_hex
 from stylefleet.router.catalog import Catalog, Style, split_params
@@ -315,7 +315,10 @@ class StyleActor:
     def _finished(self, batch: dict[str, np.ndarray], j: int, request: ModelRequest, reply: Reply) -> str:
         if isinstance(reply, EncodedImage):
             target = str(batch["output"][j])
-            self.out.write_bytes(target, reply.data)
+            try:
+                self.out.write_bytes(target, reply.data)
+            except InsufficientStorage as exc:  # the driver stops the run (exit status 3) when it reads this
+                return self._record(batch, j, status="failed", error={"code": exc.code, "message": exc.message})
             return self._record(
                 batch, j, status="ok", output=target, model_sha256=reply.model_sha256, seed=_seed(request.params), nsfw=reply.nsfw,
                 checks=reply.checks,

@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from stylefleet.errors import InvalidPromptLine
+from stylefleet.errors import InsufficientStorage, InvalidPromptLine
 from stylefleet.manifest import (
     FAILURES,
     MANIFEST,
@@ -45,7 +45,7 @@ from stylefleet.tools.batch.raydata import describe_style, run_ray_data
 
 logger = logging.getLogger("stylefleet.tools.batch")
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STORAGE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 USAGE_CODES = frozenset({"unknown_style", "invalid_params"})  # the same for every image: stop the run
 
 
@@ -103,13 +103,16 @@ def main(args: argparse.Namespace) -> int:
     except UsageError as exc:
         status = EXIT_USAGE
         print(f"\nstylefleet batch: {exc}", file=sys.stderr)
+    except InsufficientStorage as exc:
+        status = EXIT_STORAGE
+        print(f"\nstylefleet batch: the output storage is full or cannot be written: {exc.message}", file=sys.stderr)
     except KeyboardInterrupt:
         status = EXIT_INTERRUPTED
     finally:
         progress.close()
-        writer.flush()
+        status = _last_write(writer.flush, MANIFEST, out, status)
     current = [tally.records[i.rel] for i in plan.items if i.rel in tally.records]
-    out.write_text(FAILURES, failures_text(current))
+    status = _last_write(lambda: out.write_text(FAILURES, failures_text(current)), FAILURES, out, status)
     failed = sum(r.status == "failed" for r in current)
     seconds = time.monotonic() - started
     print(
@@ -121,9 +124,22 @@ def main(args: argparse.Namespace) -> int:
     )
     if status == EXIT_INTERRUPTED:
         print("stylefleet batch: interrupted; run the same command again to resume", file=sys.stderr)
+    if status == EXIT_STORAGE:
+        print("stylefleet batch: free space in the output, then run the same command again to resume", file=sys.stderr)
     if status != EXIT_OK:
         return status
     return EXIT_FAILED if failed or len(current) < len(plan.items) else EXIT_OK
+
+
+def _last_write(write: Callable[[], None], name: str, out: Storage, status: int) -> int:
+    """Write the manifest's last lines or ``failures.jsonl``; when the storage cannot take it,
+    say so on stderr and give exit status 3 (an interruption keeps its 130)."""
+    try:
+        write()
+    except InsufficientStorage as exc:
+        print(f"stylefleet batch: {name} not written to {out.full(name)}: {exc.message}", file=sys.stderr)
+        return status if status == EXIT_INTERRUPTED else EXIT_STORAGE
+    return status
 
 
 def _describe_style(args: argparse.Namespace) -> dict[str, Any]:
@@ -299,7 +315,11 @@ async def _one(plan: Plan, out: Storage, index: ManifestIndex, on_skip: Sink, st
             error={"code": outcome.error_code or "error", "message": outcome.error_message or ""},
         )
     output = plan.outputs[item.rel]
-    await asyncio.to_thread(out.write_bytes, output, outcome.content)
+    try:
+        await asyncio.to_thread(out.write_bytes, output, outcome.content)
+    except InsufficientStorage as exc:  # the run stops here (Tally.finished), once this item is counted
+        error = {"code": exc.code, "message": exc.message}
+        return plan.record(item, sha, status="failed", variant=outcome.variant, seconds=seconds, error=error)
     return plan.record(
         item,
         sha,

@@ -9,12 +9,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from stylefleet.tools.chaos import dead_ray, memory
+from stylefleet.tools.chaos import dead_ray, memory, storage
 
 
 def _held(case: str, result: Any) -> bool:
     if case == "dead-ray":
         return all(r.get("held") for r in result.values())
+    if case == "storage":
+        return result == 0  # the number of properties broken
     return bool(result.get("ok"))
 
 
@@ -23,10 +25,12 @@ def _run(case: str, args: argparse.Namespace) -> Any:
         return memory.memory(args.config, args.requests, args.side)
     if case == "dead-ray":
         return dead_ray.dead_ray(args.config, tuple(args.process or dead_ray.DEAD_RAY_PROCESSES))
+    if case == "storage":
+        return storage.storage()
     raise ValueError(case)
 
 
-REAL_CASES = ("memory", "dead-ray")  # what `all` (make chaos) runs, one after the other
+REAL_CASES = ("memory", "dead-ray", "storage")  # what `all` (make chaos) runs, one after the other
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, text in (
         ("memory", "the shipped app under concurrent 4096 px requests"),
         ("dead-ray", "SIGKILL the raylet, then the GCS, of a served config; report what held"),
+        ("storage", "stylefleet batch over very long names, then into an output folder that cannot take a file"),
         ("all", "every real case above, one after the other (make chaos)"),
     ):
         mode = sub.add_parser(name, help=text)
