@@ -8,7 +8,6 @@ where they fail: CI must run them (`make test` installs Chromium, scripts/ensure
 from __future__ import annotations
 
 import io
-import json
 import os
 import zipfile
 from collections.abc import Iterator
@@ -177,23 +176,16 @@ def test_five_pictures_run_as_a_batch_to_5_of_5_with_a_zip(page_for: Any, base_u
     paths = [str(_write(tmp_path / f"photo-{i}.jpg", _small(p))) for i, p in enumerate(photos)]
     page.set_input_files("#file-image", paths)
     assert page.inner_text("#run") == "Apply to 5 pictures"
-    # Until the jobs API is merged POST /v1/jobs is 404 and the page sends the pictures itself;
-    # after, it is 202 and the zip comes from the job. The same test covers both.
+    # A batch goes to the service as one job; the zip comes from the job.
     with page.expect_response(lambda r: r.url.endswith("/v1/jobs") and r.request.method == "POST") as created:
         page.click("#run")
-    jobs_api = created.value.status == 202
-    assert created.value.status in (202, 404), created.value.status
-    page.wait_for_function("document.getElementById('batch-count').textContent === '5/5'", timeout=RESULT_TIMEOUT_MS)
+    assert created.value.status == 202, created.value.text()
+    assert (created.value.request.post_data_buffer or b"").count(b'name="images"') == 5
+    page.wait_for_function("() => document.getElementById('batch-count').textContent === '5/5'", timeout=RESULT_TIMEOUT_MS)
     page.wait_for_selector("#batch-download:not([hidden])")
-    assert page.get_attribute("#batch", "data-mode") == ("job" if jobs_api else "page")
+    assert page.get_attribute("#batch", "data-mode") == "job"
     assert page.locator(".item[data-status='ok']").count() == 5
-    href = page.get_attribute("#batch-download", "href") or ""
-    if jobs_api:
-        job = created.value.json()
-        assert href == job["urls"]["result"]
-    else:
-        assert href.startswith("blob:")
-        assert page.locator(".item a.item-result img").count() == 5  # each result, to look at or save alone
+    assert page.get_attribute("#batch-download", "href") == created.value.json()["urls"]["result"]
     _shot(page, "five-pictures")
 
     with page.expect_download() as download:
@@ -203,53 +195,6 @@ def test_five_pictures_run_as_a_batch_to_5_of_5_with_a_zip(page_for: Any, base_u
         assert len(images) == 5
         for name in images:
             assert Image.open(io.BytesIO(archive.read(name))).size[0] > 0
-
-
-def test_the_page_follows_a_job_through_the_jobs_api_contract(page_for: Any, base_url: str, tmp_path: Path) -> None:
-    """The jobs path, against a stand-in that speaks the jobs API's contract (POST /v1/jobs -> 202,
-    progress events, GET for the final state, the zip), so the page's side of it is checked before
-    the real jobs API is merged; test_five_pictures_... runs it for real once it is."""
-    page = page_for()
-    items = [{"name": "a.jpg", "status": "ok", "error": None},
-             {"name": "b.jpg", "status": "failed", "error": {"code": "invalid_image", "message": "the 'image' file is not an image"}},
-             {"name": "c.jpg", "status": "pending", "error": None}]
-    job = {"id": "j1", "style": "frost", "status": "running", "total": 3, "done": 2, "succeeded": 1, "failed": 1, "items": items}
-    final = {**job, "status": "failed", "done": 3, "succeeded": 2, "items": [*items[:2], {**items[2], "status": "ok"}]}
-    urls = {"self": "/v1/jobs/j1", "events": "/v1/jobs/j1/events", "result": "/v1/jobs/j1/result"}
-    posted: list[bytes] = []
-
-    def jobs_api(route: Any) -> None:
-        request, path = route.request, route.request.url.removeprefix(base_url)
-        if path == "/v1/jobs" and request.method == "POST":
-            posted.append(request.post_data_buffer or b"")
-            route.fulfill(status=202, json={"id": "j1", "status": "queued", "style": "frost", "total": 3, "urls": urls})
-        elif path == urls["events"]:
-            stream = "".join(f"event: progress\ndata: {json.dumps(state)}\n\n" for state in (job, final)) + "event: end\ndata: {}\n\n"
-            route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=stream)
-        elif path == urls["self"]:
-            route.fulfill(status=200, json=final)
-        else:
-            route.continue_()
-
-    page.route(f"{base_url}/v1/jobs**", jobs_api)
-    _open(page, base_url)
-    _pick(page, "frost")
-    page.set_input_files("#file-image", [str(_write(tmp_path / n, _small(samples.cat(), 64))) for n in ("a.jpg", "b.jpg", "c.jpg")])
-    page.fill("#param-strength", "0.5")
-    page.click("#run")
-    page.wait_for_function("document.getElementById('batch-count').textContent === '3/3'")
-    assert page.get_attribute("#batch", "data-mode") == "job"
-    body = posted[0]
-    assert body.count(b'name="images"') == 3 and b'name="style"' in body and b'name="strength"' in body
-    failed = page.locator(".item[data-status='failed']")
-    assert failed.locator(".item-name").inner_text() == "b.jpg"
-    assert failed.locator(".item-error").inner_text().startswith("This file could not be read as a picture.")
-    page.wait_for_selector("#batch-download:not([hidden])")
-    assert page.get_attribute("#batch-download", "href") == urls["result"]
-    assert "2 results" in page.inner_text("#batch-download")
-    _shot(page, "job-contract")
-    # (Chromium fetches downloads outside request interception, so the zip itself is checked in
-    # test_five_pictures_... against the real jobs API once it is there.)
 
 
 def test_the_page_retries_what_the_service_says_is_retryable(page_for: Any, base_url: str, tmp_path: Path) -> None:
@@ -311,8 +256,14 @@ def test_a_batch_shows_which_picture_failed_and_why(page_for: Any, base_url: str
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(samples.truncated_jpeg(samples.cat())[:200])
     page.set_input_files("#file-image", [str(good[0]), str(broken), str(good[1])])
-    page.click("#run")
-    page.wait_for_function("document.getElementById('batch-count').textContent === '3/3'", timeout=RESULT_TIMEOUT_MS)
+    page.fill("#param-strength", "0.5")
+    with page.expect_response(lambda r: r.url.endswith("/v1/jobs") and r.request.method == "POST") as created:
+        page.click("#run")
+    assert created.value.status == 202, created.value.text()
+    body = created.value.request.post_data_buffer or b""
+    assert body.count(b'name="images"') == 3 and b'name="style"' in body and b'name="strength"' in body
+    page.wait_for_function("() => document.getElementById('batch-count').textContent === '3/3'", timeout=RESULT_TIMEOUT_MS)
+    assert page.get_attribute("#batch", "data-mode") == "job"  # the job's progress events drove the count
     failed = page.locator(".item[data-status='failed']")
     assert failed.count() == 1
     assert failed.locator(".item-name").inner_text() == "broken.jpg"
@@ -320,6 +271,7 @@ def test_a_batch_shows_which_picture_failed_and_why(page_for: Any, base_url: str
     assert page.locator(".item[data-status='ok']").count() == 2
     page.wait_for_selector("#batch-download:not([hidden])")
     assert "2 results" in page.inner_text("#batch-download")
+    assert page.get_attribute("#batch-download", "href") == created.value.json()["urls"]["result"]
     _shot(page, "batch-with-a-failure")
 
 
