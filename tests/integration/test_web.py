@@ -239,11 +239,16 @@ def test_a_corrupt_file_gets_a_plain_sentence(page_for: Any, base_url: str, tmp_
     broken = tmp_path / "holiday.jpg"
     broken.write_bytes(samples.NOT_AN_IMAGE)
     page.set_input_files("#file-image", str(broken))
-    page.click("#run")
+    with page.expect_response(lambda r: r.url.endswith("/v1/styles/starry-swirls")) as answer:
+        page.click("#run")
     page.wait_for_selector("#message:not([hidden])")
     sentence = page.inner_text("#message p")
     assert sentence.startswith("This file could not be read as a picture.")
     assert "{" not in sentence and "invalid_image" not in sentence
+    # the line support asks for: the code, the status and the request id the answer carried
+    request_id = answer.value.headers["x-request-id"]
+    page.click("#message summary")
+    assert page.inner_text("#message details span") == f"error code: invalid_image · HTTP 400 · request id: {request_id}"
     assert page.is_hidden("#single")
     _shot(page, "corrupt-file")
 
