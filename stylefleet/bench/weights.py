@@ -13,6 +13,7 @@ the same 77 positions as with the published tokenizer, so the text encoder's wor
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import tempfile
@@ -149,9 +150,11 @@ def build_sd(arch: SdArch, *, seed: int = 0, tokenizer_dir: Path | None = None) 
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(seed)
-    folder = tokenizer_dir or Path(tempfile.mkdtemp(prefix="stylefleet-tokenizer-"))
-    vocab_file, merges_file, vocab = write_tokenizer_files(folder)
-    tokenizer = CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=arch.max_tokens)
+    with contextlib.ExitStack() as scratch:
+        # The tokenizer reads its two files here, once: a folder made only for them goes after.
+        folder = tokenizer_dir or Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix="stylefleet-tokenizer-")))
+        vocab_file, merges_file, vocab = write_tokenizer_files(folder)
+        tokenizer = CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=arch.max_tokens)
     end = vocab["<|endoftext|>"]
     text_encoder = CLIPTextModel(
         CLIPTextConfig(

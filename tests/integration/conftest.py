@@ -86,10 +86,12 @@ def test_config(port: int) -> dict[str, Any]:
 def serve_app() -> Iterator[dict[str, Any]]:
     port = local.free_port()
     config = test_config(port)
+    state_dir = Path(tempfile.mkdtemp(prefix="stylefleet-test-state-"))
     # As `stylefleet run` has it: the router replica answers on the port itself (direct ingress),
     # Serve's proxy on another loopback port serves every application, the ones added later too
     # (room for their own ingress replicas' ports: ingress_ports).
     cluster = local.LocalCluster(
+        state_dir=state_dir,  # its own, removed below (LocalCluster's default one is left behind)
         http_port=port,
         ingress="direct",
         ingress_ports=8,
@@ -103,18 +105,23 @@ def serve_app() -> Iterator[dict[str, Any]]:
         temp_dir=os.environ.get("STYLEFLEET_TEST_RAY_TMP"),
     )
     cluster.start()
+    session: dict[str, Any] = {"config": config}
     try:
         cluster.deploy(config, timeout_s=300)
-        yield {
+        session = {
             "url": f"http://127.0.0.1:{port}",
             "proxy_url": f"http://127.0.0.1:{cluster.proxy_port}",  # Serve's proxy: every application
             "metrics_url": f"http://127.0.0.1:{cluster.metrics_export_port}/metrics",
             "config": copy.deepcopy(config),
             "cluster": cluster,
         }
+        yield session
     finally:
         cluster.stop()
-        shutil.rmtree(config["applications"][0]["args"]["jobs"]["storage"], ignore_errors=True)
+        # every application's jobs folder, those the session added (genai_app) too
+        for app in [*config["applications"], *session["config"]["applications"]]:
+            shutil.rmtree(app["args"]["jobs"]["storage"], ignore_errors=True)
+        shutil.rmtree(state_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -162,8 +169,9 @@ def genai_application(
         "import_path": "stylefleet.router.app:build_app",
         "args": {
             "limits": {"max_images_per_request": 4},
-            # its own jobs folder: never the repo's .stylefleet/jobs, nor the default app's
-            "jobs": {"storage": tempfile.mkdtemp(prefix=f"stylefleet-{name}-jobs-")},
+            # its own jobs folder: never the repo's .stylefleet/jobs, nor the default app's; in
+            # pytest's temporary tree beside the models, which pytest clears, not in the temp dir
+            "jobs": {"storage": tempfile.mkdtemp(prefix=f"{name}-jobs-", dir=models_dir.parent)},
             "models": {"animeganv2_paprika": {"path": str(models_dir / "paprika.pt"), "sha256": anime_sha256}},
             "deployments": {
                 "diffusion": {

@@ -14,6 +14,7 @@ import asyncio
 import copy
 import io
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -90,7 +91,7 @@ def main() -> dict[str, Any]:
         ray.init(address=cluster.address, namespace="serve", log_to_driver=False)
         facts["nodes"] = sorted(n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"])
         head_id, worker_id = cluster.head_node.node_id, worker.node_id
-        local.LocalCluster().deploy(two_node_config(port, jobs_dir), timeout_s=300)
+        local.LocalCluster(state_dir=state_dir).deploy(two_node_config(port, jobs_dir), timeout_s=300)
         nodes = _actor_nodes()
         facts["router_on_head"] = nodes[_replica("router")] == head_id
         facts["stylize_on_worker"] = nodes[_replica("stylize")] == worker_id
@@ -113,6 +114,8 @@ def main() -> dict[str, Any]:
         finally:
             ray.shutdown()
             cluster.shutdown()
+            shutil.rmtree(state_dir, ignore_errors=True)
+            shutil.rmtree(jobs_dir, ignore_errors=True)
     return facts
 
 

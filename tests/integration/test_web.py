@@ -8,7 +8,6 @@ where they fail: CI must run them (`make test` installs Chromium, scripts/ensure
 from __future__ import annotations
 
 import io
-import json
 import os
 import zipfile
 from collections.abc import Iterator
@@ -39,6 +38,8 @@ CHROMIUM_ARGS = [
 ]
 ARTIFACTS = ROOT / "artifacts" / "web"
 RESULT_TIMEOUT_MS = 180_000  # the suite shares two cores with the models
+# wait_for_function predicates are written as functions ("() => ..."): Playwright evaluates a bare
+# expression with eval() in the page, which the page's Content-Security-Policy refuses.
 
 
 def _unavailable(reason: str) -> None:
@@ -66,12 +67,31 @@ def browser() -> Iterator[Any]:
             launched.close()
 
 
+# Reports every Content-Security-Policy violation to the test: the event the browser fires at the
+# document for each one (a Playwright init script runs outside the page's policy). The last
+# report's promise settles once the test has recorded it.
+_REPORT_VIOLATIONS = """document.addEventListener("securitypolicyviolation", (e) => {
+  const where = `${e.sourceFile}:${e.lineNumber}`;
+  window.__cspReported = window.__cspViolation(`${e.effectiveDirective} blocked ${e.blockedURI || "inline"} at ${where}`);
+});"""
+
+
+def _watch_policy(context: Any) -> list[str]:
+    """The policy violations of the context's pages, as the document's events and the console say them."""
+    violations: list[str] = []
+    context.expose_function("__cspViolation", lambda text: violations.append(text))
+    context.add_init_script(_REPORT_VIOLATIONS)
+    context.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
+    return violations
+
+
 @pytest.fixture()
 def page_for(browser: Any, base_url: str) -> Iterator[Any]:
     """page_for(width, height): a fresh page (own context) that may load nothing but the service.
 
-    After the test: no request left the service's origin and no script error happened."""
-    contexts: list[tuple[Any, list[str], list[str]]] = []
+    After the test: no request left the service's origin, no script error happened and the browser
+    reported no Content-Security-Policy violation."""
+    contexts: list[tuple[Any, list[str], list[str], list[str]]] = []
 
     def make(width: int = 1280, height: int = 900) -> Any:
         context = browser.new_context(viewport={"width": width, "height": height}, accept_downloads=True)
@@ -87,17 +107,19 @@ def page_for(browser: Any, base_url: str) -> Iterator[Any]:
                 route.abort()
 
         context.route("**/*", only_the_service)
+        violations = _watch_policy(context)
         page = context.new_page()
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.set_default_timeout(60_000)
-        contexts.append((context, elsewhere, errors))
+        contexts.append((context, elsewhere, errors, violations))
         return page
 
     yield make
-    for context, elsewhere, errors in contexts:
+    for context, elsewhere, errors, violations in contexts:
         context.close()
         assert elsewhere == [], f"the page tried to load from elsewhere: {elsewhere}"
         assert errors == [], f"script errors on the page: {errors}"
+        assert violations == [], f"Content-Security-Policy violations: {violations}"
 
 
 def _shot(page: Any, name: str) -> None:
@@ -137,7 +159,7 @@ def test_every_style_is_listed_by_task_with_a_preview(page_for: Any, base_url: s
     assert [g.lower() for g in groups] == ["painting styles", "any picture as the style", "background removal", "id photos"]
     # every preview loaded (rendered once by the router from its 160 px sample photo)
     page.wait_for_function(
-        "[...document.querySelectorAll('.card img')].every(i => i.complete && i.naturalWidth === 160)"
+        "() => [...document.querySelectorAll('.card img')].every(i => i.complete && i.naturalWidth === 160)"
         " && document.querySelectorAll('.card img').length === document.querySelectorAll('.card').length",
         timeout=RESULT_TIMEOUT_MS,
     )
@@ -169,6 +191,66 @@ def test_one_picture_shows_the_result_its_variant_and_a_download(page_for: Any, 
     assert saved.size == (256, 256) and download.value.suggested_filename == f"astronaut-oil-paint-{variant}.png"
 
 
+def test_the_page_answers_under_its_strict_policy(page_for: Any, base_url: str, tmp_path: Path) -> None:
+    """The page as served: its policy in force, and a picture in and a result out without one
+    violation (page_for fails the test on any the browser reports)."""
+    page = page_for()
+    answer = page.goto(base_url + "/")
+    assert answer is not None
+    headers = answer.headers
+    policy = headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy and "unsafe" not in policy
+    assert (headers["x-content-type-options"], headers["x-frame-options"], headers["referrer-policy"]) == ("nosniff", "DENY", "no-referrer")
+    page.wait_for_selector("body[data-ready='true']")
+    _pick(page, "frost")
+    page.set_input_files("#file-image", str(_write(tmp_path / "cat.jpg", _small(samples.cat(), 96))))
+    page.click("#run")
+    _result_ready(page)  # the result, shown from a blob: URL (img-src allows blob:)
+    assert page.get_attribute("#result-img", "src").startswith("blob:")
+    page.click("[data-view='side']")
+    _shot(page, "under-the-policy")
+
+
+def test_a_violation_would_be_reported(browser: Any, base_url: str) -> None:
+    """The watch that page_for relies on sees a violation: an inline script, refused by the policy."""
+    context = browser.new_context()
+    try:
+        violations = _watch_policy(context)
+        page = context.new_page()
+        _open(page, base_url)
+        ran = page.evaluate(
+            """async () => {
+              const refused = new Promise((seen) => document.addEventListener("securitypolicyviolation", seen, { once: true }));
+              const s = document.createElement("script");
+              s.textContent = "window.ran = true";
+              document.body.append(s);
+              await refused;
+              await window.__cspReported;
+              return window.ran === true;
+            }"""
+        )
+        assert not ran, "the inline script ran: the policy is not in force"
+        assert any(v.startswith("script-src-elem blocked inline") for v in violations), violations
+    finally:
+        context.close()
+
+
+def test_the_api_docs_work_offline_under_the_policy(page_for: Any, base_url: str) -> None:
+    """/docs: Swagger UI from the service's own files (page_for refuses any other host), showing
+    every route and calling the API, without a violation."""
+    page = page_for()
+    page.goto(base_url + "/docs")
+    page.wait_for_selector(".opblock")
+    assert page.locator(".opblock-summary-path", has_text="/v1/jobs").count() > 0
+    page.locator(".opblock-summary-path", has_text="/v1/errors").first.click()
+    page.locator("button.try-out__btn").first.click()
+    with page.expect_response(lambda r: r.url.endswith("/v1/errors")) as answer:
+        page.locator("button.execute").first.click()
+    assert answer.value.status == 200
+    page.wait_for_selector(".live-responses-table")
+    _shot(page, "api-docs")
+
+
 def test_five_pictures_run_as_a_batch_to_5_of_5_with_a_zip(page_for: Any, base_url: str, tmp_path: Path) -> None:
     page = page_for()
     _open(page, base_url)
@@ -177,23 +259,16 @@ def test_five_pictures_run_as_a_batch_to_5_of_5_with_a_zip(page_for: Any, base_u
     paths = [str(_write(tmp_path / f"photo-{i}.jpg", _small(p))) for i, p in enumerate(photos)]
     page.set_input_files("#file-image", paths)
     assert page.inner_text("#run") == "Apply to 5 pictures"
-    # Until the jobs API is merged POST /v1/jobs is 404 and the page sends the pictures itself;
-    # after, it is 202 and the zip comes from the job. The same test covers both.
+    # A batch goes to the service as one job; the zip comes from the job.
     with page.expect_response(lambda r: r.url.endswith("/v1/jobs") and r.request.method == "POST") as created:
         page.click("#run")
-    jobs_api = created.value.status == 202
-    assert created.value.status in (202, 404), created.value.status
-    page.wait_for_function("document.getElementById('batch-count').textContent === '5/5'", timeout=RESULT_TIMEOUT_MS)
+    assert created.value.status == 202, created.value.text()
+    assert (created.value.request.post_data_buffer or b"").count(b'name="images"') == 5
+    page.wait_for_function("() => document.getElementById('batch-count').textContent === '5/5'", timeout=RESULT_TIMEOUT_MS)
     page.wait_for_selector("#batch-download:not([hidden])")
-    assert page.get_attribute("#batch", "data-mode") == ("job" if jobs_api else "page")
+    assert page.get_attribute("#batch", "data-mode") == "job"
     assert page.locator(".item[data-status='ok']").count() == 5
-    href = page.get_attribute("#batch-download", "href") or ""
-    if jobs_api:
-        job = created.value.json()
-        assert href == job["urls"]["result"]
-    else:
-        assert href.startswith("blob:")
-        assert page.locator(".item a.item-result img").count() == 5  # each result, to look at or save alone
+    assert page.get_attribute("#batch-download", "href") == created.value.json()["urls"]["result"]
     _shot(page, "five-pictures")
 
     with page.expect_download() as download:
@@ -203,53 +278,6 @@ def test_five_pictures_run_as_a_batch_to_5_of_5_with_a_zip(page_for: Any, base_u
         assert len(images) == 5
         for name in images:
             assert Image.open(io.BytesIO(archive.read(name))).size[0] > 0
-
-
-def test_the_page_follows_a_job_through_the_jobs_api_contract(page_for: Any, base_url: str, tmp_path: Path) -> None:
-    """The jobs path, against a stand-in that speaks the jobs API's contract (POST /v1/jobs -> 202,
-    progress events, GET for the final state, the zip), so the page's side of it is checked before
-    the real jobs API is merged; test_five_pictures_... runs it for real once it is."""
-    page = page_for()
-    items = [{"name": "a.jpg", "status": "ok", "error": None},
-             {"name": "b.jpg", "status": "failed", "error": {"code": "invalid_image", "message": "the 'image' file is not an image"}},
-             {"name": "c.jpg", "status": "pending", "error": None}]
-    job = {"id": "j1", "style": "frost", "status": "running", "total": 3, "done": 2, "succeeded": 1, "failed": 1, "items": items}
-    final = {**job, "status": "failed", "done": 3, "succeeded": 2, "items": [*items[:2], {**items[2], "status": "ok"}]}
-    urls = {"self": "/v1/jobs/j1", "events": "/v1/jobs/j1/events", "result": "/v1/jobs/j1/result"}
-    posted: list[bytes] = []
-
-    def jobs_api(route: Any) -> None:
-        request, path = route.request, route.request.url.removeprefix(base_url)
-        if path == "/v1/jobs" and request.method == "POST":
-            posted.append(request.post_data_buffer or b"")
-            route.fulfill(status=202, json={"id": "j1", "status": "queued", "style": "frost", "total": 3, "urls": urls})
-        elif path == urls["events"]:
-            stream = "".join(f"event: progress\ndata: {json.dumps(state)}\n\n" for state in (job, final)) + "event: end\ndata: {}\n\n"
-            route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=stream)
-        elif path == urls["self"]:
-            route.fulfill(status=200, json=final)
-        else:
-            route.continue_()
-
-    page.route(f"{base_url}/v1/jobs**", jobs_api)
-    _open(page, base_url)
-    _pick(page, "frost")
-    page.set_input_files("#file-image", [str(_write(tmp_path / n, _small(samples.cat(), 64))) for n in ("a.jpg", "b.jpg", "c.jpg")])
-    page.fill("#param-strength", "0.5")
-    page.click("#run")
-    page.wait_for_function("document.getElementById('batch-count').textContent === '3/3'")
-    assert page.get_attribute("#batch", "data-mode") == "job"
-    body = posted[0]
-    assert body.count(b'name="images"') == 3 and b'name="style"' in body and b'name="strength"' in body
-    failed = page.locator(".item[data-status='failed']")
-    assert failed.locator(".item-name").inner_text() == "b.jpg"
-    assert failed.locator(".item-error").inner_text().startswith("This file could not be read as a picture.")
-    page.wait_for_selector("#batch-download:not([hidden])")
-    assert page.get_attribute("#batch-download", "href") == urls["result"]
-    assert "2 results" in page.inner_text("#batch-download")
-    _shot(page, "job-contract")
-    # (Chromium fetches downloads outside request interception, so the zip itself is checked in
-    # test_five_pictures_... against the real jobs API once it is there.)
 
 
 def test_the_page_retries_what_the_service_says_is_retryable(page_for: Any, base_url: str, tmp_path: Path) -> None:
@@ -280,7 +308,7 @@ def test_the_page_retries_what_the_service_says_is_retryable(page_for: Any, base
     with page.expect_response(lambda r: r.url.endswith("/v1/errors")) as table:
         page.click("#run")
     assert table.value.status == 200
-    page.wait_for_function("document.getElementById('batch-count').textContent === '2/2'", timeout=RESULT_TIMEOUT_MS)
+    page.wait_for_function("() => document.getElementById('batch-count').textContent === '2/2'", timeout=RESULT_TIMEOUT_MS)
     assert page.get_attribute("#batch", "data-mode") == "page"
     assert sorted(sent) == ["a.jpg", "a.jpg", "b.jpg"]
     assert page.locator(".item[data-status='ok'] .item-name").inner_text() == "a.jpg"
@@ -294,11 +322,16 @@ def test_a_corrupt_file_gets_a_plain_sentence(page_for: Any, base_url: str, tmp_
     broken = tmp_path / "holiday.jpg"
     broken.write_bytes(samples.NOT_AN_IMAGE)
     page.set_input_files("#file-image", str(broken))
-    page.click("#run")
+    with page.expect_response(lambda r: r.url.endswith("/v1/styles/starry-swirls")) as answer:
+        page.click("#run")
     page.wait_for_selector("#message:not([hidden])")
     sentence = page.inner_text("#message p")
     assert sentence.startswith("This file could not be read as a picture.")
     assert "{" not in sentence and "invalid_image" not in sentence
+    # the line support asks for: the code, the status and the request id the answer carried
+    request_id = answer.value.headers["x-request-id"]
+    page.click("#message summary")
+    assert page.inner_text("#message details span") == f"error code: invalid_image · HTTP 400 · request id: {request_id}"
     assert page.is_hidden("#single")
     _shot(page, "corrupt-file")
 
@@ -311,8 +344,14 @@ def test_a_batch_shows_which_picture_failed_and_why(page_for: Any, base_url: str
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(samples.truncated_jpeg(samples.cat())[:200])
     page.set_input_files("#file-image", [str(good[0]), str(broken), str(good[1])])
-    page.click("#run")
-    page.wait_for_function("document.getElementById('batch-count').textContent === '3/3'", timeout=RESULT_TIMEOUT_MS)
+    page.fill("#param-strength", "0.5")
+    with page.expect_response(lambda r: r.url.endswith("/v1/jobs") and r.request.method == "POST") as created:
+        page.click("#run")
+    assert created.value.status == 202, created.value.text()
+    body = created.value.request.post_data_buffer or b""
+    assert body.count(b'name="images"') == 3 and b'name="style"' in body and b'name="strength"' in body
+    page.wait_for_function("() => document.getElementById('batch-count').textContent === '3/3'", timeout=RESULT_TIMEOUT_MS)
+    assert page.get_attribute("#batch", "data-mode") == "job"  # the job's progress events drove the count
     failed = page.locator(".item[data-status='failed']")
     assert failed.count() == 1
     assert failed.locator(".item-name").inner_text() == "broken.jpg"
@@ -320,6 +359,7 @@ def test_a_batch_shows_which_picture_failed_and_why(page_for: Any, base_url: str
     assert page.locator(".item[data-status='ok']").count() == 2
     page.wait_for_selector("#batch-download:not([hidden])")
     assert "2 results" in page.inner_text("#batch-download")
+    assert page.get_attribute("#batch-download", "href") == created.value.json()["urls"]["result"]
     _shot(page, "batch-with-a-failure")
 
 
@@ -394,7 +434,7 @@ def test_a_prompt_only_style_makes_a_picture_shows_its_seed_and_makes_it_again(g
         page.click("#run")
     assert second.value.headers["x-stylefleet-seed"] == seed
     _result_ready(page)
-    page.wait_for_function(f"document.getElementById('result-seed').textContent === '{seed}'")
+    page.wait_for_function(f"() => document.getElementById('result-seed').textContent === '{seed}'")
     second_pixels = _shown_pixels(page)
     assert second_pixels != first_pixels
     shown = page.get_attribute("#result-img", "src")
@@ -432,7 +472,7 @@ def test_a_list_of_prompts_runs_as_a_job_with_live_progress(genai_page: Any) -> 
         page.click("#run")
     assert created.value.status == 202, created.value.text()
     assert b'name="prompts"' in (created.value.request.post_data_buffer or b"")
-    page.wait_for_function("document.getElementById('batch-count').textContent === '3/3'", timeout=RESULT_TIMEOUT_MS)
+    page.wait_for_function("() => document.getElementById('batch-count').textContent === '3/3'", timeout=RESULT_TIMEOUT_MS)
     assert page.get_attribute("#batch", "data-mode") == "job"
     assert page.locator(".item[data-status='ok'] .item-name").all_inner_texts() == ["a red kite", "a green boat", "a blue house"]
     page.wait_for_selector("#batch-download:not([hidden])")

@@ -18,6 +18,7 @@ from stylefleet.tools.batch import run as batch
 from stylefleet.tools.batch.http import RetryPolicy, StyleClient
 from stylefleet.tools.batch.inputs import InputError, find_inputs
 from tests import samples
+from tests.unit.batch_cli import run_batch
 from tests.unit.full_disk import fill
 
 
@@ -224,22 +225,7 @@ def test_a_retryable_code_is_retried_whatever_its_status() -> None:
 
 
 def _run(tmp_path: Path, service: Service, *extra: str) -> int:
-    parser = argparse.ArgumentParser()
-    batch.add_arguments(parser)
-    args = parser.parse_args([str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--style", "frost", *extra])
-    transport = httpx.MockTransport(service)
-    real = httpx.AsyncClient
-
-    def patched(*a: object, **kw: object) -> httpx.AsyncClient:
-        kw["transport"] = transport
-        return real(*a, **kw)  # type: ignore[arg-type]
-
-    mp = pytest.MonkeyPatch()
-    mp.setattr(batch.httpx, "AsyncClient", patched)
-    try:
-        return batch.main(args)
-    finally:
-        mp.undo()
+    return run_batch(service, str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--style", "frost", *extra)
 
 
 def _inputs(tmp_path: Path, n: int, corrupt: int = 0) -> None:

@@ -10,7 +10,7 @@ import yaml
 from pydantic import ValidationError
 
 from stylefleet.config import BatchingConfig
-from stylefleet.deployments.registry import ModelFile, resolve
+from stylefleet.deployments.registry import resolve
 from stylefleet.errors import ModelUnavailable
 from stylefleet.router.catalog import Catalog
 from stylefleet.router.core import build_traffic
@@ -118,8 +118,11 @@ def test_model_dir_is_searched_before_the_package(tmp_path) -> None:
 def test_u2netp_from_the_package_is_rembgs_release() -> None:
     from stylefleet.deployments.registry import file_digest
 
-    assert file_digest(resolve("u2netp").path, "md5") == "8e83ca70e441ab06c318d82300c84806"
-    assert isinstance(resolve("u2netp").spec, ModelFile)
+    resolved = resolve("u2netp")
+    assert file_digest(resolved.path, "md5") == "8e83ca70e441ab06c318d82300c84806"
+    # the package's own copy (no model_dir or path given), checked against the registry's sha256
+    assert resolved.path.parent.name == "rembg" and resolved.path.name == resolved.spec.filename == "u2netp.onnx"
+    assert file_digest(resolved.path, "sha256") == resolved.sha256 == "309c8469258dda742793dce0ebea8e6dd393174f89934733ecc8b14c76f4ddd8"
 
 
 def test_the_shipped_app_fits_two_cpus_even_at_max_replicas() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import graphlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -206,9 +207,41 @@ def test_nothing_imports_the_package_folders_by_their_bare_names() -> None:
     assert bare == []
 
 
+def _toml_table(text: str, table: str) -> dict[str, object]:
+    """One table of a TOML file: tomllib (Python 3.11+), else ``tomli`` where installed, else a
+    minimal reader of ``key = value`` lines whose values are also Python literals (strings, lists
+    of strings, numbers): enough for the table read here, on Python 3.10 too."""
+    try:
+        import tomllib as toml
+    except ModuleNotFoundError:
+        try:
+            import tomli as toml  # type: ignore[no-redef]
+        except ModuleNotFoundError:
+            return _minimal_toml_table(text, table)
+    found: object = toml.loads(text)
+    for key in table.split("."):
+        assert isinstance(found, dict)
+        found = found[key]
+    assert isinstance(found, dict)
+    return found
+
+
+def _minimal_toml_table(text: str, table: str) -> dict[str, object]:
+    body = re.search(rf"^\[{re.escape(table)}\][ \t]*\n(.*?)(?=^\[|\Z)", text, re.M | re.S)
+    assert body is not None, f"no [{table}] table"
+    entries = (line.split("#", 1)[0].split("=", 1) for line in body[1].splitlines() if "=" in line.split("#", 1)[0])
+    return {key.strip(): ast.literal_eval(value.strip()) for key, value in entries}
+
+
+def test_the_minimal_toml_reader_reads_the_package_table_as_toml_does() -> None:
+    toml = pytest.importorskip("tomllib")
+    text = (ROOT / "pyproject.toml").read_text()
+    assert _minimal_toml_table(text, "tool.setuptools.packages.find") == toml.loads(text)["tool"]["setuptools"]["packages"]["find"]
+    assert _minimal_toml_table('[a.b]\nx = ["y*"]  # why\nn = 3\n[c]\nz = 1\n', "a.b") == {"x": ["y*"], "n": 3}
+
+
 def test_the_distribution_installs_one_top_level_package_in_real_folders() -> None:
-    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
-    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    find = _toml_table((ROOT / "pyproject.toml").read_text(), "tool.setuptools.packages.find")
     assert find["include"] == ["stylefleet*"]
     links = [str(p.relative_to(ROOT)) for top in (PACKAGE, "tests") for p in (ROOT / top).rglob("*") if p.is_symlink()]
     assert links == []

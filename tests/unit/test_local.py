@@ -145,14 +145,14 @@ def test_ray_starts_with_the_direct_ingress_environment_and_this_process_gets_it
     assert not any(name in os.environ for name in direct_ingress_environment(port))
 
 
-def test_with_direct_ingress_serve_s_proxy_gets_the_free_port_and_the_config_keeps_its_own() -> None:
-    cluster = LocalCluster(http_port=8000, ingress="direct")
+def test_with_direct_ingress_serve_s_proxy_gets_the_free_port_and_the_config_keeps_its_own(tmp_path: Path) -> None:
+    cluster = LocalCluster(http_port=8000, ingress="direct", state_dir=tmp_path)
     cluster.proxy_port = 41234
     config = {"http_options": {"host": "127.0.0.1", "port": 8000}, "applications": []}
     served = cluster.served_document(config)
     assert served["http_options"] == {"host": "127.0.0.1", "port": 41234}
     assert config["http_options"]["port"] == 8000  # the caller's document is not changed
-    assert LocalCluster(http_port=8000).served_document(config) is config  # proxy ingress: as written
+    assert LocalCluster(http_port=8000, state_dir=tmp_path).served_document(config) is config  # proxy ingress: as written
     with pytest.raises(ValueError, match="not this cluster's"):
         cluster.served_document({**config, "http_options": {"port": 9000}})
 

@@ -3,7 +3,6 @@ The service is an in-process ``httpx.MockTransport``; no Ray, no sockets."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -12,7 +11,7 @@ import httpx
 import pytest
 
 from stylefleet.prompts import output_name, parse_prompts
-from stylefleet.tools.batch import run as batch
+from tests.unit.batch_cli import run_batch
 
 DEFAULTS = {"prompt": "a mug", "seed": 1234, "steps": 25, "negative_prompt": "blurry"}
 ALLOWED = {"prompt", "seed", "steps"}
@@ -102,22 +101,7 @@ class TextService:
 
 def _run(tmp_path: Path, service: TextService, prompts: str, name: str = "prompts.txt", *extra: str) -> int:
     (tmp_path / name).write_text(prompts)
-    parser = argparse.ArgumentParser()
-    batch.add_arguments(parser)
-    args = parser.parse_args([str(tmp_path / name), "-o", str(tmp_path / "out"), "--style", "product-shot", *extra])
-    transport = httpx.MockTransport(service)
-    real = httpx.AsyncClient
-
-    def patched(*a: object, **kw: object) -> httpx.AsyncClient:
-        kw["transport"] = transport
-        return real(*a, **kw)  # type: ignore[arg-type]
-
-    mp = pytest.MonkeyPatch()
-    mp.setattr(batch.httpx, "AsyncClient", patched)
-    try:
-        return batch.main(args)
-    finally:
-        mp.undo()
+    return run_batch(service, str(tmp_path / name), "-o", str(tmp_path / "out"), "--style", "product-shot", *extra)
 
 
 def _manifest(tmp_path: Path) -> list[dict]:

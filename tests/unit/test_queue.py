@@ -7,7 +7,9 @@ no test sleeps to wait for a batch to form.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import pytest
 
@@ -49,14 +51,19 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+def gated(clock: Callable[[], float] = time.monotonic, **limits: Any) -> tuple[GatedModel, BacklogQueue[str, str]]:
+    """A gated model and a queue over it with these limits."""
+    model = GatedModel()
+    return model, BacklogQueue(model, QueueLimits(**limits), clock=clock)
+
+
 def run(coro):  # noqa: ANN001, ANN201 - tiny helper
     return asyncio.run(asyncio.wait_for(coro, timeout=10))
 
 
 def test_idle_model_takes_the_first_request_at_once() -> None:
     async def go() -> None:
-        model = GatedModel()
-        queue: BacklogQueue[str, str] = BacklogQueue(model, QueueLimits(max_batch_size=8, batch_wait_timeout_s=0.0))
+        model, queue = gated(max_batch_size=8, batch_wait_timeout_s=0.0)
         first = asyncio.ensure_future(queue.submit("a"))
         await model.wait_batches(1)
         assert model.batches == [["a"]]
@@ -68,8 +75,7 @@ def test_idle_model_takes_the_first_request_at_once() -> None:
 
 def test_backlog_fills_the_next_batch_while_the_model_is_busy() -> None:
     async def go() -> None:
-        model = GatedModel()
-        queue: BacklogQueue[str, str] = BacklogQueue(model, QueueLimits(max_batch_size=4))
+        model, queue = gated(max_batch_size=4)
         first = asyncio.ensure_future(queue.submit("x"))
         await model.wait_batches(1)
         rest = [asyncio.ensure_future(queue.submit(str(i))) for i in range(6)]
@@ -90,8 +96,7 @@ def test_backlog_fills_the_next_batch_while_the_model_is_busy() -> None:
 
 def test_pixel_budget_closes_a_batch_and_an_oversize_image_runs_alone() -> None:
     async def go() -> None:
-        model = GatedModel()
-        queue: BacklogQueue[str, str] = BacklogQueue(model, QueueLimits(max_batch_size=8, max_batch_pixels=100))
+        model, queue = gated(max_batch_size=8, max_batch_pixels=100)
         blocker = asyncio.ensure_future(queue.submit("blocker", 1))
         await model.wait_batches(1)
         futures = [
@@ -111,11 +116,8 @@ def test_pixel_budget_closes_a_batch_and_an_oversize_image_runs_alone() -> None:
 
 def test_wait_window_lets_an_idle_model_gather_company() -> None:
     async def go() -> None:
-        model = GatedModel()
         now = [0.0]
-        queue: BacklogQueue[str, str] = BacklogQueue(
-            model, QueueLimits(max_batch_size=3, batch_wait_timeout_s=60.0), clock=lambda: now[0]
-        )
+        model, queue = gated(lambda: now[0], max_batch_size=3, batch_wait_timeout_s=60.0)
         futures = [asyncio.ensure_future(queue.submit("a"))]
         await settle()
         assert model.batches == [], "inside the window, an unfilled batch waits"
@@ -130,8 +132,7 @@ def test_wait_window_lets_an_idle_model_gather_company() -> None:
 
 def test_cancelled_request_is_never_computed() -> None:
     async def go() -> None:
-        model = GatedModel()
-        queue: BacklogQueue[str, str] = BacklogQueue(model, QueueLimits(max_batch_size=8))
+        model, queue = gated(max_batch_size=8)
         first = asyncio.ensure_future(queue.submit("first"))
         await model.wait_batches(1)
         gone = asyncio.ensure_future(queue.submit("gone"))
@@ -151,8 +152,7 @@ def test_cancelled_request_is_never_computed() -> None:
 
 def test_a_raising_batch_fails_its_own_items_and_the_queue_goes_on() -> None:
     async def go() -> None:
-        model = GatedModel()
-        queue: BacklogQueue[str, str] = BacklogQueue(model, QueueLimits(max_batch_size=8))
+        model, queue = gated(max_batch_size=8)
         model.fail_next = RuntimeError("boom")
         doomed = asyncio.ensure_future(queue.submit("doomed"))
         await model.wait_batches(1)
@@ -169,8 +169,7 @@ def test_a_raising_batch_fails_its_own_items_and_the_queue_goes_on() -> None:
 
 def test_concurrent_batches_up_to_the_limit() -> None:
     async def go() -> None:
-        model = GatedModel()
-        queue: BacklogQueue[str, str] = BacklogQueue(model, QueueLimits(max_batch_size=1, max_concurrent_batches=2))
+        model, queue = gated(max_batch_size=1, max_concurrent_batches=2)
         futures = [asyncio.ensure_future(queue.submit(x)) for x in "abc"]
         await model.wait_batches(2)
         await settle()
@@ -186,8 +185,7 @@ def test_concurrent_batches_up_to_the_limit() -> None:
 
 def test_reconfigured_size_applies_to_the_next_batch() -> None:
     async def go() -> None:
-        model = GatedModel()
-        queue: BacklogQueue[str, str] = BacklogQueue(model, QueueLimits(max_batch_size=8))
+        model, queue = gated(max_batch_size=8)
         first = asyncio.ensure_future(queue.submit("first"))
         await model.wait_batches(1)
         rest = [asyncio.ensure_future(queue.submit(str(i))) for i in range(4)]
@@ -216,8 +214,7 @@ def test_bad_limits_are_refused(limits: dict[str, float]) -> None:
 
 def test_weighted_requests_fill_max_batch_size_by_weight() -> None:
     async def go() -> None:
-        model = GatedModel()
-        queue: BacklogQueue[str, str] = BacklogQueue(model, QueueLimits(max_batch_size=4))
+        model, queue = gated(max_batch_size=4)
         blocker = asyncio.ensure_future(queue.submit("blocker"))
         await model.wait_batches(1)
         sizes = (("a", 1), ("b", 2), ("c", 2), ("huge", 9), ("d", 1))

@@ -11,8 +11,10 @@ from fastapi import FastAPI
 from stylefleet.config import Limits
 from stylefleet.router.api import errors, health, styles
 from stylefleet.router.api import jobs as jobs_routes
+from stylefleet.router.api.docs import add_docs
 from stylefleet.router.api.errors import add_error_handlers, error_response
 from stylefleet.router.api.limits import BodyLimit
+from stylefleet.router.api.security import SecurityHeaders
 from stylefleet.router.api.state import Services
 from stylefleet.router.api.web import add_web_page
 from stylefleet.router.core import RouterCore
@@ -30,6 +32,8 @@ def create_api(
         title="stylefleet",
         description="Image AI styles served on Ray Serve. Errors are {'error': {'code', 'message'}}.",
         version="0.1.0",
+        docs_url=None,  # FastAPI's loads Swagger UI from a CDN: ours, add_docs, serves its own copy
+        redoc_url=None,  # ReDoc injects inline styles, which the Content-Security-Policy forbids
     )
     app.state.services = Services(core, limits, previews or PreviewCache(core.catalog, core.backend), jobs)
     add_error_handlers(app)
@@ -37,6 +41,7 @@ def create_api(
     app.include_router(health.router)
     app.include_router(errors.router)
     add_web_page(app)
+    add_docs(app)
     overrides = {}
     if jobs is not None:
         app.include_router(jobs_routes.router)
@@ -49,7 +54,8 @@ def create_api(
         body_idle_timeout_s=limits.body_idle_timeout_s,
         max_uploads_per_client=limits.max_uploads_per_client,
     )
-    app.add_middleware(health.GoingDown, render=error_response)  # outermost: before any body is read
+    app.add_middleware(health.GoingDown, render=error_response)  # before any body is read
+    app.add_middleware(SecurityHeaders)  # outermost: every answer carries them, the limits' and GoingDown's too
     return app
 
 

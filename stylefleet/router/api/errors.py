@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from stylefleet.deployments.log import serve_logger
 from stylefleet.errors import InternalError, InvalidParams, StylefleetError, describe_codes
+from stylefleet.router.api.security import add_security_headers
 from stylefleet.router.openapi import ErrorCodes, errors
 
 logger = serve_logger(__name__)
@@ -48,7 +49,10 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     logger.exception("unexpected error", exc_info=exc)
-    return error_response(InternalError("unexpected server error; it was logged"))
+    response = error_response(InternalError("unexpected server error; it was logged"))
+    # Starlette answers this one from its outermost middleware, outside SecurityHeaders.
+    add_security_headers(response.headers)
+    return response
 
 
 def add_error_handlers(app: FastAPI) -> None:

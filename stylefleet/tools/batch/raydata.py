@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import random
+import shutil
 from typing import Any
 
 import numpy as np
@@ -90,6 +91,7 @@ def run_ray_data(plan: Plan, out: Storage, index: ManifestIndex, tally: Tally, *
     finally:
         if started_here is not None:
             started_here.stop()
+            shutil.rmtree(started_here.state_dir, ignore_errors=True)  # the temporary one it made itself
 
 
 def _choose_variants(spec: AppSpec, plan: Plan) -> tuple[Style, list[str], dict[str, str]]:
