@@ -331,8 +331,9 @@ class Limits(_Strict):
     )
     max_uploads_in_flight: PositiveInt = Field(
         128,
-        description="request bodies a router replica reads at once, all addresses together; more get 503 "
-        "uploads_busy with Retry-After. Below router.max_ongoing_requests, so probes and GETs always find a slot",
+        description="request bodies a router replica reads at once, all addresses together; a new one then takes the "
+        "slot of the slowest body that is behind (408), or gets 503 uploads_busy with Retry-After when none is. "
+        "Below router.max_ongoing_requests, so probes and GETs always find a slot",
     )
     min_body_bytes_per_s: float = Field(
         4096.0,

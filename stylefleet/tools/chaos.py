@@ -54,7 +54,8 @@ async def _trickler(
     head = (
         f"POST {path}/v1/styles/frost HTTP/1.1\r\nHost: {host}\r\n"
         "Content-Type: multipart/form-data; boundary=xyz\r\nContent-Length: 1000000\r\n\r\n"
-    ).encode()
+        '--xyz\r\nContent-Disposition: form-data; name="image"; filename="p.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
+    ).encode()  # a well-formed start, so the form parser waits for the file's bytes
     while time.monotonic() < until:
         started = time.monotonic()
         try:

@@ -275,3 +275,54 @@ def test_a_slow_start_is_forgiven_within_the_grace() -> None:
 
     asyncio.run(asyncio.wait_for(guard(_scope("POST", "/v1/styles/frost", "10.0.0.1", 4000), receive, send), timeout=5))
     assert sent[0]["status"] == 200
+
+
+def test_a_full_replica_gives_a_silent_bodys_slot_to_a_new_upload() -> None:
+    clock = _Clock()
+    guard = UploadGuard(
+        _drain, error_response, body_idle_timeout_s=30, max_uploads_per_client=4, max_uploads_in_flight=2,
+        min_body_bytes_per_s=1000, body_rate_grace_s=10.0, clock=clock,
+    )
+
+    async def scenario() -> tuple[list[list[dict[str, Any]]], list[dict[str, Any]], list[dict[str, Any]]]:
+        release = asyncio.Event()
+        reading = [asyncio.Event(), asyncio.Event()]
+        slow_sent: list[list[dict[str, Any]]] = [[], []]
+
+        def slow(i: int) -> Any:
+            async def receive() -> dict[str, Any]:
+                reading[i].set()
+                await release.wait()
+                return {"type": "http.request", "body": b"", "more_body": False}
+
+            async def send(message: dict[str, Any]) -> None:
+                slow_sent[i].append(message)
+
+            return guard(_scope("POST", "/v1/styles/frost", f"10.0.0.{i}", 4000), receive, send)
+
+        async def fast(sent: list[dict[str, Any]]) -> None:
+            async def receive() -> dict[str, Any]:
+                return {"type": "http.request", "body": b"x" * 4000, "more_body": False}
+
+            async def send(message: dict[str, Any]) -> None:
+                sent.append(message)
+
+            await guard(_scope("POST", "/v1/styles/frost", "10.0.0.9", 4000), receive, send)
+
+        tasks = [asyncio.create_task(slow(i)) for i in range(2)]
+        await asyncio.wait_for(asyncio.gather(*(r.wait() for r in reading)), timeout=5)
+        young: list[dict[str, Any]] = []
+        await asyncio.wait_for(fast(young), timeout=5)  # both bodies are too young to judge
+        clock.now += 2.0  # both silent for 2 s
+        admitted: list[dict[str, Any]] = []
+        await asyncio.wait_for(fast(admitted), timeout=5)
+        release.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=5)
+        return slow_sent, young, admitted
+
+    slow_sent, young, admitted = asyncio.run(scenario())
+    assert young[0]["status"] == 503 and b"uploads_busy" in young[1]["body"]
+    assert admitted[0]["status"] == 200
+    evicted = [sent for sent in slow_sent if sent[0]["status"] == 408]
+    assert len(evicted) == 1 and b"its slot went to a faster one" in evicted[0][1]["body"]
+    assert guard.in_flight == 0 and not guard.uploading
