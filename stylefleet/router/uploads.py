@@ -13,7 +13,7 @@ included. ``UploadGuard`` bounds the time and the number of such slots:
 - one client address may have at most ``max_uploads_per_client`` bodies being read at once on a
   replica (429 ``too_many_uploads``, with ``Retry-After``, before any of the body is read);
 - the replica reads at most ``max_uploads_in_flight`` bodies, whoever sends them. When that many
-  are in flight, a new body takes the slot of the slowest one that is behind (silent for a
+  are in flight, a new body takes the slot of the slowest one that is behind (silent for half a
   second, or under ``min_body_bytes_per_s`` on average), which ends with 408 at once; only when
   none is behind is it refused (503 ``uploads_busy``).
 
@@ -48,7 +48,7 @@ def _has_body(scope: Scope) -> bool:
     return b"chunked" in headers.get(b"transfer-encoding", b"") or (length is not None and length.strip() not in (b"", b"0"))
 
 
-JUDGE_AFTER_S = 1.0  # a body younger than this is never judged slow, and a pause shorter than this is no pause
+JUDGE_AFTER_S = 0.5  # a body younger than this is never judged slow, and a pause shorter than this is no pause
 
 
 class Body:
