@@ -9,10 +9,11 @@ against ``max_ongoing_requests``, A/B weights against the variants) is checked o
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
 Device = Literal["cpu", "cuda"]
 
@@ -31,6 +32,11 @@ RAY_ENVIRONMENT: dict[str, str] = {
     "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
     "RAY_max_direct_call_object_size": str(2 * 1024 * 1024),
     "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000",
+    # uvicorn (Serve's HTTP proxy and a direct-ingress replica) believes X-Forwarded-For from the
+    # addresses in FORWARDED_ALLOW_IPS, 127.0.0.1 by default, and rewrites the client address with
+    # it: any local client could pick its own. Empty trusts no one; the router resolves the client
+    # itself from limits.trusted_proxies (stylefleet.router.clients).
+    "FORWARDED_ALLOW_IPS": "",
 }
 
 
@@ -337,8 +343,43 @@ class Limits(_Strict):
     max_uploads_per_client: PositiveInt = Field(
         64,
         description="request bodies one client address may have in flight on a router replica; more get 429 "
-        "too_many_uploads (behind a load balancer every client has its address: raise it)",
+        "too_many_uploads (behind a proxy, set trusted_proxies so each client counts under its own address)",
     )
+    max_uploads_in_flight: PositiveInt = Field(
+        128,
+        description="request bodies a router replica reads at once, all addresses together; a new one then takes the "
+        "slot of the slowest body that is behind (408), or gets 503 uploads_busy with Retry-After when none is. "
+        "Below router.max_ongoing_requests, so probes and GETs always find a slot",
+    )
+    min_body_bytes_per_s: float = Field(
+        4096.0,
+        ge=0.0,
+        description="slowest request body accepted, averaged from its start: after body_rate_grace_s a body "
+        "behind this rate ends with 408 request_timeout (0: no minimum, only body_idle_timeout_s)",
+    )
+    body_rate_grace_s: float = Field(
+        10.0, ge=0.0, description="time a request body has before min_body_bytes_per_s applies (slow starts, TLS, mobile links)"
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="addresses or CIDR networks of the reverse proxies in front of the router; only behind one of "
+        "them is client_address_header read, and the client is its right-most untrusted hop. Empty: the peer "
+        "is the client, headers are ignored (loopback is not trusted either)",
+    )
+    client_address_header: Literal["x-forwarded-for", "forwarded"] = Field(
+        "x-forwarded-for",
+        description="the header trusted_proxies write the client into: x-forwarded-for, or forwarded (RFC 7239 for=)",
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, entries: list[str]) -> list[str]:
+        for entry in entries:
+            try:
+                ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"trusted_proxies: {entry!r} is neither an IP address nor a CIDR network") from None
+        return entries
 
 
 class JobsConfig(_Strict):
@@ -394,11 +435,11 @@ class AppConfig(_Strict):
 
     @model_validator(mode="after")
     def _upload_share(self) -> AppConfig:
-        if self.limits.max_uploads_per_client >= self.router.max_ongoing_requests:
+        if self.limits.max_uploads_in_flight >= self.router.max_ongoing_requests:
             raise ValueError(
-                f"limits.max_uploads_per_client ({self.limits.max_uploads_per_client}) must be below "
-                f"router.max_ongoing_requests ({self.router.max_ongoing_requests}), or one client's idle uploads "
-                "can hold every router slot"
+                f"limits.max_uploads_in_flight ({self.limits.max_uploads_in_flight}) must be below "
+                f"router.max_ongoing_requests ({self.router.max_ongoing_requests}), or slow uploads can hold every "
+                "router slot and the health probes wait behind them (half of it is a good value)"
             )
         return self
 

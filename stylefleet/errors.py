@@ -104,6 +104,21 @@ class TooManyUploads(StylefleetError):
         return (TooManyUploads, (self.message,), {"headers": self.headers})
 
 
+class UploadsBusy(StylefleetError):
+    """A router replica already reads ``limits.max_uploads_in_flight`` bodies: the service is
+    busy, not this client, so 503 (another replica, or this one shortly, can take it)."""
+
+    status = 503
+    code = "uploads_busy"
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+    def __reduce__(self):
+        return (UploadsBusy, (self.message,), {"headers": self.headers})
+
+
 class UnsupportedMediaType(StylefleetError):
     status = 415
     code = "unsupported_media_type"

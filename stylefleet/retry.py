@@ -2,7 +2,7 @@
 (``stylefleet.tools.batch.http``) and the router's job runner (``stylefleet.router.jobs.runner``).
 
 What is retried is decided by the error classes (``StylefleetError.retryable``: overloaded,
-model_unavailable, too_many_uploads, request_timeout); an HTTP answer is judged by its error code
+model_unavailable, too_many_uploads, uploads_busy, request_timeout); an HTTP answer is judged by its error code
 through the table derived from those classes, or, when it carries no stylefleet code (a proxy's
 502 or 504), by its status. How long to wait: full-jitter exponential backoff, never less than the
 server's ``Retry-After`` when it gives one (delta-seconds; both capped at ``cap_s``).

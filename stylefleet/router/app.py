@@ -22,7 +22,7 @@ from stylefleet.router.api.application import create_api
 from stylefleet.router.catalog import Catalog
 from stylefleet.router.core import RouterCore
 from stylefleet.router.health import DeploymentState
-from stylefleet.router.ingress import reuse_direct_ingress_port
+from stylefleet.router.ingress import ignore_uvicorn_forwarded_headers, reuse_direct_ingress_port
 from stylefleet.router.jobs.manager import JobManager
 from stylefleet.router.metrics import RayRecorder
 from stylefleet.spec import AppSpec
@@ -205,6 +205,7 @@ class Router:
 
     def __init__(self, spec: AppSpec, handles: dict[str, DeploymentHandle]) -> None:
         reuse_direct_ingress_port()  # before Serve starts this replica's own HTTP server, after __init__
+        ignore_uvicorn_forwarded_headers()  # the client address is limits.trusted_proxies' to resolve
         self._spec = spec
         config = spec.args
         backend = ServeBackend(handles, serve.get_replica_context().app_name, model_timeout_s=config.router.model_timeout_s)

@@ -15,6 +15,7 @@ a port its successor can take (tests/unit/test_ingress.py).
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 logger = logging.getLogger("ray.serve")
@@ -43,3 +44,18 @@ def reuse_direct_ingress_port() -> bool:
     setattr(start_asgi_http_server, _PATCHED, True)
     replica.start_asgi_http_server = start_asgi_http_server
     return True
+
+
+def ignore_uvicorn_forwarded_headers() -> None:
+    """In this process (a router replica), stop uvicorn from rewriting the client address.
+
+    uvicorn wraps every app it serves in its ``ProxyHeadersMiddleware``, which replaces
+    ``scope["client"]`` with a hop of ``X-Forwarded-For`` whenever the peer is in
+    ``FORWARDED_ALLOW_IPS`` (``127.0.0.1,::1`` unless set), read when the server is configured.
+    Serve 2.60 offers no way to turn it off, and a direct-ingress replica's server is configured
+    in this process after ``__init__``: an empty value here makes it trust no one, so the client
+    address the router sees is the real peer and ``limits.trusted_proxies`` alone decides what a
+    forwarding header is worth (``stylefleet.router.clients``). Serve's HTTP proxy is another
+    process: it gets the same value from ``stylefleet.config.RAY_ENVIRONMENT``.
+    """
+    os.environ["FORWARDED_ALLOW_IPS"] = ""

@@ -54,14 +54,14 @@ class Liveness(BaseModel):
 _WHEN = {
     400: "invalid_image, bad_request, invalid_archive, unsafe_archive",
     404: "unknown_style, no_preview, unknown_job, not_found",
-    408: "request_timeout: the body stopped arriving (limits.body_idle_timeout_s)",
+    408: "request_timeout: the body stopped arriving (limits.body_idle_timeout_s) or came too slowly (limits.min_body_bytes_per_s)",
     409: "job_not_finished",
     413: "payload_too_large, archive_too_large",
     415: "unsupported_media_type",
     422: "invalid_params (the message names the field), no_face, multiple_faces, face_too_small, max_kb_too_small",
     429: "too_many_uploads: this address has limits.max_uploads_per_client bodies in flight",
     500: "internal_error (the traceback is in the log, never here)",
-    503: "overloaded, model_unavailable",
+    503: "overloaded, model_unavailable, service_stopping, uploads_busy (limits.max_uploads_in_flight bodies in flight on this replica)",
     507: "insufficient_storage: the job storage is full or cannot be written",
 }
 _RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}

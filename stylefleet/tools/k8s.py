@@ -87,6 +87,25 @@ HEAD_PROBES = {
 WORKER_PROBES = {"readinessProbe": _probe("/healthz/ready", period_s=5, failures=3)}
 
 
+PROXY_EXAMPLE = (
+    "In a cluster every request comes through the ingress controller (or a cloud load balancer) that",
+    "sets X-Forwarded-For: name its pods' network here, so each client counts under its own address",
+    "(docs/kubernetes.md, 'Client addresses behind the ingress'). For example:",
+    "trusted_proxies: [10.244.0.0/16]   # the pod CIDR the ingress controller runs in",
+)
+
+
+def with_proxy_example(serve_yaml: str) -> str:
+    """The serve config with a commented ``trusted_proxies`` example above the empty default."""
+    lines = []
+    for line in serve_yaml.splitlines(keepends=True):
+        if line.strip() == "trusted_proxies: []":
+            indent = line[: len(line) - len(line.lstrip())]
+            lines += [f"{indent}# {comment}\n" for comment in PROXY_EXAMPLE]
+        lines.append(line)
+    return "".join(lines)
+
+
 def rayservice(spec: ServeFile, *, image: str = DEFAULT_IMAGE, name: str = "stylefleet") -> dict[str, Any]:
     serve = serve_config_for_cluster(spec.document)
     shape = worker_shape(spec)
@@ -109,7 +128,7 @@ def rayservice(spec: ServeFile, *, image: str = DEFAULT_IMAGE, name: str = "styl
         "kind": "RayService",
         "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "stylefleet"}},
         "spec": {
-            "serveConfigV2": yaml.safe_dump(serve, sort_keys=False),
+            "serveConfigV2": with_proxy_example(yaml.safe_dump(serve, sort_keys=False)),
             "rayClusterConfig": {
                 "rayVersion": RAY_VERSION,
                 "enableInTreeAutoscaling": True,

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from stylefleet.config import BatchingConfig
+from stylefleet.config import BatchingConfig, Limits
 from stylefleet.deployments.registry import resolve
 from stylefleet.errors import ModelUnavailable
 from stylefleet.router.catalog import Catalog
@@ -182,8 +182,26 @@ def test_a_composed_deployment_declares_the_weights_of_what_it_uses() -> None:
     )
 
 
-def test_one_clients_uploads_cannot_be_allowed_every_router_slot() -> None:
+def test_uploads_in_flight_cannot_be_allowed_every_router_slot() -> None:
     args = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"]
-    args["limits"]["max_uploads_per_client"] = args["router"]["max_ongoing_requests"]
-    with pytest.raises(ValueError, match="max_uploads_per_client .* must be below router.max_ongoing_requests"):
+    args["limits"]["max_uploads_in_flight"] = args["router"]["max_ongoing_requests"]
+    with pytest.raises(ValueError, match="max_uploads_in_flight .* must be below router.max_ongoing_requests"):
         AppSpec.from_args(args)
+
+
+def test_the_shipped_upload_cap_leaves_router_slots_free() -> None:
+    args = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"]
+    config = AppSpec.from_args(args).args
+    assert config.limits.max_uploads_in_flight <= config.router.max_ongoing_requests // 2
+    assert config.limits.min_body_bytes_per_s > 0 and config.limits.trusted_proxies == []
+
+
+@pytest.mark.parametrize("entry", ["10.0.0.0/33", "proxy.internal", "10.0.0.1,10.0.0.2", ""])
+def test_a_trusted_proxy_must_be_an_address_or_a_network(entry: str) -> None:
+    with pytest.raises(ValueError, match="trusted_proxies"):
+        Limits(trusted_proxies=[entry])
+
+
+def test_trusted_proxies_take_addresses_and_networks() -> None:
+    limits = Limits(trusted_proxies=["10.0.0.0/8", "192.168.1.7", "fd00::/8"], client_address_header="forwarded")
+    assert limits.trusted_proxies == ["10.0.0.0/8", "192.168.1.7", "fd00::/8"]

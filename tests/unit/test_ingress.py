@@ -13,7 +13,7 @@ import pytest
 from ray.serve._private import constants, replica
 from ray.serve.config import HTTPOptions
 
-from stylefleet.router.ingress import reuse_direct_ingress_port
+from stylefleet.router.ingress import ignore_uvicorn_forwarded_headers, reuse_direct_ingress_port
 
 
 def port_in_time_wait(*, reuse: bool) -> int:
@@ -74,3 +74,22 @@ def test_without_direct_ingress_nothing_is_patched(serve_start: None, monkeypatc
     before = replica.start_asgi_http_server
     assert reuse_direct_ingress_port() is False
     assert replica.start_asgi_http_server is before
+
+
+def test_the_router_replica_stops_uvicorn_rewriting_the_client_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    """uvicorn, as Serve configures it in the replica, believes X-Forwarded-For from loopback
+    unless FORWARDED_ALLOW_IPS says otherwise; after the router's call it believes no one."""
+    import uvicorn
+
+    monkeypatch.delenv("FORWARDED_ALLOW_IPS", raising=False)
+    ignore_uvicorn_forwarded_headers()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["client"])
+
+    seen: list[Any] = []
+    config = uvicorn.Config(app, lifespan="off", log_config=None)
+    config.load()
+    scope = {"type": "http", "client": ("127.0.0.1", 5000), "headers": [(b"x-forwarded-for", b"198.51.100.7")]}
+    asyncio.run(config.loaded_app(scope, None, None))
+    assert seen == [("127.0.0.1", 5000)]

@@ -19,12 +19,13 @@ from stylefleet.errors import (
     StylefleetError,
     TooManyUploads,
     UnknownStyle,
+    UploadsBusy,
 )
 from stylefleet.retry import RetryPolicy, retry_after_s, retryable_answer
 
 
 @pytest.mark.parametrize(("cls", "retryable"), [
-    (Overloaded, True), (ModelUnavailable, True), (TooManyUploads, True), (RequestTimeout, True),
+    (Overloaded, True), (ModelUnavailable, True), (TooManyUploads, True), (UploadsBusy, True), (RequestTimeout, True),
     (InvalidImage, False), (InvalidParams, False), (NoFace, False), (UnknownStyle, False), (InternalError, False),
 ])
 def test_each_error_class_says_whether_to_retry(cls: type[StylefleetError], retryable: bool) -> None:
@@ -33,7 +34,8 @@ def test_each_error_class_says_whether_to_retry(cls: type[StylefleetError], retr
 
 
 def test_the_retryable_codes_are_derived_from_the_classes() -> None:
-    assert {"overloaded", "model_unavailable", "too_many_uploads", "request_timeout", "service_stopping"} == errors.RETRYABLE_CODES
+    retryable = {"overloaded", "model_unavailable", "too_many_uploads", "uploads_busy", "request_timeout", "service_stopping"}
+    assert retryable == errors.RETRYABLE_CODES
     table = {row["code"]: row for row in errors.describe_codes()}
     assert table["overloaded"] == {"code": "overloaded", "status": 503, "retryable": True}
     assert table["invalid_prompt_line"] == {"code": "invalid_prompt_line", "status": 422, "retryable": False}

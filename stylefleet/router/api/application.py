@@ -17,6 +17,7 @@ from stylefleet.router.api.limits import BodyLimit
 from stylefleet.router.api.security import SecurityHeaders
 from stylefleet.router.api.state import Services
 from stylefleet.router.api.web import add_web_page
+from stylefleet.router.clients import ClientResolver
 from stylefleet.router.core import RouterCore
 from stylefleet.router.jobs.manager import JobManager
 from stylefleet.router.openapi import without_validation_errors
@@ -53,6 +54,10 @@ def create_api(
         render=error_response,
         body_idle_timeout_s=limits.body_idle_timeout_s,
         max_uploads_per_client=limits.max_uploads_per_client,
+        max_uploads_in_flight=limits.max_uploads_in_flight,
+        min_body_bytes_per_s=limits.min_body_bytes_per_s,
+        body_rate_grace_s=limits.body_rate_grace_s,
+        resolver=ClientResolver(limits.trusted_proxies, limits.client_address_header),
     )
     app.add_middleware(health.GoingDown, render=error_response)  # before any body is read
     app.add_middleware(SecurityHeaders)  # outermost: every answer carries them, the limits' and GoingDown's too

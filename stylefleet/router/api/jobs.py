@@ -25,7 +25,7 @@ def urls(job_id: str) -> dict[str, str]:
 @router.post(
     "/v1/jobs",
     status_code=202,
-    responses={202: {"model": Job, "description": "the job, queued, with its URLs"}, **errors(400, 404, 408, 413, 415, 422, 429, 507)},
+    responses={202: {"model": Job, "description": "the job, queued, with its URLs"}, **errors(400, 404, 408, 413, 415, 422, 429, 503, 507)},
     openapi_extra=JOB_REQUEST,
 )
 async def create_job(request: Request) -> JSONResponse:

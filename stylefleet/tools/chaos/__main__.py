@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from stylefleet.tools.chaos import dead_ray, memory, storage
+from stylefleet.tools.chaos import dead_ray, memory, slow_clients, storage
 
 
 def _held(case: str, result: Any) -> bool:
@@ -17,6 +17,8 @@ def _held(case: str, result: Any) -> bool:
         return all(r.get("held") for r in result.values())
     if case == "storage":
         return result == 0  # the number of properties broken
+    if case == "slow-clients":
+        return slow_clients.slow_clients_held(result)
     return bool(result.get("ok"))
 
 
@@ -27,10 +29,15 @@ def _run(case: str, args: argparse.Namespace) -> Any:
         return dead_ray.dead_ray(args.config, tuple(args.process or dead_ray.DEAD_RAY_PROCESSES))
     if case == "storage":
         return storage.storage()
+    if case == "slow-clients":
+        return slow_clients.slow_clients(
+            args.config, url=args.url, addresses=args.addresses, per_address=args.per_address,
+            byte_every_s=args.byte_every_s, duration_s=args.duration_s,
+        )
     raise ValueError(case)
 
 
-REAL_CASES = ("memory", "dead-ray", "storage")  # what `all` (make chaos) runs, one after the other
+REAL_CASES = ("memory", "slow-clients", "dead-ray", "storage")  # what `all` (make chaos) runs, one after the other
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     wone.add_argument("warm", type=int)
     for name, text in (
         ("memory", "the shipped app under concurrent 4096 px requests"),
+        ("slow-clients", "5 addresses x 64 trickling uploads; do probes and a normal style still answer?"),
         ("dead-ray", "SIGKILL the raylet, then the GCS, of a served config; report what held"),
         ("storage", "stylefleet batch over very long names, then into an output folder that cannot take a file"),
         ("all", "every real case above, one after the other (make chaos)"),
@@ -57,6 +65,12 @@ def main(argv: list[str] | None = None) -> int:
         if name in ("memory", "all"):
             mode.add_argument("--requests", type=int, default=12, help="memory: concurrent requests to each of frost and remove-background")
             mode.add_argument("--side", type=int, default=4096, help="memory: the photos' side in px")
+        if name in ("slow-clients", "all"):
+            mode.add_argument("--url", default=None, help="slow-clients: a running service instead of starting one")
+            mode.add_argument("--addresses", type=int, default=5, help="slow-clients: loopback source addresses")
+            mode.add_argument("--per-address", type=int, default=64, help="slow-clients: trickling uploads per address")
+            mode.add_argument("--byte-every-s", type=float, default=5.0, help="slow-clients: one byte this often")
+            mode.add_argument("--duration-s", type=float, default=45.0, help="slow-clients: how long the attack lasts")
         if name in ("dead-ray", "all"):
             mode.add_argument(
                 "--process", choices=tuple(dead_ray.DEAD_RAY_PROCESSES), action="append", help="dead-ray: default both, one after the other"
