@@ -43,6 +43,8 @@ from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from stylefleet.config import RAY_ENVIRONMENT
 from stylefleet.lifecycle import DOWN_FILE_ENV
 from stylefleet.tools.supervise import Death, OwnProcesses, Supervisor, stop_processes
@@ -156,6 +158,22 @@ def loopback_token_environment(state_dir: Path) -> Path:
     return token_path
 
 
+GIB = 1024**3
+
+
+def node_memory_bytes(total_bytes: int | None = None) -> int:
+    """Ray's ``memory`` resource for the one node ``stylefleet run`` starts: the machine's memory
+    less a reserve (a sixth, at least 4 GiB) for what holds no budget: the GCS, the raylet, Serve's
+    controller and proxy, the router and the objects in the store.
+
+    Not Ray's default, 70% of the memory *available* when it starts: on a machine where other
+    programs hold memory for a while, that leaves the shipped replicas' budgets (13.5 GiB in all)
+    unplaced, and the deployments wait for ever. The replicas' budgets are what keeps them inside
+    memory; this only has to let them be placed."""
+    total = total_bytes if total_bytes is not None else int(psutil.virtual_memory().total)
+    return max(total - max(4 * GIB, total // 6), total // 2)
+
+
 class LocalCluster:
     """Starts (and stops) the Ray it started; never touches any other Ray on the machine."""
 
@@ -188,8 +206,8 @@ class LocalCluster:
         self.log_to_driver = log_to_driver
         self.num_cpus = num_cpus
         # Ray's logical `memory` resource (the replicas' memory_budget_bytes are placed against it);
-        # None: Ray's own, about 70% of the memory available when it starts.
-        self.memory_bytes = memory_bytes
+        # None: node_memory_bytes(), the machine's memory less a reserve for Ray's own processes.
+        self.memory_bytes = memory_bytes if memory_bytes is not None else node_memory_bytes()
         self.metrics_export_port = metrics_export_port
         self.include_dashboard = include_dashboard
         self.dashboard_port = dashboard_port
@@ -259,8 +277,7 @@ class LocalCluster:
             "configure_logging": True,
             "log_to_driver": self.log_to_driver,
         }
-        if self.memory_bytes is not None:
-            kwargs["_memory"] = self.memory_bytes
+        kwargs["_memory"] = self.memory_bytes
         if self.metrics_export_port is not None:
             kwargs["_metrics_export_port"] = self.metrics_export_port
         if self.temp_dir:

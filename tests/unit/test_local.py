@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from stylefleet.spec import check_document, load_serve_file
-from stylefleet.tools import cli
+from stylefleet.tools import cli, local
 from stylefleet.tools.local import (
     LOOPBACK,
     AlreadyRunning,
@@ -27,6 +27,9 @@ from stylefleet.tools.local import (
     direct_ingress_environment,
     free_port,
 )
+from tests.samples import ROOT
+
+GIB = 1024**3
 
 LIVE_TOKEN = "the-live-clusters-token"
 
@@ -210,3 +213,19 @@ def test_run_with_direct_ingress_refuses_a_config_it_cannot_serve_before_startin
 )
 def test_the_ingress_is_chosen_as_asked(requested: str, blocker: str | None, ingress: str) -> None:
     assert choose_ingress(requested, blocker) == ingress
+
+
+@pytest.mark.parametrize(
+    ("total_gib", "expected_gib"),
+    [(24, 20), (16, 12), (8, 4), (6, 3), (64, 64 - 64 / 6)],
+)
+def test_the_node_memory_resource_is_the_machine_less_a_reserve(total_gib: float, expected_gib: float) -> None:
+    assert local.node_memory_bytes(int(total_gib * GIB)) == pytest.approx(expected_gib * GIB, abs=1)
+
+
+def test_the_node_memory_resource_places_the_shipped_budgets_on_a_24_gib_machine() -> None:
+    """Ray's own default (70% of the memory free at start) can fall below the shipped replicas'
+    budgets on a machine whose memory is partly in use; the node's resource does not depend on it."""
+    [app] = load_serve_file(ROOT / "serve_config.yaml").apps.values()
+    budgets = sum(app.memory_budget_of(name) or 0 for name in app.args.deployments)
+    assert 0 < budgets <= local.node_memory_bytes(24 * GIB)
