@@ -134,7 +134,7 @@ def genai_config(settings: table.Settings, models_dir: Path, port: int) -> dict[
     app = config["applications"][0]
     app["name"], app["route_prefix"] = "stylefleet", "/"  # the name the served measurement asks replicas under
     args = app["args"]
-    args["jobs"] = {"storage": tempfile.mkdtemp(prefix="stylefleet-bench-jobs-")}
+    args["jobs"] = {"storage": str(models_dir / "jobs")}  # removed with the models' temporary folder
     for name in list(args["models"]):
         path = models_dir / f"{name}.pt"
         args["models"][name] = {"path": str(path), "sha256": weights.save_animegan(path)}

@@ -35,6 +35,7 @@ import fcntl
 import json
 import os
 import secrets
+import shutil
 import socket
 import stat
 import tempfile
@@ -212,6 +213,8 @@ class LocalCluster:
         self.include_dashboard = include_dashboard
         self.dashboard_port = dashboard_port
         self.temp_dir = temp_dir
+        # A state folder of its own when none is given: removed again when the cluster stops.
+        self._own_state_dir = state_dir is None
         self.state_dir = state_dir or Path(tempfile.mkdtemp(prefix="stylefleet-"))
         self.token_path: Path | None = None
         self.http_port = http_port
@@ -389,6 +392,8 @@ class LocalCluster:
         self.down_file.unlink(missing_ok=True)
         self._restore_environment()
         self._unlock()
+        if self._own_state_dir:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
 
     def stop(self) -> None:
         import ray
