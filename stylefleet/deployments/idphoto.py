@@ -272,8 +272,13 @@ def foreground(rgb: np.ndarray, alpha: np.ndarray, max_side: int = FOREGROUND_MA
     cost stays bounded at any dpi, and on the sample portraits the edge came out cleaner than
     at full size (docs/id-photos.md has the figures). Solid pixels keep their own colours.
     """
+    import numba
     from pymatting import estimate_foreground_ml  # numba-compiled: loaded on first use, not by the router
 
+    # pymatting's resizing steps are numba-parallel; on one thread they cost a few ms, while a
+    # thread pool per call spins for each call's worth of CPU on every core (measured: 50-250 ms
+    # CPU per photo instead of about 20).
+    numba.set_num_threads(1)
     soft = (alpha > 0) & (alpha < 1)
     if not soft.any():
         return rgb
