@@ -5,7 +5,9 @@ Pure: the other deployments are reached through an injected ``call(role, request
 
 1. ``prepare`` every request (in a worker thread: it may resize large photos);
 2. send every request's sub-requests (one per role) at once, so the deployments behind the
-   roles see the whole batch arrive together and batch it in turn;
+   roles see the whole batch arrive together and batch it in turn; then the follow-up
+   sub-requests that need those answers (``then``: id-photo mattes only the region its faces
+   call for), again all at once;
 3. ``compose`` and ``encode`` every request in one worker thread.
 
 Each request fails alone: an error in any step, or from any role, is that request's reply.
@@ -39,6 +41,8 @@ class ComposedModel(Protocol, Generic[P]):
     def prepare(self, request: ModelRequest) -> P: ...
 
     def calls(self, prepared: P) -> dict[str, ModelRequest]: ...
+
+    def then(self, prepared: P, replies: Mapping[str, np.ndarray]) -> dict[str, ModelRequest]: ...
 
     def compose(self, prepared: P, replies: Mapping[str, np.ndarray]) -> np.ndarray: ...
 
@@ -102,13 +106,22 @@ async def _same(error: StylefleetError) -> StylefleetError:
 
 
 async def _ask(model: ComposedModel[Any], prepared: Any, call: Call) -> dict[str, np.ndarray] | StylefleetError:
-    """Every role's answer for one request, or the first error among them."""
-    try:
-        subs = model.calls(prepared)
-    except Exception as exc:  # noqa: BLE001
-        return as_error(exc)
-    answers = await asyncio.gather(*(call(role, sub) for role, sub in subs.items()), return_exceptions=True)
+    """Every role's answer for one request (the first calls, then their follow-ups), or the first error."""
     out: dict[str, np.ndarray] = {}
+    for stage in (model.calls, lambda p: model.then(p, out)):
+        try:
+            subs = stage(prepared)
+        except Exception as exc:  # noqa: BLE001
+            return as_error(exc)
+        error = await _gather(subs, call, out)
+        if error is not None:
+            return error
+    return out
+
+
+async def _gather(subs: Mapping[str, ModelRequest], call: Call, out: dict[str, np.ndarray]) -> StylefleetError | None:
+    """Ask every role in ``subs`` at once; their arrays go into ``out``. The first error, if any."""
+    answers = await asyncio.gather(*(call(role, sub) for role, sub in subs.items()), return_exceptions=True)
     for role, answer in zip(subs, answers):
         if isinstance(answer, BaseException):
             return as_error(answer) if isinstance(answer, Exception) else InternalError(f"{role} was interrupted")
@@ -117,7 +130,7 @@ async def _ask(model: ComposedModel[Any], prepared: Any, call: Call) -> dict[str
         if not isinstance(answer, np.ndarray):
             return InternalError(f"the {role} deployment answered {type(answer).__name__}, not an array")
         out[role] = answer
-    return out
+    return None
 
 
 def _finish_all(

@@ -1,15 +1,18 @@
 """ID photos: the geometry and compositing step of the ``id-photo`` pipeline. Pure compute, no Ray.
 
 The pipeline (``stylefleet/deployments/composed.py`` runs it) asks two other deployments for each photo:
-the background matte (``remove-background`` with ``only_mask``) and the faces (``detect-faces``).
-With both, this module:
+first the faces (``detect-faces``), then the background matte (``remove-background`` with
+``only_mask``) of only the region the faces' frames can show, so the head gets far more of the
+matting network's fixed 320 px than a whole standing portrait would give it. With both, this module:
 
 1. picks the face (exactly one, or the largest with ``face=largest``) among those on the subject;
 2. finds the head: the crown is the top of the matte above the face, the chin sits a fixed
    share of the detector's box below its top (calibrated on the sample portraits);
 3. scales and shifts the photo so the head has the preset's height, its crown the preset's top
    margin and the face the horizontal centre; the frame has exactly the preset's pixels;
-4. puts the cut-out subject on the background colour (and, with ``layout=4r``, copies on a sheet);
+4. keeps only the matte joined to that face, re-estimates the colours of the soft edge (hair) so
+   the old backdrop does not show through, and puts the cut-out subject on the background colour
+   (and, with ``layout=4r``, copies on a sheet);
 5. encodes with the dpi in the file, at the highest JPEG quality that fits ``max_kb``.
 """
 
@@ -35,6 +38,7 @@ from stylefleet.errors import FaceTooSmall, InvalidParams, MaxKbTooSmall, Multip
 from stylefleet.imageio import CONTENT_TYPES, encode, resize_to_max_side
 
 WORK_MAX_SIDE = 2048  # photos are scaled down to this before matting and detection
+NO_FACE = "no face was found in the photo; send a portrait, face to the camera, not too small"
 MAX_UPSCALE = 4.0  # a head enlarged more than this is too blurry for an ID photo: face_too_small
 MIN_JPEG_QUALITY = 20  # below this, JPEG blocking shows on faces; max_kb never goes lower
 
@@ -46,6 +50,8 @@ CHIN_BELOW_BOX_TOP = {False: 1.02, True: 0.92}
 CROWN_ABOVE_BOX_TOP = (0.2, 0.9)
 CROWN_TYPICAL = 0.5
 MATTE_LOW, MATTE_HIGH = 24, 232  # matte values below are backdrop, above are subject
+FOREGROUND_PAD_PX = 8  # context around the soft edge's bounding box for foreground estimation
+FOREGROUND_MAX_SIDE = 256  # foreground colours are solved at this size at most (cost bounded at any dpi)
 
 # The print sheet: 4R (4x6 in) at 300 dpi, copies 1 mm apart with 1 px cut guides in the gaps.
 SHEET_INCHES = (4, 6)
@@ -98,7 +104,7 @@ def choose_face(faces: Sequence[Face], alpha: np.ndarray, policy: str) -> Face:
     """The one face on the subject; several is an error unless ``policy`` is ``largest``."""
     found = [f for f in faces if on_subject(f, alpha)]
     if not found:
-        raise NoFace("no face was found in the photo; send a portrait, face to the camera, not too small")
+        raise NoFace(NO_FACE)
     if len(found) > 1 and policy != "largest":
         raise MultipleFaces(
             f"{len(found)} faces were found; send a photo of one person, or set face=largest to use the largest"
@@ -178,6 +184,161 @@ def composite(rgb: np.ndarray, alpha: np.ndarray, bg: tuple[int, int, int]) -> n
     a = alpha[:, :, None]
     out = rgb * a + np.asarray(bg, np.float32).reshape(1, 1, 3) * (1.0 - a)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+# --- the matte, made for heads -----------------------------------------------------------------
+#
+# U2Net sees every photo at 320x320, so on a whole standing portrait the head gets a few dozen of
+# its pixels and the hair edge comes back as a blur of old backdrop. The matte is asked for only
+# the region the frame can show (found from the face boxes), then pasted back into a photo-sized
+# matte; islands not joined to the person are dropped, and the edge's colours are re-estimated so
+# the old backdrop does not show through on the new one.
+
+# The head's extent in face-box heights, at its largest (crown searched up to 0.9 above the box,
+# chin 1.02 below its top) and the frame's margin around the largest frame it can need.
+HEAD_BOXES_MAX = CROWN_ABOVE_BOX_TOP[1] + max(CHIN_BELOW_BOX_TOP.values())
+REGION_MARGIN = 0.1  # of the frame's source height, on every side
+
+
+@dataclass(frozen=True)
+class Region:
+    """A rectangle of the photo, in its pixels: columns x0..x1, rows y0..y1 (ends excluded)."""
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+
+    def crop(self, pixels: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(pixels[self.y0:self.y1, self.x0:self.x1])
+
+    def paste(self, part: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """``part`` (this region's pixels) in a photo of ``shape`` whose other pixels are 0."""
+        full = np.zeros((*shape, *part.shape[2:]), part.dtype)
+        full[self.y0:self.y1, self.x0:self.x1] = part
+        return full
+
+
+def frame_region(faces: Sequence[Face], frame: Frame, shape: tuple[int, int]) -> Region:
+    """The part of the photo any face's frame can show, at the head's largest estimate, plus a margin.
+
+    Several faces give the rectangle around all of theirs, so the matte still tells a face on the
+    subject from one on a poster behind. No face: the whole photo.
+    """
+    h, w = shape
+    if not faces:
+        return Region(0, 0, w, h)
+    top_share, head_share = sum(frame.top_share) / 2, sum(frame.head_share) / 2
+    x0, y0, x1, y1 = w, h, 0, 0
+    for face in faces:
+        head = HEAD_BOXES_MAX * face.height
+        tall = head / head_share  # the frame's height in source pixels for the largest head
+        wide = tall * frame.width_px / frame.height_px
+        margin = REGION_MARGIN * tall
+        top = face.y - CROWN_ABOVE_BOX_TOP[1] * face.height - top_share * tall
+        bottom = face.y - CROWN_ABOVE_BOX_TOP[0] * face.height - top_share * tall + tall
+        x0 = min(x0, math.floor(face.centre_x - wide / 2 - margin))
+        x1 = max(x1, math.ceil(face.centre_x + wide / 2 + margin))
+        y0 = min(y0, math.floor(top - margin))
+        y1 = max(y1, math.ceil(bottom + margin))
+    return Region(max(0, x0), max(0, y0), min(w, x1), min(h, y1))
+
+
+def region_alpha(matte: np.ndarray, region: Region, shape: tuple[int, int]) -> np.ndarray:
+    """The region's matte as opacity over the whole photo (0 outside the region)."""
+    return region.paste(alpha_from_matte(matte), shape)
+
+
+def mesh_region(faces: Sequence[fg.MeshFace], frame: Frame, shape: tuple[int, int]) -> Region:
+    """``frame_region`` for landmark faces: each face's frame at its largest head (the crown as far
+    above the eyes as ``mesh_head`` ever looks) and the preset's smallest head share, plus a margin
+    that also covers the corners levelling the eyes turns into the frame."""
+    h, w = shape
+    x0, y0, x1, y1 = w, h, 0, 0
+    for face in faces:
+        right, left = face.eye_centres()
+        eye_y = float((right[1] + left[1]) / 2)
+        chin = float(face.points[fg.CHIN, 1])
+        crown = eye_y - fg.CROWN_MAX_OVER_EYE_CHIN * max(1.0, chin - eye_y)
+        tall = (chin - crown) / frame.head_share[0]
+        wide = tall * frame.width_px / frame.height_px
+        margin = REGION_MARGIN * tall
+        centre = float((right[0] + left[0]) / 2)
+        top = crown - frame.top_share[1] * tall
+        x0 = min(x0, math.floor(centre - wide / 2 - margin))
+        x1 = max(x1, math.ceil(centre + wide / 2 + margin))
+        y0 = min(y0, math.floor(top - margin))
+        y1 = max(y1, math.ceil(top + tall + margin))
+    return Region(max(0, x0), max(0, y0), min(w, x1), min(h, y1))
+
+
+def _haar_boxes(found: np.ndarray) -> bool:
+    return found.ndim == 2 and found.shape[1] == len(HAAR_COLUMNS)
+
+
+def faces_region(found: np.ndarray, frame: Frame, shape: tuple[int, int]) -> Region | None:
+    """The region to matte for what face-detect found (Haar boxes or landmark rows); None: no face."""
+    if _haar_boxes(found):
+        faces = faces_from_array(found)
+        return frame_region(faces, frame, shape) if faces else None
+    meshes = fg.mesh_faces(found) if found.size else []
+    return mesh_region(meshes, frame, shape) if meshes else None
+
+
+def keep_subject(alpha: np.ndarray, face: Face) -> np.ndarray:
+    """Only the matte's part joined to the face: islands (a bright lamp, a second person's
+    shoulder) vanish, soft hair joined to the head stays."""
+    seen = (alpha > 0).astype(np.uint8)
+    count, labels = cv2.connectedComponents(seen, connectivity=8)
+    if count <= 2:
+        return alpha
+    h, w = alpha.shape
+    x0, x1 = max(0, int(face.x + face.width * 0.25)), min(w, int(math.ceil(face.x + face.width * 0.75)))
+    y0, y1 = max(0, int(face.y + face.height * 0.25)), min(h, int(math.ceil(face.y + face.height * 0.75)))
+    found = np.unique(labels[y0:y1, x0:x1])
+    found = found[found > 0]
+    if found.size == 0:
+        return alpha
+    return np.where(np.isin(labels, found), alpha, 0.0).astype(alpha.dtype)
+
+
+def foreground(rgb: np.ndarray, alpha: np.ndarray, max_side: int = FOREGROUND_MAX_SIDE) -> np.ndarray:
+    """The subject's own colours where the matte is soft (pymatting's ``estimate_foreground_ml``):
+    a hair pixel 40 % opaque over a red curtain keeps its hair colour, not the red.
+
+    Solved on the soft edge's bounding box scaled to ``max_side`` at most and scaled back: the
+    cost stays bounded at any dpi, and on the sample portraits the edge came out cleaner than
+    at full size (docs/id-photos.md has the figures). Solid pixels keep their own colours.
+    """
+    import numba
+    from pymatting import estimate_foreground_ml  # numba-compiled: loaded on first use, not by the router
+
+    # pymatting's resizing steps are numba-parallel; on one thread they cost a few ms, while a
+    # thread pool per call spins for each call's worth of CPU on every core (measured: 50-250 ms
+    # CPU per photo instead of about 20).
+    numba.set_num_threads(1)
+    soft = (alpha > 0) & (alpha < 1)
+    if not soft.any():
+        return rgb
+    ys, xs = np.nonzero(soft)
+    pad = FOREGROUND_PAD_PX
+    y0, y1 = max(0, ys.min() - pad), min(alpha.shape[0], ys.max() + pad + 1)
+    x0, x1 = max(0, xs.min() - pad), min(alpha.shape[1], xs.max() + pad + 1)
+    part: np.ndarray = rgb[y0:y1, x0:x1].astype(np.float32) / 255.0
+    part_alpha: np.ndarray = alpha[y0:y1, x0:x1].astype(np.float32)
+    h, w = part_alpha.shape
+    scale = min(1.0, max_side / max(h, w))
+    if scale < 1.0:
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        part = cv2.resize(part, size, interpolation=cv2.INTER_AREA)
+        part_alpha = cv2.resize(part_alpha, size, interpolation=cv2.INTER_AREA)
+    fg = np.clip(estimate_foreground_ml(np.ascontiguousarray(part), np.ascontiguousarray(part_alpha)), 0.0, 1.0) * 255.0
+    if scale < 1.0:
+        fg = cv2.resize(fg, (w, h), interpolation=cv2.INTER_LINEAR)
+    out = rgb.astype(np.float32, copy=True)
+    here = soft[y0:y1, x0:x1]
+    out[y0:y1, x0:x1][here] = fg[here]
+    return out
 
 
 # --- print sheet and encoding -----------------------------------------------------------------
@@ -279,6 +440,11 @@ class IdPhotoModel:
     params_model = IdPhotoParams
     needs: Mapping[str, str] = KINDS["id-photo"].needs
 
+    def __init__(self) -> None:
+        # pymatting's numba kernels load from their cache on first use (seconds): at start, not
+        # in the first request.
+        foreground(np.zeros((4, 4, 3), np.float32), np.full((4, 4), 0.5, np.float32))
+
     def decode_side(self, params: dict[str, Any]) -> int:
         return WORK_MAX_SIDE
 
@@ -298,31 +464,46 @@ class IdPhotoModel:
         return _Prepared(pixels=pixels, params=params, frame=params.frame(), bg=background(params.bg_color))
 
     def calls(self, prepared: _Prepared) -> dict[str, ModelRequest]:
-        """One request per needed role; ``output=None`` asks for arrays back, not encoded files."""
-        image = {"image": prepared.pixels}
-        return {
-            "matte": ModelRequest(image, {"only_mask": True, "max_side": WORK_MAX_SIDE, **prepared.params.edges()}),
-            "faces": ModelRequest(image, {}),
-        }
+        """The faces first; ``output=None`` asks for arrays back, not encoded files."""
+        return {"faces": ModelRequest({"image": prepared.pixels}, {})}
+
+    def then(self, prepared: _Prepared, replies: Mapping[str, np.ndarray]) -> dict[str, ModelRequest]:
+        """The matte of the region the faces' frames can show (none without a face: compose says no_face)."""
+        region = faces_region(np.asarray(replies["faces"]), prepared.frame, prepared.pixels.shape[:2])
+        if region is None:
+            return {}
+        params = {"only_mask": True, "max_side": WORK_MAX_SIDE, **prepared.params.edges()}
+        return {"matte": ModelRequest({"image": region.crop(prepared.pixels)}, params)}
 
     def compose(self, prepared: _Prepared, replies: Mapping[str, np.ndarray]) -> np.ndarray:
-        alpha = alpha_from_matte(replies["matte"])
-        faces = np.asarray(replies["faces"])
+        shape = prepared.pixels.shape[:2]
+        found = np.asarray(replies["faces"])
         frame = prepared.frame
-        if faces.ndim == 2 and faces.shape[1] == len(HAAR_COLUMNS):  # a Haar face-detect: boxes only
-            face = choose_face(faces_from_array(faces), alpha, prepared.params.face)
+        if _haar_boxes(found):  # a Haar face-detect: boxes only, the chin a fixed ratio of the box
+            faces = faces_from_array(found)
+            if not faces:
+                raise NoFace(NO_FACE)
+            alpha = region_alpha(replies["matte"], frame_region(faces, frame, shape), shape)
+            face = choose_face(faces, alpha, prepared.params.face)
+            alpha = keep_subject(alpha, face)
             placement = place(estimate_head(face, alpha), frame)
             rgb, a = render(prepared.pixels, alpha, placement, (frame.width_px, frame.height_px))
         else:
-            rgb, a = self._frame_from_landmarks(prepared, alpha, faces)
-        photo = composite(rgb, a, prepared.bg)
+            meshes = fg.mesh_faces(found)
+            if not meshes:
+                raise NoFace(NO_FACE)
+            alpha = region_alpha(replies["matte"], mesh_region(meshes, frame, shape), shape)
+            rgb, a = self._frame_from_landmarks(prepared, alpha, meshes)
+        photo = composite(foreground(rgb, a), a, prepared.bg)
         return make_sheet(photo, frame.dpi) if prepared.params.layout == "4r" else photo
 
     @staticmethod
-    def _frame_from_landmarks(prepared: _Prepared, alpha: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _frame_from_landmarks(prepared: _Prepared, alpha: np.ndarray, meshes: Sequence[fg.MeshFace]) -> tuple[np.ndarray, np.ndarray]:
         """Judge the face, level the eyes, frame chin to crown, then measure the frame before it leaves."""
         frame, params = prepared.frame, prepared.params
-        face = fg.choose_mesh_face(fg.mesh_faces(rows), alpha, params.face)
+        face = fg.choose_mesh_face(meshes, alpha, params.face)
+        x, y, w, h = face.box
+        alpha = keep_subject(alpha, Face(x, y, w, h, neighbours=0, profile=False))
         if params.checks != "off":
             quality = fg.judge(prepared.pixels, face, fg.QUALITY_RULES.get(params.size, fg.QUALITY_RULES["custom"]))
             fg.enforce(quality, params.checks)

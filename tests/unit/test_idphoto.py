@@ -318,6 +318,10 @@ def test_frame_shares_are_the_middle_of_the_ranges() -> None:
     assert (f.head_px, f.top_px) == pytest.approx((350, 50))
 
 
+# The Haar detector's box on the astronaut (x, y, width, height, neighbours, profile).
+ASTRONAUT_FACE = np.array([[171, 62, 108, 108, 40, 0]], np.float32)
+
+
 # --- the matte's edges ------------------------------------------------------------------------
 
 
@@ -327,7 +331,7 @@ def test_the_matte_call_carries_the_edge_controls() -> None:
 
     model = IdPhotoModel()
     prepared = model.prepare(ModelRequest({"image": samples.astronaut()}, {"alpha_matting": "true", "erode_px": "1"}))
-    matte = model.calls(prepared)["matte"].params
+    matte = model.then(prepared, {"faces": ASTRONAUT_FACE})["matte"].params
     assert (matte["alpha_matting"], matte["erode_px"], matte["threshold"], matte["feather_px"]) == (True, 1, None, 0.0)
 
 
@@ -337,6 +341,6 @@ def test_the_default_matte_call_asks_for_no_edge_work() -> None:
     from stylefleet.deployments.idphoto import IdPhotoModel
 
     model = IdPhotoModel()
-    matte = model.calls(model.prepare(ModelRequest({"image": samples.astronaut()}, {})))["matte"].params
+    matte = model.then(model.prepare(ModelRequest({"image": samples.astronaut()}, {})), {"faces": ASTRONAUT_FACE})["matte"].params
     checked = RemoveBackgroundParams.model_validate(matte)
     assert checked.edges() == EdgeParams().edges()
