@@ -63,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         mode = sub.add_parser(name, help=text)
         mode.add_argument("--config", default="serve_config.yaml")
         if name in ("memory", "all"):
-            mode.add_argument("--requests", type=int, default=12, help="memory: concurrent requests to each of frost and remove-background")
+            mode.add_argument(
+                "--requests", type=int, default=16, help="memory: concurrent requests to each of frost, remove-background, id-photo"
+            )
             mode.add_argument("--side", type=int, default=4096, help="memory: the photos' side in px")
         if name in ("slow-clients", "all"):
             mode.add_argument("--url", default=None, help="slow-clients: a running service instead of starting one")

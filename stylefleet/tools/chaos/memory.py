@@ -217,11 +217,11 @@ def _answer(response: Any) -> str:
 
 
 def memory(
-    config_path: str = "serve_config.yaml", requests_each: int = 12, side: int = 4096, ray_memory_bytes: int | None = 16 * 2**30
+    config_path: str = "serve_config.yaml", requests_each: int = 16, side: int = 4096, ray_memory_bytes: int | None = None
 ) -> dict[str, Any]:
     """The shipped app under its worst mix: ``requests_each`` concurrent ``side`` px JPEGs to
-    ``frost`` (half at max_side = side, half at side / 2) and as many to ``remove-background``,
-    all at once.
+    ``frost`` (half at max_side = side, half at side / 2), as many to ``remove-background`` and as
+    many to ``id-photo`` (passport), all at once.
 
     Passes when every request got 200 or a typed 4xx/503, no replica, router or controller was
     replaced (same process ids before and after: Ray's memory monitor killed none), and each
@@ -249,8 +249,8 @@ def memory(
     app["args"]["jobs"]["storage"] = storage
     image = photo_jpeg(side)
     node_before = psutil.virtual_memory().percent  # the machine before this case started anything
-    # Ray's memory resource as on a dedicated 24 GiB machine (70% of it free at start), not what a
-    # shared machine happens to have free: the replicas' budgets are placed against it.
+    # Ray's memory resource as `stylefleet run` sets it (None: the machine less a reserve), not
+    # what a shared machine happens to have free: the replicas' budgets are placed against it.
     cluster = local.LocalCluster(http_port=port, ingress="direct", log_to_driver=False, memory_bytes=ray_memory_bytes)
     cluster.start()
     try:
@@ -288,6 +288,7 @@ def memory(
                 # half the side (about 2.9 GiB each: admitted one or two at a time).
                 calls = [one("frost", {"max_side": str(side if i % 2 == 0 else side // 2)}) for i in range(requests_each)]
                 calls += [one("remove-background", {}) for _ in range(requests_each)]
+                calls += [one("id-photo", {"size": "passport"}) for _ in range(requests_each)]
                 return list(await asyncio.gather(*calls))
 
         started = time.perf_counter()
