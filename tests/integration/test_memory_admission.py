@@ -47,7 +47,7 @@ def memory_application() -> dict[str, Any]:
                     "num_cpus": 0.1,
                     "threads": 1,
                     "model_calls": 1,
-                    "lone_call_threads": 1,
+                    "lone_call": False,
                     "max_ongoing_requests": 8,
                     "autoscaling": {"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 4},
                     "memory_budget_bytes": BUDGET_BYTES,
