@@ -43,6 +43,9 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+QueueKind = Literal["backlog", "serve-batch"]
+
+
 class BatchingConfig(_Strict):
     """A model deployment's ``user_config``: batching, changed live through ``reconfigure``.
 
@@ -56,18 +59,19 @@ class BatchingConfig(_Strict):
         0.0,
         ge=0.0,
         le=10.0,
-        description="backlog queue: how long an idle replica holds a first request for company (0: runs it at once; "
-        "a busy replica's backlog never waits); serve-batch: @serve.batch's window after a batch's first request",
+        description="the longest a batch's first request waits, from its arrival, for others to join it (0: never; "
+        "what is queued when the batch forms goes with it), whichever `queue` forms the batches",
     )
     max_batch_pixels: PositiveInt | None = Field(
         None,
         description="memory budget: most image pixels (after max_side) in one batch; an image over it runs alone. "
         "Default: the model's own (README 'Pixel budget')",
     )
-    queue: Literal["backlog", "serve-batch"] = Field(
+    queue: QueueKind = Field(
         "backlog",
-        description="backlog: the next batch is taken from the requests queued when the model is free; "
-        "serve-batch: Ray Serve's @serve.batch (kept for comparison, README 'Performance')",
+        description="what forms the batches. backlog: the next batch is taken from the requests queued when the "
+        "model is free, under the pixel budget; serve-batch: Ray Serve's @serve.batch, which forms the next batch "
+        "while earlier ones run (kept for comparison, docs/batching.md)",
     )
 
     def check_fits(self, max_ongoing_requests: int) -> None:
