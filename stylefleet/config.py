@@ -10,7 +10,6 @@ against ``max_ongoing_requests``, A/B weights against the variants) is checked o
 from __future__ import annotations
 
 import ipaddress
-import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator, model_validator
@@ -44,6 +43,9 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+QueueKind = Literal["backlog", "serve-batch"]
+
+
 class BatchingConfig(_Strict):
     """A model deployment's ``user_config``: batching, changed live through ``reconfigure``.
 
@@ -57,18 +59,19 @@ class BatchingConfig(_Strict):
         0.0,
         ge=0.0,
         le=10.0,
-        description="backlog queue: how long an idle replica holds a first request for company (0: runs it at once; "
-        "a busy replica's backlog never waits); serve-batch: @serve.batch's window after a batch's first request",
+        description="the longest a batch's first request waits, from its arrival, for others to join it (0: never; "
+        "what is queued when the batch forms goes with it), whichever `queue` forms the batches",
     )
     max_batch_pixels: PositiveInt | None = Field(
         None,
         description="memory budget: most image pixels (after max_side) in one batch; an image over it runs alone. "
         "Default: the model's own (README 'Pixel budget')",
     )
-    queue: Literal["backlog", "serve-batch"] = Field(
+    queue: QueueKind = Field(
         "backlog",
-        description="backlog: the next batch is taken from the requests queued when the model is free; "
-        "serve-batch: Ray Serve's @serve.batch (kept for comparison, README 'Performance')",
+        description="what forms the batches. backlog: the next batch is taken from the requests queued when the "
+        "model is free, under the pixel budget; serve-batch: Ray Serve's @serve.batch, which forms the next batch "
+        "while earlier ones run (kept for comparison, docs/batching.md)",
     )
 
     def check_fits(self, max_ongoing_requests: int) -> None:
@@ -161,6 +164,15 @@ class DiffusionSource(_Strict):
     )
 
 
+# Deployment settings that were removed, and what to write instead (``DeploymentConfig`` names them).
+REMOVED_DEPLOYMENT_KNOBS = {
+    "spinning": "idle ONNX Runtime threads always sleep, so replicas of several models share the cores; "
+    "delete it (for more speed per replica raise num_cpus and threads)",
+    "lone_call_threads": "a lone request's call takes model_calls x threads threads (at most the cores) "
+    "on its own; delete it, or set lone_call: false to turn that second session off",
+}
+
+
 class DeploymentConfig(_Strict):
     """One model deployment (one model, its replicas and batching)."""
 
@@ -178,10 +190,7 @@ class DeploymentConfig(_Strict):
     threads: PositiveInt = Field(
         1,
         description="ONNX Runtime intra-op threads per network call (OpenCV's for haar-face, torch's for torch models). "
-        "Idle threads sleep (spinning: false), so replicas of several models share the cores",
-    )
-    spinning: bool = Field(
-        False, description="let idle ONNX Runtime threads spin-wait: a little faster for one model alone, costly beside others"
+        "Idle threads sleep, so replicas of several models share the cores",
     )
     model_calls: PositiveInt | None = Field(
         None,
@@ -190,13 +199,12 @@ class DeploymentConfig(_Strict):
         "the ONNX models on CPU, the replica's cores over threads (several one-thread calls beat one call on "
         "several threads here), else 1. Memory grows with it: each call in flight holds its batch's arena",
     )
-    lone_call_threads: PositiveInt | None = Field(
-        None,
-        le=256,
-        description="ONNX models on CPU: threads of a batch that starts while its replica is otherwise idle "
-        "(nothing queued, no other batch running), through a second session of the same network (same bytes "
-        "out). Default: model_calls x threads, at most the cores, so a lone request uses every core the "
-        "replica was sized for; set it to `threads` to turn the second session off",
+    lone_call: bool = Field(
+        True,
+        description="ONNX models on CPU: a batch of one request that starts while its replica is otherwise idle "
+        "(nothing queued, no other batch running) runs on model_calls x threads threads, at most the cores, "
+        "through a second session of the same network (same bytes out); none where that is no more than "
+        "`threads`. false: no second session (its memory saved, a lone request runs on `threads`)",
     )
     device: Device = Field("cpu", description="cpu or cuda")
     num_gpus: float = Field(0.0, ge=0.0, le=8.0, description="Ray GPU share per replica (logical only)")
@@ -217,6 +225,16 @@ class DeploymentConfig(_Strict):
     )
     diffusion: DiffusionSource | None = Field(None, description="weights and knobs of a stable-diffusion deployment")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_knobs(cls, data: Any) -> Any:
+        """A knob that no longer exists gets a message saying what to do instead, not only "extra"."""
+        if isinstance(data, dict):
+            for knob, instead in REMOVED_DEPLOYMENT_KNOBS.items():
+                if knob in data:
+                    raise ValueError(f"{knob} is no longer a setting: {instead}")
+        return data
+
     @model_validator(mode="after")
     def _batch_fits(self) -> DeploymentConfig:
         default_batch = BatchingConfig().max_batch_size
@@ -233,11 +251,6 @@ class DeploymentConfig(_Strict):
             )
         if self.device == "cuda" and self.num_gpus <= 0:
             raise ValueError("device: cuda needs num_gpus > 0")
-        if self.device == "cpu" and self.spinning and self.threads is not None and self.threads > max(1, math.ceil(self.num_cpus)):
-            raise ValueError(
-                f"threads ({self.threads}) with spinning is above the replica's CPU share (num_cpus {self.num_cpus:g}): "
-                "spinning threads hold their cores even when idle; turn spinning off or raise num_cpus"
-            )
         if (self.model == "stable-diffusion") != (self.diffusion is not None):
             raise ValueError("diffusion: needed by model stable-diffusion (diffusion.model names the weights), and only by it")
         return self
@@ -451,10 +464,9 @@ class AppConfig(_Strict):
             model=dep.model,
             device=dep.device,
             threads=dep.threads,
-            spinning=dep.spinning,
             num_gpus=dep.num_gpus,
             model_calls=dep.model_calls,
-            lone_call_threads=dep.lone_call_threads,
+            lone_call=dep.lone_call,
             memory_budget_bytes=dep.memory_budget_bytes,
             memory_max_waiting=dep.memory_max_waiting,
             models=self.models,
@@ -473,10 +485,9 @@ class ModelSpec(_Strict):
     model: ModelName
     device: Device = "cpu"
     threads: PositiveInt | None = Field(1, description="intra-op threads per network call; None: every core")
-    spinning: bool = False
     num_gpus: float = Field(0.0, ge=0.0)
     model_calls: PositiveInt | None = None
-    lone_call_threads: PositiveInt | None = None
+    lone_call: bool = True
     memory_budget_bytes: PositiveInt | None = Field(None, description="the deployment's; None: the kind's default")
     memory_max_waiting: int = Field(16, ge=0)
     models: dict[str, ModelSource] = Field(default_factory=dict, description="pinned paths and checksums, by file")

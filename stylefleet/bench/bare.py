@@ -20,9 +20,10 @@ from typing import Any
 
 from stylefleet.bench.common import IDPHOTO_PARAMS, ints, machine, sample_photos, selected_cases, write
 from stylefleet.bench.load import Case
+from stylefleet.bench.runtime import BenchRuntime
 from stylefleet.config import ModelSpec
 from stylefleet.deployments.batching import ModelRequest, OutputSpec, decoded, encode_outcomes, run_batch
-from stylefleet.deployments.loader import load_model
+from stylefleet.deployments.loader import load_model, runtime_options
 from stylefleet.imageio import decode
 from stylefleet.spec import AppSpec, load_serve_file
 
@@ -57,8 +58,9 @@ def bare_contenders(ranked: list[tuple[float, str, int]], served_batch: int) -> 
 
 def setup_model(model: ModelSpec, setup: str, threads: int | None) -> Any:
     """The deployment's own model (files, checksums, options) at one of the three session setups."""
-    options = {"threads": 1 if setup == PARALLEL else threads, "spinning": setup.endswith("_spinning")}
-    return load_model(model.model_copy(update=options)).model
+    spec = model.model_copy(update={"threads": 1 if setup == PARALLEL else threads})
+    runtime = BenchRuntime.of(runtime_options(spec), spinning=setup.endswith("_spinning"))
+    return load_model(spec, runtime=runtime).model
 
 
 class BareProbe:

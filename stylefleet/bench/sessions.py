@@ -21,13 +21,14 @@ from typing import Any
 
 import numpy as np
 
+from stylefleet.bench.runtime import BenchRuntime
 from stylefleet.config import ModelSpec
 from stylefleet.deployments.batching import ModelRequest
 from stylefleet.deployments.loader import load_model
 from stylefleet.deployments.memory import releasing_arena
 from stylefleet.deployments.onnx_session import RuntimeOptions, available_cores
 
-SHIPPED = RuntimeOptions(threads=None)  # what the CPU default runs: arena and patterns on, no spinning
+SHIPPED = BenchRuntime(threads=None)  # what the CPU default runs: arena and patterns on, no spinning
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ def configurations() -> list[SessionConfig]:
         SessionConfig("  arena off, patterns off", replace(SHIPPED, arena=False, mem_pattern=False)),
         SessionConfig("  1 thread", replace(SHIPPED, threads=1)),
         SessionConfig(f"  {cores} calls at once, 1 thread each", replace(SHIPPED, threads=1), parallel_calls=cores),
-        SessionConfig("before: arena off, patterns off, 1 thread", RuntimeOptions(threads=1, arena=False, mem_pattern=False)),
+        SessionConfig("before: arena off, patterns off, 1 thread", BenchRuntime(threads=1, arena=False, mem_pattern=False)),
     ]
 
 

@@ -75,7 +75,7 @@ class LoadedModel:
 def runtime_options(spec: ModelSpec) -> RuntimeOptions:
     # Memory patterns as measured for the kind on CPU; a GPU keeps them (not measured there).
     patterns = KINDS[spec.model].memory_patterns or spec.device == "cuda"
-    runtime = RuntimeOptions(device=spec.device, threads=spec.threads, spinning=spec.spinning, mem_pattern=patterns)
+    runtime = RuntimeOptions(device=spec.device, threads=spec.threads, mem_pattern=patterns)
     # A session for each call at once: no two calls share an arena (onnx_session's docstring).
     return replace(runtime, lone_call_threads=lone_call_threads(spec, runtime), calls=model_calls(spec, runtime))
 
@@ -94,13 +94,13 @@ def model_calls(spec: ModelSpec, runtime: RuntimeOptions | None = None) -> int:
 
 
 def lone_call_threads(spec: ModelSpec, runtime: RuntimeOptions) -> int | None:
-    """Threads of a call that runs while its replica is otherwise idle: the config's
-    ``lone_call_threads``, or by default the threads of every call the replica may run at once
-    (``model_calls`` x ``threads``), at most the cores. ``None`` where that is no more than one
-    call's threads, or the network is not an ONNX one on CPU: no second session then."""
-    if not KINDS[spec.model].parallel_calls or runtime.device != "cpu":
+    """Threads of a call that runs while its replica is otherwise idle: the threads of every call
+    the replica may run at once (``model_calls`` x ``threads``), at most the cores. ``None`` where
+    that is no more than one call's threads, the network is not an ONNX one on CPU, or the config
+    says ``lone_call: false``: no second session then."""
+    if not spec.lone_call or not KINDS[spec.model].parallel_calls or runtime.device != "cpu":
         return None
-    wanted = spec.lone_call_threads or min(available_cores(), model_calls(spec, runtime) * runtime.intra_op_threads)
+    wanted = min(available_cores(), model_calls(spec, runtime) * runtime.intra_op_threads)
     return wanted if wanted > runtime.intra_op_threads else None
 
 

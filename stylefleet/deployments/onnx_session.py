@@ -50,9 +50,7 @@ class RuntimeOptions:
     """How a replica runs its networks.
 
     ``threads``: ONNX Runtime intra-op threads (``None``: every core this process may use).
-    ``spinning``: let idle pool threads spin-wait for work; a little faster for one model alone
-    on a machine, but replicas of other models then lose the cores the spinners hold.
-    ``arena``/``mem_pattern``: ONNX Runtime's CPU memory arena and per-shape memory plans.
+    ``mem_pattern``: ONNX Runtime's per-shape memory plans (the CPU arena is always on).
     ``lone_call_threads``: threads of a second session of the same network, used for a call
     that runs while its replica is otherwise idle (``running_alone()``); ``None``: no second
     session. A lone request then gets every core the replica was sized for, where ``threads``
@@ -65,16 +63,19 @@ class RuntimeOptions:
     threads: int | None = 1
     gpu_mem_limit_bytes: int | None = None
     gpu_device_id: int = 0
-    spinning: bool = False
-    arena: bool = True
     mem_pattern: bool = True
-    env_allocators: bool = False  # use a process-wide allocator registered beforehand (the session benchmark)
     lone_call_threads: int | None = None
     calls: int = 1
 
     @property
     def intra_op_threads(self) -> int:
         return self.threads if self.threads else available_cores()
+
+    def tune(self, opts: ort.SessionOptions) -> None:
+        """The last say on a session's options: idle pool threads sleep instead of spin-waiting, so
+        replicas of several models share the cores. The benchmark's variants override it
+        (``stylefleet.bench.runtime.BenchRuntime``); the product sets nothing else here."""
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
 
 
 def available_cores() -> int:
@@ -128,16 +129,14 @@ def make_session(model_bytes: bytes, options: RuntimeOptions) -> ort.InferenceSe
     the arena grows only as requested and is capped at ``gpu_mem_limit_bytes``.
     """
     opts = ort.SessionOptions()
-    opts.enable_cpu_mem_arena = options.arena
+    opts.enable_cpu_mem_arena = True
     opts.enable_mem_pattern = options.mem_pattern
     opts.intra_op_num_threads = options.intra_op_threads
     opts.inter_op_num_threads = 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.spinning else "0")
-    if options.env_allocators:
-        opts.add_session_config_entry("session.use_env_allocators", "1")
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
+    options.tune(opts)
     providers: list[str | tuple[str, dict[str, object]]] = ["CPUExecutionProvider"]
     if options.device == "cuda":
         cuda: dict[str, object] = {

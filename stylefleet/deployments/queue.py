@@ -1,5 +1,9 @@
 """A replica's batch queue: the next batch is taken from the backlog when the model is free. Pure.
 
+``BatchQueue`` is what a replica's server drives, whichever queue forms its batches:
+``BacklogQueue`` here (``queue: backlog``, the default), or ``ServeBatchQueue``
+(``stylefleet.deployments.serve.batch_queue``, ``queue: serve-batch``) over Ray Serve's own.
+
 Ray Serve's ``@serve.batch`` forms the next batch while the current one runs: it collects what
 arrives within ``batch_wait_timeout_s`` and then waits for the model holding that partial batch,
 so batch size follows arrival rate x wait, not the backlog (mean 1.4-3 of 8 at concurrency 32
@@ -10,9 +14,9 @@ here), and every request waits the full window even when the model is idle.
 - a busy model's backlog becomes its next batch, up to ``max_batch_size`` requests and
   ``max_batch_pixels`` pixels (the memory budget); the first request always goes, so one image
   above the whole budget runs alone;
-- an idle model takes a request at once; ``batch_wait_timeout_s`` (default 0) lets an idle
-  model hold the first request that long for company, counted from its arrival (a GPU can
-  prefer that); a request that waited behind a busy model never waits again;
+- an idle model takes a request at once; ``batch_wait_timeout_s`` (default 0) lets the first
+  request of a batch wait that long for company, counted from its arrival (a GPU can prefer
+  that); a request that waited behind a busy model that long never waits again;
 - order is first in, first out; a request whose caller went away (its future cancelled) is
   dropped before it costs compute;
 - ``run`` answers one result per item, in order; if it raises, every item of that batch gets
@@ -26,15 +30,22 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 T = TypeVar("T")
 R = TypeVar("R")
+T_contra = TypeVar("T_contra", contravariant=True)
+R_co = TypeVar("R_co", covariant=True)
 
 
 @dataclass(frozen=True)
 class QueueLimits:
-    """What closes a batch. ``max_batch_pixels`` ``None``: no pixel budget."""
+    """What closes a batch, with one meaning for every ``BatchQueue``. ``max_batch_size``: most
+    weight (``size``) in one batch; ``batch_wait_timeout_s``: the longest a batch's first request
+    waits, from its arrival, for others to join it (0: never); ``max_concurrent_batches``: batches
+    running at once. ``max_batch_pixels`` (``None``: no pixel budget) closes a backlog batch; Ray
+    Serve's queue cannot weigh pixels, and the replica splits its batches under the budget instead.
+    """
 
     max_batch_size: int = 8
     max_batch_pixels: int | None = None
@@ -48,6 +59,23 @@ class QueueLimits:
             raise ValueError("max_batch_pixels must be positive (or None)")
         if self.batch_wait_timeout_s < 0:
             raise ValueError("batch_wait_timeout_s must be >= 0")
+
+
+@runtime_checkable
+class BatchQueue(Protocol[T_contra, R_co]):
+    """A replica's batch queue: ``await submit(item, pixels, size)`` answers the batch function's
+    result for ``item``; ``configure`` applies new limits from the next batch formed; ``queued``
+    counts items whose batch has not started, ``running`` batches in the batch function now."""
+
+    async def submit(self, item: T_contra, pixels: int = 0, size: int = 1) -> R_co: ...
+
+    def configure(self, limits: QueueLimits) -> None: ...
+
+    @property
+    def queued(self) -> int: ...
+
+    @property
+    def running(self) -> int: ...
 
 
 @dataclass

@@ -54,8 +54,8 @@ def test_config(port: int) -> dict[str, Any]:
     args["deployments"]["stylize"]["autoscaling"]["max_replicas"] = 1
     # One network call at a time, so a single large photo makes the model busy (test_batching).
     args["deployments"]["stylize"]["model_calls"] = 1
-    # Two calls at once and the lone-call session on any machine (the CPU default on 2 cores).
-    args["deployments"]["remove-background"].update(model_calls=2, lone_call_threads=2)
+    # Two calls at once, so the lone-call session has two threads on any machine of 2 cores or more.
+    args["deployments"]["remove-background"].update(model_calls=2)
     args["deployments"]["autoscale-probe"] = {
         "model": "multistyle26",
         "num_cpus": 0.25,

@@ -83,13 +83,16 @@ def test_an_image_over_the_pixel_budget_runs_alone_and_the_budget_splits_a_backl
     assert ran == {1: 1, 3: 2}, "the blocker alone; six 64x64 images in batches of three (the budget), not one of six"
 
 
-def test_serve_batch_mode_still_serves_and_is_switched_live(base_url: str, stylize_batching: Callable[[dict[str, Any]], None]) -> None:
+def test_serve_batch_mode_serves_behind_the_same_queue_interface_and_is_switched_live(
+    base_url: str, stylize_batching: Callable[[dict[str, Any]], None]
+) -> None:
     stylize_batching({"queue": "serve-batch"})
     replica = deployment_info("stylize")
     assert replica["queue"] == "serve-batch"
-    with httpx.Client(base_url=base_url, timeout=300) as client:
-        r = client.post("/v1/styles/frost", files={"image": ("p.png", SMALL, "image/png")})
-    assert r.status_code == 200 and _size(r.content) == (64, 64)
+    ran, responses = _backlog_behind_a_blocker(base_url, 3)
+    assert [r.status_code for r in responses] == [200] * 4
+    assert _size(responses[1].content) == (64, 64)
+    assert ran == {1: 4}, "@serve.batch closes each batch as it forms, while the model is busy: one request each"
     stylize_batching({"queue": "backlog"})
     assert deployment_info("stylize")["replica"] == replica["replica"], "switched by reconfigure, without a restart"
 

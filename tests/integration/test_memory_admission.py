@@ -12,6 +12,7 @@ import asyncio
 import copy
 import io
 import math
+import shutil
 import tempfile
 from collections.abc import Iterator
 from typing import Any
@@ -47,7 +48,7 @@ def memory_application() -> dict[str, Any]:
                     "num_cpus": 0.1,
                     "threads": 1,
                     "model_calls": 1,
-                    "lone_call_threads": 1,
+                    "lone_call": False,
                     "max_ongoing_requests": 8,
                     "autoscaling": {"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 4},
                     "memory_budget_bytes": BUDGET_BYTES,
@@ -63,12 +64,14 @@ def memory_application() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def memory_app(serve_app: dict[str, Any]) -> Iterator[str]:
     config = copy.deepcopy(serve_app["config"])
-    config["applications"].append(memory_application())
-    serve_app["cluster"].deploy(config, timeout_s=300)
+    application = memory_application()
+    config["applications"].append(application)
     try:
+        serve_app["cluster"].deploy(config, timeout_s=300)
         yield f"{serve_app['proxy_url']}/{APP}"
     finally:
         serve_app["cluster"].deploy(serve_app["config"], timeout_s=120)  # the small application goes
+        shutil.rmtree(application["args"]["jobs"]["storage"], ignore_errors=True)
 
 
 def _info() -> dict[str, Any]:

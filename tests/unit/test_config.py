@@ -69,6 +69,17 @@ def test_bad_config_names_the_field(mutate, field: str) -> None:
         AppSpec.from_args(args)
 
 
+@pytest.mark.parametrize(
+    ("knob", "value", "instead"),
+    [("spinning", True, "idle ONNX Runtime threads always sleep"), ("lone_call_threads", 2, "lone_call: false")],
+)
+def test_a_removed_knob_is_refused_naming_it_and_what_to_do_instead(knob: str, value: Any, instead: str) -> None:
+    args = _args()
+    args["deployments"]["stylize"][knob] = value
+    with pytest.raises(ValidationError, match=rf"deployments\.stylize[\s\S]*{knob} is no longer a setting: .*{instead}"):
+        AppSpec.from_args(args)
+
+
 def test_bad_fixed_style_param_fails_at_deploy_time() -> None:
     args = _args()
     args["styles"]["frost"]["params"] = {"style": "99"}

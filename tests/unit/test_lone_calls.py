@@ -95,8 +95,8 @@ def _spec(**fields: Any) -> ModelSpec:
         ({"model_calls": 3}, 8, 3),
         ({"model_calls": 4}, 2, 2),  # never above the cores
         ({"threads": 2}, 8, 8),  # model_calls 4 x 2 threads
-        ({"lone_call_threads": 1}, 8, None),  # set to threads: turned off
-        ({"lone_call_threads": 6}, 2, 6),  # an explicit value is taken as it is
+        ({"lone_call": False}, 8, None),  # turned off
+        ({"lone_call": False, "model_calls": 3}, 8, None),
         ({"model": "haar-face"}, 8, None),  # OpenCV, not an ONNX session
         ({"model": "multistyle26", "device": "cuda", "num_gpus": 1}, 8, None),
     ],

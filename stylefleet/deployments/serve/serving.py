@@ -1,5 +1,5 @@
-"""The Ray Serve wrappers around a model: they queue (``stylefleet.deployments.queue``: the next batch is the
-backlog when the model is free, under a pixel budget), move compute off the event loop, and
+"""The Ray Serve wrappers around a model: they queue (a ``BatchQueue``, ``stylefleet.deployments.queue``:
+by default the next batch is the backlog when the model is free, under a pixel budget), move compute off the event loop, and
 record their figures (batch size, time queued before the batch ran, model load time, and on a
 GPU the utilisation and memory in use).
 
@@ -27,7 +27,7 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from stylefleet.config import BatchingConfig, ModelSpec
+from stylefleet.config import BatchingConfig, ModelSpec, QueueKind
 from stylefleet.deployments.admission import MemoryAdmission
 from stylefleet.deployments.batching import (
     ModelRequest,
@@ -46,7 +46,8 @@ from stylefleet.deployments.loader import load_model, model_calls
 from stylefleet.deployments.log import serve_logger
 from stylefleet.deployments.memory import BatchLimiter
 from stylefleet.deployments.onnx_session import running_alone
-from stylefleet.deployments.queue import BacklogQueue, QueueLimits, runs_alone
+from stylefleet.deployments.queue import BacklogQueue, BatchQueue, QueueLimits, runs_alone
+from stylefleet.deployments.serve.batch_queue import ServeBatchQueue
 from stylefleet.deployments.serve.metrics import GpuSampler, ReplicaMetrics
 from stylefleet.errors import ModelUnavailable, Overloaded, StylefleetError
 
@@ -54,12 +55,8 @@ logger = serve_logger(__name__)
 
 T = TypeVar("T")
 
-
-@dataclass
-class _Cap:
-    """The live max_batch_size, shared with queued items so that none ever weighs more than it."""
-
-    value: int = BatchingConfig().max_batch_size
+# How each ``queue:`` builds a replica's BatchQueue from its batch function and limits.
+QUEUES: dict[QueueKind, Callable[..., BatchQueue[Any, Any]]] = {"backlog": BacklogQueue, "serve-batch": ServeBatchQueue}
 
 
 @dataclass
@@ -70,18 +67,7 @@ class _Queued:
     request: ModelRequest
     cost: int  # weight against max_batch_size: 1, or what the model's weigh() says
     pixels: int  # weight against the pixel budget
-    cap: _Cap
     prepared: Any = None  # ModelServer: the request already decoded and prepared
-
-    @property
-    def weight(self) -> int:
-        # Serve fails an item heavier than max_batch_size outright; such an item runs alone instead.
-        return min(self.cost, self.cap.value)
-
-
-def batch_weight(items: list[_Queued]) -> int:
-    """``@serve.batch``'s batch_size_fn: the sum of the items' weights (1 each unless the model weighs)."""
-    return sum(item.weight for item in items)
 
 
 def rss_bytes() -> int:
@@ -112,13 +98,13 @@ async def call_deployment(handle: DeploymentHandle, deployment: str, request: Mo
 class _Batched:
     """What both servers share: the batch queue, live batching through ``reconfigure``, counters.
 
-    Requests go through ``BacklogQueue`` (``queue: backlog``, the default) or through Ray Serve's
-    ``@serve.batch`` (``queue: serve-batch``, kept to compare them side by side); both end in
-    ``_run_items``. Each subclass declares its own ``@serve.batch`` method: the decorator keeps
-    one queue per decorated function, so a shared one would be a shared queue.
+    Requests go through one ``BatchQueue``: ``BacklogQueue`` (``queue: backlog``, the default) or
+    ``ServeBatchQueue`` over Ray Serve's ``@serve.batch`` (``queue: serve-batch``, kept to compare
+    them side by side); either calls ``_run_items`` with each batch. Only ``reconfigure`` looks at
+    which: it picks the replica's queue of that kind, built on first use and then kept, so a live
+    switch leaves what the other one holds to finish there.
     """
 
-    handle_batch: Any
     concurrent_batches = 1
 
     def __init__(self, kind: ModelKind, *, gpu: bool = False) -> None:
@@ -127,8 +113,8 @@ class _Batched:
         self.compute_seconds = 0.0  # time inside batches (the benchmark's per-stage shares)
         self.metrics = ReplicaMetrics(gpu=gpu)
         self.batching = BatchingConfig()
-        self._cap = _Cap()
-        self._queue: BacklogQueue[_Queued, Reply] = BacklogQueue(self._run_items, self._queue_limits())
+        self._queues: dict[QueueKind, BatchQueue[_Queued, Any]] = {}
+        self._queue = self._queue_of(self.batching.queue)
         self.rss_start_bytes = rss_bytes()
         self.model: Any = None
 
@@ -143,6 +129,20 @@ class _Batched:
             batch_wait_timeout_s=self.batching.batch_wait_timeout_s,
             max_concurrent_batches=self.concurrent_batches,
         )
+
+    def _queue_of(self, kind: QueueKind) -> BatchQueue[_Queued, Any]:
+        if kind not in self._queues:
+            self._queues[kind] = QUEUES[kind](self._run_items, self._queue_limits())
+        return self._queues[kind]
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for their batch to start, in whichever queue holds them."""
+        return sum(queue.queued for queue in self._queues.values())
+
+    @property
+    def running_batches(self) -> int:
+        return sum(queue.running for queue in self._queues.values())
 
     def _batch_started(self, items: list[_Queued]) -> list[ModelRequest]:
         """Count the batch, record how long each request queued; return the requests."""
@@ -159,9 +159,7 @@ class _Batched:
         config = BatchingConfig.model_validate(user_config)
         config.check_fits(self._max_ongoing_requests())
         self.batching = config
-        self._cap.value = config.max_batch_size
-        self.handle_batch.set_max_batch_size(config.max_batch_size)
-        self.handle_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        self._queue = self._queue_of(config.queue)
         self._queue.configure(self._queue_limits())
         logger.info("batching now %s (pixel budget %s)", config.model_dump(), self.pixel_budget)
 
@@ -176,7 +174,7 @@ class _Batched:
             pixels, cost = self._weigh(request)
         except StylefleetError as exc:
             return exc
-        return await self._enqueue(_Queued(time.monotonic(), request, cost, pixels, self._cap))
+        return await self._enqueue(_Queued(time.monotonic(), request, cost, pixels))
 
     def _weigh(self, request: ModelRequest) -> tuple[int, int]:
         """(pixels against the budget, weight against max_batch_size), from the upload's header;
@@ -187,9 +185,6 @@ class _Batched:
         return self.model.weigh(request) if isinstance(self.model, Weighing) else 1
 
     async def _enqueue(self, item: _Queued) -> Any:
-        """Through the backlog queue, or through @serve.batch (``queue: serve-batch``)."""
-        if self.batching.queue == "serve-batch":
-            return await self.handle_batch(item)
         return await self._queue.submit(item, pixels=item.pixels, size=item.cost)
 
     async def _run_items(self, items: list[_Queued]) -> list[Reply]:
@@ -208,8 +203,8 @@ class _Batched:
             "max_batch_pixels": self.pixel_budget,
             "queue": self.batching.queue,
             "batch_sizes": dict(self.batch_sizes),
-            "queued": self._queue.queued,
-            "running_batches": self._queue.running,
+            "queued": self.queued,
+            "running_batches": self.running_batches,
             "compute_seconds": round(self.compute_seconds, 4),
             "replica": serve.get_replica_context().replica_tag,
             "pid": os.getpid(),
@@ -327,15 +322,9 @@ class ModelServer(_Batched):
         prepared = await asyncio.to_thread(self._timed, prepare_one, self.model, request)
         if isinstance(prepared, StylefleetError):
             return prepared
-        outcome = await self._enqueue(_Queued(time.monotonic(), request, cost, pixels, self._cap, prepared))
+        outcome = await self._enqueue(_Queued(time.monotonic(), request, cost, pixels, prepared))
         [reply] = await asyncio.to_thread(self._timed, encode_outcomes, [request], [outcome], self.model_sha256)
         return reply
-
-    # Two batches at once, as model_calls gives the ONNX models on the 2-core default (the
-    # decorator's concurrency is fixed at definition): the comparison differs in the queue only.
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0, batch_size_fn=batch_weight, max_concurrent_batches=2)
-    async def handle_batch(self, items: list[_Queued]) -> list[Outcome]:
-        return await self._run_items(items)
 
     async def _run_items(self, items: list[_Queued]) -> list[Outcome]:  # type: ignore[override]
         self._batch_started(items)
@@ -344,7 +333,7 @@ class ModelServer(_Batched):
         # request arriving meanwhile starts its own call as usual. One request only: the lone
         # session's arena then holds one image's activations, not a whole batch's
         # (docs/performance.md "A lone request on every core": +450 MiB for u2netp, 1.1 GiB at 4).
-        alone = runs_alone(len(items), self._in_flight, self._queue.queued)
+        alone = runs_alone(len(items), self._in_flight, self.queued)
         self.lone_batches += alone and self.lone_call_threads is not None
         self._in_flight += 1
         try:
@@ -415,10 +404,6 @@ class ComposedServer(_Batched):
         self._uses = {role: used.deployment for role, used in spec.uses.items()}
         self.model_sha256 = loaded.model_sha256
         self.stages = StageClock()
-
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0, max_concurrent_batches=2)
-    async def handle_batch(self, items: list[_Queued]) -> list[Reply]:
-        return await self._run_items(items)
 
     async def _run_items(self, items: list[_Queued]) -> list[Reply]:
         requests = self._batch_started(items)
