@@ -106,6 +106,9 @@ MULTISTYLE26_COST = MemoryCost(bytes_per_pixel=700.0)
 ARBITRARY_COST = MemoryCost(bytes_per_pixel=16.0, fixed_bytes=64 * 2**20)
 U2NETP_COST = MemoryCost(bytes_per_pixel=16.0, fixed_bytes=64 * 2**20, fixed_bytes_with=("alpha_matting", 576 * 2**20))
 HAAR_FACE_COST = MemoryCost(bytes_per_pixel=20.0, fixed_bytes=16 * 2**20)
+# face-mesh: 22, 61 and 233 MiB at 1, 4 and 16.8 MP (13.9-21.1 B/px: the decoded photo and its
+# letterboxed copies; the networks run at 192 px): Haar's fit covers it.
+FACE_MESH_COST = HAAR_FACE_COST
 
 
 def _animegan(name: str) -> ModelKind:
@@ -180,6 +183,8 @@ KINDS: dict[str, ModelKind] = {
             image_fields=("image",),
             returns_image=False,
             max_batch_pixels=8 * 2048 * 2048,  # fixed 192 px networks; the budget bounds the letterboxing
+            memory=FACE_MESH_COST,
+            memory_budget_bytes=3 * GIB // 2,
         ),
         ModelKind(
             name="id-photo",

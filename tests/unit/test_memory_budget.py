@@ -36,3 +36,11 @@ def test_the_shipped_budgets_leave_room_on_a_24_gib_machine() -> None:
     spec = shipped()
     total = sum(spec.memory_budget_of(name) or 0 for name in spec.deployments)
     assert total <= 14 * GIB
+
+
+def test_every_shipped_model_deployment_has_a_budget() -> None:
+    """The shipped config's model replicas all admit by memory; only the composed id-photo, which
+    holds no model and calls the others, has none."""
+    app = shipped()
+    unbudgeted = sorted(name for name in app.args.deployments if app.memory_budget_of(name) is None)
+    assert unbudgeted == ["id-photo"]

@@ -36,12 +36,14 @@ PER_PIXEL_CASES: dict[str, Callable[[int], dict[str, Any]]] = {
     "arbitrary": lambda side: {"max_side": side},
     "u2netp": lambda side: {"max_side": side, "alpha_matting": True, "erode_px": 1},
     "haar-face": lambda side: {},
+    "face-mesh": lambda side: {},
 }
 PER_PIXEL_SIDES: dict[str, tuple[int, ...]] = {
     "multistyle26": (1024, 2048, 2896),
     "arbitrary": (1024, 2048, 4096),
     "u2netp": (1024, 2048, 4096),
     "haar-face": (1024, 2048, 4096),
+    "face-mesh": (1024, 2048, 4096),
 }
 
 
