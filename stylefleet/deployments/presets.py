@@ -52,27 +52,7 @@ PresetName = Literal[
     "korea-passport",
     "hong-kong-passport",
 ]
-SizeName = Literal[
-    "1-inch",
-    "small-2-inch",
-    "2-inch",
-    "passport",
-    "us-passport",
-    "us-visa",
-    "schengen-visa",
-    "uk-passport",
-    "canada-passport",
-    "canada-visa",
-    "australia-passport",
-    "india-passport",
-    "china-visa",
-    "japan-passport",
-    "germany-passport",
-    "france-passport",
-    "korea-passport",
-    "hong-kong-passport",
-    "custom",
-]
+SizeName = Literal[PresetName, "custom"]  # a preset, or width and height given in the request
 Unit = Literal["mm", "in"]
 Range = tuple[float, float]
 
