@@ -9,7 +9,6 @@ numbers stay small and the main application's limits are untouched."""
 from __future__ import annotations
 
 import copy
-import json
 import select
 import shutil
 import socket
@@ -25,6 +24,7 @@ import pytest
 from stylefleet.router.uploads import JUDGE_AFTER_S
 from tests import samples
 from tests.integration.conftest import APP
+from tests.integration.raw_http import read_response
 
 pytestmark = pytest.mark.integration
 
@@ -90,25 +90,6 @@ def _upload(url: str, source: str, *, prefix: int = PREFIX, forwarded_for: str |
     return s
 
 
-def _response(s: socket.socket) -> tuple[int, dict[str, str], Any]:
-    raw = b""
-    while b"\r\n\r\n" not in raw:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        raw += chunk
-    head, _, body = raw.partition(b"\r\n\r\n")
-    lines = head.decode().split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    length = int(headers.get("content-length", "0"))
-    while len(body) < length:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        body += chunk
-    return int(lines[0].split()[1]), headers, json.loads(body) if body else None
-
-
 def _answered(sockets: list[socket.socket], count: int) -> list[socket.socket]:
     """The first ``count`` sockets the server answers (within the socket timeout in all)."""
     answered: list[socket.socket] = []
@@ -126,7 +107,7 @@ def test_slow_uploads_from_many_addresses_leave_probes_and_styles_answering(guar
     sockets = [_upload(guarded_url, source) for source in sources]
     try:
         answered = _answered(sockets, SLOTS - IN_FLIGHT)
-        refused = [_response(s) for s in answered]
+        refused = [read_response(s) for s in answered]
         holding = [s for s in sockets if s not in answered]
         with httpx.Client(base_url=guarded_url, timeout=SOCKET_TIMEOUT_S) as client:
             live = client.get("/healthz/live")
@@ -138,7 +119,7 @@ def test_slow_uploads_from_many_addresses_leave_probes_and_styles_answering(guar
         # slot to frost, the others were still being read when frost's answer came
         [evicted] = _answered(holding, 1)
         early = select.select([s for s in holding if s is not evicted], [], [], 0)[0]
-        held = [_response(s) for s in holding]
+        held = [read_response(s) for s in holding]
     finally:
         for s in sockets:
             s.close()
@@ -156,7 +137,7 @@ def test_slow_uploads_from_many_addresses_leave_probes_and_styles_answering(guar
 def test_a_trickling_body_ends_with_408_once_its_grace_is_spent(guarded_url: str) -> None:
     s = _upload(guarded_url, "127.0.0.2", prefix=1)
     try:
-        status, _, body = _response(s)
+        status, _, body = read_response(s)
     finally:
         s.close()
     assert status == 408 and body["error"]["code"] == "request_timeout"
@@ -168,7 +149,7 @@ def test_a_forged_forwarded_for_through_the_proxy_does_not_escape_the_per_addres
     service trusts no proxy by default, so the three bodies count as one address's."""
     sockets = [_upload(guarded_url, "127.0.0.1", forwarded_for=f"198.51.100.{i}") for i in range(PER_CLIENT + 1)]
     try:
-        [refused] = [_response(s) for s in _answered(sockets, 1)]
+        [refused] = [read_response(s) for s in _answered(sockets, 1)]
     finally:
         for s in sockets:
             s.close()
@@ -183,7 +164,7 @@ def test_a_forged_forwarded_for_on_direct_ingress_does_not_escape_the_per_addres
     share = serve_app["config"]["applications"][0]["args"]["limits"]["max_uploads_per_client"]
     sockets = [_upload(base_url, "127.0.0.1", prefix=0, forwarded_for=f"198.51.100.{i}") for i in range(share + 1)]
     try:
-        [refused] = [_response(s) for s in _answered(sockets, 1)]
+        [refused] = [read_response(s) for s in _answered(sockets, 1)]
     finally:
         for s in sockets:
             s.close()

@@ -3,7 +3,6 @@ replicas. Every load here is bounded in count and time."""
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
@@ -17,6 +16,7 @@ import pytest
 
 from tests import samples
 from tests.integration.conftest import deployment_info
+from tests.integration.raw_http import read_response
 
 pytestmark = pytest.mark.integration
 
@@ -33,25 +33,6 @@ def _idle_upload(host: str, port: int) -> socket.socket:
     return s
 
 
-def _response(s: socket.socket) -> tuple[int, dict[str, str], Any]:
-    raw = b""
-    while b"\r\n\r\n" not in raw:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        raw += chunk
-    head, _, body = raw.partition(b"\r\n\r\n")
-    lines = head.decode().split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    length = int(headers.get("content-length", "0"))
-    while len(body) < length:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        body += chunk
-    return int(lines[0].split()[1]), headers, json.loads(body) if body else None
-
-
 def test_idle_uploads_do_not_lock_anyone_out(base_url: str) -> None:
     url = urlparse(base_url)
     sockets = [_idle_upload(url.hostname or "127.0.0.1", url.port or 80) for _ in range(IDLE_UPLOADS)]
@@ -61,7 +42,7 @@ def test_idle_uploads_do_not_lock_anyone_out(base_url: str) -> None:
             assert client.get("/healthz/live").status_code == 200
             assert client.get("/v1/styles").status_code == 200
         assert time.monotonic() - started < 10
-        answers = [_response(s) for s in sockets]  # each within the socket's 30 s timeout
+        answers = [read_response(s) for s in sockets]  # each within the socket's 30 s timeout
     finally:
         for s in sockets:
             s.close()
