@@ -1,4 +1,5 @@
-"""How far two images of the same scene drift apart: PSNR, SSIM and mean absolute difference.
+"""How far two images of the same scene drift apart: PSNR, SSIM and mean absolute difference
+for images, IoU, mean alpha difference and edge error for mattes.
 
 Used by shadow variants to compare a candidate's output with production's. Pure numpy/OpenCV.
 """
@@ -48,3 +49,36 @@ def drift(reference: np.ndarray, candidate: np.ndarray) -> Drift:
     mse = float(np.mean((a - b) ** 2))
     psnr = float("inf") if mse == 0 else float(10.0 * np.log10(255.0**2 / mse))
     return Drift(psnr_db=psnr, ssim=ssim(reference, candidate), mean_abs_diff=float(np.mean(np.abs(a - b))))
+
+
+@dataclass(frozen=True)
+class MatteDrift:
+    iou: float  # of the two mattes' subjects (alpha >= 0.5); 1.0 when both are empty
+    mean_abs_alpha_diff: float  # 0..1
+    edge_error: float  # mean |gradient difference| over the reference's edge band; 0.0 without an edge
+
+
+EDGE_GRADIENT = 0.05  # Sobel magnitude (alpha units, ksize 3) above which a pixel of the reference is edge
+EDGE_BAND = np.ones((5, 5), np.uint8)  # the edge band: those pixels dilated by this
+
+
+def _gradient(alpha: np.ndarray) -> np.ndarray:
+    return np.hypot(cv2.Sobel(alpha, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(alpha, cv2.CV_32F, 0, 1, ksize=3))
+
+
+def matte_drift(reference_alpha: np.ndarray, candidate_alpha: np.ndarray) -> MatteDrift:
+    """Compare two HxW uint8 mattes (255 = subject); a candidate of another size is resized to the
+    reference's first. Where a cutout's quality lives: the subject's extent (IoU), the opacity
+    (mean |alpha diff|) and the edge (gradients compared on a band around the reference's edge)."""
+    if candidate_alpha.shape[:2] != reference_alpha.shape[:2]:
+        size = (reference_alpha.shape[1], reference_alpha.shape[0])
+        candidate_alpha = cv2.resize(candidate_alpha, size, interpolation=cv2.INTER_AREA)
+    a = reference_alpha.astype(np.float32) / 255.0
+    b = candidate_alpha.astype(np.float32) / 255.0
+    fa, fb = a >= 0.5, b >= 0.5
+    union = int(np.count_nonzero(fa | fb))
+    iou = 1.0 if union == 0 else int(np.count_nonzero(fa & fb)) / union
+    ga, gb = _gradient(a), _gradient(b)
+    band = cv2.dilate((ga > EDGE_GRADIENT).astype(np.uint8), EDGE_BAND) > 0
+    edge = float(np.mean(np.abs(ga - gb)[band])) if band.any() else 0.0
+    return MatteDrift(iou=float(iou), mean_abs_alpha_diff=float(np.mean(np.abs(a - b))), edge_error=edge)
