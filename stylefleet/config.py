@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator
 
 Device = Literal["cpu", "cuda"]
 
@@ -331,17 +331,78 @@ class StyleConfig(_Strict):
 DEFAULT_VARIANT = "default"
 
 
+class MatteGate(_Strict):
+    """What a shadow's mattes must reach, on the means (``stylefleet.compare.matte_drift``)."""
+
+    min_iou: float = Field(0.98, ge=0.0, le=1.0, description="least mean IoU of the subjects (alpha >= 0.5), 0-1")
+    max_mean_abs_alpha_diff: float = Field(0.01, ge=0.0, le=1.0, description="most mean |alpha difference|, 0-1")
+    max_edge_error: float = Field(
+        0.05, ge=0.0, description="most mean |Sobel gradient difference| over the primary matte's edge band (alpha units)"
+    )
+
+
+class ImageGate(_Strict):
+    """What a shadow's images must reach, on the means (``stylefleet.compare.drift``)."""
+
+    min_ssim: float = Field(0.95, ge=-1.0, le=1.0, description="least mean SSIM of the luma, -1 to 1")
+    min_psnr_db: float = Field(30.0, ge=0.0, description="least mean PSNR in dB (identical pairs, infinite, are left out)")
+
+
+class Gate(_Strict):
+    """The quality gate a shadow variant passes before it may take traffic."""
+
+    matte: MatteGate = Field(default_factory=MatteGate, description="thresholds for mattes (remove-background)")
+    image: ImageGate = Field(default_factory=ImageGate, description="thresholds for images (every other task)")
+    min_comparisons: PositiveInt = Field(20, description="comparisons a pair needs before its verdict is pass or fail")
+
+
+class GateSettings(Gate):
+    """``Gate`` for every style, and per-style overrides merged onto it field by field."""
+
+    styles: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="style -> the gate fields it sets differently, e.g. {remove-background: {matte: {min_iou: 0.99}}}",
+    )
+
+    @model_validator(mode="after")
+    def _overrides(self) -> GateSettings:
+        for style in self.styles:
+            self.for_style(style)
+        return self
+
+    def for_style(self, style: str) -> Gate:
+        """The gate of ``style``: the global one with the style's override merged in."""
+        base = self.model_dump(exclude={"styles"})
+        override = self.styles.get(style)
+        if not override:
+            return Gate.model_validate(base)
+        try:
+            return Gate.model_validate(_merged(base, override))
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise ValueError(f"gates.styles.{style}: {problems}") from None
+
+
+def _merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 class RouterSettings(_Strict):
-    """The router's ``user_config``: A/B weights and shadow shares, changed live.
+    """The router's ``user_config``: A/B weights, shadow shares and the shadows' quality gate, changed live.
 
     ``splits``: style -> variant -> weight (non-negative, not all zero). Variants a split does not
     name get no traffic; a style with no split shares traffic equally among its variants that are
     not shadows. ``shadows``: style -> variant -> percent of that style's traffic also sent to the
-    variant, whose result is compared with the user's and thrown away.
+    variant, whose result is compared with the user's and thrown away. ``gates``: the thresholds
+    each shadow's comparisons are judged by (``GET /v1/shadow``).
     """
 
     splits: dict[str, dict[str, float]] = Field(default_factory=dict)
     shadows: dict[str, dict[str, float]] = Field(default_factory=dict)
+    gates: GateSettings = Field(default_factory=GateSettings, description="quality gate of shadow variants, per metric family")
 
 
 class Limits(_Strict):

@@ -53,7 +53,7 @@ class AppSpec(BaseModel):
     batching: dict[str, BatchingConfig] = Field(
         default_factory=dict, description="model deployment -> its user_config; a deployment not named gets the default"
     )
-    traffic: RouterSettings = Field(default_factory=RouterSettings, description="the router's user_config: A/B splits, shadows")
+    traffic: RouterSettings = Field(default_factory=RouterSettings, description="the router's user_config: A/B splits, shadows, gates")
 
     @classmethod
     def from_args(cls, args: AppConfig | Mapping[str, Any], *, name: str = "stylefleet") -> AppSpec:
@@ -201,9 +201,10 @@ def deployment_order(deployments: Mapping[str, DeploymentConfig]) -> list[str]:
 
 
 def check_traffic(styles: Mapping[str, StyleConfig], settings: RouterSettings) -> None:
-    """The router's A/B splits and shadow shares name known styles and variants, with weights
-    that are non-negative and not all zero and shares that are percentages."""
-    for section, table in (("splits", settings.splits), ("shadows", settings.shadows)):
+    """The router's A/B splits, shadow shares and per-style gates name known styles and variants,
+    with weights that are non-negative and not all zero and shares that are percentages (the gates'
+    thresholds are checked by ``GateSettings`` itself)."""
+    for section, table in (("splits", settings.splits), ("shadows", settings.shadows), ("gates.styles", settings.gates.styles)):
         for name in table:
             if name not in styles:
                 raise ValueError(f"user_config.{section}.{name}: unknown style")

@@ -103,8 +103,19 @@ def test_styles_without_a_split_share_equally_and_shadows_get_no_live_traffic() 
         ({"splits": {"oil-paint": {"zz": 1}}}, "splits.oil-paint.zz"),
         ({"splits": {"nope": {"a": 1}}}, "splits.nope"),
         ({"shadows": {"oil-paint": {"b": 150}}}, "shadows.oil-paint.b"),
+        ({"gates": {"matte": {"min_iou": 1.5}}}, "gates.matte.min_iou"),
+        ({"gates": {"matte": {"max_edge_error": -0.1}}}, "gates.matte.max_edge_error"),
+        ({"gates": {"image": {"min_psnr_db": -1}}}, "gates.image.min_psnr_db"),
+        ({"gates": {"matte": {"min_iuo": 0.9}}}, "gates.matte.min_iuo"),
+        ({"gates": {"min_comparisons": 0}}, "gates.min_comparisons"),
+        ({"gates": {"styles": {"nope": {}}}}, "gates.styles.nope"),
+        ({"gates": {"styles": {"oil-paint": {"image": {"min_ssim": 2}}}}}, "gates.styles.oil-paint: image.min_ssim"),
     ],
-    ids=["negative", "all-zero", "unknown-variant", "unknown-style", "bad-percent"],
+    ids=[
+        "negative", "all-zero", "unknown-variant", "unknown-style", "bad-percent",
+        "iou-over-1", "negative-edge-error", "negative-psnr", "misspelt-threshold", "no-comparisons",
+        "gate-of-unknown-style", "bad-style-override",
+    ],
 )
 def test_bad_traffic_settings_name_the_field(settings: dict, field: str) -> None:
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):
@@ -126,3 +137,14 @@ def test_bad_variant_config_names_the_field(style: dict, field: str) -> None:
     args["styles"]["ab"] = style
     with pytest.raises(ValueError, match=field):
         AppSpec.from_args(args)
+
+
+def test_gate_defaults_and_a_style_override_merged_field_by_field() -> None:
+    gates = _spec().traffic_settings({"gates": {"min_comparisons": 5, "styles": {"oil-paint": {"matte": {"min_iou": 0.99}}}}}).gates
+    assert gates.for_style("frost").model_dump() == {
+        "matte": {"min_iou": 0.98, "max_mean_abs_alpha_diff": 0.01, "max_edge_error": 0.05},
+        "image": {"min_ssim": 0.95, "min_psnr_db": 30.0},
+        "min_comparisons": 5,
+    }
+    oil = gates.for_style("oil-paint")
+    assert (oil.matte.min_iou, oil.matte.max_edge_error, oil.min_comparisons) == (0.99, 0.05, 5)
