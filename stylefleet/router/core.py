@@ -4,8 +4,9 @@
 - validates params and the uploads' headers, and dispatches the uploads, still encoded, to the
   variant's deployment (its replicas decode them: the data plane scales with model replicas);
 - for a sampled share of traffic, also runs each shadow variant in the background, compares its
-  image with the user's (PSNR, SSIM, mean absolute difference) and records the drift; the user's
-  response never waits for, or fails because of, shadow work;
+  result with the user's (by matte for cutouts, by image otherwise: ``stylefleet.router.shadow``)
+  and records the figures and the quality gate's verdict; the user's response never waits for,
+  or fails because of, shadow work;
 - records per style and variant: requests by outcome, latency.
 """
 
@@ -16,19 +17,20 @@ import json
 import random
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
 
-from stylefleet.compare import drift
-from stylefleet.config import RouterSettings
+from stylefleet.compare import MatteDrift
+from stylefleet.config import GateSettings, RouterSettings
 from stylefleet.deployments.batching import EncodedImage, ModelRequest, OutputSpec, Reply
 from stylefleet.deployments.log import serve_logger
 from stylefleet.errors import InternalError, InvalidParams, StylefleetError
 from stylefleet.imageio import probe
 from stylefleet.router.catalog import Catalog, Style, seeded_params, split_count, split_params
 from stylefleet.router.health import DeploymentState
+from stylefleet.router.shadow import GAUGE, Key, ShadowReport, compare, expected_metric
 from stylefleet.router.variants import choose_variant
 
 logger = serve_logger(__name__)
@@ -49,12 +51,22 @@ class Recorder(Protocol):
 
     def shadow(self, style: str, primary: str, shadow: str, psnr_db: float, ssim: float, mad: float) -> None: ...
 
+    def shadow_matte(self, style: str, primary: str, shadow: str, iou: float, alpha_mad: float, edge_error: float) -> None: ...
+
+    def shadow_gate(self, style: str, primary: str, shadow: str, metric: str, value: int) -> None: ...
+
 
 class NullRecorder:
     def request(self, style: str, variant: str, outcome: str, seconds: float) -> None:
         pass
 
     def shadow(self, style: str, primary: str, shadow: str, psnr_db: float, ssim: float, mad: float) -> None:
+        pass
+
+    def shadow_matte(self, style: str, primary: str, shadow: str, iou: float, alpha_mad: float, edge_error: float) -> None:
+        pass
+
+    def shadow_gate(self, style: str, primary: str, shadow: str, metric: str, value: int) -> None:
         pass
 
 
@@ -82,54 +94,6 @@ def build_traffic(catalog: Catalog, settings: RouterSettings) -> Traffic:
         weights[name] = split
         shadows[name] = {v: p for v, p in shadow.items() if p > 0}
     return Traffic(weights=weights, shadows=shadows)
-
-
-@dataclass
-class _DriftSum:
-    count: int = 0
-    failed: int = 0
-    psnr_db: float = 0.0  # finite values only
-    psnr_count: int = 0
-    ssim: float = 0.0
-    mad: float = 0.0
-
-
-@dataclass
-class ShadowReport:
-    """Per (style, primary variant, shadow variant): how many comparisons and the mean drift."""
-
-    sums: dict[tuple[str, str, str], _DriftSum] = field(default_factory=dict)
-
-    def add(self, key: tuple[str, str, str], psnr_db: float, ssim: float, mad: float) -> None:
-        s = self.sums.setdefault(key, _DriftSum())
-        s.count += 1
-        if np.isfinite(psnr_db):
-            s.psnr_db += psnr_db
-            s.psnr_count += 1
-        s.ssim += ssim
-        s.mad += mad
-
-    def fail(self, key: tuple[str, str, str]) -> None:
-        self.sums.setdefault(key, _DriftSum()).failed += 1
-
-    def describe(self) -> list[dict[str, Any]]:
-        out = []
-        for (style, primary, shadow), s in sorted(self.sums.items()):
-            n = max(s.count, 1)
-            out.append(
-                {
-                    "style": style,
-                    "primary": primary,
-                    "shadow": shadow,
-                    "comparisons": s.count,
-                    "failed": s.failed,
-                    "identical": s.count - s.psnr_count,
-                    "psnr_db_mean": round(s.psnr_db / s.psnr_count, 3) if s.psnr_count else None,
-                    "ssim_mean": round(s.ssim / n, 5) if s.count else None,
-                    "mean_abs_diff_mean": round(s.mad / n, 4) if s.count else None,
-                }
-            )
-        return out
 
 
 @dataclass(frozen=True)
@@ -164,14 +128,22 @@ class RouterCore:
         self.recorder = recorder or NullRecorder()
         self.rng = rng or random.Random()
         self.traffic = build_traffic(catalog, RouterSettings())
+        self.gates = GateSettings()
         self._styles_json: tuple[Traffic, bytes] | None = None
         self.shadow_report = ShadowReport()
         self.max_shadow_tasks = max_shadow_tasks
         self._shadow_tasks: set[asyncio.Task[None]] = set()
 
     def apply(self, settings: RouterSettings) -> None:
-        """Swap in new weights atomically (checked ones: ``AppSpec.traffic_settings``)."""
+        """Swap in new weights and gates atomically (checked ones: ``AppSpec.traffic_settings``)."""
         self.traffic = build_traffic(self.catalog, settings)
+        self.gates = settings.gates
+        for key in list(self.shadow_report.sums):  # new thresholds may change a verdict
+            self._record_gate(key)
+
+    def describe_shadows(self) -> list[dict[str, Any]]:
+        """``GET /v1/shadow``'s entries: each pair's figures and its gate under the live thresholds."""
+        return self.shadow_report.describe(self.gates)
 
     def styles_json(self) -> bytes:
         """``{"styles": describe_styles()}`` as JSON, encoded once per traffic split: every client
@@ -278,19 +250,32 @@ class RouterCore:
     async def _shadow(
         self, style: Style, primary: str, shadow: str, files: Mapping[str, bytes], fields: dict[str, Any], reference: np.ndarray
     ) -> None:
-        key = (style.name, primary, shadow)
+        pair = (style.name, primary, shadow)
+        # The primary's request already passed these same fields: this cannot raise.
+        primary_mask = bool(split_params(style, style.variant(primary), fields)[0].get("only_mask"))
         try:
             params, _ = split_params(style, style.variant(shadow), fields)
             reply = await self.backend.run(style.variant(shadow).deployment, _request(files, params, None, self.max_pixels))
             if not isinstance(reply, np.ndarray):
                 raise RuntimeError(f"shadow returned {type(reply).__name__}: {reply}")
-            d = await asyncio.to_thread(drift, reference, reply)
+            shadow_mask = bool(params.get("only_mask"))
+            d = await asyncio.to_thread(
+                compare, style.task, reference, reply, reference_only_mask=primary_mask, candidate_only_mask=shadow_mask
+            )
         except Exception as exc:  # noqa: BLE001 - shadow failures are recorded, never raised
-            logger.warning("shadow %s failed: %s", key, exc)
-            self.shadow_report.fail(key)
+            logger.warning("shadow %s failed: %s", pair, exc)
+            self.shadow_report.fail(pair, expected_metric(style.task, reference, primary_mask))
             return
-        self.shadow_report.add(key, d.psnr_db, d.ssim, d.mean_abs_diff)
-        self.recorder.shadow(style.name, primary, shadow, d.psnr_db, d.ssim, d.mean_abs_diff)
+        key = self.shadow_report.add(pair, d)
+        if isinstance(d, MatteDrift):
+            self.recorder.shadow_matte(*pair, d.iou, d.mean_abs_alpha_diff, d.edge_error)
+        else:
+            self.recorder.shadow(*pair, d.psnr_db, d.ssim, d.mean_abs_diff)
+        self._record_gate(key)
+
+    def _record_gate(self, key: Key) -> None:
+        verdict = self.shadow_report.gate(key, self.gates)["verdict"]
+        self.recorder.shadow_gate(*key, GAUGE[verdict])
 
     async def drain_shadows(self) -> None:
         """Wait for shadow work in flight (tests and shutdown)."""

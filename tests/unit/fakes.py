@@ -4,7 +4,7 @@
 (``replies`` first, in order, then ``reply``), else with its ``answer`` function; ``gate`` holds
 calls until the test releases permits, and ``statuses`` is what ``health()`` reports. The answer
 functions below are the shapes the tests need (a tiny PNG, bytes derived from the pixels, the
-params echoed back, a shadow comparison held until released).
+params echoed back, a shadow comparison held until released, a cutout with its matte).
 """
 
 from __future__ import annotations
@@ -82,6 +82,26 @@ class HeldShadow:
                 raise ModelUnavailable("shadow deployment down")
             return np.clip(pixels.astype(int) + 8, 0, 255).astype(np.uint8)
         return EncodedImage(b"png", "image/png", pixels.shape[1], pixels.shape[0], "sha", pixels if request.keep_pixels else None)
+
+
+def cutout(deployment: str, request: ModelRequest) -> Reply:
+    """A remove-background stand-in whose matte is a vertical step at column 16 + ``erode_px`` of
+    a 32x24 image: as the model, RGBA by default, the matte as grey with ``only_mask``, flattened
+    onto white with ``bg_color``; the array alone for a shadow call (no output asked)."""
+    p = request.params
+    alpha = np.zeros((24, 32), np.uint8)
+    alpha[:, 16 + p.get("erode_px", 0) :] = 255
+    rgb = np.full((24, 32, 3), (200, 40, 40), np.uint8)
+    if p.get("only_mask"):
+        out = np.repeat(alpha[:, :, None], 3, axis=2)
+    elif p.get("bg_color"):
+        a = alpha[:, :, None].astype(np.float32) / 255
+        out = (rgb * a + 255 * (1 - a)).astype(np.uint8)
+    else:
+        out = np.dstack([rgb, alpha])
+    if request.output is None:
+        return out
+    return EncodedImage(b"png", "image/png", 32, 24, "sha", out if request.keep_pixels else None)
 
 
 class FakeBackend:

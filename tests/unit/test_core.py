@@ -17,13 +17,15 @@ from stylefleet.spec import AppSpec
 from tests import samples
 from tests.samples import ROOT
 from tests.unit import apps
-from tests.unit.fakes import FakeBackend, HeldShadow
+from tests.unit.fakes import FakeBackend, HeldShadow, cutout
 
 
 class ListRecorder:
     def __init__(self) -> None:
         self.requests: list[tuple[str, str, str]] = []
         self.shadows: list[tuple[str, str, str, float]] = []
+        self.mattes: list[tuple[str, str, str, float, float, float]] = []
+        self.gates: list[tuple[str, str, str, str, int]] = []
 
     def request(self, style: str, variant: str, outcome: str, seconds: float) -> None:
         self.requests.append((style, variant, outcome))
@@ -31,9 +33,27 @@ class ListRecorder:
     def shadow(self, style: str, primary: str, shadow: str, psnr_db: float, ssim: float, mad: float) -> None:
         self.shadows.append((style, primary, shadow, mad))
 
+    def shadow_matte(self, style: str, primary: str, shadow: str, iou: float, alpha_mad: float, edge_error: float) -> None:
+        self.mattes.append((style, primary, shadow, iou, alpha_mad, edge_error))
+
+    def shadow_gate(self, style: str, primary: str, shadow: str, metric: str, value: int) -> None:
+        self.gates.append((style, primary, shadow, metric, value))
+
+
+# A cutout style with three variants on one deployment: erode_px 0 twice (the same matte) and 2.
+CUTOUT_AB = {
+    "description": "cutout A/B",
+    "variants": [
+        {"name": "fp32", "deployment": "remove-background", "params": {"erode_px": 0}},
+        {"name": "same", "deployment": "remove-background", "params": {"erode_px": 0}},
+        {"name": "eroded", "deployment": "remove-background", "params": {"erode_px": 2}},
+    ],
+}
+
 
 def _core(backend, recorder, settings: dict) -> RouterCore:
     args = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"]
+    args["styles"]["cutout-ab"] = CUTOUT_AB
     core = RouterCore(Catalog(AppSpec.from_args(args)), backend, max_pixels=10**8, recorder=recorder, rng=random.Random(3))
     core.apply(RouterSettings.model_validate(settings))
     return core
@@ -51,12 +71,76 @@ def test_shadow_work_neither_delays_nor_fails_the_user_and_records_drift() -> No
         assert result.variant == "a" and result.image.pixels is None
         shadow.release.set()
         await core.drain_shadows()
-        [report] = core.shadow_report.describe()
+        [report] = core.describe_shadows()
         assert (report["primary"], report["shadow"], report["comparisons"]) == ("a", "b", 1)
         assert report["mean_abs_diff_mean"] == pytest.approx(8, abs=0.5)
         assert recorder.shadows == [("oil-paint", "a", "b", pytest.approx(8, abs=0.5))]
 
     asyncio.run(scenario())
+
+
+CUTOUT_SHADOWS = {"splits": {"cutout-ab": {"fp32": 1}}, "shadows": {"cutout-ab": {"same": 100, "eroded": 100}}}
+
+
+def _by_shadow(core: RouterCore) -> dict[tuple[str, str], dict]:
+    return {(e["shadow"], e["metric"]): e for e in core.describe_shadows()}
+
+
+def test_cutout_shadows_are_compared_by_matte_and_gated() -> None:
+    async def scenario() -> None:
+        recorder = ListRecorder()
+        core = _core(FakeBackend(cutout), recorder, {**CUTOUT_SHADOWS, "gates": {"min_comparisons": 2}})
+        for _ in range(2):
+            await core.handle("cutout-ab", PHOTO, {})
+            await core.drain_shadows()
+        same, eroded = _by_shadow(core)[("same", "matte")], _by_shadow(core)[("eroded", "matte")]
+        assert (same["comparisons"], same["iou_mean"], same["gate"]["verdict"]) == (2, 1.0, "pass")
+        assert eroded["iou_mean"] == pytest.approx(14 / 16)  # the step moved from column 16 to 18 of 32
+        assert eroded["gate"]["verdict"] == "fail"
+        assert eroded["gate"]["failing"] == ["min_iou", "max_mean_abs_alpha_diff", "max_edge_error"]
+        assert sorted({m[2] for m in recorder.mattes}) == ["eroded", "same"] and recorder.shadows == []
+        first, last = {}, {}
+        for _, _, shadow, _, value in recorder.gates:
+            first.setdefault(shadow, value)
+            last[shadow] = value
+        assert first == {"same": -1, "eroded": -1} and last == {"same": 1, "eroded": 0}  # pending, then the verdict
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("fields", "metric"),
+    [({"only_mask": "true"}, "matte"), ({"bg_color": "white"}, "image")],
+    ids=["only-mask", "flattened"],
+)
+def test_a_cutout_is_compared_by_matte_while_it_carries_one(fields: dict, metric: str) -> None:
+    async def scenario() -> None:
+        core = _core(FakeBackend(cutout), ListRecorder(), CUTOUT_SHADOWS)
+        await core.handle("cutout-ab", PHOTO, dict(fields))
+        await core.drain_shadows()
+        assert {e["metric"] for e in core.describe_shadows()} == {metric}
+
+    asyncio.run(scenario())
+
+
+def test_new_thresholds_reach_the_gate_gauge_without_a_new_comparison() -> None:
+    async def scenario() -> None:
+        recorder = ListRecorder()
+        core = _core(FakeBackend(cutout), recorder, {**CUTOUT_SHADOWS, "gates": {"min_comparisons": 1}})
+        await core.handle("cutout-ab", PHOTO, {})
+        await core.drain_shadows()
+        assert _by_shadow(core)[("eroded", "matte")]["gate"]["verdict"] == "fail"
+        recorder.gates.clear()
+        core.apply(_loose_gates())
+        assert ("cutout-ab", "fp32", "eroded", "matte", 1) in recorder.gates
+        assert _by_shadow(core)[("eroded", "matte")]["gate"]["verdict"] == "pass"
+
+    asyncio.run(scenario())
+
+
+def _loose_gates() -> RouterSettings:
+    loose = {"min_iou": 0.5, "max_mean_abs_alpha_diff": 0.5, "max_edge_error": 10.0}
+    return RouterSettings.model_validate({**CUTOUT_SHADOWS, "gates": {"min_comparisons": 1, "matte": loose}})
 
 
 def test_a_failing_shadow_is_counted_and_harms_nothing() -> None:
@@ -68,7 +152,7 @@ def test_a_failing_shadow_is_counted_and_harms_nothing() -> None:
         shadow.release.set()
         await core.drain_shadows()
         assert result.variant == "a"
-        assert core.shadow_report.describe()[0]["failed"] == 1
+        assert core.describe_shadows()[0]["failed"] == 1
 
     asyncio.run(scenario())
 

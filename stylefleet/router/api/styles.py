@@ -32,8 +32,8 @@ async def style_preview(style_name: str, request: Request) -> Response:
 
 @router.get("/v1/shadow", responses=errors())
 async def shadow_report(request: Request) -> dict[str, Any]:
-    """Drift between each shadow variant and the variant the user got, per style."""
-    return {"comparisons": services(request).core.shadow_report.describe()}
+    """Drift between each shadow variant and the variant the user got, per style, and its quality gate."""
+    return {"comparisons": services(request).core.describe_shadows()}
 
 
 @router.post(
