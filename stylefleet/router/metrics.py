@@ -32,7 +32,8 @@ class RayRecorder:
     """Implements ``stylefleet.router.core.Recorder``."""
 
     def __init__(self) -> None:
-        from ray.util.metrics import Counter, Gauge, Histogram
+        from ray.serve.metrics import Gauge  # adds the replica's tags: each replica judges its own comparisons
+        from ray.util.metrics import Counter, Histogram
 
         self._latency = Histogram(
             "stylefleet_request_latency_seconds",
@@ -80,7 +81,7 @@ class RayRecorder:
         self._gate = Gauge(
             "stylefleet_shadow_gate",
             description="the shadow's quality gate on this router replica: 1 pass, 0 fail, -1 pending",
-            tag_keys=(*shadow_tags, "metric"),
+            tag_keys=(*shadow_tags, "metric"),  # type: ignore[arg-type]  # Ray annotates it Tuple[str], one key
         )
         self._verdicts: dict[tuple[str, str, str, str], int] = {}  # the gate gauge's last value per series
         self._verdicts_lock = threading.Lock()
