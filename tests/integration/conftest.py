@@ -22,6 +22,18 @@ APP = "stylefleet"
 MEMORY_RESOURCE_BYTES = 24 * 1024**3
 
 
+# A cutout style with variants on one deployment, for the shadow gate (test_ab): "same" gives the
+# primary's matte, "eroded" one shrunk by 2 px.
+CUTOUT_AB = {
+    "description": "cutout A/B",
+    "variants": [
+        {"name": "a", "deployment": "remove-background", "params": {"erode_px": 0}},
+        {"name": "same", "deployment": "remove-background", "params": {"erode_px": 0}},
+        {"name": "eroded", "deployment": "remove-background", "params": {"erode_px": 2}},
+    ],
+}
+
+
 def test_config(port: int) -> dict[str, Any]:
     """The shipped serve_config.yaml, with what the tests need changed and nothing else.
 
@@ -34,6 +46,7 @@ def test_config(port: int) -> dict[str, Any]:
     - stylize pinned to one replica (tests compare replica ids), and a small extra deployment
       with quick autoscaling (1-2 replicas, one thread each, a 2 GiB memory budget each) for the
       scaling test;
+    - a remove-background style with three variants (``CUTOUT_AB``) for the shadow gate;
     - jobs in a fresh temporary folder, a short lease (a restarted app resumes quickly), two items
       in flight per job, and a 16 MiB archive limit so a zip bomb is cheap to build.
     """
@@ -73,6 +86,7 @@ def test_config(port: int) -> dict[str, Any]:
         },
     }
     args["styles"]["autoscale-probe"] = {"deployment": "autoscale-probe", "params": {"style": "3"}}
+    args["styles"]["cutout-ab"] = CUTOUT_AB
     for entry in app["deployments"]:
         if entry["name"] == "restyle":
             entry["user_config"] = {"max_batch_size": 1, "batch_wait_timeout_s": 0.0}

@@ -101,3 +101,26 @@ def test_shadow_variant_is_compared_and_the_user_response_is_unchanged(serve_app
         assert {v["name"]: v["shadow_percent"] for v in styles["oil-paint"]["variants"]} == {"a": 0.0, "b": 100}
     finally:
         redeploy(serve_app, {"router": SHIPPED_ROUTER})
+
+
+def test_cutout_shadows_are_compared_by_matte_and_gated(serve_app: dict[str, Any], client: httpx.Client) -> None:
+    shadows = {"splits": {"cutout-ab": {"a": 1}}, "shadows": {"cutout-ab": {"same": 100, "eroded": 100}}}
+    redeploy(serve_app, {"router": {**shadows, "gates": {"min_comparisons": 2}}})
+    try:
+        for _ in range(2):
+            r = client.post("/v1/styles/cutout-ab", files={"image": ("c.jpg", PHOTO, "image/jpeg")})
+            assert r.status_code == 200 and r.headers["x-stylefleet-variant"] == "a"
+        deadline = time.monotonic() + 60
+        rows: dict[str, dict[str, Any]] = {}
+        while time.monotonic() < deadline:
+            rows = {c["shadow"]: c for c in client.get("/v1/shadow").json()["comparisons"] if c["style"] == "cutout-ab"}
+            if len(rows) == 2 and all(c["comparisons"] + c["failed"] >= 2 for c in rows.values()):
+                break
+            time.sleep(0.2)
+        same, eroded = rows["same"], rows["eroded"]
+        assert (same["metric"], same["failed"], same["gate"]["verdict"]) == ("matte", 0, "pass")
+        assert same["iou_mean"] > 0.999
+        assert (eroded["metric"], eroded["gate"]["verdict"]) == ("matte", "fail")
+        assert "max_edge_error" in eroded["gate"]["failing"] and eroded["edge_error_mean"] > same["edge_error_mean"]
+    finally:
+        redeploy(serve_app, {"router": SHIPPED_ROUTER})

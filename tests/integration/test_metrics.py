@@ -83,7 +83,8 @@ def traffic(serve_app: dict[str, Any]) -> dict[str, Any]:
         and total(s, name, style=STYLE, outcome="invalid_params") - total(before, name, style=STYLE, outcome="invalid_params") >= 2
         and total(s, queued, deployment="stylize") - total(before, queued, deployment="stylize") >= 5
         and {labels["model"] for labels, _ in s.get("ray_stylefleet_model_load_seconds_count", [])} >= MODELS
-        and total(s, "ray_stylefleet_shadow_ssim_count") >= 1,
+        and total(s, "ray_stylefleet_shadow_ssim_count") >= 1
+        and bool(_gate_values(s)),
     )
     return {"before": before, "after": after}
 
@@ -99,6 +100,11 @@ def _one_shadow_comparison(serve_app: dict[str, Any]) -> None:
                 time.sleep(0.2)
     finally:
         redeploy(serve_app, {})  # back to the session's own router settings
+
+
+def _gate_values(series: dict[str, Any]) -> list[float]:
+    """The shadow gate gauge of the comparison ``_one_shadow_comparison`` made."""
+    return [v for tags, v in series.get("ray_stylefleet_shadow_gate", []) if (tags.get("style"), tags.get("shadow")) == ("oil-paint", "b")]
 
 
 def _delta(traffic: dict[str, Any], name: str, **labels: str) -> float:
@@ -132,6 +138,10 @@ def test_model_load_time_is_exported(traffic: dict[str, Any]) -> None:
         starts = total(after, "ray_stylefleet_model_load_seconds_count", model=model)
         seconds = total(after, "ray_stylefleet_model_load_seconds_sum", model=model)
         assert starts >= 1 and 0 < seconds / starts < 300, model
+
+
+def test_shadow_gate_gauge_is_pending_before_enough_comparisons(traffic: dict[str, Any]) -> None:
+    assert _gate_values(traffic["after"]) == [-1.0]  # one comparison of the 20 the default gate needs
 
 
 def test_no_gpu_series_on_a_cpu_machine(traffic: dict[str, Any]) -> None:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
 
-from stylefleet.compare import Drift, MatteDrift
+from stylefleet.compare import Drift, MatteDrift, matte_drift
 from stylefleet.config import GateSettings
+from stylefleet.deployments.batching import ModelRequest, run_batch
 from stylefleet.router.shadow import ShadowReport, mattes
+from tests import samples
 
 ALPHA = np.tile(np.linspace(0, 255, 8).astype(np.uint8), (6, 1))
 RGB = np.full((6, 8, 3), 90, np.uint8)
@@ -113,3 +116,26 @@ def test_a_style_override_judges_only_that_style() -> None:
 def test_a_pair_compared_both_ways_has_an_entry_per_metric() -> None:
     report = _report(GOOD_MATTE, Drift(psnr_db=40.0, ssim=0.99, mean_abs_diff=1.0))
     assert [(e["metric"], e["comparisons"]) for e in report.describe(GATES)] == [("image", 1), ("matte", 1)]
+
+
+@pytest.fixture(scope="module")
+def u2net() -> Any:
+    from stylefleet.deployments.background import U2NetModel
+    from stylefleet.deployments.onnx_session import RuntimeOptions
+    from stylefleet.deployments.registry import resolve
+
+    return U2NetModel(resolve("u2netp"), RuntimeOptions(device="cpu", threads=1))
+
+
+@pytest.mark.parametrize("photo", ["cat", "astronaut", "coffee"])
+def test_the_default_matte_gate_tells_a_4px_erosion_from_the_same_matte(u2net: Any, photo: str) -> None:
+    image = getattr(samples, photo)()
+
+    def matte(**params: Any) -> np.ndarray:
+        [out] = run_batch(u2net, [ModelRequest({"image": image}, {"only_mask": True, **params}, None)])
+        return out[:, :, 0]
+
+    gates, reference = GateSettings(min_comparisons=1), matte()
+    same, eroded = _report(matte_drift(reference, matte())), _report(matte_drift(reference, matte(erode_px=4)))
+    assert same.describe(gates)[0]["gate"]["verdict"] == "pass"
+    assert eroded.describe(gates)[0]["gate"]["failing"] == ["min_iou", "max_mean_abs_alpha_diff", "max_edge_error"]
