@@ -142,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--cache-dir", default=None, help="where the derived files go (default: see above)")
     quantize.add_argument("--model-dir", default=None, help="the config's model_dir: where the fp32 sources are looked for first")
     quantize.add_argument("--check", action="store_true", help="build nothing: exit 1 unless every derived file is cached and verified")
+    quantize.add_argument(
+        "--record", metavar="PORTRAITS", default=None,
+        help="after changing a recipe: build afresh whatever the registry says, measure the result against fp32 on "
+        "the held-out portraits in this folder (`make portraits`: .portraits), and print the sha256 and figures "
+        "for the registry entry",
+    )
     quantize.set_defaults(func=cmd_quantize)
 
     config = sub.add_parser("config", help="validate a serve config (+ profile) and print the merged result")
@@ -171,6 +177,15 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     failed = 0
     for name in quantize.derived_names():
         started = time.perf_counter()
+        if args.record:
+            built = quantize.build_into(name, folder, model_dir=args.model_dir)
+            quality = quantize.held_out_quality(name, built.path.read_bytes(), Path(args.record), model_dir=args.model_dir)
+            print(f"{name}\t{built.path}\t{built.sha256}\t{built.seconds:.1f} s")
+            print(f"  registry: sha256={built.sha256!r}, built_with={quantize.ort_version()!r},")
+            print(f"  quality=Quality(iou={quality.iou}, mean_abs_alpha_diff={quality.mean_abs_alpha_diff}, "
+                  f"edge_error={quality.edge_error}, worst_iou={quality.worst_iou}, photos=HELD_OUT_PORTRAITS)")
+            print(f"  gate: {'; '.join(quality.failures()) or 'passes'}")
+            continue
         if args.check:
             path, digest = quantize.check(name, folder)
             if digest is None:

@@ -255,3 +255,17 @@ def test_cli_builds_and_prints_path_and_sha(tmp_path: Path, fake_build: list[int
     assert cli_main(["quantize", "--check", "--cache-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].split("\t")[:3] == [NAME, str(tmp_path / "u2netp_int8.onnx"), hashlib.sha256(FAKE).hexdigest()]
+
+
+def test_cli_record_prints_the_registry_entry(
+    tmp_path: Path, fake_build: list[int], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After a recipe change: a fresh build, its figures measured, printed for registry.py."""
+    figures = replace(MODELS[NAME].quality, iou=0.5)  # type: ignore[type-var]
+    monkeypatch.setattr(quantize, "held_out_quality", lambda name, derived, folder, **_: figures)
+    (tmp_path / "u2netp_int8.onnx").write_bytes(FAKE)  # already there: --record builds anyway
+    assert cli_main(["quantize", "--record", str(tmp_path), "--cache-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert fake_build == [1]
+    assert f"sha256={hashlib.sha256(FAKE).hexdigest()!r}" in out and "quality=Quality(iou=0.5," in out
+    assert "gate: IoU 0.5 < 0.98" in out
