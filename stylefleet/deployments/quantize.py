@@ -25,9 +25,10 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -83,12 +84,21 @@ class Recipe:
         return asdict(self)
 
 
-def _output_heads(model: object) -> list[str]:
+@dataclass(frozen=True)
+class RuleInputs:
+    """What an exclusion rule looks at: the pre-processed fp32 graph (an ``onnx.ModelProto``) and
+    the calibration inputs (some rules run the fp32 network over them)."""
+
+    model: Any
+    tensors: Sequence[np.ndarray] = field(repr=False)
+
+
+def _output_heads(inputs: RuleInputs) -> list[str]:
     """u2netp's seven output heads, so that no tensor of theirs is quantized: each graph output's
     producer (a Sigmoid), back through any Resize (five side outputs are upsampled) to the Conv that
     makes the side output, and the Concat that fuses the six side outputs for the first head (it
     reads them all: left quantized, it would quantize every side output)."""
-    graph = model.graph  # type: ignore[attr-defined]
+    graph = inputs.model.graph
     producer = {out: node for node in graph.node for out in node.output}
     names: list[str] = []
     for output in graph.output:
@@ -103,9 +113,129 @@ def _output_heads(model: object) -> list[str]:
     return names
 
 
-EXCLUSION_RULES: dict[str, Callable[[object], list[str]]] = {"output-heads": _output_heads}
+def _consumers(graph: Any) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            out.setdefault(name, []).append(node)
+    return out
 
-RECIPES: dict[str, Recipe] = {r.name: r for r in (Recipe(name="u2netp_int8", source="u2netp"),)}
+
+def _tap(conv: Any, consumers: Mapping[str, list[Any]]) -> tuple[str, list[str]]:
+    """A Conv's output after its Relu (when a Relu is its only consumer), and the Conv with that Relu."""
+    after = consumers.get(conv.output[0], [])
+    if len(after) == 1 and after[0].op_type == "Relu":
+        return after[0].output[0], [conv.name, after[0].name]
+    return conv.output[0], [conv.name]
+
+
+def _with_consumers(graph: Any, convs: Iterable[str]) -> list[str]:
+    """Each Conv, its Relu (if that is its only consumer) and every consumer of the Relu's (else
+    the Conv's) output: the nodes that read the tensor stay fp32 too, so it is never quantized."""
+    consumers = _consumers(graph)
+    by_name = {n.name: n for n in graph.node}
+    names: list[str] = []
+    for conv in convs:
+        tensor, nodes = _tap(by_name[conv], consumers)
+        names.extend(nodes)
+        names.extend(n.name for n in consumers.get(tensor, []))
+    return names
+
+
+def _run_fp32(model: Any, outputs: Sequence[str], feeds: Iterable[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
+    """The fp32 network over ``feeds`` with ``outputs`` (intermediate tensors) as its answers."""
+    import onnx
+    import onnxruntime as ort
+
+    augmented = onnx.ModelProto()
+    augmented.CopyFrom(model)
+    known = {o.name for o in augmented.graph.output}
+    for name in outputs:
+        if name not in known:
+            augmented.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(augmented.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    for feed in feeds:
+        yield dict(zip(outputs, session.run(list(outputs), feed), strict=True))
+
+
+LOW_RESOLUTION_FRACTION = 4  # "low-resolution": Convs whose output side is at most the input side / 4
+
+
+def _low_resolution(inputs: RuleInputs) -> list[str]:
+    """Every Conv whose output, for the network's input size, is at most a quarter of its side
+    (u2netp: the stages at 80, 40, 20 and 10 px, 8.6% of its FLOPs), with its Relu and that
+    tensor's consumers: quantization noise there is amplified by every upsampling after it."""
+    graph = inputs.model.graph
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    side = inputs.tensors[0].shape[-1]
+    zeros = np.zeros((1, *inputs.tensors[0].shape), np.float32)
+    shapes = next(_run_fp32(inputs.model, [c.output[0] for c in convs], [{INPUT: zeros}]))
+    small = [c.name for c in convs if shapes[c.output[0]].shape[-1] * LOW_RESOLUTION_FRACTION <= side]
+    return _with_consumers(graph, small)
+
+
+NEAR_CONSTANT_RATIO = 5.0  # the dominant channel's maximum over the median channel's
+NEAR_CONSTANT_SPREAD = 0.03  # the dominant channel's standard deviation over its maximum
+
+
+def near_constant_channels(inputs: RuleInputs) -> dict[str, tuple[float, float]]:
+    """Conv -> (ratio, spread) of its output after its Relu on the calibration inputs: per channel
+    its maximum m_c over every input and pixel, the dominant channel d = argmax m_c, ratio =
+    m_d / median m_c, spread = std of channel d's values / m_d."""
+    graph = inputs.model.graph
+    consumers = _consumers(graph)
+    taps = {n.name: _tap(n, consumers)[0] for n in graph.node if n.op_type == "Conv"}
+    stats: dict[str, list[np.ndarray]] = {}
+    counts: dict[str, int] = {}
+    feeds = ({INPUT: t[None]} for t in inputs.tensors)
+    for outputs in _run_fp32(inputs.model, list(taps.values()), feeds):
+        for conv, tensor in taps.items():
+            values = outputs[tensor][0].reshape(outputs[tensor].shape[1], -1)
+            peak = values.max(axis=1)
+            total = values.sum(axis=1, dtype=np.float64)
+            squares = np.einsum("ij,ij->i", values, values, dtype=np.float64)
+            if conv in stats:
+                stats[conv][0] = np.maximum(stats[conv][0], peak)
+                stats[conv][1] += total
+                stats[conv][2] += squares
+            else:
+                stats[conv] = [peak, total, squares]
+            counts[conv] = counts.get(conv, 0) + values.shape[1]
+    out = {}
+    for conv, (peak, total, squares) in stats.items():
+        d = int(np.argmax(peak))
+        median = float(np.median(peak))
+        if peak[d] <= 0 or median <= 0:
+            continue
+        n = counts[conv]
+        std = float(np.sqrt(max(0.0, squares[d] / n - (total[d] / n) ** 2)))
+        out[conv] = (float(peak[d]) / median, std / float(peak[d]))
+    return out
+
+
+def _near_constant_channels(inputs: RuleInputs) -> list[str]:
+    """Convs with one nearly constant channel far above the others (a nearly dead filter whose
+    bias dominates): it would set the whole tensor's uint8 range and crush every other channel
+    (u2netp: Conv_765, Conv_898, Conv_787). With their Relus and that tensor's consumers."""
+    found = near_constant_channels(inputs)
+    picked = [c for c, (ratio, spread) in found.items() if ratio > NEAR_CONSTANT_RATIO and spread < NEAR_CONSTANT_SPREAD]
+    return _with_consumers(inputs.model.graph, picked)
+
+
+EXCLUSION_RULES: dict[str, Callable[[RuleInputs], list[str]]] = {
+    "output-heads": _output_heads,
+    "low-resolution": _low_resolution,
+    "near-constant-channels": _near_constant_channels,
+}
+
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in (
+        Recipe(name="u2netp_int8", source="u2netp", exclude=("output-heads", "low-resolution", "near-constant-channels")),
+    )
+}
 
 
 def cache_dir(model_dir: str | None = None) -> Path:
@@ -148,10 +278,12 @@ def calibration_tensors(photos: Iterable[str]) -> list[np.ndarray]:
 # -- the build -----------------------------------------------------------------------------------
 
 
-def excluded_nodes(recipe: Recipe, model: object) -> list[str]:
+def excluded_nodes(recipe: Recipe, model: Any, tensors: Sequence[np.ndarray]) -> list[str]:
+    """The nodes the recipe keeps fp32, in a stable order: its rules', then ``exclude_nodes``."""
+    inputs = RuleInputs(model, tensors)
     names: list[str] = []
     for rule in recipe.exclude:
-        names.extend(EXCLUSION_RULES[rule](model))
+        names.extend(EXCLUSION_RULES[rule](inputs))
     names.extend(recipe.exclude_nodes)
     return list(dict.fromkeys(names))
 
@@ -223,7 +355,7 @@ def build(recipe: Recipe, *, source: ResolvedModel | None = None) -> bytes:
             QuantType[recipe.activation_type],
             TensorsData(CalibrationMethod.MinMax, ranges),
             [],  # nodes_to_quantize: all
-            excluded_nodes(recipe, model),
+            excluded_nodes(recipe, model, tensors),
             op_types,
             {},
         )

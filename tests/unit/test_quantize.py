@@ -21,7 +21,7 @@ from onnx import numpy_helper
 from stylefleet.config import ModelSpec
 from stylefleet.deployments import quantize
 from stylefleet.deployments.loader import load_model
-from stylefleet.deployments.registry import MODELS, ResolvedModel
+from stylefleet.deployments.registry import MODELS, ResolvedModel, resolve
 from stylefleet.errors import ModelUnavailable
 from stylefleet.tools.cli import main as cli_main
 
@@ -91,31 +91,77 @@ def test_build_is_reproducible_across_processes(built: ResolvedModel) -> None:
 
 
 @pytest.fixture(scope="module")
-def excluded() -> dict[str, str]:
-    """The recipe's excluded nodes, picked by its rule on the source graph: name -> op type."""
-    model = onnx.load_from_string(quantize.source_bytes(NAME))
-    kinds = {n.name: n.op_type for n in model.graph.node}
-    return {n: kinds[n] for n in quantize.excluded_nodes(quantize.RECIPES[NAME], model)}
+def rule_inputs() -> quantize.RuleInputs:
+    """What the rules look at when the recipe is built: the pre-processed graph, the calibration inputs."""
+    recipe = quantize.RECIPES[NAME]
+    with tempfile.TemporaryDirectory(prefix="stylefleet-int8-test.") as folder:
+        model = onnx.load(str(quantize.prepared_source(recipe, resolve(recipe.source), Path(folder))))
+    return quantize.RuleInputs(model, quantize.calibration_tensors(recipe.photos))
 
 
-def test_exclusions_are_the_seven_output_heads(excluded: dict[str, str]) -> None:
+def _kinds(inputs: quantize.RuleInputs, names: list[str]) -> dict[str, str]:
+    kinds = {n.name: n.op_type for n in inputs.model.graph.node}
+    return {n: kinds[n] for n in names}
+
+
+@pytest.fixture(scope="module")
+def excluded(rule_inputs: quantize.RuleInputs) -> dict[str, str]:
+    """Every node the recipe keeps fp32: name -> op type."""
+    return _kinds(rule_inputs, quantize.excluded_nodes(quantize.RECIPES[NAME], rule_inputs.model, rule_inputs.tensors))
+
+
+def test_the_recipe_uses_all_three_rules() -> None:
+    assert quantize.RECIPES[NAME].exclude == ("output-heads", "low-resolution", "near-constant-channels")
+
+
+def test_output_heads_rule_picks_the_seven_heads(rule_inputs: quantize.RuleInputs) -> None:
     """Each side output's Sigmoid, its Conv, the Resize between them where it is upsampled, and
     the Concat fusing the side outputs."""
-    assert sorted(excluded.values()) == ["Concat"] + ["Conv"] * 7 + ["Resize"] * 5 + ["Sigmoid"] * 7
+    heads = _kinds(rule_inputs, quantize.EXCLUSION_RULES["output-heads"](rule_inputs))
+    assert sorted(heads.values()) == ["Concat"] + ["Conv"] * 7 + ["Resize"] * 5 + ["Sigmoid"] * 7
+
+
+def _output_sides(model: onnx.ModelProto) -> dict[str, int]:
+    """Conv name -> its output's width, by ONNX shape inference at batch 1 (not the rule's own run)."""
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    fixed.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    del fixed.graph.value_info[:]
+    inferred = onnx.shape_inference.infer_shapes(fixed)
+    widths = {v.name: v.type.tensor_type.shape.dim[-1].dim_value for v in inferred.graph.value_info if v.type.tensor_type.shape.dim}
+    return {n.name: widths[n.output[0]] for n in inferred.graph.node if n.op_type == "Conv" and n.output[0] in widths}
+
+
+def test_low_resolution_rule_picks_every_conv_at_80_px_or_less(rule_inputs: quantize.RuleInputs) -> None:
+    sides = _output_sides(rule_inputs.model)
+    picked = {n for n, op in _kinds(rule_inputs, quantize.EXCLUSION_RULES["low-resolution"](rule_inputs)).items() if op == "Conv"}
+    assert picked == {n for n, side in sides.items() if side <= 80}
+    assert {sides[n] for n in picked} == {80, 40, 20, 10}
+
+
+def test_near_constant_channels_rule_picks_the_dead_filters(rule_inputs: quantize.RuleInputs) -> None:
+    figures = quantize.near_constant_channels(rule_inputs)
+    picked = _kinds(rule_inputs, quantize.EXCLUSION_RULES["near-constant-channels"](rule_inputs))
+    assert sorted(n for n, op in picked.items() if op == "Conv") == ["Conv_765", "Conv_787", "Conv_898"]
+    ratio, spread = figures["Conv_765"]
+    assert ratio > 15 and spread < 0.01  # one channel at ~18x the median, nearly constant
+    ratio, spread = figures["Conv_0"]  # the nearest miss: a dominant channel that really varies
+    assert ratio > 5 and spread > 0.03 and "Conv_0" not in picked
 
 
 def test_excluded_convs_keep_fp32_weights_and_the_rest_are_quantized(graph: onnx.GraphProto, excluded: dict[str, str]) -> None:
     convs = {n.name for n in graph.node if n.op_type == "Conv"}
-    head_convs = {n for n, op in excluded.items() if op == "Conv"}
-    assert head_convs <= convs
-    assert set(_weight_dq(graph)) == convs - head_convs
+    kept = {n for n, op in excluded.items() if op == "Conv"}
+    assert kept < convs
+    assert set(_weight_dq(graph)) == convs - kept
 
 
-def test_excluded_heads_read_no_quantized_tensor(graph: onnx.GraphProto, excluded: dict[str, str]) -> None:
+def test_the_output_sigmoids_read_fp32_tensors(graph: onnx.GraphProto) -> None:
+    """No side output passes through int8 on its way out (the output-heads rule's purpose)."""
     producer = {out: node for node in graph.node for out in node.output}
-    for node in graph.node:
-        if excluded.get(node.name) in ("Sigmoid", "Resize", "Concat"):
-            assert all(producer[i].op_type != "DequantizeLinear" for i in node.input if i in producer), node.name
+    sigmoids = [producer[o.name] for o in graph.output]
+    assert [n.op_type for n in sigmoids] == ["Sigmoid"] * 7
+    assert all(producer[n.input[0]].op_type != "DequantizeLinear" for n in sigmoids)
 
 
 def test_weights_are_per_channel(graph: onnx.GraphProto) -> None:
