@@ -5,7 +5,8 @@ Nothing is downloaded: ``build(recipe)`` turns the registry's fp32 file into a Q
 package depends on). The recipe is data (``Recipe``): which nodes stay fp32, how activations are
 calibrated, on which photos, at which opset. Building it again gives the same bytes: the
 calibrator's ranges are rounded to ``Recipe.range_digits`` significant digits before they reach
-the quantizer, so thread scheduling in the calibration runs cannot move a single scale.
+the quantizer, so float noise between calibration runs (thread scheduling) does not reach the
+scales (checked: two builds in fresh processes, the same sha256).
 
 ``ensure(name, cache_dir)`` builds a derived file once into a cache folder (``cache_dir()``:
 ``$STYLEFLEET_MODEL_CACHE``, else the config's ``model_dir``, else ``~/.cache/stylefleet/models``),
@@ -20,6 +21,7 @@ give a derived model most of a style's traffic while they miss the registry's ``
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -310,7 +312,8 @@ def prepared_source(recipe: Recipe, source: ResolvedModel, workdir: Path) -> Pat
 
 
 def build(recipe: Recipe, *, source: ResolvedModel | None = None) -> bytes:
-    """The derived network's bytes (about 15 s on one core for u2netp). Same recipe, source and ONNX Runtime: same bytes."""
+    """The derived network's bytes (20-60 s for u2netp on a shared 2-core machine). Same recipe,
+    source and ONNX Runtime: same bytes."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantType
     from onnxruntime.quantization.calibrate import TensorsData, create_calibrator
@@ -398,8 +401,6 @@ def build_into(name: str, folder: Path, *, model_dir: str | None = None) -> Buil
     started = time.perf_counter()
     logger.info("building %s from %s (recipe %s, ONNX Runtime %s) into %s", name, recipe.source, recipe.name, ort_version(), folder)
     data = build(recipe, source=source)
-    import hashlib
-
     digest = hashlib.sha256(data).hexdigest()
     target = folder / spec.filename
     _write_atomic(target, data)
