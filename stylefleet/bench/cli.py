@@ -7,6 +7,7 @@
     soak      one style served, then a sustained load with each replica's RSS
     models    the model layer's table per model and batch size (no Ray)
     gpu       the model table and the served layer on CUDA (``--tiny``: on the CPU at toy sizes)
+    int8      the bare u2netp network, fp32 against its int8 copy, with the replica's session options
 
 Each writes JSON (``--out``) and prints its figures; docs/performance.md says what each means.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from stylefleet.bench import bare, gpu, rembg, served, sessions, soak, table
+from stylefleet.bench import bare, gpu, int8, rembg, served, sessions, soak, table
 
 
 def _served_with(extra: Any) -> Any:
@@ -34,6 +35,7 @@ MODES = {  # name -> (one-line help, add_arguments functions, main)
              _served_with(soak.soak_pass)),
     "models": ("the model layer's table per model and batch size (no Ray)", (table.add_arguments,), table.main),
     "gpu": ("the model table and the served layer on CUDA (--tiny: the CPU at toy sizes)", (gpu.add_arguments,), gpu.main),
+    "int8": ("the bare u2netp network, fp32 against its int8 copy (no Ray)", (int8.add_arguments,), int8.main),
 }
 
 
