@@ -8,7 +8,7 @@ PIP := $(BIN)/python -m pip
 CONSTRAINTS ?= constraints-cpu.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test lint portraits bench bench-rembg bench-sessions bench-models bench-gpu bench-gpu-tiny install install-test install-gpu chaos clean
+.PHONY: run test lint quantized portraits bench bench-rembg bench-sessions bench-models bench-gpu bench-gpu-tiny install install-test install-gpu chaos clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,15 @@ $(VENV)/.installed-test: $(VENV)/.installed
 
 install: $(VENV)/.installed
 
+# The derived weights (int8 u2netp) built from the shipped fp32 file into the model cache
+# ($STYLEFLEET_MODEL_CACHE, else ~/.cache/stylefleet/models), again whenever the recipe or the
+# registry changes; `stylefleet quantize` keeps a file that already has the registry's sha256.
+$(VENV)/.quantized: $(VENV)/.installed stylefleet/deployments/quantize.py stylefleet/deployments/registry.py
+	$(BIN)/stylefleet quantize
+	touch $@
+
+quantized: $(VENV)/.quantized
+
 # The browser tests need Debian's chromium (Playwright cannot download its own browser here):
 # the script installs it with apt when /usr/bin/chromium is missing, and does nothing otherwise.
 install-test: $(VENV)/.installed-test
@@ -41,7 +50,7 @@ install-gpu: | $(BIN)/python
 	$(PIP) uninstall -y onnxruntime
 	$(PIP) install 'onnxruntime-gpu>=1.20.1,<1.26'
 
-run: install
+run: install quantized
 	$(BIN)/stylefleet run serve_config.yaml
 
 # ruff (pyproject [tool.ruff]) and mypy (pyproject [tool.mypy]: strict on stylefleet/deployments and stylefleet/router).
@@ -61,7 +70,7 @@ $(PORTRAITS)/.fetched: | $(BIN)/python
 
 portraits: $(PORTRAITS)/.fetched
 
-test: lint portraits
+test: lint portraits quantized
 	$(BIN)/python -m pytest
 
 $(VENV)/.installed-bench: $(VENV)/.installed-test

@@ -15,6 +15,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator
 
 Device = Literal["cpu", "cuda"]
+# The numbers a deployment's network computes in: fp32 (the shipped weights), int8 (a derived
+# file the registry lists, built locally from the fp32 one), fp16 (converted at load, CUDA only).
+Precision = Literal["fp32", "int8", "fp16"]
 
 # Environment every Ray process of the service starts with (`stylefleet run` sets each one unless
 # already set; `stylefleet k8s` puts them on every pod). Each was measured on the 2-core machine
@@ -207,6 +210,13 @@ class DeploymentConfig(_Strict):
         "`threads`. false: no second session (its memory saved, a lone request runs on `threads`)",
     )
     device: Device = Field("cpu", description="cpu or cuda")
+    precision: Precision = Field(
+        "fp32",
+        description="what the network computes in. fp32: the shipped weights. int8: the registry's int8 file derived "
+        "from them (u2netp only), built into the model cache ($STYLEFLEET_MODEL_CACHE, else model_dir, else "
+        "~/.cache/stylefleet/models) by `stylefleet quantize` or at the replica's first start, sha256 verified. "
+        "fp16: the ONNX models converted at load, with device: cuda only",
+    )
     num_gpus: float = Field(0.0, ge=0.0, le=8.0, description="Ray GPU share per replica (logical only)")
     memory_budget_bytes: PositiveInt | None = Field(
         None,
@@ -251,6 +261,8 @@ class DeploymentConfig(_Strict):
             )
         if self.device == "cuda" and self.num_gpus <= 0:
             raise ValueError("device: cuda needs num_gpus > 0")
+        if self.precision == "fp16" and self.device != "cuda":
+            raise ValueError("precision: fp16 needs device: cuda (on a CPU fp16 runs slower than fp32); use int8 or fp32")
         if (self.model == "stable-diffusion") != (self.diffusion is not None):
             raise ValueError("diffusion: needed by model stable-diffusion (diffusion.model names the weights), and only by it")
         return self
@@ -524,6 +536,7 @@ class AppConfig(_Strict):
             deployment=name,
             model=dep.model,
             device=dep.device,
+            precision=dep.precision,
             threads=dep.threads,
             num_gpus=dep.num_gpus,
             model_calls=dep.model_calls,
@@ -545,6 +558,7 @@ class ModelSpec(_Strict):
     deployment: str = Field(description="the deployment's name (messages name its settings by it)")
     model: ModelName
     device: Device = "cpu"
+    precision: Precision = "fp32"
     threads: PositiveInt | None = Field(1, description="intra-op threads per network call; None: every core")
     num_gpus: float = Field(0.0, ge=0.0)
     model_calls: PositiveInt | None = None

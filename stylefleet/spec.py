@@ -87,6 +87,7 @@ class AppSpec(BaseModel):
         for name, style in config.styles.items():
             check_style(name, style, config.deployments, max_images=config.limits.max_images_per_request)
         for name, dep in config.deployments.items():
+            check_precision(name, dep)
             check_uses(name, dep, config.deployments)
         deployment_order(config.deployments)  # raises on a cycle
         for name, batching in self.batching.items():
@@ -94,6 +95,7 @@ class AppSpec(BaseModel):
                 raise ValueError(f"deployments[{name}]: no such model deployment; known: {sorted(config.deployments)}")
             batching.check_fits(config.deployments[name].max_ongoing_requests)
         check_traffic(config.styles, self.traffic)
+        check_gates(config.styles, config.deployments, self.traffic)
         return self
 
     # -- what callers read -------------------------------------------------------------------
@@ -126,6 +128,7 @@ class AppSpec(BaseModel):
         """A live change of the router's user_config, checked as the file's was."""
         settings = RouterSettings.model_validate(user_config or {})
         check_traffic(self.args.styles, settings)
+        check_gates(self.args.styles, self.args.deployments, settings)
         return settings
 
 
@@ -176,6 +179,18 @@ def _check_variant_params(where: str, kind: ModelKind, variant: VariantConfig) -
         raise ValueError(f"{where}.params: {exc.message}") from None
 
 
+def check_precision(name: str, dep: DeploymentConfig) -> None:
+    """int8 only where the registry has an int8 file derived from each of the kind's files; fp16
+    only for ONNX networks (and, by the schema, on CUDA)."""
+    kind = KINDS[dep.model]
+    if dep.precision not in kind.precisions():
+        having = sorted(k.name for k in KINDS.values() if dep.precision in k.precisions())
+        raise ValueError(
+            f"deployments.{name}.precision: {dep.precision} is not available for model {dep.model} "
+            f"(it has {', '.join(kind.precisions())}); {dep.precision} is available for: {', '.join(having) or 'none'}"
+        )
+
+
 def check_uses(name: str, dep: DeploymentConfig, deployments: Mapping[str, DeploymentConfig]) -> None:
     """A composed deployment names a deployment for each role its kind needs, of the right task."""
     needs = KINDS[dep.model].needs
@@ -217,6 +232,42 @@ def check_traffic(styles: Mapping[str, StyleConfig], settings: RouterSettings) -
                 raise ValueError(f"user_config.shadows.{name}.{variant}: {percent} is not a percentage (0-100)")
         if name in settings.splits:
             check_weights(f"user_config.splits.{name}", settings.splits[name], known)
+
+
+def style_weights(name: str, style: StyleConfig, settings: RouterSettings) -> dict[str, float]:
+    """Each variant's traffic weight: the split's (variants it does not name get none), or with no
+    split an equal share for every variant that is not a shadow (every variant, if all are): the
+    rule the router's ``build_traffic`` applies to the live settings."""
+    known = [v.name for v in style.variant_list()]
+    if name in settings.splits:
+        return {v: settings.splits[name].get(v, 0.0) for v in known}
+    shadow = settings.shadows.get(name, {})
+    live = [v for v in known if v not in shadow] or known
+    return {v: (1.0 if v in live else 0.0) for v in known}
+
+
+def check_gates(styles: Mapping[str, StyleConfig], deployments: Mapping[str, DeploymentConfig], settings: RouterSettings) -> None:
+    """A variant whose deployment runs a derived network (int8) may take the largest weight of its
+    style only while that network's recorded quality against fp32 holds the registry's gate; until
+    then it can be a shadow, or take a smaller share (docs/variants.md "int8 variants")."""
+    for name, style in styles.items():
+        weights = style_weights(name, style, settings)
+        top = max(weights.values(), default=0.0)
+        for variant in style.variant_list():
+            dep = deployments[variant.deployment]
+            if dep.precision == "fp32" or top <= 0 or weights[variant.name] < top:
+                continue
+            for file in KINDS[dep.model].files_at(dep.precision):
+                quality = MODELS[file].quality
+                if quality is None or not quality.failures():
+                    continue
+                where = f"user_config.splits.{name}" if name in settings.splits else f"styles.{name}"
+                raise ValueError(
+                    f"{where}: variant {variant.name!r} (deployment {variant.deployment}, precision {dep.precision}) would take "
+                    f"the largest share of the style's traffic, but {file} misses its quality gate against fp32: "
+                    f"{'; '.join(quality.failures())} ({quality.describe()}). Keep it a shadow, or give an fp32 variant "
+                    "the larger weight"
+                )
 
 
 def check_weights(where: str, weights: Mapping[str, float], known: set[str]) -> None:

@@ -27,7 +27,7 @@ from stylefleet.deployments.params import (
     RestyleParams,
     StylizeParams,
 )
-from stylefleet.deployments.registry import MODELS
+from stylefleet.deployments.registry import MODELS, derived_file
 
 GIB = 2**30
 
@@ -72,14 +72,33 @@ class ModelKind:
     # app's deployments, Ray's own processes and the router fit a 24 GiB machine with room.
     # None (the kinds with no ``memory``): no budget unless the config sets one.
     memory_budget_bytes: int | None = None
+    # Its networks run on ONNX Runtime: they may be converted to fp16 at load (precision: fp16).
+    onnx: bool = False
 
     @property
     def composed(self) -> bool:
         return bool(self.needs)
 
-    def expected_sha256(self) -> str:
-        """The registry's checksums of this kind's files (each verified when a replica loads it)."""
-        return "+".join(MODELS[f].sha256 or "unpinned" for f in self.files)
+    def precisions(self) -> tuple[str, ...]:
+        """The ``precision`` values a deployment of this kind may ask for: fp32; int8 where the
+        registry has an int8 file derived from each of its files; fp16 for ONNX networks."""
+        out = ["fp32"]
+        if self.files and all(derived_file(f, "int8") for f in self.files):
+            out.append("int8")
+        if self.onnx:
+            out.append("fp16")
+        return tuple(out)
+
+    def files_at(self, precision: str) -> tuple[str, ...]:
+        """The registry files a deployment at ``precision`` loads (fp16 converts the fp32 files at load)."""
+        if precision != "int8":
+            return self.files
+        derived = [derived_file(f, "int8") for f in self.files]
+        return tuple(d.name for d in derived if d is not None)
+
+    def expected_sha256(self, precision: str = "fp32") -> str:
+        """The registry's checksums of this kind's files at ``precision`` (each verified when a replica loads it)."""
+        return "+".join(MODELS[f].sha256 or "unpinned" for f in self.files_at(precision))
 
     def client_params_given(self, fixed: set[str]) -> set[str]:
         """Params a client may send to a style that fixes ``fixed``: the kind's (all, or its
@@ -133,6 +152,7 @@ KINDS: dict[str, ModelKind] = {
             files=("multistyle26",),
             image_fields=("image",),
             parallel_calls=True,
+            onnx=True,
             memory_patterns=False,
             max_batch_pixels=8 * 512 * 512,  # the network runs at full size: ~0.6 GiB of arena per megapixel
             memory=MULTISTYLE26_COST,
@@ -145,6 +165,7 @@ KINDS: dict[str, ModelKind] = {
             files=("arbitrary_predict", "arbitrary_transform"),
             image_fields=("image", "style_image"),
             parallel_calls=True,
+            onnx=True,
             memory_patterns=False,
             max_batch_pixels=8 * 1024 * 1024,  # fixed 384 px network; the budget bounds pre/post-processing
             memory=ARBITRARY_COST,
@@ -157,6 +178,7 @@ KINDS: dict[str, ModelKind] = {
             files=("u2netp",),
             image_fields=("image",),
             parallel_calls=True,
+            onnx=True,
             # Off: the replica idles at about 2.4 GiB instead of 4.1-4.8 GiB (its three sessions'
             # per-shape plans), for 0.87x of the throughput at concurrency (docs/batching.md "Memory").
             memory_patterns=False,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from stylefleet.config import ModelSpec
+from stylefleet.deployments import quantize
 from stylefleet.deployments.animegan import AnimeGANModel
 from stylefleet.deployments.background import U2NetModel
 from stylefleet.deployments.capabilities import Checksummed
@@ -23,7 +24,7 @@ from stylefleet.deployments.idphoto import IdPhotoModel
 from stylefleet.deployments.kinds import KINDS
 from stylefleet.deployments.landmarks import FaceMeshModel
 from stylefleet.deployments.onnx_session import RuntimeOptions, available_cores
-from stylefleet.deployments.registry import ResolvedModel, resolve
+from stylefleet.deployments.registry import MODELS, ResolvedModel, resolve
 from stylefleet.deployments.restyle import ArbitraryStyleModel
 from stylefleet.deployments.stylize import MultiStyleModel
 from stylefleet.gpu import Nvml, memory_cap_bytes, torch_memory_fraction
@@ -75,7 +76,7 @@ class LoadedModel:
 def runtime_options(spec: ModelSpec) -> RuntimeOptions:
     # Memory patterns as measured for the kind on CPU; a GPU keeps them (not measured there).
     patterns = KINDS[spec.model].memory_patterns or spec.device == "cuda"
-    runtime = RuntimeOptions(device=spec.device, threads=spec.threads, mem_pattern=patterns)
+    runtime = RuntimeOptions(device=spec.device, threads=spec.threads, mem_pattern=patterns, fp16=spec.precision == "fp16")
     # A session for each call at once: no two calls share an arena (onnx_session's docstring).
     return replace(runtime, lone_call_threads=lone_call_threads(spec, runtime), calls=model_calls(spec, runtime))
 
@@ -115,18 +116,26 @@ def load_model(spec: ModelSpec, *, runtime: RuntimeOptions | None = None) -> Loa
     if nvml is not None and spec.num_gpus > 0:
         cap = memory_cap_bytes(spec.num_gpus, nvml.total_memory_bytes())
         runtime = _gpu_capped(runtime, spec.num_gpus, nvml, torch=kind.torch)
-    files = [
-        resolve(
-            name,
-            path=spec.models[name].path if name in spec.models else None,
-            model_dir=spec.model_dir,
-            allow_download=spec.allow_download,
-            sha256=spec.models[name].sha256 if name in spec.models else None,
-        )
-        for name in kind.files
-    ]
+    files = [resolve_file(spec, name) for name in kind.files_at(spec.precision)]
     model = BUILDERS[kind.name](files, runtime, spec)
     return LoadedModel(model, model_sha256(spec, files, model), time.perf_counter() - started, runtime, nvml, cap)
+
+
+def resolve_file(spec: ModelSpec, name: str) -> ResolvedModel:
+    """A registry file for ``spec``: a derived one (int8) from the model cache, built there first
+    when missing or not the registry's build; any other as the registry finds it."""
+    pinned = spec.models.get(name)
+    if MODELS[name].derived_from:
+        return quantize.ensure(
+            name, quantize.cache_dir(spec.model_dir), model_dir=spec.model_dir, sha256=pinned.sha256 if pinned else None
+        )
+    return resolve(
+        name,
+        path=pinned.path if pinned else None,
+        model_dir=spec.model_dir,
+        allow_download=spec.allow_download,
+        sha256=pinned.sha256 if pinned else None,
+    )
 
 
 def model_sha256(spec: ModelSpec, files: list[ResolvedModel], model: Any) -> str:
@@ -136,7 +145,7 @@ def model_sha256(spec: ModelSpec, files: list[ResolvedModel], model: Any) -> str
     if files:
         return "+".join(f.sha256 for f in files)
     if spec.uses:
-        return "+".join(KINDS[spec.uses[role].model].expected_sha256() for role in KINDS[spec.model].needs)
+        return "+".join(KINDS[spec.uses[role].model].expected_sha256(spec.uses[role].precision) for role in KINDS[spec.model].needs)
     return model.checksum if isinstance(model, Checksummed) else ""
 
 

