@@ -61,6 +61,7 @@ STYLE_INDEX = "6"  # the multistyle26 style whose outputs are compared
 SPEED_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")  # scikit-image's, as the bare rows' inputs
 PANEL_HEIGHT = 160
 DIFF_GAIN = 4
+GAP_GREY = 128  # between panels: white mattes beside white gaps would run together
 
 T = TypeVar("T")
 
@@ -498,10 +499,10 @@ def contact_sheet(rows: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, he
     strips = []
     for ref, got in rows.values():
         diff = np.clip(np.abs(ref.astype(np.int16) - got.astype(np.int16)) * DIFF_GAIN, 0, 255).astype(np.uint8)
-        gap = np.full((height, 4, 3), 255, np.uint8)
+        gap = np.full((height, 4, 3), GAP_GREY, np.uint8)
         strips.append(np.hstack([rgb(ref), gap, rgb(got), gap, rgb(diff)]))
     width = max(s.shape[1] for s in strips)
-    sheet = np.vstack([np.pad(s, ((0, 4), (0, width - s.shape[1]), (0, 0)), constant_values=255) for s in strips])
+    sheet = np.vstack([np.pad(s, ((0, 4), (0, width - s.shape[1]), (0, 0)), constant_values=GAP_GREY) for s in strips])
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(sheet).save(path)
     return path
