@@ -95,7 +95,9 @@ class AppSpec(BaseModel):
                 raise ValueError(f"deployments[{name}]: no such model deployment; known: {sorted(config.deployments)}")
             batching.check_fits(config.deployments[name].max_ongoing_requests)
         check_traffic(config.styles, self.traffic)
-        check_gates(config.styles, config.deployments, self.traffic)
+        # From ``args`` alone (Serve's app builder) the split is not known yet: the router's
+        # user_config is checked, gates included, when it is applied (``traffic_settings``).
+        check_gates(config.styles, config.deployments, self.traffic, split_known="traffic" in self.model_fields_set)
         return self
 
     # -- what callers read -------------------------------------------------------------------
@@ -246,11 +248,20 @@ def style_weights(name: str, style: StyleConfig, settings: RouterSettings) -> di
     return {v: (1.0 if v in live else 0.0) for v in known}
 
 
-def check_gates(styles: Mapping[str, StyleConfig], deployments: Mapping[str, DeploymentConfig], settings: RouterSettings) -> None:
+def check_gates(
+    styles: Mapping[str, StyleConfig],
+    deployments: Mapping[str, DeploymentConfig],
+    settings: RouterSettings,
+    *,
+    split_known: bool = True,
+) -> None:
     """A variant whose deployment runs a derived network (int8) may take the largest weight of its
     style only while that network's recorded quality against fp32 holds the registry's gate; until
-    then it can be a shadow, or take a smaller share (docs/variants.md "int8 variants")."""
+    then it can be a shadow, or take a smaller share (docs/variants.md "int8 variants").
+    ``split_known`` False: only styles with one deployment are checked (their share is all)."""
     for name, style in styles.items():
+        if style.variants is not None and not split_known:
+            continue
         weights = style_weights(name, style, settings)
         top = max(weights.values(), default=0.0)
         for variant in style.variant_list():

@@ -243,6 +243,7 @@ def _write_atomic(target: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the cache from replicas running as another user
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -295,7 +296,7 @@ def ensure(name: str, folder: Path, *, model_dir: str | None = None, sha256: str
             return ResolvedModel(spec=spec, path=target, sha256=digest)
         logger.warning("%s at %s has sha256 %s, expected %s: rebuilding it", name, target, digest, expected)
     else:
-        logger.info("%s is not in the cache %s: building it (about 20 s)", name, folder)
+        logger.info("%s is not in the model cache %s: building it from %s (20-40 s on one core)", name, folder, RECIPES[name].source)
     built = build_into(name, folder, model_dir=model_dir)
     if built.sha256 != expected:
         recipe = RECIPES[name]

@@ -32,6 +32,7 @@ class Variant:
     deployment: str
     fixed_params: dict[str, Any]
     defaults: dict[str, Any] = field(default_factory=dict)  # params clients may set, unless they do
+    precision: str = "fp32"  # its deployment's (GET /v1/styles says it)
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,13 @@ class Catalog:
         self._styles: dict[str, Style] = {}
         for name, style in config.styles.items():
             variants = {
-                v.name: Variant(name=v.name, deployment=v.deployment, fixed_params=dict(v.params), defaults=dict(v.defaults))
+                v.name: Variant(
+                    name=v.name,
+                    deployment=v.deployment,
+                    fixed_params=dict(v.params),
+                    defaults=dict(v.defaults),
+                    precision=config.deployments[v.deployment].precision,
+                )
                 for v in style.variant_list()
             }
             kind = spec.kind_of(style.variant_list()[0].deployment)

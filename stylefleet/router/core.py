@@ -164,6 +164,7 @@ class RouterCore:
                 {
                     "name": v.name,
                     "deployment": v.deployment,
+                    "precision": v.precision,
                     "weight": traffic.weights[style.name][v.name],
                     "shadow_percent": traffic.shadows[style.name].get(v.name, 0.0),
                 }

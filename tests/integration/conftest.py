@@ -160,6 +160,14 @@ def redeploy(serve_app: dict[str, Any], user_configs: dict[str, dict[str, Any]])
     return config
 
 
+def router_settings(serve_app: dict[str, Any], *, splits: dict[str, Any], shadows: dict[str, Any]) -> dict[str, Any]:
+    """The session's router user_config with these styles' splits and shadows replaced, the
+    others kept (remove-background's split keeps its int8 variant a shadow, as the gate wants)."""
+    entry = next(d for d in serve_app["config"]["applications"][0]["deployments"] if d["name"] == "router")
+    shipped = copy.deepcopy(entry["user_config"])
+    return {"splits": {**shipped["splits"], **splits}, "shadows": {**shipped["shadows"], **shadows}}
+
+
 def deployment_info(deployment: str) -> dict[str, Any]:
     from ray import serve
 

@@ -10,12 +10,12 @@ import httpx
 import pytest
 
 from tests import samples
-from tests.integration.conftest import deployment_info, redeploy
+from tests.integration.conftest import deployment_info, redeploy, router_settings
 
 pytestmark = pytest.mark.integration
 
 PHOTO = samples.encoded(samples.cat(), "JPEG", quality=90)
-SHIPPED_ROUTER = {"splits": {"oil-paint": {"a": 50, "b": 50}}, "shadows": {}}
+SHIPPED_OIL_PAINT = {"splits": {"oil-paint": {"a": 50, "b": 50}}, "shadows": {"oil-paint": {}}}
 
 
 def _post(client: httpx.Client, **kw: Any) -> httpx.Response:
@@ -66,7 +66,7 @@ def test_weights_change_live_with_no_failed_request_and_no_model_restart(serve_a
     try:
         while len(results) < 3:
             time.sleep(0.1)
-        redeploy(serve_app, {"router": {"splits": {"oil-paint": {"a": 0, "b": 100}}, "shadows": {}}})
+        redeploy(serve_app, {"router": router_settings(serve_app, splits={"oil-paint": {"a": 0, "b": 100}}, shadows={})})
         changed_at = time.monotonic()
         deadline = changed_at + 60
         while sum(1 for t, _, _ in results if t > changed_at) < 5 and time.monotonic() < deadline:
@@ -74,7 +74,7 @@ def test_weights_change_live_with_no_failed_request_and_no_model_restart(serve_a
     finally:
         stop.set()
         worker.join(timeout=120)
-        redeploy(serve_app, {"router": SHIPPED_ROUTER})
+        redeploy(serve_app, {"router": router_settings(serve_app, **SHIPPED_OIL_PAINT)})
     assert [code for _, code, _ in results if code != 200] == []
     assert {v for t, _, v in results if t > changed_at} == {"b"}
     assert deployment_info("stylize")["replica"] == replica_before
@@ -82,7 +82,7 @@ def test_weights_change_live_with_no_failed_request_and_no_model_restart(serve_a
 
 def test_shadow_variant_is_compared_and_the_user_response_is_unchanged(serve_app: dict[str, Any], client: httpx.Client) -> None:
     plain = _post(client, data={"variant": "a"})
-    redeploy(serve_app, {"router": {"splits": {"oil-paint": {"a": 1}}, "shadows": {"oil-paint": {"b": 100}}}})
+    redeploy(serve_app, {"router": router_settings(serve_app, splits={"oil-paint": {"a": 1}}, shadows={"oil-paint": {"b": 100}})})
     try:
         shadowed = _post(client)
         assert shadowed.headers["x-stylefleet-variant"] == "a"
@@ -100,11 +100,11 @@ def test_shadow_variant_is_compared_and_the_user_response_is_unchanged(serve_app
         styles = {s["name"]: s for s in client.get("/v1/styles").json()["styles"]}
         assert {v["name"]: v["shadow_percent"] for v in styles["oil-paint"]["variants"]} == {"a": 0.0, "b": 100}
     finally:
-        redeploy(serve_app, {"router": SHIPPED_ROUTER})
+        redeploy(serve_app, {"router": router_settings(serve_app, **SHIPPED_OIL_PAINT)})
 
 
 def test_cutout_shadows_are_compared_by_matte_and_gated(serve_app: dict[str, Any], client: httpx.Client) -> None:
-    shadows = {"splits": {"cutout-ab": {"a": 1}}, "shadows": {"cutout-ab": {"same": 100, "eroded": 100}}}
+    shadows = router_settings(serve_app, splits={"cutout-ab": {"a": 1}}, shadows={"cutout-ab": {"same": 100, "eroded": 100}})
     redeploy(serve_app, {"router": {**shadows, "gates": {"min_comparisons": 2}}})
     try:
         for _ in range(2):
@@ -123,4 +123,4 @@ def test_cutout_shadows_are_compared_by_matte_and_gated(serve_app: dict[str, Any
         assert (eroded["metric"], eroded["gate"]["verdict"]) == ("matte", "fail")
         assert "max_edge_error" in eroded["gate"]["failing"] and eroded["edge_error_mean"] > same["edge_error_mean"]
     finally:
-        redeploy(serve_app, {"router": SHIPPED_ROUTER})
+        redeploy(serve_app, {"router": router_settings(serve_app, **SHIPPED_OIL_PAINT)})

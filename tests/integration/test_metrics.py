@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests import samples
-from tests.integration.conftest import redeploy
+from tests.integration.conftest import redeploy, router_settings
 from tests.samples import ROOT
 
 pytestmark = pytest.mark.integration
@@ -90,7 +90,7 @@ def traffic(serve_app: dict[str, Any]) -> dict[str, Any]:
 
 
 def _one_shadow_comparison(serve_app: dict[str, Any]) -> None:
-    redeploy(serve_app, {"router": {"splits": {"oil-paint": {"a": 1}}, "shadows": {"oil-paint": {"b": 100}}}})
+    redeploy(serve_app, {"router": router_settings(serve_app, splits={"oil-paint": {"a": 1}}, shadows={"oil-paint": {"b": 100}})})
     try:
         with httpx.Client(base_url=serve_app["url"], timeout=120) as c:
             photo = samples.encoded(samples.cat())

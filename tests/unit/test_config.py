@@ -30,7 +30,26 @@ def test_the_shipped_config_is_valid_and_exposes_all_styles() -> None:
     painting = [s for s in single if s.task == "stylize"]
     assert len(painting) == 26
     assert len({s.variants["default"].fixed_params["style"] for s in painting}) == 26
-    assert {s.name for s in single} >= {"restyle", "remove-background"}
+    assert {s.name for s in single} >= {"restyle", "cutout-id"}
+
+
+def test_remove_background_has_an_fp32_and_an_int8_variant() -> None:
+    style = Catalog(AppSpec.from_args(_args())).get("remove-background")
+    assert {v.name: (v.deployment, v.precision) for v in style.variants.values()} == {
+        "fp32": ("remove-background", "fp32"),
+        "int8": ("remove-background-int8", "int8"),
+    }
+
+
+def test_the_shipped_int8_variant_is_a_shadow_with_no_traffic() -> None:
+    spec = AppSpec.from_application(SHIPPED["applications"][0])
+    assert build_traffic(Catalog(spec), spec.traffic).weights["remove-background"] == {"fp32": 100, "int8": 0}
+    assert spec.traffic.shadows["remove-background"] == {"int8": 10}
+
+
+def test_the_shipped_logical_cpus_fit_two_cores() -> None:
+    args = _args()
+    assert sum(d.get("num_cpus", 1.0) for d in args["deployments"].values()) + args["router"]["num_cpus"] <= 2
 
 
 def test_shipped_user_configs_are_valid() -> None:

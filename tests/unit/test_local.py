@@ -179,9 +179,8 @@ def _router_replicas(doc: dict[str, Any]) -> None:
 
 
 def _router_autoscales(doc: dict[str, Any]) -> None:
-    doc["applications"][0].setdefault("deployments", []).append(
-        {"name": "router", "autoscaling_config": {"min_replicas": 1, "max_replicas": 3}}
-    )
+    router = next(d for d in doc["applications"][0]["deployments"] if d["name"] == "router")
+    router["autoscaling_config"] = {"min_replicas": 1, "max_replicas": 3}
 
 
 @pytest.mark.parametrize(

@@ -31,11 +31,12 @@ def test_a_composed_deployment_has_no_budget_by_default() -> None:
 
 
 def test_the_shipped_budgets_leave_room_on_a_24_gib_machine() -> None:
-    """Ray's memory monitor kills at 95% of the machine; Ray's own processes, the router and the
-    object store's traffic need several GiB beside the replicas (docs/batching.md "Memory")."""
+    """Ray's memory monitor kills at 95% of the machine (22.8 GiB); Ray's own processes, the router
+    and the object store's traffic need several GiB beside the replicas, and Ray's default
+    ``memory`` resource, which places the budgets, is 15-16 GiB there (docs/batching.md "Memory")."""
     spec = shipped()
     total = sum(spec.memory_budget_of(name) or 0 for name in spec.deployments)
-    assert total <= 14 * GIB
+    assert total <= 15 * GIB
 
 
 def test_every_shipped_model_deployment_has_a_budget() -> None:

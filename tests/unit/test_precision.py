@@ -110,6 +110,9 @@ def test_fp16_network_loads_and_runs() -> None:
 # -- the quality gate: a derived model never takes most of a style's traffic while it fails ------
 
 
+SHIPPED_TRAFFIC = {"splits": {"remove-background": {"fp32": 100, "int8": 0}}, "shadows": {"remove-background": {"int8": 10}}}
+
+
 def _two_variants(split: dict[str, float] | None = None, shadows: dict[str, float] | None = None) -> AppSpec:
     args = _app(model="u2netp", precision="int8")
     args["styles"]["cutout-ab"] = {
@@ -118,11 +121,11 @@ def _two_variants(split: dict[str, float] | None = None, shadows: dict[str, floa
             {"name": "int8", "deployment": "extra", "params": {"threshold": 128}},
         ]
     }
-    traffic: dict[str, Any] = {}
+    traffic = copy.deepcopy(SHIPPED_TRAFFIC)
     if split is not None:
-        traffic["splits"] = {"cutout-ab": split}
+        traffic["splits"]["cutout-ab"] = split
     if shadows is not None:
-        traffic["shadows"] = {"cutout-ab": shadows}
+        traffic["shadows"]["cutout-ab"] = shadows
     return AppSpec.model_validate({"args": args, "traffic": traffic})
 
 
@@ -166,8 +169,17 @@ def test_a_style_bound_to_int8_alone_is_refused() -> None:
 
 def test_a_live_split_is_held_to_the_gate_too() -> None:
     spec = _two_variants({"fp32": 100, "int8": 0})
-    with pytest.raises(ValueError, match="misses its quality gate"):
-        spec.traffic_settings({"splits": {"cutout-ab": {"fp32": 1, "int8": 99}}})
+    live = copy.deepcopy(SHIPPED_TRAFFIC)
+    live["splits"]["cutout-ab"] = {"fp32": 1, "int8": 99}
+    with pytest.raises(ValueError, match=r"cutout-ab: variant 'int8' .* misses its quality gate"):
+        spec.traffic_settings(live)
+
+
+def test_the_shipped_remove_background_split_is_refused_without_its_int8_shadow() -> None:
+    """A router user_config that forgets remove-background shares it equally: refused."""
+    spec = AppSpec.from_args(shipped_args())
+    with pytest.raises(ValueError, match=r"styles\.remove-background: variant 'int8'"):
+        spec.traffic_settings({"splits": {"oil-paint": {"a": 1}}})
 
 
 def test_int8_passing_its_gate_may_take_the_traffic(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -183,3 +195,14 @@ def test_id_photo_may_use_the_int8_matte() -> None:
     args["deployments"]["id-photo"]["uses"] = {"matte": "extra", "faces": "face-detect"}
     spec = AppSpec.from_args(args)
     assert spec.model_spec("id-photo").uses["matte"].precision == "int8"
+
+
+def test_args_alone_leave_variant_gates_to_the_router_settings() -> None:
+    """Serve's app builder gets the args alone; the split is checked when the router applies it."""
+    args = _app(model="u2netp", precision="int8")
+    args["styles"]["cutout-ab"] = {
+        "variants": [{"name": "fp32", "deployment": "remove-background"}, {"name": "int8", "deployment": "extra"}]
+    }
+    spec = AppSpec.from_args(args)
+    with pytest.raises(ValueError, match=r"styles\.cutout-ab: variant 'int8'"):
+        spec.traffic_settings(SHIPPED_TRAFFIC)

@@ -7,6 +7,7 @@ the cache's own behaviour is checked with a stand-in build.
 from __future__ import annotations
 
 import hashlib
+import logging
 import tempfile
 from collections.abc import Iterator
 from dataclasses import replace
@@ -17,7 +18,9 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from stylefleet.config import ModelSpec
 from stylefleet.deployments import quantize
+from stylefleet.deployments.loader import load_model
 from stylefleet.deployments.registry import MODELS, ResolvedModel
 from stylefleet.errors import ModelUnavailable
 from stylefleet.tools.cli import main as cli_main
@@ -26,12 +29,38 @@ NAME = "u2netp_int8"
 PORTRAITS = Path(__file__).resolve().parents[2] / ".portraits"
 
 
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+BUILD_LOG = _Records()
+
+
 @pytest.fixture(scope="module")
 def built() -> Iterator[ResolvedModel]:
-    """The derived file built here, in this process, from nothing: ``ensure`` refuses it unless
-    its sha256 is the registry's, which another process's build recorded (reproducibility)."""
-    with tempfile.TemporaryDirectory(prefix="stylefleet-int8-test.") as folder:
-        yield quantize.ensure(NAME, Path(folder))
+    """The derived file built here, in this process, from nothing, as a replica's loader does with
+    an empty cache: ``ensure`` refuses it unless its sha256 is the registry's, which another
+    process's build recorded (reproducibility)."""
+    log = logging.getLogger(quantize.__name__)
+    level = log.level
+    log.addHandler(BUILD_LOG)
+    log.setLevel(logging.INFO)
+    try:
+        with tempfile.TemporaryDirectory(prefix="stylefleet-int8-test.") as folder:
+            spec = ModelSpec(deployment="int8", model="u2netp", precision="int8", model_calls=1, lone_call=False)
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setenv(quantize.CACHE_ENV, folder)
+                loaded = load_model(spec)
+            assert loaded.model_sha256 == MODELS[NAME].sha256
+            yield quantize.ensure(NAME, Path(folder))
+    finally:
+        log.removeHandler(BUILD_LOG)
+        log.setLevel(level)
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +78,11 @@ def _weight_dq(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
             if feeding is not None and feeding.op_type == "DequantizeLinear":
                 out[node.name] = feeding
     return out
+
+
+def test_a_loader_with_an_empty_cache_builds_the_file_and_says_so(built: ResolvedModel) -> None:
+    assert any(m.startswith(f"{NAME} is not in the model cache") for m in BUILD_LOG.messages)
+    assert any(m.startswith(f"built {NAME} in ") for m in BUILD_LOG.messages)
 
 
 def test_build_is_reproducible_across_processes(built: ResolvedModel) -> None:

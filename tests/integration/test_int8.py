@@ -1,0 +1,67 @@
+"""remove-background's two variants over real HTTP: fp32 (the shipped network) and int8 (its
+quantized copy, built into the model cache), the int8 one a shadow with no traffic of its own."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from stylefleet.deployments.background import U2NetModel
+from stylefleet.deployments.batching import ModelRequest, OutputSpec, encode_outcomes, run_batch
+from stylefleet.deployments.onnx_session import RuntimeOptions
+from stylefleet.deployments.registry import MODELS, resolve
+from stylefleet.imageio import decode
+from tests import samples
+from tests.integration.conftest import deployment_info
+
+pytestmark = pytest.mark.integration
+
+PHOTO = samples.encoded(samples.astronaut(), "JPEG", quality=90)
+
+
+def _post(client: httpx.Client, variant: str) -> httpx.Response:
+    r = client.post("/v1/styles/remove-background", files={"image": ("a.jpg", PHOTO, "image/jpeg")}, data={"variant": variant})
+    assert r.status_code == 200, r.text
+    return r
+
+
+@pytest.mark.parametrize(("variant", "model"), [("fp32", "u2netp"), ("int8", "u2netp_int8")])
+def test_a_forced_variant_is_served_by_its_network(client: httpx.Client, variant: str, model: str) -> None:
+    r = _post(client, variant)
+    assert r.headers["x-stylefleet-variant"] == variant
+    assert r.headers["x-stylefleet-model-sha256"] == MODELS[model].sha256
+
+
+def test_the_int8_matte_differs_from_fp32s(client: httpx.Client) -> None:
+    fp32 = decode(_post(client, "fp32").content, max_pixels=10**8).pixels
+    int8 = decode(_post(client, "int8").content, max_pixels=10**8).pixels
+    assert fp32.shape == int8.shape and not np.array_equal(fp32[:, :, 3], int8[:, :, 3])
+
+
+def test_the_fp32_variant_answers_what_the_fp32_network_does_in_process(client: httpx.Client) -> None:
+    served = _post(client, "fp32").content
+    model = U2NetModel(resolve("u2netp"), RuntimeOptions(threads=1))
+    request = ModelRequest({}, {}, OutputSpec("png"), files={"image": PHOTO})
+    [reply] = encode_outcomes([request], run_batch(model, [request]), model.checksum)
+    assert served == reply.data  # type: ignore[union-attr]
+
+
+def test_styles_name_each_variants_precision(client: httpx.Client) -> None:
+    styles = {s["name"]: s for s in client.get("/v1/styles").json()["styles"]}
+    variants = {v["name"]: v for v in styles["remove-background"]["variants"]}
+    assert {n: (v["precision"], v["weight"], v["shadow_percent"]) for n, v in variants.items()} == {
+        "fp32": ("fp32", 100, 0.0),
+        "int8": ("int8", 0, 10),
+    }
+    assert {v["precision"] for v in styles["frost"]["variants"]} == {"fp32"}
+
+
+def test_the_int8_replica_idles_within_its_budget(serve_app: dict[str, Any]) -> None:
+    info = deployment_info("remove-background-int8")
+    budget = serve_app["config"]["applications"][0]["args"]["deployments"]["remove-background-int8"]["memory_budget_bytes"]
+    print(f"remove-background-int8 rss: start {info['rss_start_bytes']}, warmed {info['rss_warmed_bytes']}, now {info['rss_bytes']}")
+    print(f"remove-background rss: warmed {deployment_info('remove-background')['rss_warmed_bytes']}")
+    assert info["rss_warmed_bytes"] < budget
