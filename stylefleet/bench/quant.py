@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import copy
 import statistics
 import tempfile
@@ -725,7 +726,8 @@ def main(args: argparse.Namespace) -> int:
             try:
                 subject = SUBJECTS[name]()
                 fp32 = fp32_bytes(name)
-                int8, entry["int8_source"] = int8_bytes(subject, tmp)
+                with contextlib.chdir(tmp):  # ONNX Runtime's shape inference drops its external-data files in the cwd when it fails
+                    int8, entry["int8_source"] = int8_bytes(subject, tmp)
                 print(f"  {name}: int8 from {entry['int8_source']}", flush=True)
             except Exception as exc:  # a network the generic recipe cannot quantize is a finding, not a crash
                 entry["error"] = f"{type(exc).__name__}: {exc}{already_quantized(name)}"
