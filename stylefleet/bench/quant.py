@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import copy
+import os
 import statistics
 import tempfile
 import time
@@ -249,6 +249,17 @@ def scratch() -> Iterator[Path]:
     """A temporary folder for what this run builds; removed with everything in it afterwards."""
     with tempfile.TemporaryDirectory(prefix="stylefleet-bench-quant.") as tmp:
         yield Path(tmp)
+
+
+@contextmanager
+def inside(folder: Path) -> Iterator[None]:
+    """``folder`` as the working directory for the block (``contextlib.chdir`` on Python 3.11+)."""
+    previous = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 def build_generic(recipe: Any, calibration: list[Feeds], workdir: Path) -> bytes:
@@ -726,7 +737,7 @@ def main(args: argparse.Namespace) -> int:
             try:
                 subject = SUBJECTS[name]()
                 fp32 = fp32_bytes(name)
-                with contextlib.chdir(tmp):  # ONNX Runtime's shape inference drops its external-data files in the cwd when it fails
+                with inside(tmp):  # ONNX Runtime's shape inference drops its external-data files in the cwd when it fails
                     int8, entry["int8_source"] = int8_bytes(subject, tmp)
                 print(f"  {name}: int8 from {entry['int8_source']}", flush=True)
             except Exception as exc:  # a network the generic recipe cannot quantize is a finding, not a crash

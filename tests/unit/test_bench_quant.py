@@ -124,6 +124,16 @@ def test_scratch_leaves_nothing_in_the_temp_directory() -> None:
     assert set(Path(tempfile.gettempdir()).glob("stylefleet-bench-quant.*")) == before
 
 
+def test_a_build_runs_inside_its_scratch_folder_so_stray_files_go_with_it() -> None:
+    cwd = Path.cwd()
+    with quant.scratch() as tmp:
+        with quant.inside(tmp):
+            Path("stray.data").write_bytes(b"x")  # what a failed shape inference leaves in the cwd
+            assert Path.cwd() == tmp.resolve()
+        assert Path.cwd() == cwd and not (cwd / "stray.data").exists()
+    assert not tmp.exists()
+
+
 def _table(verdict: str, failing: list[str]) -> dict[str, Any]:
     return {"means": {"iou_mean": 0.97}, "gate": {"verdict": verdict, "failing": failing}}
 
