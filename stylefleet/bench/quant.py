@@ -602,6 +602,16 @@ def served_cases(spec: Any) -> tuple[Any, Any]:
     )
 
 
+def replica_setup(spec: Any, deployment: str) -> dict[str, Any]:
+    """How the config runs ``deployment``'s replica: network calls at once, threads per call, the
+    lone-call session's threads. The served ratio is shipped setup against shipped setup: the int8
+    variant, a shadow, is shipped with fewer calls than fp32."""
+    from stylefleet.deployments.loader import runtime_options
+
+    runtime = runtime_options(spec.model_spec(deployment))
+    return {"model_calls": runtime.calls, "threads": runtime.intra_op_threads, "lone_call_threads": runtime.lone_call_threads}
+
+
 def without_shadows(document: dict[str, Any]) -> dict[str, Any]:
     """The config with the router's shadow shares emptied: a forced fp32 turn must not also run int8."""
     config = copy.deepcopy(document)
@@ -646,6 +656,8 @@ def served(args: argparse.Namespace) -> dict[str, Any]:
         def level(case: Any) -> Callable[[], dict[str, Any]]:
             return lambda: measured_level(url, case, samples, SERVED_CONCURRENCY, SERVED_REQUESTS, max(60.0, 6 * args.seconds))
 
+        out["replicas"] = {c.deployment: replica_setup(serve_file.app, c.deployment) for c in (fp32, int8)}
+        print(f"  replica setups as shipped: {out['replicas']}", flush=True)
         rows = alternate([level(fp32), level(int8)], args.turns)
         for turn, (a, b) in enumerate(zip(*rows, strict=True)):
             print(f"  turn {turn + 1}: fp32 {_served_text(a)}  int8 {_served_text(b)}", flush=True)

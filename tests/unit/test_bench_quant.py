@@ -20,7 +20,10 @@ from PIL import Image
 from stylefleet.bench import quant
 from stylefleet.compare import drift, matte_drift
 from stylefleet.config import Gate, MatteGate
+from stylefleet.spec import load_serve_file
 from stylefleet.tools import cli
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _parse(*argv: str) -> argparse.Namespace:
@@ -192,6 +195,15 @@ def test_the_served_part_turns_shadows_off_in_its_copy_only() -> None:
     assert config["applications"][0]["deployments"][0]["user_config"] == {"splits": {}, "shadows": {}}
     assert config["applications"][0]["deployments"][1]["user_config"] == {"max_batch_size": 4}
     assert document["applications"][0]["deployments"][0]["user_config"]["shadows"] == {"remove-background": {"int8": 10}}
+
+
+def test_the_served_part_names_each_variants_replica_setup_as_shipped() -> None:
+    from stylefleet.deployments.onnx_session import available_cores
+
+    app = load_serve_file(ROOT / "serve_config.yaml").app
+    fp32, int8 = quant.served_cases(app)
+    assert quant.replica_setup(app, int8.deployment) == {"model_calls": 1, "threads": 1, "lone_call_threads": None}
+    assert quant.replica_setup(app, fp32.deployment)["model_calls"] == available_cores()
 
 
 def test_gpu_refuses_without_cuda_and_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
