@@ -8,7 +8,7 @@ PIP := $(BIN)/python -m pip
 CONSTRAINTS ?= constraints-cpu.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test lint quantized portraits bench bench-rembg bench-sessions bench-models bench-gpu bench-gpu-tiny install install-test install-gpu chaos clean
+.PHONY: run test lint quantized portraits bench bench-rembg bench-sessions bench-models bench-gpu bench-gpu-tiny bench-quant install install-test install-gpu chaos clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -99,6 +99,11 @@ bench-gpu:
 
 bench-gpu-tiny:
 	$(BENCH_PYTHON) -m stylefleet.tools.cli bench gpu --tiny --out bench-results/gpu-tiny.json
+
+# int8 against fp32 per ONNX network: speed in turns and quality on the held-out portraits
+# (docs/performance.md "int8 variants"); starts a loopback Ray Serve for the served turns.
+bench-quant: $(VENV)/.installed-bench portraits
+	$(BIN)/stylefleet bench quant --out bench-results/quant.json
 
 # remove-background against rembg's own server on the same model and photo. rembg is no
 # dependency of stylefleet: it gets a virtual environment of its own, pinned like ours.

@@ -66,7 +66,7 @@ def _steady(a: dict[str, Any], b: dict[str, Any]) -> str:
 
 def compare(rembg: str, url: str, case: Case, samples: dict[str, bytes], rounds: int, cap_s: float) -> dict[str, Any]:
     photo = samples["image"]
-    ours = Load(url, f"/v1/styles/{case.style}", {"image": ("image.jpg", photo, "image/jpeg")}, {})
+    ours = Load(url, f"/v1/styles/{case.style}", {"image": ("image.jpg", photo, "image/jpeg")}, dict(case.fields))
     with tempfile.TemporaryDirectory(prefix="stylefleet-rembg-") as home:
         proc, rembg_url = _start(rembg, Path(home))
         try:
