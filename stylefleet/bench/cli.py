@@ -8,7 +8,6 @@
     models    the model layer's table per model and batch size (no Ray)
     quant     int8 against fp32: speed in turns and quality on held-out photos, with a verdict per network
     gpu       the model table and the served layer on CUDA (``--tiny``: on the CPU at toy sizes)
-    int8      the bare u2netp network, fp32 against its int8 copy, with the replica's session options
 
 Each writes JSON (``--out``) and prints its figures; docs/performance.md says what each means.
 """
@@ -18,7 +17,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from stylefleet.bench import bare, gpu, int8, quant, rembg, served, sessions, soak, table
+from stylefleet.bench import bare, gpu, quant, rembg, served, sessions, soak, table
 
 
 def _served_with(extra: Any) -> Any:
@@ -38,7 +37,6 @@ MODES = {  # name -> (one-line help, add_arguments functions, main)
     "quant": ("int8 against fp32 per ONNX network: bare and served speed in turns, quality on held-out photos",
               (quant.add_arguments,), quant.main),
     "gpu": ("the model table and the served layer on CUDA (--tiny: the CPU at toy sizes)", (gpu.add_arguments,), gpu.main),
-    "int8": ("the bare u2netp network, fp32 against its int8 copy (no Ray)", (int8.add_arguments,), int8.main),
 }
 
 

@@ -230,7 +230,9 @@ def recipe_for(name: str) -> Any:
     if shipped is not None:
         return shipped
     opset = max(o.version for o in onnx.load(str(resolve(name).path), load_external_data=False).opset_import if o.domain in ("", "ai.onnx"))
-    return Recipe(name=f"{name}_int8", source=name, opset=max(13, opset))
+    # The shipped u2netp recipe's rules, applied to this network.
+    rules = RECIPES["u2netp_int8"].exclude
+    return Recipe(name=f"{name}_int8", source=name, opset=max(13, opset), exclude=rules)
 
 
 def already_quantized(name: str) -> str:
@@ -262,64 +264,6 @@ def inside(folder: Path) -> Iterator[None]:
         os.chdir(previous)
 
 
-def build_generic(recipe: Any, calibration: list[Feeds], workdir: Path) -> bytes:
-    """``recipe`` applied to its source with ``calibration`` as the calibrator's inputs.
-
-    ``stylefleet.deployments.quantize.build`` feeds u2netp's one input from its own photos; the
-    stylizers take two inputs, so their calibration is given here. Everything else (the prepared
-    source, the exclusion rules, ranges rounded to the recipe's digits, the QDQ quantizer with the
-    recipe's types) is the shipped build's.
-    """
-    import onnx
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantType
-    from onnxruntime.quantization.calibrate import TensorsData, create_calibrator
-    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
-    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
-
-    from stylefleet.deployments import quantize
-    from stylefleet.deployments.registry import resolve
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._it: Iterator[Feeds] = iter(calibration)
-
-        def get_next(self) -> Feeds | None:
-            return next(self._it, None)
-
-    op_types = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
-    pre = quantize.prepared_source(recipe, resolve(recipe.source), workdir)
-    calibrator = create_calibrator(
-        pre,
-        op_types,
-        augmented_model_path=str(workdir / "augmented.onnx"),
-        calibrate_method=CalibrationMethod[recipe.calibration],
-        extra_options=dict(recipe.calibration_options),
-    )
-    calibrator.collect_data(Reader())
-    computed = calibrator.compute_data()
-    del calibrator
-    digits = recipe.range_digits
-    ranges = {
-        n: (quantize._round_significant(d.range_value[0], digits), quantize._round_significant(d.range_value[1], digits))
-        for n, d in computed.items()
-    }
-    model = onnx.load(str(pre))
-    quantizer = QDQQuantizer(
-        model,
-        recipe.per_channel,
-        False,
-        QuantType[recipe.weight_type],
-        QuantType[recipe.activation_type],
-        TensorsData(CalibrationMethod.MinMax, ranges),
-        [],
-        quantize.excluded_nodes(recipe, model),
-        op_types,
-        {},
-    )
-    quantizer.quantize_model()
-    return bytes(quantizer.model.model.SerializeToString())
-
-
 def int8_bytes(subject: Subject, workdir: Path) -> tuple[bytes, str]:
     """(the int8 network, where it came from): the registry's file for a shipped recipe, else built in ``workdir``."""
     from stylefleet.deployments import quantize
@@ -335,7 +279,8 @@ def int8_bytes(subject: Subject, workdir: Path) -> tuple[bytes, str]:
             print(f"  ({exc}; built here instead)", flush=True)
             return quantize.build(recipe), f"recipe {recipe.name}, built here (not the registry's checksum)"
     t0 = time.perf_counter()
-    data = build_generic(recipe, subject.calibration(), workdir)
+    with inside(workdir):  # ONNX Runtime's shape inference may leave a stray .data file in the cwd
+        data = quantize.build(recipe, feeds=subject.calibration())
     return data, f"generic recipe {recipe.name} (opset {recipe.opset}), built here in {time.perf_counter() - t0:.0f} s"
 
 

@@ -89,10 +89,10 @@ class Recipe:
 @dataclass(frozen=True)
 class RuleInputs:
     """What an exclusion rule looks at: the pre-processed fp32 graph (an ``onnx.ModelProto``) and
-    the calibration inputs (some rules run the fp32 network over them)."""
+    the calibration feeds, input name -> batch of one (some rules run the fp32 network over them)."""
 
     model: Any
-    tensors: Sequence[np.ndarray] = field(repr=False)
+    feeds: Sequence[dict[str, np.ndarray]] = field(repr=False)
 
 
 def _output_heads(inputs: RuleInputs) -> list[str]:
@@ -171,9 +171,10 @@ def _low_resolution(inputs: RuleInputs) -> list[str]:
     tensor's consumers: quantization noise there is amplified by every upsampling after it."""
     graph = inputs.model.graph
     convs = [n for n in graph.node if n.op_type == "Conv"]
-    side = inputs.tensors[0].shape[-1]
-    zeros = np.zeros((1, *inputs.tensors[0].shape), np.float32)
-    shapes = next(_run_fp32(inputs.model, [c.output[0] for c in convs], [{INPUT: zeros}]))
+    first = inputs.feeds[0]
+    side = max(v.shape[-1] for v in first.values() if v.ndim == 4)
+    zeros = {name: np.zeros_like(v) for name, v in first.items()}
+    shapes = next(_run_fp32(inputs.model, [c.output[0] for c in convs], [zeros]))
     small = [c.name for c in convs if shapes[c.output[0]].shape[-1] * LOW_RESOLUTION_FRACTION <= side]
     return _with_consumers(graph, small)
 
@@ -191,7 +192,7 @@ def near_constant_channels(inputs: RuleInputs) -> dict[str, tuple[float, float]]
     taps = {n.name: _tap(n, consumers)[0] for n in graph.node if n.op_type == "Conv"}
     stats: dict[str, list[np.ndarray]] = {}
     counts: dict[str, int] = {}
-    feeds = ({INPUT: t[None]} for t in inputs.tensors)
+    feeds = inputs.feeds
     for outputs in _run_fp32(inputs.model, list(taps.values()), feeds):
         for conv, tensor in taps.items():
             values = outputs[tensor][0].reshape(outputs[tensor].shape[1], -1)
@@ -280,9 +281,14 @@ def calibration_tensors(photos: Iterable[str]) -> list[np.ndarray]:
 # -- the build -----------------------------------------------------------------------------------
 
 
-def excluded_nodes(recipe: Recipe, model: Any, tensors: Sequence[np.ndarray]) -> list[str]:
+def calibration_feeds(photos: Iterable[str]) -> list[dict[str, np.ndarray]]:
+    """u2netp's calibration inputs as feeds (``calibration_tensors``, each a batch of one)."""
+    return [{INPUT: t[None]} for t in calibration_tensors(photos)]
+
+
+def excluded_nodes(recipe: Recipe, model: Any, feeds: Sequence[dict[str, np.ndarray]]) -> list[str]:
     """The nodes the recipe keeps fp32, in a stable order: its rules', then ``exclude_nodes``."""
-    inputs = RuleInputs(model, tensors)
+    inputs = RuleInputs(model, feeds)
     names: list[str] = []
     for rule in recipe.exclude:
         names.extend(EXCLUSION_RULES[rule](inputs))
@@ -311,7 +317,7 @@ def prepared_source(recipe: Recipe, source: ResolvedModel, workdir: Path) -> Pat
     return pre
 
 
-def build(recipe: Recipe, *, source: ResolvedModel | None = None) -> bytes:
+def build(recipe: Recipe, *, source: ResolvedModel | None = None, feeds: Sequence[dict[str, np.ndarray]] | None = None) -> bytes:
     """The derived network's bytes (20-60 s for u2netp on a shared 2-core machine). Same recipe,
     source and ONNX Runtime: same bytes."""
     import onnx
@@ -321,15 +327,14 @@ def build(recipe: Recipe, *, source: ResolvedModel | None = None) -> bytes:
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
     source = source or resolve(recipe.source)
-    tensors = calibration_tensors(recipe.photos)
+    calibration = list(feeds) if feeds is not None else calibration_feeds(recipe.photos)
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self._it: Iterator[np.ndarray] = iter(tensors)
+            self._it: Iterator[dict[str, np.ndarray]] = iter(calibration)
 
         def get_next(self) -> dict[str, np.ndarray] | None:
-            t = next(self._it, None)
-            return None if t is None else {INPUT: t[None]}
+            return next(self._it, None)
 
     op_types = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
     with tempfile.TemporaryDirectory(prefix="stylefleet-quantize.") as tmp:
@@ -358,7 +363,7 @@ def build(recipe: Recipe, *, source: ResolvedModel | None = None) -> bytes:
             QuantType[recipe.activation_type],
             TensorsData(CalibrationMethod.MinMax, ranges),
             [],  # nodes_to_quantize: all
-            excluded_nodes(recipe, model, tensors),
+            excluded_nodes(recipe, model, calibration),
             op_types,
             {},
         )

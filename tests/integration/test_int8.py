@@ -3,6 +3,7 @@ quantized copy, built into the model cache), the int8 one a shadow with no traff
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
@@ -15,7 +16,7 @@ from stylefleet.deployments.onnx_session import RuntimeOptions
 from stylefleet.deployments.registry import MODELS, resolve
 from stylefleet.imageio import decode
 from tests import samples
-from tests.integration.conftest import deployment_info
+from tests.integration.conftest import deployment_info, redeploy, router_settings
 
 pytestmark = pytest.mark.integration
 
@@ -65,3 +66,39 @@ def test_the_int8_replica_idles_within_its_budget(serve_app: dict[str, Any]) -> 
     print(f"remove-background-int8 rss: start {info['rss_start_bytes']}, warmed {info['rss_warmed_bytes']}, now {info['rss_bytes']}")
     print(f"remove-background rss: warmed {deployment_info('remove-background')['rss_warmed_bytes']}")
     assert info["rss_warmed_bytes"] < budget
+
+
+def test_the_int8_shadow_is_judged_by_its_mattes_and_passes_its_gate(serve_app: dict[str, Any], client: httpx.Client) -> None:
+    """The shipped split (fp32 takes the traffic) with every request also sent to the int8 network:
+    /v1/shadow compares the two mattes and the gate holds on real photos."""
+    photos = [samples.encoded(p(), "JPEG", quality=90) for p in (samples.cat, samples.coffee, samples.astronaut)]
+    shipped = router_settings(serve_app, splits={}, shadows={})
+    every = router_settings(serve_app, splits={}, shadows={"remove-background": {"int8": 100}})
+    redeploy(serve_app, {"router": {**every, "gates": {"min_comparisons": 3}}})
+    try:
+        before = _int8_row(client)
+        seen = before["comparisons"] + before["failed"] if before else 0
+        for photo in photos:
+            r = client.post("/v1/styles/remove-background", files={"image": ("p.jpg", photo, "image/jpeg")})
+            assert r.status_code == 200 and r.headers["x-stylefleet-variant"] == "fp32"
+        deadline = time.monotonic() + 60
+        row = before
+        while time.monotonic() < deadline:
+            row = _int8_row(client)
+            if row is not None and row["comparisons"] + row["failed"] >= seen + len(photos):
+                break
+            time.sleep(0.2)
+        assert row is not None and row["failed"] == 0 and row["comparisons"] >= len(photos)
+        assert row["metric"] == "matte" and row["gate"]["verdict"] == "pass", row
+        assert row["iou_mean"] >= 0.98 and row["mean_abs_alpha_diff_mean"] <= 0.01
+    finally:
+        redeploy(serve_app, {"router": shipped})
+
+
+def _int8_row(client: httpx.Client) -> dict[str, Any] | None:
+    rows = [
+        c
+        for c in client.get("/v1/shadow").json()["comparisons"]
+        if (c["style"], c["primary"], c["shadow"], c["metric"]) == ("remove-background", "fp32", "int8", "matte")
+    ]
+    return rows[0] if rows else None

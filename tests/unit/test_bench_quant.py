@@ -202,7 +202,8 @@ def test_the_served_part_names_each_variants_replica_setup_as_shipped() -> None:
 
     app = load_serve_file(ROOT / "serve_config.yaml").app
     fp32, int8 = quant.served_cases(app)
-    assert quant.replica_setup(app, int8.deployment) == {"model_calls": 1, "threads": 1, "lone_call_threads": None}
+    # Shipped alike, so that the served turns compare the networks, not the replica setups.
+    assert quant.replica_setup(app, int8.deployment) == quant.replica_setup(app, fp32.deployment)
     assert quant.replica_setup(app, fp32.deployment)["model_calls"] == available_cores()
 
 

@@ -96,7 +96,7 @@ def rule_inputs() -> quantize.RuleInputs:
     recipe = quantize.RECIPES[NAME]
     with tempfile.TemporaryDirectory(prefix="stylefleet-int8-test.") as folder:
         model = onnx.load(str(quantize.prepared_source(recipe, resolve(recipe.source), Path(folder))))
-    return quantize.RuleInputs(model, quantize.calibration_tensors(recipe.photos))
+    return quantize.RuleInputs(model, quantize.calibration_feeds(recipe.photos))
 
 
 def _kinds(inputs: quantize.RuleInputs, names: list[str]) -> dict[str, str]:
@@ -107,7 +107,7 @@ def _kinds(inputs: quantize.RuleInputs, names: list[str]) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def excluded(rule_inputs: quantize.RuleInputs) -> dict[str, str]:
     """Every node the recipe keeps fp32: name -> op type."""
-    return _kinds(rule_inputs, quantize.excluded_nodes(quantize.RECIPES[NAME], rule_inputs.model, rule_inputs.tensors))
+    return _kinds(rule_inputs, quantize.excluded_nodes(quantize.RECIPES[NAME], rule_inputs.model, rule_inputs.feeds))
 
 
 def test_the_recipe_uses_all_three_rules() -> None:
