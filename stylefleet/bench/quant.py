@@ -549,8 +549,7 @@ def served_cases(spec: Any) -> tuple[Any, Any]:
 
 def replica_setup(spec: Any, deployment: str) -> dict[str, Any]:
     """How the config runs ``deployment``'s replica: network calls at once, threads per call, the
-    lone-call session's threads. The served ratio is shipped setup against shipped setup: the int8
-    variant, a shadow, is shipped with fewer calls than fp32."""
+    lone-call session's threads."""
     from stylefleet.deployments.loader import runtime_options
 
     runtime = runtime_options(spec.model_spec(deployment))
@@ -566,6 +565,24 @@ def without_shadows(document: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+SETUP_KNOBS = ("model_calls", "threads", "lone_call")
+
+
+def int8_like_fp32(document: dict[str, Any], spec: Any, fp32: str, int8: str) -> dict[str, Any]:
+    """The config with the int8 deployment given the fp32 one's replica setup (network calls,
+    threads, lone-call session) and memory budget: the shipped int8 variant is a shadow with one
+    call at a time, and the turns compare the networks as they run once weight moves to int8."""
+    config = copy.deepcopy(document)
+    deployments = config["applications"][0]["args"]["deployments"]
+    for knob in SETUP_KNOBS:
+        if knob in deployments[fp32]:
+            deployments[int8][knob] = deployments[fp32][knob]
+        else:
+            deployments[int8].pop(knob, None)
+    deployments[int8]["memory_budget_bytes"] = spec.memory_budget_of(fp32)
+    return config
+
+
 def _served_text(row: dict[str, Any]) -> str:
     from stylefleet.bench.levels import saturated_ips
 
@@ -578,12 +595,14 @@ def served(args: argparse.Namespace) -> dict[str, Any]:
     from stylefleet.bench import rembg
     from stylefleet.bench.common import sample_photos
     from stylefleet.bench.levels import measured_level, saturated_ips, served_level
-    from stylefleet.spec import load_serve_file
+    from stylefleet.spec import check_document, load_serve_file
     from stylefleet.tools.local import LocalCluster, choose_ingress, free_port
 
     serve_file = load_serve_file(args.config)
     fp32, int8 = served_cases(serve_file.app)
     config = without_shadows(serve_file.document)
+    if not args.as_shipped:
+        config = int8_like_fp32(config, serve_file.app, fp32.deployment, int8.deployment)
     port = free_port()
     config["http_options"]["port"] = port
     ingress = choose_ingress("auto", serve_file.direct_ingress_blocker())
@@ -601,8 +620,10 @@ def served(args: argparse.Namespace) -> dict[str, Any]:
         def level(case: Any) -> Callable[[], dict[str, Any]]:
             return lambda: measured_level(url, case, samples, SERVED_CONCURRENCY, SERVED_REQUESTS, max(60.0, 6 * args.seconds))
 
-        out["replicas"] = {c.deployment: replica_setup(serve_file.app, c.deployment) for c in (fp32, int8)}
-        print(f"  replica setups as shipped: {out['replicas']}", flush=True)
+        deployed = check_document(config).app
+        out["replicas"] = {c.deployment: replica_setup(deployed, c.deployment) for c in (fp32, int8)}
+        how = "as shipped" if args.as_shipped else "int8 given fp32's (--as-shipped: as shipped)"
+        print(f"  replica setups, {how}: {out['replicas']}", flush=True)
         rows = alternate([level(fp32), level(int8)], args.turns)
         for turn, (a, b) in enumerate(zip(*rows, strict=True)):
             print(f"  turn {turn + 1}: fp32 {_served_text(a)}  int8 {_served_text(b)}", flush=True)
@@ -658,6 +679,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--photos", type=Path, default=None, help="a folder of further held-out photos (JPEG/PNG) for the quality table")
     parser.add_argument("--config", default="serve_config.yaml", help="the serve config: its gates, and what --served deploys")
     parser.add_argument("--no-served", dest="served", action="store_false", help="skip the served fp32/int8 turns (no Ray)")
+    parser.add_argument(
+        "--as-shipped", action="store_true", help="serve int8 as the config ships it, not with fp32's replica setup and budget"
+    )
     parser.add_argument("--rembg", default=None, help="a `rembg` executable: also int8 served against `rembg s` (stylefleet bench rembg)")
     parser.add_argument("--gpu", action="store_true", help="fp32, fp16 and int8 bare on CUDA instead (exits 2 without CUDA)")
     parser.add_argument("--out", default="bench-results/quant.json", help="the JSON; contact sheets are written beside it")

@@ -197,14 +197,18 @@ def test_the_served_part_turns_shadows_off_in_its_copy_only() -> None:
     assert document["applications"][0]["deployments"][0]["user_config"]["shadows"] == {"remove-background": {"int8": 10}}
 
 
-def test_the_served_part_names_each_variants_replica_setup_as_shipped() -> None:
+def test_the_served_turns_give_int8_fp32s_replica_setup_and_budget() -> None:
     from stylefleet.deployments.onnx_session import available_cores
+    from stylefleet.spec import check_document
 
-    app = load_serve_file(ROOT / "serve_config.yaml").app
-    fp32, int8 = quant.served_cases(app)
-    # Shipped alike, so that the served turns compare the networks, not the replica setups.
-    assert quant.replica_setup(app, int8.deployment) == quant.replica_setup(app, fp32.deployment)
-    assert quant.replica_setup(app, fp32.deployment)["model_calls"] == available_cores()
+    shipped = load_serve_file(ROOT / "serve_config.yaml")
+    fp32, int8 = quant.served_cases(shipped.app)
+    assert quant.replica_setup(shipped.app, int8.deployment)["model_calls"] == 1  # the shipped shadow
+    deployed = check_document(quant.int8_like_fp32(shipped.document, shipped.app, fp32.deployment, int8.deployment)).app
+    assert quant.replica_setup(deployed, int8.deployment) == quant.replica_setup(deployed, fp32.deployment)
+    assert quant.replica_setup(deployed, fp32.deployment)["model_calls"] == available_cores()
+    assert deployed.memory_budget_of(int8.deployment) == shipped.app.memory_budget_of(fp32.deployment)
+    assert shipped.document == load_serve_file(ROOT / "serve_config.yaml").document  # the original is untouched
 
 
 def test_gpu_refuses_without_cuda_and_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
