@@ -35,7 +35,8 @@ LEASE_S = 90
 
 def two_node_config(port: int, jobs_dir: str) -> dict[str, Any]:
     """The shipped config cut to the stylize deployment and its styles (oil-paint is the A/B
-    one), the router asking for the head's resource, one stylize replica on the worker."""
+    one) and the router's splits and shadows to those styles, the router asking for the head's
+    resource, one stylize replica on the worker."""
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     config["http_options"]["port"] = port
     app = config["applications"][0]
@@ -47,6 +48,11 @@ def two_node_config(port: int, jobs_dir: str) -> dict[str, Any]:
     # a long lease: a job whose router is killed must resume because Ray says that router is dead
     args["jobs"].update(storage=jobs_dir, lease_timeout_s=LEASE_S, max_in_flight_per_job=2)
     app["deployments"] = [d for d in app["deployments"] if d["name"] in ("router", "stylize")]
+    # the router's live traffic settings name styles too: keep those of the styles kept
+    for entry in app["deployments"]:
+        for key, per_style in (entry.get("user_config") or {}).items():
+            if isinstance(per_style, dict):
+                entry["user_config"][key] = {n: v for n, v in per_style.items() if n in args["styles"]}
     return config
 
 
