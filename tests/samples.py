@@ -119,6 +119,13 @@ class Portrait:
     centre_x: float | None = None
 
 
+def same_up_to_batch_rounding(a: np.ndarray, b: np.ndarray) -> bool:
+    """The same generated image: batched float maths (a batch of 1 vs. 4, or another batch
+    composition) may move a few values by one level, never more (docs/generative.md)."""
+    diff = np.abs(a.astype(int) - b.astype(int))
+    return a.shape == b.shape and int(diff.max()) <= 1 and float((diff > 0).mean()) < 0.01
+
+
 def scaled(pixels: np.ndarray, factor: float) -> np.ndarray:
     h, w = pixels.shape[:2]
     return np.asarray(Image.fromarray(pixels).resize((round(w * factor), round(h * factor)), Image.LANCZOS))

@@ -2,7 +2,8 @@
 against the live test app, the Ray Data engine from the same config. Each must write the same
 bytes and the same manifest (seeds included); the Ray Data engine loads its models with the
 replicas' own loader, so a kind it could not load (pinned checksums, diffusion options) or run
-(a composed kind) fails here."""
+(a composed kind) fails here. Diffusion images are compared within the float rounding of the
+batches each engine forms (docs/generative.md "Batching and seeds")."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from stylefleet.tools import cli
 from tests import samples
@@ -37,8 +39,22 @@ def _manifest(out: Path) -> list[dict[str, Any]]:
     return sorted(({k: v for k, v in r.items() if k not in ("seconds", "finished_at")} for r in records), key=lambda r: r["input"])
 
 
-def _both_engines(tmp_path: Path, src: Path, url: str, config: dict[str, Any], args: list[str], *, ok: int) -> list[dict[str, Any]]:
-    """Run both engines on ``src``; assert the same files, bytes and records; return the records."""
+def _assert_same_output(ray: Path, http: Path, *, generative: bool) -> None:
+    """The same bytes; a generated image may differ by the float rounding of the batch it ran in
+    (each engine forms its own batches), so it is compared pixel by pixel within that bound."""
+    if not generative:
+        assert ray.read_bytes() == http.read_bytes(), ray.name
+        return
+    with Image.open(ray) as a, Image.open(http) as b:
+        assert (a.format, a.mode, a.size) == (b.format, b.mode, b.size), ray.name
+        assert samples.same_up_to_batch_rounding(np.asarray(a), np.asarray(b)), ray.name
+
+
+def _both_engines(
+    tmp_path: Path, src: Path, url: str, config: dict[str, Any], args: list[str], *, ok: int, generative: bool = False
+) -> list[dict[str, Any]]:
+    """Run both engines on ``src``; assert the same files, bytes (pixels, for generated images)
+    and records; return the records."""
     config_file = tmp_path / "config.yaml"
     config_file.write_text(yaml.safe_dump(config))
     expected_status = 0 if ok == len(list(src.iterdir())) else 1
@@ -51,7 +67,7 @@ def _both_engines(tmp_path: Path, src: Path, url: str, config: dict[str, Any], a
     assert len(written) == ok
     assert written == sorted(p.name for p in (tmp_path / "ray").iterdir() if p.suffix in (".png", ".jpg", ".webp"))
     for name in written:
-        assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "http" / name).read_bytes(), name
+        _assert_same_output(tmp_path / "ray" / name, tmp_path / "http" / name, generative=generative)
     http = _manifest(tmp_path / "http")
     assert _manifest(tmp_path / "ray") == http
     return http
@@ -113,13 +129,13 @@ def genai_config(genai_app: dict[str, Any]) -> dict[str, Any]:
     [("tiny-img2img", "42"), ("tiny-controlnet", "99"), ("tiny-anime", None)],
     ids=["img2img", "controlnet", "animeganv2"],
 )
-def test_generative_image_kinds_give_the_same_bytes_and_seeds_through_both_engines(
+def test_generative_image_kinds_give_the_same_images_and_seeds_through_both_engines(
     genai_app: dict[str, Any], genai_config: dict[str, Any], tmp_path: Path, style: str, seed: str | None
 ) -> None:
     src = _inputs(
         tmp_path / "in", {k: samples.encoded(_small(samples.astronaut(), 64)) if "astronaut" in k else v for k, v in PHOTOS.items()}
     )
-    records = _both_engines(tmp_path, src, genai_app["url"], genai_config, ["--style", style], ok=2)
+    records = _both_engines(tmp_path, src, genai_app["url"], genai_config, ["--style", style], ok=2, generative=style != "tiny-anime")
     assert [r["seed"] for r in records] == [seed, seed]
 
 
@@ -153,4 +169,4 @@ def test_a_prompt_list_records_each_lines_seed_through_both_engines(
     assert _manifest(tmp_path / "ray") == http
     assert [r["seed"] for r in http] == ["7", "6", "31"]  # a line's own seed, else the style's default (5) + its index
     for r in http:
-        assert (tmp_path / "ray" / r["output"]).read_bytes() == (tmp_path / "http" / r["output"]).read_bytes(), r["output"]
+        _assert_same_output(tmp_path / "ray" / r["output"], tmp_path / "http" / r["output"], generative=True)

@@ -33,12 +33,6 @@ def _image(response: httpx.Response) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(response.content)))
 
 
-def _close(a: np.ndarray, b: np.ndarray) -> bool:
-    """The same image: batched float maths may move a few values by one level, never more."""
-    diff = np.abs(a.astype(int) - b.astype(int))
-    return a.shape == b.shape and int(diff.max()) <= 1 and float((diff > 0).mean()) < 0.01
-
-
 def _info(deployment: str, app: str = GENAI_APP) -> dict[str, Any]:
     from ray import serve
 
@@ -107,7 +101,7 @@ def test_same_seed_same_image_alone_and_in_a_batch_of_4(genai_app: dict[str, Any
     together = _burst(genai_app["url"], [("tiny-t2i", {"json": m}) for m in mates])
     assert _info("diffusion")["batch_sizes"].get(4, 0) == before + 1  # one batch of 4
     assert _info("diffusion")["pipeline_calls"][-1]["batch"] == 4  # ...and one pipeline call
-    assert _close(alone, _image(together[1]))
+    assert samples.same_up_to_batch_rounding(alone, _image(together[1]))
 
 
 def test_different_seeds_give_different_images(genai: httpx.Client) -> None:
@@ -147,7 +141,7 @@ def test_n_images_come_back_zipped_and_each_is_its_seeds_image(genai: httpx.Clie
     assert r.status_code == 200 and r.headers["x-stylefleet-seed"] == "500,501,502"
     archive = zipfile.ZipFile(io.BytesIO(r.content))
     second = np.asarray(Image.open(io.BytesIO(archive.read("tiny-t2i-1-seed501.png"))))
-    assert _close(second, _image(genai.post("/v1/styles/tiny-t2i", json={"prompt": "a kite", "seed": 501})))
+    assert samples.same_up_to_batch_rounding(second, _image(genai.post("/v1/styles/tiny-t2i", json={"prompt": "a kite", "seed": 501})))
 
 
 def _wait_for(app: str, wanted: dict[str, set[str]], timeout_s: float = 300) -> dict[str, Any]:
