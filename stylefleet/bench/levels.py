@@ -79,15 +79,29 @@ class Usage:
         return total
 
 
-# Where a replica's busy thread is, by the first matching frame from the innermost out.
+# Where a replica's busy thread is, by the first matching frame from the innermost out: a frame
+# is matched by its function's name and its file's path inside the package, as py-spy prints them
+# ("Session.run (onnxruntime/capi/onnxruntime_inference_collection.py:321)").
 PROFILE_STAGES = (
-    ("onnxruntime", "onnxruntime_inference_collection.py"),
-    ("decode", "decode (imageio.py"),
-    ("encode", "encode (imageio.py"),
-    ("resize", "_resize (imageio.py"),
-    ("prepare", ".prepare ("),
-    ("finish", ".finish ("),
+    ("onnxruntime", "run", "onnxruntime/capi/onnxruntime_inference_collection.py"),
+    ("decode", "decode", "stylefleet/imageio.py"),
+    ("encode", "encode", "stylefleet/imageio.py"),
+    ("resize", "_resize", "stylefleet/imageio.py"),
+    ("prepare", "prepare", ""),
+    ("finish", "finish", ""),
 )
+# A frame of the model's batch (the rest of a busy replica is 'serve').
+BATCH_FRAMES = (("_timed", "stylefleet/deployments/serve/serving.py"), ("run_composed", "stylefleet/deployments/composed.py"))
+
+
+def _frame(frame: str) -> tuple[str, str]:
+    """``'Owner.name (pkg/file.py:12)'`` -> ``('name', 'pkg/file.py')``."""
+    name, _, where = frame.partition(" (")
+    return name.rpartition(".")[2], where.rstrip(")").rpartition(":")[0] or where.rstrip(")")
+
+
+def _is(frame: tuple[str, str], name: str, path: str) -> bool:
+    return frame[0] == name and (not path or frame[1] == path or frame[1].endswith("/" + path))
 
 
 class Profiler:
@@ -129,12 +143,12 @@ class Profiler:
 def summarise_stack(stack: str) -> str | None:
     """The stage of one collapsed py-spy stack (outermost;...;innermost). py-spy leaves idle
     threads out; a busy thread outside the batch (the event loop, Ray's own threads) is 'serve'."""
-    frames = stack.split(";")
-    if not any("._timed (serving.py" in f or "run_composed (" in f for f in frames):
+    frames = [_frame(f) for f in stack.split(";")]
+    if not any(_is(f, name, path) for f in frames for name, path in BATCH_FRAMES):
         return "serve"
     for frame in reversed(frames):
-        for stage, marker in PROFILE_STAGES:
-            if marker in frame:
+        for stage, name, path in PROFILE_STAGES:
+            if _is(frame, name, path):
                 return stage
     return "other"
 

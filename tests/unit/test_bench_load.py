@@ -338,3 +338,42 @@ def test_a_round_count_below_one_is_refused_before_anything_runs(mode: str, flag
     with pytest.raises(SystemExit) as exit_info:
         parser.parse_args([*command, flag, "0"])
     assert exit_info.value.code == 2 and "at least 1 round" in capsys.readouterr().err
+
+
+_BOOT = "Thread._bootstrap (threading.py:1002);Thread.run (threading.py:982);_worker (concurrent/futures/thread.py:83)"
+_BATCH = f"{_BOOT};ModelServer._timed (stylefleet/deployments/serve/serving.py:357)"
+
+
+@pytest.mark.parametrize(
+    ("stack", "stage"),
+    [  # collapsed stacks as py-spy wrote them from a served remove-background replica
+        (
+            f"{_BATCH};ModelServer._infer (stylefleet/deployments/serve/serving.py:348);U2NetModel.infer "
+            "(stylefleet/deployments/background.py:140);_run (stylefleet/deployments/onnx_session.py:210);"
+            "Session.run (onnxruntime/capi/onnxruntime_inference_collection.py:321)",
+            "onnxruntime",
+        ),
+        (
+            f"{_BATCH};encode_outcomes (stylefleet/deployments/batching.py:300);encode (stylefleet/imageio.py:236);"
+            "encode_png (stylefleet/imageio.py:248)",
+            "encode",
+        ),
+        (
+            f"{_BATCH};prepare_one (stylefleet/deployments/batching.py:120);U2NetModel.prepare "
+            "(stylefleet/deployments/background.py:160);preprocess (stylefleet/deployments/background.py:54);"
+            "Image.resize (PIL/Image.py:2438)",
+            "prepare",
+        ),
+        (f"{_BATCH};decode_files (stylefleet/deployments/batching.py:160);decode (stylefleet/imageio.py:140)", "decode"),
+        (f"{_BOOT};ReplicaActor.handle_request_with_rejection (ray/serve/_private/replica.py:3603)", "serve"),
+    ],
+)
+def test_a_profiled_stack_is_put_in_its_stage(stack: str, stage: str) -> None:
+    assert levels.summarise_stack(stack) == stage
+
+
+def test_every_profiled_frame_names_a_function_the_package_defines() -> None:
+    """The stages match frames by function and file: a moved file or renamed function must move them too."""
+    for name, path in [(n, p) for _, n, p in levels.PROFILE_STAGES if p.startswith("stylefleet/")] + list(levels.BATCH_FRAMES):
+        source = (ROOT / path).read_text()
+        assert f"def {name}(" in source, (name, path)
