@@ -48,11 +48,12 @@ def two_node_config(port: int, jobs_dir: str) -> dict[str, Any]:
     # a long lease: a job whose router is killed must resume because Ray says that router is dead
     args["jobs"].update(storage=jobs_dir, lease_timeout_s=LEASE_S, max_in_flight_per_job=2)
     app["deployments"] = [d for d in app["deployments"] if d["name"] in ("router", "stylize")]
-    # the router's live traffic settings name styles too: keep those of the styles kept
-    for entry in app["deployments"]:
-        for key, per_style in (entry.get("user_config") or {}).items():
-            if isinstance(per_style, dict):
-                entry["user_config"][key] = {n: v for n, v in per_style.items() if n in args["styles"]}
+    # the router's live traffic settings name styles too (spec.check_traffic's tables): keep those of the styles kept
+    [router] = [d for d in app["deployments"] if d["name"] == "router"]
+    traffic = router.get("user_config") or {}
+    for table in (traffic.get("splits"), traffic.get("shadows"), traffic.get("gates", {}).get("styles")):
+        for name in set(table or {}) - set(args["styles"]):
+            del table[name]
     return config
 
 
