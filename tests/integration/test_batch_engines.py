@@ -39,10 +39,10 @@ def _manifest(out: Path) -> list[dict[str, Any]]:
     return sorted(({k: v for k, v in r.items() if k not in ("seconds", "finished_at")} for r in records), key=lambda r: r["input"])
 
 
-def _assert_same_output(ray: Path, http: Path, *, generative: bool) -> None:
-    """The same bytes; a generated image may differ by the float rounding of the batch it ran in
-    (each engine forms its own batches), so it is compared pixel by pixel within that bound."""
-    if not generative:
+def _assert_same_output(ray: Path, http: Path, *, diffusion: bool) -> None:
+    """The same bytes; a Stable Diffusion image may differ by the float rounding of the batch it
+    ran in (each engine forms its own batches), so it is compared pixel by pixel within that bound."""
+    if not diffusion:
         assert ray.read_bytes() == http.read_bytes(), ray.name
         return
     with Image.open(ray) as a, Image.open(http) as b:
@@ -51,9 +51,9 @@ def _assert_same_output(ray: Path, http: Path, *, generative: bool) -> None:
 
 
 def _both_engines(
-    tmp_path: Path, src: Path, url: str, config: dict[str, Any], args: list[str], *, ok: int, generative: bool = False
+    tmp_path: Path, src: Path, url: str, config: dict[str, Any], args: list[str], *, ok: int, diffusion: bool = False
 ) -> list[dict[str, Any]]:
-    """Run both engines on ``src``; assert the same files, bytes (pixels, for generated images)
+    """Run both engines on ``src``; assert the same files, bytes (pixels, for diffusion images)
     and records; return the records."""
     config_file = tmp_path / "config.yaml"
     config_file.write_text(yaml.safe_dump(config))
@@ -67,7 +67,7 @@ def _both_engines(
     assert len(written) == ok
     assert written == sorted(p.name for p in (tmp_path / "ray").iterdir() if p.suffix in (".png", ".jpg", ".webp"))
     for name in written:
-        _assert_same_output(tmp_path / "ray" / name, tmp_path / "http" / name, generative=generative)
+        _assert_same_output(tmp_path / "ray" / name, tmp_path / "http" / name, diffusion=diffusion)
     http = _manifest(tmp_path / "http")
     assert _manifest(tmp_path / "ray") == http
     return http
@@ -135,7 +135,7 @@ def test_generative_image_kinds_give_the_same_images_and_seeds_through_both_engi
     src = _inputs(
         tmp_path / "in", {k: samples.encoded(_small(samples.astronaut(), 64)) if "astronaut" in k else v for k, v in PHOTOS.items()}
     )
-    records = _both_engines(tmp_path, src, genai_app["url"], genai_config, ["--style", style], ok=2, generative=style != "tiny-anime")
+    records = _both_engines(tmp_path, src, genai_app["url"], genai_config, ["--style", style], ok=2, diffusion=style != "tiny-anime")
     assert [r["seed"] for r in records] == [seed, seed]
 
 
@@ -169,4 +169,4 @@ def test_a_prompt_list_records_each_lines_seed_through_both_engines(
     assert _manifest(tmp_path / "ray") == http
     assert [r["seed"] for r in http] == ["7", "6", "31"]  # a line's own seed, else the style's default (5) + its index
     for r in http:
-        _assert_same_output(tmp_path / "ray" / r["output"], tmp_path / "http" / r["output"], generative=True)
+        _assert_same_output(tmp_path / "ray" / r["output"], tmp_path / "http" / r["output"], diffusion=True)
